@@ -1,0 +1,10 @@
+//! The `serf` agent and command line: Serf-compatible membership, RPC and WebAssembly handlers.
+//!
+//! See ARCHITECTURE.md for the map of modules and the rules between them.
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod config;
+pub mod logging;
+pub mod plugin;
+pub mod serf;

@@ -1,0 +1,277 @@
+//! The agent's log: Serf-style lines on stderr, and a [`LogHub`] that RPC `monitor` reads.
+//!
+//! Lines look like Serf's: `2026/11/22 10:00:00 [INFO] agent: message key=value`. The hub
+//! keeps the last lines for a new monitor to replay and broadcasts new ones; a monitor that
+//! falls behind loses lines (counted), it never slows the agent down.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::layer::Context;
+
+use crate::config::LogLevel;
+
+/// Lines a new monitor replays, as in Serf.
+pub const LOG_BACKLOG_LINES: usize = 512;
+
+/// One formatted log line.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// Its level.
+    pub level: LogLevel,
+    /// The line, without a trailing newline.
+    pub text: Arc<str>,
+}
+
+struct Inner {
+    backlog: Mutex<VecDeque<LogLine>>,
+    lines: broadcast::Sender<LogLine>,
+    /// The most verbose level any monitor asked for (a `LogLevel` as u8).
+    monitor_level: AtomicU8,
+    lagged: AtomicU64,
+}
+
+/// Recent and live log lines for monitors. Cheap to clone.
+#[derive(Clone)]
+pub struct LogHub {
+    inner: Arc<Inner>,
+}
+
+impl Default for LogHub {
+    fn default() -> LogHub {
+        LogHub::new()
+    }
+}
+
+impl LogHub {
+    /// An empty hub.
+    pub fn new() -> LogHub {
+        let (lines, _) = broadcast::channel(LOG_BACKLOG_LINES);
+        LogHub {
+            inner: Arc::new(Inner {
+                backlog: Mutex::new(VecDeque::with_capacity(LOG_BACKLOG_LINES)),
+                lines,
+                monitor_level: AtomicU8::new(LogLevel::Err as u8),
+                lagged: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Records a line.
+    pub fn push(&self, line: LogLine) {
+        let mut backlog = self.inner.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        if backlog.len() == LOG_BACKLOG_LINES {
+            backlog.pop_front();
+        }
+        backlog.push_back(line.clone());
+        drop(backlog);
+        let _ = self.inner.lines.send(line);
+    }
+
+    /// The buffered lines at `level` or above, and a receiver for new ones (which the caller
+    /// filters by level too). Makes the log capture lines down to `level` from now on.
+    pub fn subscribe(&self, level: LogLevel) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
+        self.inner.monitor_level.fetch_min(level as u8, Ordering::Relaxed);
+        let backlog = self.inner.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let receiver = self.inner.lines.subscribe();
+        let lines = backlog.iter().filter(|line| line.level >= level).cloned().collect();
+        (lines, receiver)
+    }
+
+    /// Counts lines a slow monitor missed.
+    pub fn record_lagged(&self, missed: u64) {
+        self.inner.lagged.fetch_add(missed, Ordering::Relaxed);
+    }
+
+    /// Lines monitors missed because they fell behind.
+    pub fn lagged(&self) -> u64 {
+        self.inner.lagged.load(Ordering::Relaxed)
+    }
+
+    fn monitor_level(&self) -> LogLevel {
+        match self.inner.monitor_level.load(Ordering::Relaxed) {
+            0 => LogLevel::Trace,
+            1 => LogLevel::Debug,
+            2 => LogLevel::Info,
+            3 => LogLevel::Warn,
+            _ => LogLevel::Err,
+        }
+    }
+}
+
+/// The tracing layer that writes Serf-style lines to stderr and the hub.
+pub struct SerfLogLayer {
+    hub: LogHub,
+    stderr_level: LogLevel,
+}
+
+impl SerfLogLayer {
+    /// Lines at `stderr_level` or above go to stderr; the hub gets those and whatever more
+    /// verbose level a monitor asks for.
+    pub fn new(hub: LogHub, stderr_level: LogLevel) -> SerfLogLayer {
+        hub.inner.monitor_level.fetch_min(stderr_level as u8, Ordering::Relaxed);
+        SerfLogLayer { hub, stderr_level }
+    }
+}
+
+fn level_of(level: &Level) -> LogLevel {
+    match *level {
+        Level::TRACE => LogLevel::Trace,
+        Level::DEBUG => LogLevel::Debug,
+        Level::INFO => LogLevel::Info,
+        Level::WARN => LogLevel::Warn,
+        Level::ERROR => LogLevel::Err,
+    }
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "TRACE",
+        LogLevel::Debug => "DEBUG",
+        LogLevel::Info => "INFO",
+        LogLevel::Warn => "WARN",
+        LogLevel::Err => "ERR",
+    }
+}
+
+/// `serf_host::plugin::dispatch` → `plugin`; other crates by their own name.
+fn short_target(target: &str) -> &str {
+    let mut parts = target.split("::");
+    match (parts.next(), parts.next()) {
+        (Some("serf_host"), Some(module)) => module,
+        (Some(first), _) => first,
+        _ => target,
+    }
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        if level_of(metadata.level()) >= self.stderr_level {
+            tracing::subscriber::Interest::always()
+        } else {
+            // A monitor may ask for more detail later: decide per event.
+            tracing::subscriber::Interest::sometimes()
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        let level = level_of(metadata.level());
+        level >= self.stderr_level || level >= self.hub.monitor_level()
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let metadata = event.metadata();
+        let level = level_of(metadata.level());
+        let mut visitor = LineVisitor::default();
+        event.record(&mut visitor);
+        let mut text = String::with_capacity(96);
+        let now = jiff::Zoned::now();
+        let _ = write!(
+            text,
+            "{} [{}] {}: ",
+            now.strftime("%Y/%m/%d %H:%M:%S"),
+            level_name(level),
+            short_target(metadata.target())
+        );
+        if let Some(plugin) = &visitor.plugin {
+            let _ = write!(text, "{plugin}: ");
+        }
+        text.push_str(&visitor.message);
+        text.push_str(&visitor.fields);
+        if level >= self.stderr_level {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "    {text}");
+        }
+        self.hub.push(LogLine {
+            level,
+            text: Arc::from(text),
+        });
+    }
+}
+
+/// Collects an event's message and its fields as ` key=value`.
+#[derive(Default)]
+struct LineVisitor {
+    message: String,
+    plugin: Option<String>,
+    fields: String,
+}
+
+impl Visit for LineVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message.push_str(value),
+            "plugin" => self.plugin = Some(value.to_owned()),
+            name => {
+                let _ = write!(self.fields, " {name}={value}");
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => {
+                let _ = write!(self.message, "{value:?}");
+            }
+            "plugin" => self.plugin = Some(format!("{value:?}")),
+            name => {
+                let _ = write!(self.fields, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(level: LogLevel, text: &str) -> LogLine {
+        LogLine {
+            level,
+            text: Arc::from(text),
+        }
+    }
+
+    #[test]
+    fn backlog_keeps_the_last_lines_at_the_asked_level() {
+        let hub = LogHub::new();
+        for i in 0..LOG_BACKLOG_LINES + 10 {
+            let level = if i % 2 == 0 { LogLevel::Debug } else { LogLevel::Info };
+            hub.push(line(level, &i.to_string()));
+        }
+        let (info, _) = hub.subscribe(LogLevel::Info);
+        assert_eq!(info.len(), LOG_BACKLOG_LINES / 2);
+        assert_eq!(&*info.last().unwrap().text, (LOG_BACKLOG_LINES + 9).to_string());
+        let (all, mut live) = hub.subscribe(LogLevel::Debug);
+        assert_eq!(all.len(), LOG_BACKLOG_LINES);
+        assert_eq!(&*all[0].text, "10");
+        hub.push(line(LogLevel::Warn, "live"));
+        assert_eq!(&*live.try_recv().unwrap().text, "live");
+    }
+
+    #[test]
+    fn lines_look_like_serfs() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let hub = LogHub::new();
+        let subscriber = tracing_subscriber::registry().with(SerfLogLayer::new(hub.clone(), LogLevel::Warn));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "serf_host::agent", member = "a", "member joined");
+            tracing::warn!(target: "plugin", plugin = "hello", "got deploy");
+            tracing::info!(target: "serf_host::agent", "not recorded at warn");
+        });
+        let (lines, _) = hub.subscribe(LogLevel::Trace);
+        let texts: Vec<&str> = lines.iter().map(|l| &*l.text).collect();
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(texts[0].ends_with(" [WARN] agent: member joined member=a"), "{}", texts[0]);
+        assert!(texts[1].ends_with(" [WARN] plugin: hello: got deploy"), "{}", texts[1]);
+        // `2026/11/22 10:00:00 ` is 20 characters.
+        assert_eq!(texts[0].as_bytes()[4], b'/');
+        assert_eq!(texts[0].as_bytes()[19], b' ');
+    }
+}

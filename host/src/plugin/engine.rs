@@ -1,0 +1,343 @@
+//! The shared wasmtime engine: compiling, caching and validating plugin modules.
+//!
+//! Compiled code is cached on disk under `<data_dir>/plugin-cache`, keyed by the module's
+//! SHA-256 and a hash of the engine's compilation settings, so a restart does not recompile
+//! and an artifact from other settings is never loaded. Compilation is blocking work: callers
+//! run it on a blocking thread, never on the agent's task.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serf_plugin_sdk::abi;
+use sha2::{Digest, Sha256};
+use wasmtime::{ExternType, FuncType, InstancePre, Linker, Module};
+
+use super::LoadError;
+use super::instance::{self, StoreState};
+
+/// A module that passed validation, ready to instantiate as often as needed.
+#[derive(Clone)]
+pub struct LoadedModule {
+    /// The module with every import resolved.
+    pub pre: InstancePre<StoreState>,
+    /// SHA-256 of the `.wasm` bytes, hex.
+    pub sha256: String,
+    /// Whether the compiled code came from the cache.
+    pub from_cache: bool,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("sha256", &self.sha256)
+            .field("from_cache", &self.from_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One wasmtime engine and linker for every plugin.
+#[derive(Clone)]
+pub struct Engine {
+    engine: wasmtime::Engine,
+    linker: Arc<Linker<StoreState>>,
+    cache_dir: Option<PathBuf>,
+    settings_hash: u64,
+    cache_hits: Arc<AtomicU64>,
+    cache_misses: Arc<AtomicU64>,
+}
+
+impl Engine {
+    /// An engine with fuel metering; `cache_dir` holds compiled modules (none: always compile).
+    pub fn new(cache_dir: Option<PathBuf>) -> wasmtime::Result<Engine> {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        let engine = wasmtime::Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut StoreState| {
+            &mut state.wasi
+        })?;
+        instance::add_host_functions(&mut linker)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Engine {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir,
+            settings_hash: hasher.finish(),
+            cache_hits: Arc::default(),
+            cache_misses: Arc::default(),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
+    /// (cache hits, cache misses) since start.
+    pub fn cache_counts(&self) -> (u64, u64) {
+        (
+            self.cache_hits.load(Ordering::Relaxed),
+            self.cache_misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Reads, compiles (or loads from the cache) and validates a plugin. Blocking.
+    pub fn load_file(&self, path: &Path) -> Result<LoadedModule, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load(path, &bytes)
+    }
+
+    /// Compiles (or loads from the cache) and validates module bytes; `path` names it in
+    /// errors. Blocking.
+    pub fn load(&self, path: &Path, bytes: &[u8]) -> Result<LoadedModule, LoadError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm {
+                path: path.to_path_buf(),
+            });
+        }
+        let sha256 = hex(&Sha256::digest(bytes));
+        let (module, from_cache) = self.compile(path, bytes, &sha256)?;
+        validate(&module).map_err(|reason| LoadError::Abi {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|error| LoadError::Abi {
+                path: path.to_path_buf(),
+                reason: format!("{error:#}"),
+            })?;
+        Ok(LoadedModule {
+            pre,
+            sha256,
+            from_cache,
+        })
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<(Module, bool), LoadError> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{sha256}-{:016x}.cwasm", self.settings_hash)));
+        if let Some(file) = cached.as_deref().filter(|file| file.exists()) {
+            match deserialize_cached(&self.engine, file) {
+                Ok(module) => {
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((module, true));
+                }
+                Err(error) => {
+                    tracing::warn!(file = %file.display(), error = %format!("{error:#}"), "ignoring unreadable compiled plugin");
+                }
+            }
+        }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let module = Module::new(&self.engine, bytes).map_err(|error| LoadError::Compile {
+            path: path.to_path_buf(),
+            message: format!("{error:#}"),
+        })?;
+        if let Some(file) = cached
+            && let Err(error) = store_cached(&module, &file)
+        {
+            tracing::warn!(file = %file.display(), %error, "cannot cache compiled plugin");
+        }
+        Ok((module, false))
+    }
+}
+
+/// Loads a compiled module written by [`store_cached`].
+#[allow(unsafe_code)]
+fn deserialize_cached(engine: &wasmtime::Engine, file: &Path) -> wasmtime::Result<Module> {
+    // SAFETY: wasmtime runs deserialized code as-is, so the file must be one that wasmtime
+    // itself produced. Only this agent writes the cache directory (created 0700, written
+    // through a temporary file and a rename), and the file name carries the engine's settings
+    // hash, so wasmtime's own compatibility check sees only artifacts of this engine's kind.
+    unsafe { Module::deserialize_file(engine, file) }
+}
+
+fn store_cached(module: &Module, file: &Path) -> std::io::Result<()> {
+    let dir = file.parent().expect("cache files live in the cache directory");
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    let bytes = module.serialize().map_err(std::io::Error::other)?;
+    let temp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, bytes)?;
+    std::fs::rename(&temp, file)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn signature(ty: &FuncType) -> String {
+    let list = |types: Vec<String>| types.join(", ");
+    let params = list(ty.params().map(|t| t.to_string()).collect());
+    let results = list(ty.results().map(|t| t.to_string()).collect());
+    format!("({params}) -> ({results})")
+}
+
+/// Checks the module against ABI v1 before anything runs; the error says what to fix.
+fn validate(module: &Module) -> Result<(), String> {
+    let export = |name: &str| module.get_export(name);
+    if export(abi::EXPORT_MARKER).is_none() {
+        let older_or_newer = module
+            .exports()
+            .find(|e| e.name().starts_with("serf_plugin_abi_v"))
+            .map(|e| format!(" (it has {}: a different ABI version)", e.name()));
+        return Err(format!(
+            "missing export {}{}: build it with the serf plugin SDK",
+            abi::EXPORT_MARKER,
+            older_or_newer.unwrap_or_default()
+        ));
+    }
+    if !matches!(export("memory"), Some(ExternType::Memory(_))) {
+        return Err("missing export memory".into());
+    }
+    if export("_start").is_some() && export(abi::EXPORT_INITIALIZE).is_none() {
+        return Err("it is a command (exports _start), not a reactor: build Rust plugins as \
+                    crate-type cdylib and Go plugins with -buildmode=c-shared"
+            .into());
+    }
+    let required: [(&str, &str, bool); 5] = [
+        (abi::EXPORT_INPUT_BUFFER, "(i32) -> (i32)", true),
+        (abi::EXPORT_INIT, "(i32, i32) -> (i32)", true),
+        (abi::EXPORT_HANDLE, "(i32, i32) -> (i32)", true),
+        (abi::EXPORT_SHUTDOWN, "() -> ()", false),
+        (abi::EXPORT_INITIALIZE, "() -> ()", false),
+    ];
+    for (name, expected, required) in required {
+        match export(name) {
+            Some(ExternType::Func(ty)) if signature(&ty) == expected => {}
+            Some(ExternType::Func(ty)) => {
+                return Err(format!(
+                    "export {name} has signature {}, expected {expected}",
+                    signature(&ty)
+                ));
+            }
+            Some(_) => return Err(format!("export {name} is not a function")),
+            None if required => return Err(format!("missing export {name}")),
+            None => {}
+        }
+    }
+    for import in module.imports() {
+        match import.module() {
+            abi::IMPORT_MODULE => {
+                let known = instance::HOST_FUNCTIONS
+                    .iter()
+                    .find(|(name, _)| *name == import.name());
+                let Some((_, expected)) = known else {
+                    return Err(format!(
+                        "it needs serf.{}, which this host does not provide (host too old?)",
+                        import.name()
+                    ));
+                };
+                match import.ty() {
+                    ExternType::Func(ty) if signature(&ty) == *expected => {}
+                    ExternType::Func(ty) => {
+                        return Err(format!(
+                            "import serf.{} has signature {}, expected {expected}",
+                            import.name(),
+                            signature(&ty)
+                        ));
+                    }
+                    _ => return Err(format!("import serf.{} is not a function", import.name())),
+                }
+            }
+            "wasi_snapshot_preview1" => {}
+            other => {
+                return Err(format!(
+                    "it imports {other}.{}: only serf and wasi_snapshot_preview1 are available",
+                    import.name()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"(module
+        (import "serf" "log" (func (param i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "serf_plugin_abi_v1"))
+        (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
+        (func (export "serf_init") (param i32 i32) (result i32) i32.const 0)
+        (func (export "serf_handle") (param i32 i32) (result i32) i32.const 0))"#;
+
+    fn load(engine: &Engine, wat: &str) -> Result<LoadedModule, LoadError> {
+        engine.load(Path::new("p.wasm"), &wat::parse_str(wat).unwrap())
+    }
+
+    #[test]
+    fn accepts_a_minimal_plugin() {
+        let engine = Engine::new(None).unwrap();
+        let loaded = load(&engine, GOOD).unwrap();
+        assert!(!loaded.from_cache);
+        assert_eq!(loaded.sha256.len(), 64);
+    }
+
+    #[test]
+    fn refuses_non_wasm_with_a_clear_error() {
+        let engine = Engine::new(None).unwrap();
+        let error = engine.load(Path::new("notes.wasm"), b"#!/bin/sh\n").unwrap_err();
+        assert_eq!(error.to_string(), "notes.wasm is not a WebAssembly module");
+        let error = engine.load(Path::new("bad.wasm"), b"\0asm\x01\0\0\0\x99").unwrap_err();
+        assert!(error.to_string().starts_with("cannot compile bad.wasm"), "{error}");
+    }
+
+    #[test]
+    fn refuses_modules_with_the_wrong_abi() {
+        let engine = Engine::new(None).unwrap();
+        let cases = [
+            (GOOD.replace("serf_plugin_abi_v1", "serf_plugin_abi_v2"), "different ABI version"),
+            (GOOD.replace("(export \"memory\")", ""), "missing export memory"),
+            (
+                GOOD.replace("(func (export \"serf_handle\") (param i32 i32)", "(func (export \"serf_handle\") (param i32)"),
+                "export serf_handle has signature (i32) -> (i32)",
+            ),
+            (GOOD.replace("\"serf\" \"log\"", "\"serf\" \"teleport\""), "serf.teleport"),
+            (GOOD.replace("\"serf\" \"log\"", "\"env\" \"log\""), "it imports env.log"),
+            (
+                GOOD.replace("(func (export \"serf_plugin_abi_v1\"))", "(func (export \"serf_plugin_abi_v1\")) (func (export \"_start\"))"),
+                "not a reactor",
+            ),
+        ];
+        for (wat, needle) in cases {
+            let error = load(&engine, &wat).err().expect(needle).to_string();
+            assert!(error.contains("is not a serf plugin"), "{error}");
+            assert!(error.contains(needle), "{error} lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn compiled_modules_are_cached_per_engine_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("plugin-cache");
+        let engine = Engine::new(Some(cache.clone())).unwrap();
+        assert!(!load(&engine, GOOD).unwrap().from_cache);
+        let restarted = Engine::new(Some(cache.clone())).unwrap();
+        assert!(load(&restarted, GOOD).unwrap().from_cache);
+        assert_eq!(restarted.cache_counts(), (1, 0));
+        // A damaged artifact is recompiled, not trusted.
+        for entry in std::fs::read_dir(&cache).unwrap() {
+            std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+        }
+        let third = Engine::new(Some(cache)).unwrap();
+        assert!(!load(&third, GOOD).unwrap().from_cache);
+    }
+}

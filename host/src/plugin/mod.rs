@@ -1,0 +1,101 @@
+//! The WebAssembly plugin runtime: loading, sandboxing and feeding plugins their events.
+//!
+//! [`engine`] compiles (or loads from the on-disk cache) and validates modules against the ABI
+//! in `plugin_sdk::abi`; [`instance`] runs one instance under its limits; [`dispatch`] gives
+//! every plugin one bounded, ordered queue and one task on the plugin runtime. The agent only
+//! ever calls [`dispatch::PluginHost::dispatch`], which never waits: no plugin runs on the
+//! agent's own task, and a plugin that traps, spins or bloats costs a log line and a counter.
+
+pub mod dispatch;
+pub mod engine;
+pub mod filter;
+pub mod instance;
+mod stdio;
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use dispatch::{PluginHost, PluginStatsSnapshot};
+pub use engine::Engine;
+pub use filter::{EventFilter, FilterError};
+
+use crate::serf::QueryKey;
+use serf_plugin_sdk::abi::Status;
+
+/// The budgets one plugin runs under, per event unless named otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel for one event: about 10^10 units per CPU-second, so 1 G ≈ 0.1 s.
+    pub fuel_per_event: u64,
+    /// Fuel for instantiating and initialising (Go's runtime start needs about 1 M).
+    pub fuel_init: u64,
+    /// Cap on the instance's linear memory, in bytes.
+    pub max_memory_bytes: usize,
+    /// Wall-clock deadline for one event, which also stops guests blocked in WASI calls.
+    pub event_timeout: Duration,
+    /// Events queued for the plugin before new ones are dropped (and counted).
+    pub queue_capacity: NonZeroUsize,
+}
+
+impl Limits {
+    /// Defaults fit for event handlers: short, small, and never holding up the queue for long.
+    pub const DEFAULT: Limits = Limits {
+        fuel_per_event: 1_000_000_000,
+        fuel_init: 100_000_000,
+        max_memory_bytes: 64 << 20,
+        event_timeout: Duration::from_secs(2),
+        queue_capacity: NonZeroUsize::new(1024).expect("1024 is not zero"),
+    };
+}
+
+/// A plugin to load, as configured.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Its name: the `[plugins.NAME]` table, or the file stem in the plugin directory.
+    pub name: String,
+    /// The `.wasm` file.
+    pub path: PathBuf,
+    /// Which events it receives.
+    pub filter: EventFilter,
+    /// Its budgets.
+    pub limits: Limits,
+    /// Guest path → host directory, granted read-write through WASI preopens.
+    pub dirs: BTreeMap<String, PathBuf>,
+    /// Its `config` table, handed to `serf_init`.
+    pub config: toml::Table,
+}
+
+/// What a plugin can ask of the agent while it runs. Every method returns at once.
+pub trait HostServices: Send + Sync + 'static {
+    /// Sends the plugin's answer to a query this node received.
+    fn respond(&self, plugin: &str, query: QueryKey, payload: Vec<u8>) -> Result<(), Status>;
+}
+
+/// Why a plugin could not be loaded. The agent runs on without it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The bytes are not a WebAssembly module.
+    #[error("{path} is not a WebAssembly module")]
+    NotWasm { path: PathBuf },
+    /// wasmtime refused the module.
+    #[error("cannot compile {path}: {message}")]
+    Compile { path: PathBuf, message: String },
+    /// The module does not follow the plugin ABI.
+    #[error("{path} is not a serf plugin: {reason}")]
+    Abi { path: PathBuf, reason: String },
+    /// A granted directory cannot be opened.
+    #[error("cannot grant directory {host} as {guest}: {message}")]
+    Dir {
+        guest: String,
+        host: PathBuf,
+        message: String,
+    },
+}
