@@ -644,8 +644,21 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../serf.toml");
         let file = FileConfig::load(&path).unwrap();
         let base = path.parent().unwrap();
-        // The example names its plugins by path; it must resolve without a plugin directory.
-        let config = Config::resolve(file, base, &AgentFlags::default()).unwrap();
-        assert!(config.plugins.iter().any(|p| p.name == "upcase"));
+        // The built plugins are copied into plugins/ by examples/quickstart.sh; stand in for them.
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["upcase", "memresponse", "hello"] {
+            std::fs::write(dir.path().join(format!("{name}.wasm")), b"").unwrap();
+        }
+        let flags = AgentFlags {
+            plugins: Some(dir.path().to_path_buf()),
+            ..AgentFlags::default()
+        };
+        let config = Config::resolve(file, base, &flags).unwrap();
+        let names: Vec<_> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["hello", "memresponse", "upcase"]);
+        let memresponse = &config.plugins[1];
+        assert_eq!(memresponse.filter.to_string(), "user:memresponse");
+        assert_eq!(memresponse.dirs["/data"], base.join("data"));
+        assert_eq!(config.rpc_addr, DEFAULT_RPC_ADDR);
     }
 }

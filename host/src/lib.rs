@@ -4,7 +4,9 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod plugin;
+pub mod rpc;
 pub mod serf;

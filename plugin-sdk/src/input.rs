@@ -30,8 +30,15 @@ const KNOWN_KINDS: [&str; 8] = [
     "dropped",
 ];
 
+/// How deep the decoder recurses; each array, map or string level counts twice. ABI payloads
+/// nest about six levels (a member's tags); only deeply nested `config` tables come close.
+/// Bounded well below rmpv's default so a hostile payload fails with an error instead of
+/// overflowing the guest's stack.
+const MAX_DECODE_DEPTH: usize = 256;
+
 fn read(mut bytes: &[u8], what: &str) -> Result<Value, String> {
-    rmpv::decode::read_value(&mut bytes).map_err(|error| format!("cannot decode {what}: {error}"))
+    rmpv::decode::read_value_with_max_depth(&mut bytes, MAX_DECODE_DEPTH)
+        .map_err(|error| format!("cannot decode {what}: {error}"))
 }
 
 /// The value of string key `key` in `map`, if `map` is a map that has it.
@@ -163,5 +170,108 @@ mod tests {
         assert!(decode_envelope(&[0xc1]).is_err());
         assert!(decode_envelope(&[]).is_err());
         assert!(decode_init(&[0x93, 1, 2]).is_err());
+        // Lengths far beyond the input, and nesting beyond the decoder's depth limit.
+        assert!(decode_envelope(&[0xdd, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode_envelope(&[0xc6, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode_envelope(&[0x91; 100_000]).is_err());
+    }
+
+    #[test]
+    fn config_may_nest_a_hundred_levels() {
+        let mut nested = Value::from("bottom");
+        for _ in 0..100 {
+            nested = Value::Array(vec![nested]);
+        }
+        let ctx = init_context([("deep", nested)]);
+        assert_eq!(decode_init(&abi::encode(&ctx)), Ok(ctx));
+    }
+
+    #[cfg(not(target_family = "wasm"))]
+    mod properties {
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::abi::{self, Event, Member, Query, UserEvent};
+
+        fn member() -> impl Strategy<Value = Member> {
+            (
+                "[a-z0-9-]{1,12}",
+                "[0-9a-f:.]{2,39}",
+                any::<u16>(),
+                proptest::collection::btree_map("[a-z]{1,6}", ".{0,8}", 0..3),
+                prop_oneof![Just("alive"), Just("leaving"), Just("left"), Just("failed")],
+            )
+                .prop_map(|(name, addr, port, tags, status)| Member {
+                    name,
+                    addr,
+                    port,
+                    tags: tags.into_iter().collect::<BTreeMap<_, _>>(),
+                    status: status.into(),
+                })
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            let members = || proptest::collection::vec(member(), 0..4);
+            prop_oneof![
+                members().prop_map(|members| Event::MemberJoin { members }),
+                members().prop_map(|members| Event::MemberLeave { members }),
+                members().prop_map(|members| Event::MemberFailed { members }),
+                members().prop_map(|members| Event::MemberUpdate { members }),
+                members().prop_map(|members| Event::MemberReap { members }),
+                (
+                    ".{0,16}",
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                    any::<u64>(),
+                    any::<bool>()
+                )
+                    .prop_map(|(name, payload, ltime, coalesce)| Event::User(
+                        UserEvent {
+                            name,
+                            payload,
+                            ltime,
+                            coalesce,
+                        }
+                    )),
+                (
+                    any::<u32>(),
+                    ".{0,16}",
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                    any::<u64>(),
+                    ".{0,16}",
+                    any::<u64>(),
+                )
+                    .prop_map(
+                        |(id, name, payload, ltime, source_node, deadline_ms)| {
+                            Event::Query(Query {
+                                id,
+                                name,
+                                payload,
+                                ltime,
+                                source_node,
+                                deadline_ms,
+                            })
+                        }
+                    ),
+                any::<u64>().prop_map(|count| Event::Dropped { count }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_envelope_round_trips(seq in any::<u64>(), event in event()) {
+                let sent = Envelope { v: ABI_VERSION, seq, event };
+                let bytes = abi::encode(&sent);
+                prop_assert_eq!(abi::decode::<Envelope>(&bytes).unwrap(), sent.clone());
+                prop_assert_eq!(decode_envelope(&bytes), Ok(Input::Envelope(sent)));
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = decode_envelope(&bytes);
+                let _ = decode_init(&bytes);
+            }
+        }
     }
 }

@@ -49,6 +49,8 @@
 pub mod abi;
 mod config;
 mod error;
+#[cfg(test)]
+mod fixtures;
 #[cfg(target_family = "wasm")]
 #[doc(hidden)]
 pub mod guest;
@@ -70,9 +72,9 @@ pub use host::Host;
 pub trait Plugin {
     /// Called once per instance, before any event, with the plugin's `serf.toml` settings.
     ///
-    /// Return an error to refuse the configuration: the agent logs the message and does not
-    /// activate this instance (on a reload, the previous version keeps running). `host` allows
-    /// logging; `respond` is refused here.
+    /// Return an error to refuse the configuration: the agent logs the message, drops this
+    /// instance, and tries again later with backoff. `host` allows logging; `respond` is
+    /// refused here.
     fn init(&mut self, ctx: &InitContext, host: &mut dyn Host) -> Result<(), Error> {
         let _ = (ctx, host);
         Ok(())
@@ -85,7 +87,8 @@ pub trait Plugin {
     fn handle(&mut self, event: Event, host: &mut dyn Host) -> Result<(), Error>;
 
     /// Called at most once, best effort, before the agent drops the instance on shutdown or
-    /// reload. Not called after a trap. Keep it short: it runs on a small fuel budget.
+    /// reload. Not called after a trap. Keep it short: it gets the `fuel_init` budget and at
+    /// most one second.
     fn shutdown(&mut self, host: &mut dyn Host) {
         let _ = host;
     }
@@ -98,7 +101,7 @@ pub trait Plugin {
 /// exports (`serf_plugin_abi_v1`, `serf_input_buffer`, `serf_init`, `serf_handle`,
 /// `serf_shutdown`) and install, on the first call, a panic hook that sends the panic message
 /// to the agent's log at error level before the module aborts. Use it once per crate: the
-/// export names are fixed, so a second use fails to link.
+/// export names are fixed, so a second use fails to build for wasm.
 #[macro_export]
 macro_rules! register_plugin {
     ($plugin:ty) => {

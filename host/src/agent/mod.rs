@@ -515,3 +515,78 @@ fn log_event(event: &Event) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AgentFlags, FileConfig};
+
+    async fn agent() -> Agent {
+        let flags = AgentFlags {
+            node: Some("solo".into()),
+            bind: Some("127.0.0.1".into()),
+            ..AgentFlags::default()
+        };
+        let mut config = Config::resolve(FileConfig::default(), std::path::Path::new("."), &flags).unwrap();
+        config.data_dir = None;
+        Agent::start(config, LogHub::new()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_reach_streams_in_order() {
+        let agent = agent().await;
+        let handle = agent.handle();
+        let mut stream = handle.subscribe(EventFilter::parse("user").unwrap(), 16).await.unwrap();
+        for i in 0..10u8 {
+            handle.user_event("deploy".into(), vec![i], false).await.unwrap();
+        }
+        for i in 0..10u8 {
+            let event = stream.events.recv().await.unwrap();
+            let Event::User(user) = &*event else { panic!("{event:?}") };
+            assert_eq!((user.ltime, user.payload.as_slice()), (u64::from(i) + 1, &[i][..]));
+        }
+        agent.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_stream_drops_and_counts_instead_of_waiting() {
+        let agent = agent().await;
+        let handle = agent.handle();
+        let _slow = handle.subscribe(EventFilter::all(), 2).await.unwrap();
+        for _ in 0..5 {
+            handle.user_event("e".into(), vec![], false).await.unwrap();
+        }
+        let stats = handle.stats().await.unwrap();
+        assert_eq!(stats.stream_drops, 3);
+        assert_eq!(stats.serf.event_time, 6);
+        agent.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_is_answered_then_done_at_its_deadline() {
+        let agent = agent().await;
+        let handle = agent.handle();
+        let mut queries = handle.subscribe(EventFilter::parse("query:ping").unwrap(), 4).await.unwrap();
+        let params = QueryParams {
+            name: "ping".into(),
+            request_ack: true,
+            timeout: Some(Duration::from_secs(5)),
+            ..QueryParams::default()
+        };
+        let mut answers = handle.query(params).await.unwrap();
+        let event = queries.events.recv().await.unwrap();
+        let Event::Query(query) = &*event else { panic!("{event:?}") };
+        handle.respond(query.key, b"pong".to_vec()).await.unwrap();
+        let again = handle.respond(query.key, b"again".to_vec()).await.unwrap_err();
+        assert_eq!(again.to_string(), "response already sent");
+        assert_eq!(answers.outputs.recv().await, Some(QueryOutput::Ack { from: "solo".into() }));
+        assert_eq!(
+            answers.outputs.recv().await,
+            Some(QueryOutput::Response { from: "solo".into(), payload: b"pong".to_vec() })
+        );
+        let started = Instant::now();
+        assert_eq!(answers.outputs.recv().await, Some(QueryOutput::Done));
+        assert!(started.elapsed() >= Duration::from_secs(4), "done only at the deadline");
+        agent.shutdown().await;
+    }
+}

@@ -10,7 +10,7 @@
 //! | `trap` | panics with `misbehave: trap mode panics on purpose` (the SDK logs it at error level, then the module traps) |
 //! | `garbage` | on a query: calls the raw `respond` import with a range past the end of memory, then with one that wraps around the 32-bit address space, then `respond`s 64 KiB; logs each status at warn level; then fails. On a user event: fails. The failure is `set_error("misbehave: garbage mode fails on purpose")` and a non-zero return |
 //! | `sleep` | sleeps for an hour in a blocking WASI `poll_oneoff` (the wall-clock deadline must cancel it) |
-//! | missing or anything else | behaves well: does nothing |
+//! | `good`, missing, or anything else | behaves well: does nothing (an unknown mode is logged at warn level by `serf_init`) |
 //!
 //! In every mode it behaves well in `serf_init`, on member events and on `dropped` events, so
 //! an agent can start with it loaded.
@@ -48,6 +48,7 @@ impl Mode {
     /// The mode named `name` in config key `mode`, or `None` if it names none.
     pub fn from_name(name: &str) -> Option<Mode> {
         Some(match name {
+            "good" => Mode::Good,
             "loop" => Mode::Loop,
             "alloc" => Mode::Alloc,
             "trap" => Mode::Trap,
@@ -181,6 +182,7 @@ mod tests {
     #[test]
     fn modes_are_read_from_config() {
         for (name, mode) in [
+            ("good", Mode::Good),
             ("loop", Mode::Loop),
             ("alloc", Mode::Alloc),
             ("trap", Mode::Trap),

@@ -1,0 +1,462 @@
+//! One function per RPC command: decode done, reply with Serf's bodies and error strings.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::protocol::{self, QueryRecord, StreamRecord, errors};
+use super::server::{Flow, Session};
+use crate::agent::AgentError;
+use crate::config::LogLevel;
+use crate::plugin::EventFilter;
+use crate::serf::{self, Event, QueryOutput, QueryParams};
+
+/// Events an event stream may hold for a slow client, as in Serf.
+const STREAM_QUEUE: usize = 512;
+
+/// The error text an RPC client sees.
+fn agent_error(error: &AgentError) -> String {
+    match error {
+        AgentError::Respond(error) => format!("failed to respond to key query: {error}"),
+        other => other.to_string(),
+    }
+}
+
+pub(super) async fn event(session: &mut Session, seq: u64, request: protocol::EventRequest) -> Result<Flow, protocol::FrameError> {
+    let payload = request.payload.unwrap_or_default();
+    let result = session
+        .agent
+        .user_event(request.name, payload, request.coalesce)
+        .await;
+    let error = result.err().map(|e| agent_error(&e)).unwrap_or_default();
+    session.outbox.error(seq, &error).await;
+    Ok(Flow::Continue)
+}
+
+pub(super) async fn force_leave(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::ForceLeaveRequest,
+) -> Result<Flow, protocol::FrameError> {
+    // Serf accepts a force-leave of any name (an unknown one is kept as an intent). With no
+    // other members there is nobody to remove; the membership layer acts on the name.
+    tracing::info!(node = %request.node, prune = request.prune, "force leave requested");
+    session.outbox.ok(seq).await;
+    Ok(Flow::Continue)
+}
+
+pub(super) async fn join(session: &mut Session, seq: u64, request: protocol::JoinRequest) -> Result<Flow, protocol::FrameError> {
+    let error = format!(
+        "cannot join {}: this agent does not gossip yet, so it cannot join a cluster",
+        request.existing.join(", ")
+    );
+    let body = protocol::JoinResponse { num: 0 };
+    session.outbox.reply(seq, &error, Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
+/// `members` (no filter) and `members-filtered`.
+pub(super) async fn members(
+    session: &mut Session,
+    seq: u64,
+    filter: Option<protocol::MembersFilteredRequest>,
+) -> Result<Flow, protocol::FrameError> {
+    let anchored = |expr: &str| Regex::new(&format!("^(?:{expr})$"));
+    let filter = match filter {
+        None => None,
+        Some(request) => {
+            let tags: Result<Vec<(String, Regex)>, _> = request
+                .tags
+                .iter()
+                .map(|(tag, expr)| anchored(expr).map(|regex| (tag.clone(), regex)))
+                .collect();
+            let optional = |expr: &str| (!expr.is_empty()).then(|| anchored(expr)).transpose();
+            match (tags, optional(&request.status), optional(&request.name)) {
+                (Ok(tags), Ok(status), Ok(name)) => Some((tags, status, name)),
+                // Serf closes the connection on a filter that does not compile.
+                _ => return Ok(Flow::Close),
+            }
+        }
+    };
+    let members = match session.agent.members().await {
+        Ok(members) => members,
+        Err(error) => {
+            let body = protocol::MembersResponse::default();
+            session.outbox.reply(seq, &agent_error(&error), Some(&body)).await;
+            return Ok(Flow::Continue);
+        }
+    };
+    let members = members
+        .iter()
+        .filter(|member| {
+            let Some((tags, status, name)) = &filter else { return true };
+            status.as_ref().is_none_or(|re| re.is_match(member.status.as_str()))
+                && name.as_ref().is_none_or(|re| re.is_match(&member.name))
+                && tags.iter().all(|(tag, re)| member.tags.get(tag).is_some_and(|v| re.is_match(v)))
+        })
+        .map(rpc_member)
+        .collect();
+    let body = protocol::MembersResponse { members };
+    session.outbox.reply(seq, "", Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
+pub(super) fn rpc_member(member: &serf::Member) -> protocol::Member {
+    let [protocol_min, protocol_max, protocol_cur] = member.versions.protocol;
+    let [delegate_min, delegate_max, delegate_cur] = member.versions.delegate;
+    protocol::Member {
+        addr: protocol::Member::addr_bytes(member.addr.ip()),
+        delegate_cur,
+        delegate_max,
+        delegate_min,
+        name: member.name.clone(),
+        port: member.addr.port(),
+        protocol_cur,
+        protocol_max,
+        protocol_min,
+        status: member.status.as_str().to_owned(),
+        tags: member.tags.clone(),
+    }
+}
+
+pub(super) async fn tags(session: &mut Session, seq: u64, request: protocol::TagsRequest) -> Result<Flow, protocol::FrameError> {
+    let result = async {
+        let mut tags = session.agent.stats().await?.local.tags;
+        for key in &request.delete_tags {
+            tags.remove(key);
+        }
+        tags.extend(request.tags);
+        session.agent.set_tags(tags).await
+    }
+    .await;
+    let error = result.err().map(|e| agent_error(&e)).unwrap_or_default();
+    session.outbox.error(seq, &error).await;
+    Ok(Flow::Continue)
+}
+
+pub(super) async fn stream(session: &mut Session, seq: u64, request: protocol::StreamRequest) -> Result<Flow, protocol::FrameError> {
+    let text = if request.filter.is_empty() { "*" } else { &request.filter };
+    let Ok(filter) = EventFilter::parse(text) else {
+        session.outbox.error(seq, errors::INVALID_FILTER).await;
+        return Ok(Flow::Continue);
+    };
+    if session.streams.contains_key(&seq) {
+        session.outbox.error(seq, errors::STREAM_EXISTS).await;
+        return Ok(Flow::Continue);
+    }
+    let mut subscription = match session.agent.subscribe(filter, STREAM_QUEUE).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            session.outbox.error(seq, &agent_error(&error)).await;
+            return Ok(Flow::Continue);
+        }
+    };
+    session.outbox.ok(seq).await;
+    let outbox = session.outbox.clone();
+    let pending = Arc::clone(&session.pending_queries);
+    let task = tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = outbox.closed() => return,
+                event = subscription.events.recv() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            let record = stream_record(&event, &pending);
+            if !outbox.record(seq, &record) {
+                return;
+            }
+        }
+    });
+    session.streams.insert(seq, task);
+    Ok(Flow::Continue)
+}
+
+fn stream_record(event: &Event, pending: &std::sync::Mutex<super::server::PendingQueries>) -> StreamRecord {
+    match event {
+        Event::Member(member_event) => {
+            let event = protocol::MemberEventType::from_name(member_event.kind.as_str())
+                .expect("both name the same five member events");
+            StreamRecord::Member(protocol::MemberEventRecord {
+                event,
+                members: member_event.members.iter().map(rpc_member).collect(),
+            })
+        }
+        Event::User(user) => StreamRecord::User(protocol::UserEventRecord {
+            coalesce: user.coalesce,
+            event: protocol::USER_EVENT.to_owned(),
+            ltime: user.ltime,
+            name: user.name.clone(),
+            payload: Some(user.payload.clone()),
+        }),
+        Event::Query(query) => {
+            let id = pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .register(query.key, query.deadline);
+            StreamRecord::Query(protocol::QueryEventRecord {
+                event: protocol::QUERY_EVENT.to_owned(),
+                id,
+                ltime: query.key.ltime,
+                name: query.name.clone(),
+                payload: Some(query.payload.clone()),
+            })
+        }
+    }
+}
+
+pub(super) async fn monitor(session: &mut Session, seq: u64, request: protocol::MonitorRequest) -> Result<Flow, protocol::FrameError> {
+    let upper = request.log_level.to_ascii_uppercase();
+    let level = match upper.as_str() {
+        "" => Some(LogLevel::Info),
+        "ERROR" => None, // Serf knows only ERR.
+        other => LogLevel::parse(other),
+    };
+    let Some(level) = level else {
+        session.outbox.error(seq, &errors::unknown_log_level(&upper)).await;
+        return Ok(Flow::Continue);
+    };
+    if session.monitor.is_some() {
+        session.outbox.error(seq, errors::MONITOR_EXISTS).await;
+        return Ok(Flow::Continue);
+    }
+    let logs = session.agent.logs().clone();
+    let (backlog, mut live) = logs.subscribe(level);
+    session.outbox.ok(seq).await;
+    let outbox = session.outbox.clone();
+    let task = tokio::spawn(async move {
+        for line in backlog {
+            if !outbox.record(seq, &protocol::LogRecord { log: line.text.to_string() }) {
+                return;
+            }
+        }
+        loop {
+            let line = tokio::select! {
+                () = outbox.closed() => return,
+                line = live.recv() => line,
+            };
+            match line {
+                Ok(line) if line.level >= level => {
+                    if !outbox.record(seq, &protocol::LogRecord { log: line.text.to_string() }) {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => logs.record_lagged(missed),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    session.monitor = Some(seq);
+    session.streams.insert(seq, task);
+    Ok(Flow::Continue)
+}
+
+pub(super) async fn stop(session: &mut Session, seq: u64, request: protocol::StopRequest) -> Result<Flow, protocol::FrameError> {
+    if let Some(task) = session.streams.remove(&request.stop) {
+        task.abort();
+    }
+    if session.monitor == Some(request.stop) {
+        session.monitor = None;
+    }
+    session.outbox.ok(seq).await;
+    Ok(Flow::Continue)
+}
+
+pub(super) async fn leave(session: &mut Session, seq: u64) -> Result<Flow, protocol::FrameError> {
+    let error = session.agent.leave().await.err().map(|e| agent_error(&e)).unwrap_or_default();
+    session.outbox.error(seq, &error).await;
+    // As in Serf, a leave over RPC also stops the agent once the reply is on its way.
+    session.agent.request_shutdown();
+    Ok(Flow::Continue)
+}
+
+pub(super) async fn query(session: &mut Session, seq: u64, request: protocol::QueryRequest) -> Result<Flow, protocol::FrameError> {
+    let params = QueryParams {
+        name: request.name,
+        payload: request.payload.unwrap_or_default(),
+        filter_nodes: request.filter_nodes,
+        filter_tags: request.filter_tags,
+        request_ack: request.request_ack,
+        relay_factor: request.relay_factor,
+        timeout: (!request.timeout.is_zero()).then_some(request.timeout),
+    };
+    let mut stream = match session.agent.query(params).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            session.outbox.error(seq, &agent_error(&error)).await;
+            return Ok(Flow::Continue);
+        }
+    };
+    session.outbox.ok(seq).await;
+    let outbox = session.outbox.clone();
+    tokio::spawn(async move {
+        while let Some(output) = stream.outputs.recv().await {
+            let record = match output {
+                QueryOutput::Ack { from } => QueryRecord::ack(from),
+                QueryOutput::Response { from, payload } => QueryRecord::response(from, payload),
+                QueryOutput::Done => QueryRecord::done(),
+            };
+            let done = record.kind == protocol::QueryRecordType::Done;
+            if !outbox.record(seq, &record) || done {
+                return;
+            }
+        }
+    });
+    Ok(Flow::Continue)
+}
+
+pub(super) async fn respond(session: &mut Session, seq: u64, request: protocol::RespondRequest) -> Result<Flow, protocol::FrameError> {
+    let key = session
+        .pending_queries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(request.id);
+    let Some(key) = key else {
+        session.outbox.error(seq, errors::INVALID_QUERY_ID).await;
+        return Ok(Flow::Continue);
+    };
+    let payload = request.payload.unwrap_or_default();
+    let error = session
+        .agent
+        .respond(key, payload)
+        .await
+        .err()
+        .map(|e| agent_error(&e))
+        .unwrap_or_default();
+    session.outbox.error(seq, &error).await;
+    Ok(Flow::Continue)
+}
+
+/// Key management: this agent has no keyring (no encryption), and says so as Serf does.
+pub(super) async fn keys(session: &mut Session, seq: u64, command: &str) -> Result<Flow, protocol::FrameError> {
+    let node = session.agent.config().node_name.clone();
+    let message = if command == protocol::command::LIST_KEYS {
+        "Keyring is empty (encryption not enabled)"
+    } else {
+        "No keyring to modify (encryption not enabled)"
+    };
+    let body = protocol::KeyResponse {
+        keys: (command == protocol::command::LIST_KEYS).then(BTreeMap::new),
+        messages: [(node, message.to_owned())].into(),
+        num_err: 1,
+        num_nodes: 1,
+        num_resp: 1,
+    };
+    session.outbox.reply(seq, "1/1 nodes reported failure", Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
+pub(super) async fn stats(session: &mut Session, seq: u64) -> Result<Flow, protocol::FrameError> {
+    let stats = match session.agent.stats().await {
+        Ok(stats) => stats,
+        Err(error) => {
+            let body = protocol::Stats::new();
+            session.outbox.reply(seq, &agent_error(&error), Some(&body)).await;
+            return Ok(Flow::Continue);
+        }
+    };
+    let body = stats_sections(session, &stats);
+    session.outbox.reply(seq, "", Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
+fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protocol::Stats {
+    let section = |pairs: Vec<(&str, String)>| -> BTreeMap<String, String> {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let serf = &stats.serf;
+    let mut sections = protocol::Stats::new();
+    sections.insert("agent".into(), section(vec![("name", stats.local.name.clone())]));
+    sections.insert(
+        "runtime".into(),
+        section(vec![
+            ("os", std::env::consts::OS.into()),
+            ("arch", std::env::consts::ARCH.into()),
+            ("version", format!("serf-rs {}", env!("CARGO_PKG_VERSION"))),
+            ("max_procs", cpus.to_string()),
+            ("goroutines", tasks.to_string()),
+            ("cpu_count", cpus.to_string()),
+        ]),
+    );
+    let logs = session.agent.logs();
+    sections.insert(
+        "serf".into(),
+        section(vec![
+            ("members", serf.members.to_string()),
+            ("failed", serf.failed.to_string()),
+            ("left", serf.left.to_string()),
+            ("health_score", "0".into()),
+            ("member_time", serf.member_time.to_string()),
+            ("event_time", serf.event_time.to_string()),
+            ("query_time", serf.query_time.to_string()),
+            ("intent_queue", "0".into()),
+            ("event_queue", "0".into()),
+            ("query_queue", "0".into()),
+            ("encrypted", "false".into()),
+            ("coordinate_resets", "0".into()),
+            ("event_streams", stats.num_streams.to_string()),
+            ("event_stream_drops", stats.stream_drops.to_string()),
+            ("query_answer_drops", stats.query_output_drops.to_string()),
+            ("plugin_response_drops", stats.respond_drops.to_string()),
+            ("monitor_lagged_lines", logs.lagged().to_string()),
+        ]),
+    );
+    sections.insert("tags".into(), stats.local.tags.clone());
+    sections.insert("event_handlers".into(), BTreeMap::new());
+    let plugins = session.agent.plugins();
+    let (hits, misses) = plugins.cache_counts();
+    sections.insert(
+        "plugins".into(),
+        section(vec![
+            ("count", plugins.num_plugins().to_string()),
+            ("cache_hits", hits.to_string()),
+            ("cache_misses", misses.to_string()),
+        ]),
+    );
+    for plugin in plugins.stats() {
+        let duration = |d: Duration| format!("{d:?}");
+        sections.insert(
+            format!("plugin:{}", plugin.name),
+            section(vec![
+                ("state", plugin.state),
+                ("events", plugin.filter),
+                ("sha256", plugin.sha256),
+                ("offered", plugin.offered.to_string()),
+                ("handled", plugin.handled.to_string()),
+                ("errors", plugin.errors.to_string()),
+                ("traps", plugin.traps.to_string()),
+                ("timeouts", plugin.timeouts.to_string()),
+                ("fuel_exhausted", plugin.fuel_exhausted.to_string()),
+                ("memory_exceeded", plugin.memory_exceeded.to_string()),
+                ("dropped", plugin.dropped.to_string()),
+                ("expired", plugin.expired.to_string()),
+                ("skipped", plugin.skipped.to_string()),
+                ("starts", plugin.starts.to_string()),
+                ("start_failures", plugin.start_failures.to_string()),
+                ("queue_depth", plugin.queue_depth.to_string()),
+                ("queue_capacity", plugin.queue_capacity.to_string()),
+                ("fuel_used", plugin.fuel_used.to_string()),
+                ("latency_p50", duration(plugin.latency_p50)),
+                ("latency_p99", duration(plugin.latency_p99)),
+            ]),
+        );
+    }
+    sections
+}
+
+/// Network coordinates come with the gossip layer; until then no node has one.
+pub(super) async fn get_coordinate(
+    session: &mut Session,
+    seq: u64,
+    _request: protocol::CoordinateRequest,
+) -> Result<Flow, protocol::FrameError> {
+    let body = protocol::CoordinateResponse::default();
+    session.outbox.reply(seq, "", Some(&body)).await;
+    Ok(Flow::Continue)
+}

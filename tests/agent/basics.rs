@@ -1,0 +1,142 @@
+//! The README's tour, checked with both CLIs.
+
+use std::time::Duration;
+
+use serf_tests::{Node, eventually, next_net, stdout_ok};
+
+const MEMRESPONSE: &str = "[plugins.memresponse]\nevents = \"user:memresponse\"\n\
+                           dirs = { \"/data\" = \"data\" }\nconfig = { file = \"/data/mem.txt\" }\n";
+
+#[test]
+fn members_lists_the_node_with_its_tags_in_both_clis() {
+    let node = Node::builder(next_net(), 1)
+        .arg("-tag=role=web")
+        .arg("-tag=dc=east")
+        .start();
+    for output in [node.cli(&["members"]), node.go_cli(&["members"])] {
+        let text = stdout_ok(&output);
+        let line = text.lines().next().expect("one member line");
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(columns[..3], ["node1", &node.bind.to_string(), "alive"], "{text}");
+        let mut tags: Vec<&str> = columns[3].split(',').collect();
+        tags.sort();
+        assert_eq!(tags, ["dc=east", "role=web"], "{text}");
+    }
+    for output in [
+        node.cli(&["members", "-format=json"]),
+        node.go_cli(&["members", "-format=json"]),
+    ] {
+        let json: serde_json::Value = serde_json::from_str(&stdout_ok(&output)).unwrap();
+        let member = &json["members"][0];
+        assert_eq!(member["name"], "node1");
+        assert_eq!(member["addr"], node.bind.to_string());
+        assert_eq!(member["status"], "alive");
+        assert_eq!(member["tags"]["role"], "web");
+        assert_eq!(member["tags"]["dc"], "east");
+    }
+    // Filters are regexes anchored at both ends, as in Serf.
+    for output in [
+        node.cli(&["members", "-tag", "role=we"]),
+        node.go_cli(&["members", "-tag", "role=we"]),
+    ] {
+        assert_eq!(stdout_ok(&output).trim(), "");
+    }
+    let output = node.go_cli(&["members", "-status=alive", "-name=node.*"]);
+    assert!(stdout_ok(&output).contains("node1"));
+}
+
+#[test]
+fn memresponse_event_lands_in_mem_txt() {
+    let node = Node::builder(next_net(), 1)
+        .plugin("memresponse", "memresponse")
+        .config(MEMRESPONSE)
+        .start();
+    let output = node.go_cli(&["event", "memresponse", "xcxx"]);
+    assert!(stdout_ok(&output).contains("Event 'memresponse' dispatched!"), "{output:?}");
+    let output = node.cli(&["event", "memresponse", "yy"]);
+    assert!(stdout_ok(&output).contains("Event 'memresponse' dispatched!"), "{output:?}");
+    let file = node.dir.path().join("data/mem.txt");
+    let written = eventually(Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        (text == "xcxx\nyy\n").then_some(text)
+    });
+    assert!(written.is_some(), "mem.txt: {:?}\n{}", std::fs::read_to_string(&file), node.log());
+}
+
+#[test]
+fn upcase_query_answers_foo() {
+    let node = Node::builder(next_net(), 1)
+        .plugin("upcase", "upcase")
+        .config("[plugins.upcase]\nevents = \"query:upcase\"\n")
+        .start();
+    for output in [
+        node.go_cli(&["query", "-timeout=1s", "upcase", "foo"]),
+        node.cli(&["query", "-timeout=1s", "upcase", "foo"]),
+    ] {
+        let text = stdout_ok(&output);
+        assert!(text.contains("Query 'upcase' dispatched"), "{text}");
+        assert!(text.contains("Ack from 'node1'"), "{text}");
+        assert!(text.contains("Response from 'node1': FOO"), "{text}");
+        assert!(text.contains("Total Acks: 1"), "{text}");
+        assert!(text.contains("Total Responses: 1"), "{text}");
+    }
+    for output in [
+        node.go_cli(&["query", "-format=json", "-timeout=1s", "upcase", "bar"]),
+        node.cli(&["query", "-format=json", "-timeout=1s", "upcase", "bar"]),
+    ] {
+        let json: serde_json::Value = serde_json::from_str(&stdout_ok(&output)).unwrap();
+        assert_eq!(json["Responses"]["node1"], "BAR", "{json}");
+        assert_eq!(json["Acks"][0], "node1", "{json}");
+    }
+    // A query nobody handles is acked, not answered.
+    let text = stdout_ok(&node.go_cli(&["query", "-timeout=500ms", "nobody", "x"]));
+    assert!(text.contains("Total Responses: 0"), "{text}");
+}
+
+#[test]
+fn hello_logs_events_and_monitor_shows_them() {
+    let node = Node::builder(next_net(), 1)
+        .plugin("hello", "hello")
+        .start();
+    node.wait_for_log("member-join", Duration::from_secs(20));
+    let output = node.go_cli(&["event", "my-name-is", "Mitchell"]);
+    stdout_ok(&output);
+    node.wait_for_log("my-name-is", Duration::from_secs(20));
+    let text = node.log();
+    assert!(text.contains("Mitchell"), "{text}");
+    assert!(text.contains("plugin: hello:"), "{text}");
+}
+
+#[test]
+fn info_reports_the_agent_and_its_plugins() {
+    let node = Node::builder(next_net(), 1)
+        .plugin("upcase", "upcase")
+        .start();
+    let info = node.info();
+    assert_eq!(info["agent"]["name"], "node1", "{info}");
+    assert_eq!(info["serf"]["members"], "1", "{info}");
+    assert_eq!(info["plugin:upcase"]["state"], "running", "{info}");
+    let text = stdout_ok(&node.go_cli(&["info"]));
+    assert!(text.contains("agent:"), "{text}");
+    assert!(text.contains("name = node1"), "{text}");
+}
+
+#[test]
+fn leave_stops_the_agent_gracefully() {
+    let mut node = Node::builder(next_net(), 1).start();
+    let output = node.go_cli(&["leave"]);
+    assert!(stdout_ok(&output).contains("Graceful leave complete"), "{output:?}");
+    let status = node.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", node.log());
+}
+
+#[test]
+fn interrupt_leaves_and_exits() {
+    let mut node = Node::builder(next_net(), 1).start();
+    let pid = node.child().id().to_string();
+    let status = std::process::Command::new("kill").args(["-INT", &pid]).status();
+    assert!(status.is_ok_and(|s| s.success()));
+    let status = node.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", node.log());
+    assert!(node.log().contains("Gracefully shutting down agent"), "{}", node.log());
+}

@@ -1,0 +1,5 @@
+//! Real `serf` agents on loopback, driven by our CLI, by Serf 0.9.4's CLI and by raw RPC.
+
+mod bad_input;
+mod basics;
+mod sandbox;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine with rustup:
+#
+#   bash tests/run-all.sh
+#
+# Installs what the tests need (the wasm32-wasip1 target, rustfmt and clippy, Debian's serf
+# 0.9.4 as the compatibility oracle), then runs every check in the order CI needs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+if ! command -v rustup >/dev/null; then
+    echo "rustup is required (https://rustup.rs)" >&2
+    exit 1
+fi
+rustup component add rustfmt clippy >/dev/null
+rustup target add wasm32-wasip1 >/dev/null
+if [ ! -x /usr/bin/serf ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    # Debian's package enables a system service; keep it from starting during the install.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    $SUDO apt-get install -y -qq serf >/dev/null
+fi
+/usr/bin/serf version | head -1
+
+PLUGINS=(-p upcase -p memresponse -p hello -p misbehave -p noop)
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --locked --target wasm32-wasip1 -p serf-plugin-sdk "${PLUGINS[@]}" -- -D warnings
+
+step "building plugins for wasm32-wasip1"
+cargo build --locked --profile plugin --target wasm32-wasip1 "${PLUGINS[@]}"
+
+step "building the agent"
+cargo build --locked --workspace
+
+step "cargo test"
+cargo test --locked --workspace
+
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspace
+
+step "all checks passed"

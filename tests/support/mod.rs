@@ -1,0 +1,368 @@
+//! Test support: real agents as child processes on loopback addresses.
+//!
+//! Each test takes its own `127.<net>.0.0/24` (see [`next_net`]), so tests run in parallel
+//! without sharing ports. A [`Node`] kills its own child (by its PID, through `Child::kill`)
+//! when dropped; waits poll to a deadline ([`eventually`]) instead of sleeping.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// Our `serf` binary (`SERF_BIN` overrides), built by `cargo build -p serf-host`.
+pub fn serf_bin() -> PathBuf {
+    let path = std::env::var_os("SERF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug/serf"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p serf-host` first",
+        path.display()
+    );
+    path
+}
+
+/// Serf 0.9.4 from Debian, the compatibility oracle.
+pub fn go_serf() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/serf");
+    assert!(
+        path.exists(),
+        "/usr/bin/serf is missing: run `apt-get install -y serf` (tests/run-all.sh does)"
+    );
+    path
+}
+
+/// A plugin built for wasm32-wasip1 with the `plugin` profile.
+pub fn wasm(name: &str) -> PathBuf {
+    let path = target_dir().join(format!("wasm32-wasip1/plugin/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --profile plugin --target wasm32-wasip1 -p {name}` first",
+        path.display()
+    );
+    path
+}
+
+/// A fresh `127.<net>.0.0/24` for one test.
+pub fn next_net() -> u8 {
+    static NEXT: AtomicU8 = AtomicU8::new(100);
+    let net = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(net < 250, "too many tests for the loopback nets");
+    net
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command to completion, killing it after `timeout`.
+pub fn run(command: &mut Command, timeout: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    let finished = eventually(timeout, || child.try_wait().ok().flatten());
+    if finished.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("child output");
+    assert!(finished.is_some(), "{command:?} did not finish within {timeout:?}: {output:?}");
+    output
+}
+
+/// A command's stdout as text, asserting it succeeded.
+pub fn stdout_ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// An agent process of ours.
+pub struct Node {
+    /// Its node name.
+    pub name: String,
+    /// Its gossip address.
+    pub bind: SocketAddr,
+    /// Its RPC address.
+    pub rpc: SocketAddr,
+    /// Its working directory (config, plugins, data).
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// What a [`Node`] starts with.
+pub struct NodeBuilder {
+    name: String,
+    ip: String,
+    config: String,
+    plugins: Vec<(String, PathBuf)>,
+    args: Vec<String>,
+}
+
+impl NodeBuilder {
+    /// Adds config text (TOML) to the node's serf.toml.
+    pub fn config(mut self, toml: &str) -> NodeBuilder {
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+
+    /// Copies a built plugin into the node's plugin directory as `<as_name>.wasm`.
+    pub fn plugin(mut self, wasm_name: &str, as_name: &str) -> NodeBuilder {
+        self.plugins.push((as_name.to_owned(), wasm(wasm_name)));
+        self
+    }
+
+    /// Writes a file into the node's plugin directory (for broken-plugin tests).
+    pub fn raw_plugin_file(mut self, file_name: &str, source: PathBuf) -> NodeBuilder {
+        self.plugins.push((file_name.to_owned(), source));
+        self
+    }
+
+    /// Extra `serf agent` arguments.
+    pub fn arg(mut self, arg: &str) -> NodeBuilder {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Starts the agent and waits until its RPC port answers.
+    pub fn start(self) -> Node {
+        let node = self.spawn();
+        let up = eventually(Duration::from_secs(60), || TcpStream::connect(node.rpc).ok());
+        assert!(up.is_some(), "agent {} never opened RPC: {}", node.name, node.log());
+        node
+    }
+
+    /// Starts the agent without waiting for it.
+    pub fn spawn(self) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
+        for (name, source) in &self.plugins {
+            let file = if name.contains('.') { name.clone() } else { format!("{name}.wasm") };
+            std::fs::copy(source, plugin_dir.join(file)).expect("copy plugin");
+        }
+        let bind: SocketAddr = format!("{}:7946", self.ip).parse().expect("bind addr");
+        let rpc: SocketAddr = format!("{}:7373", self.ip).parse().expect("rpc addr");
+        let config = format!(
+            "node_name = \"{}\"\nbind = \"{bind}\"\nrpc_addr = \"{rpc}\"\ndata_dir = \"data\"\nplugin_dir = \"plugins\"\n{}",
+            self.name, self.config
+        );
+        let config_path = dir.path().join("serf.toml");
+        std::fs::write(&config_path, config).expect("write serf.toml");
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
+        let child = Command::new(serf_bin())
+            .arg("agent")
+            .arg(format!("-config-file={}", config_path.display()))
+            .args(&self.args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start serf agent");
+        Node {
+            name: self.name,
+            bind,
+            rpc,
+            dir,
+            child: Some(child),
+        }
+    }
+}
+
+impl Node {
+    /// A node named `node<n>` on `127.<net>.0.<n>`.
+    pub fn builder(net: u8, n: u8) -> NodeBuilder {
+        NodeBuilder {
+            name: format!("node{n}"),
+            ip: format!("127.{net}.0.{n}"),
+            config: String::new(),
+            plugins: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// `-rpc-addr=...` for either CLI.
+    pub fn rpc_flag(&self) -> String {
+        format!("-rpc-addr={}", self.rpc)
+    }
+
+    /// Runs our CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(&serf_bin(), args)
+    }
+
+    /// Runs Serf's own CLI (`/usr/bin/serf`) against this node.
+    pub fn go_cli(&self, args: &[&str]) -> Output {
+        self.cli_with(&go_serf(), args)
+    }
+
+    fn cli_with(&self, bin: &Path, args: &[&str]) -> Output {
+        let (command, rest) = args.split_first().expect("a subcommand");
+        run(
+            Command::new(bin).arg(command).arg(self.rpc_flag()).args(rest),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Everything the agent wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`, or panics with the log.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let found = eventually(timeout, || self.log().contains(needle).then_some(()));
+        assert!(found.is_some(), "{} never logged {needle:?}:\n{}", self.name, self.log());
+    }
+
+    /// The process, while it runs.
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the agent was started")
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        eventually(timeout, || child.try_wait().ok().flatten())
+    }
+
+    /// `serf info -format=json` from our CLI, parsed.
+    pub fn info(&self) -> serde_json::Value {
+        let output = self.cli(&["info", "-format=json"]);
+        serde_json::from_str(&stdout_ok(&output)).expect("info json")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A bare RPC connection that sends and reads msgpack values as they are: for bad input and
+/// for firing many events over one connection.
+pub struct RawRpc {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawRpc {
+    /// Connects (no handshake).
+    pub fn connect(addr: SocketAddr) -> RawRpc {
+        let stream = TcpStream::connect(addr).expect("connect to RPC");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        RawRpc {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Connects and performs the handshake.
+    pub fn handshake(addr: SocketAddr) -> RawRpc {
+        let mut rpc = RawRpc::connect(addr);
+        rpc.request("handshake", 0, Some(map(&[("Version", 1.into())])));
+        let header = rpc.read().expect("handshake answer");
+        assert_eq!(field(&header, "Error"), Some(&rmpv::Value::from("")));
+        rpc
+    }
+
+    /// Writes raw bytes.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).expect("write to RPC");
+    }
+
+    /// Sends a request header (and body).
+    pub fn request(&mut self, command: &str, seq: u64, body: Option<rmpv::Value>) {
+        let mut bytes = Vec::new();
+        let header = map(&[("Command", command.into()), ("Seq", seq.into())]);
+        rmpv::encode::write_value(&mut bytes, &header).expect("encode header");
+        if let Some(body) = body {
+            rmpv::encode::write_value(&mut bytes, &body).expect("encode body");
+        }
+        self.send_bytes(&bytes);
+    }
+
+    /// Reads one msgpack value; `None` when the agent closed the connection.
+    pub fn read(&mut self) -> Option<rmpv::Value> {
+        use std::io::Read;
+        loop {
+            let mut cursor = std::io::Cursor::new(&self.buffer[..]);
+            if let Ok(value) = rmpv::decode::read_value(&mut cursor) {
+                let used = cursor.position() as usize;
+                self.buffer.drain(..used);
+                return Some(value);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// A msgpack map with string keys.
+pub fn map(entries: &[(&str, rmpv::Value)]) -> rmpv::Value {
+    rmpv::Value::Map(
+        entries
+            .iter()
+            .map(|(key, value)| (rmpv::Value::from(*key), value.clone()))
+            .collect(),
+    )
+}
+
+/// A field of a msgpack map.
+pub fn field<'a>(value: &'a rmpv::Value, key: &str) -> Option<&'a rmpv::Value> {
+    value
+        .as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+impl RawRpc {
+    /// Closes our sending half, so the agent sees EOF after what was sent.
+    pub fn stream_shutdown_write(&mut self) -> std::io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)
+    }
+}
