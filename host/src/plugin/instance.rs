@@ -276,7 +276,7 @@ impl Instance {
         let input_buffer = self.input_buffer.clone();
         let outcome = tokio::time::timeout(timeout, async {
             let ptr = input_buffer.call_async(&mut *store, len_i32).await?;
-            let start = u32::try_from(ptr).ok().filter(|&p| p != 0).map(|p| p as usize);
+            let start = Some(ptr as u32).filter(|&p| p != 0).map(|p| p as usize);
             let Some(start) = start else {
                 return Ok(Err(CallError::BadBuffer(format!("pointer {ptr}"))));
             };
@@ -319,9 +319,8 @@ fn classify(store: &Store<StoreState>, error: wasmtime::Error, budget: u64) -> C
 
 /// Copies `len` bytes at `ptr` out of the guest's memory, or says why not.
 fn read_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
-    let (Ok(start), Ok(len)) = (u32::try_from(ptr), u32::try_from(len)) else {
-        return Err(Status::InvalidMemory);
-    };
+    // Guest pointers and lengths are u32 bit patterns carried in i32s.
+    let (start, len) = (ptr as u32, len as u32);
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
         return Err(Status::InvalidMemory);
     };

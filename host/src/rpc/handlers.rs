@@ -24,7 +24,11 @@ fn agent_error(error: &AgentError) -> String {
     }
 }
 
-pub(super) async fn event(session: &mut Session, seq: u64, request: protocol::EventRequest) -> Result<Flow, protocol::FrameError> {
+pub(super) async fn event(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::EventRequest,
+) -> Result<Flow, protocol::FrameError> {
     let payload = request.payload.unwrap_or_default();
     let result = session
         .agent
@@ -47,7 +51,11 @@ pub(super) async fn force_leave(
     Ok(Flow::Continue)
 }
 
-pub(super) async fn join(session: &mut Session, seq: u64, request: protocol::JoinRequest) -> Result<Flow, protocol::FrameError> {
+pub(super) async fn join(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::JoinRequest,
+) -> Result<Flow, protocol::FrameError> {
     let error = format!(
         "cannot join {}: this agent does not gossip yet, so it cannot join a cluster",
         request.existing.join(", ")
@@ -84,17 +92,26 @@ pub(super) async fn members(
         Ok(members) => members,
         Err(error) => {
             let body = protocol::MembersResponse::default();
-            session.outbox.reply(seq, &agent_error(&error), Some(&body)).await;
+            session
+                .outbox
+                .reply(seq, &agent_error(&error), Some(&body))
+                .await;
             return Ok(Flow::Continue);
         }
     };
     let members = members
         .iter()
         .filter(|member| {
-            let Some((tags, status, name)) = &filter else { return true };
-            status.as_ref().is_none_or(|re| re.is_match(member.status.as_str()))
+            let Some((tags, status, name)) = &filter else {
+                return true;
+            };
+            status
+                .as_ref()
+                .is_none_or(|re| re.is_match(member.status.as_str()))
                 && name.as_ref().is_none_or(|re| re.is_match(&member.name))
-                && tags.iter().all(|(tag, re)| member.tags.get(tag).is_some_and(|v| re.is_match(v)))
+                && tags
+                    .iter()
+                    .all(|(tag, re)| member.tags.get(tag).is_some_and(|v| re.is_match(v)))
         })
         .map(rpc_member)
         .collect();
@@ -121,7 +138,11 @@ pub(super) fn rpc_member(member: &serf::Member) -> protocol::Member {
     }
 }
 
-pub(super) async fn tags(session: &mut Session, seq: u64, request: protocol::TagsRequest) -> Result<Flow, protocol::FrameError> {
+pub(super) async fn tags(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::TagsRequest,
+) -> Result<Flow, protocol::FrameError> {
     let result = async {
         let mut tags = session.agent.stats().await?.local.tags;
         for key in &request.delete_tags {
@@ -136,8 +157,16 @@ pub(super) async fn tags(session: &mut Session, seq: u64, request: protocol::Tag
     Ok(Flow::Continue)
 }
 
-pub(super) async fn stream(session: &mut Session, seq: u64, request: protocol::StreamRequest) -> Result<Flow, protocol::FrameError> {
-    let text = if request.filter.is_empty() { "*" } else { &request.filter };
+pub(super) async fn stream(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::StreamRequest,
+) -> Result<Flow, protocol::FrameError> {
+    let text = if request.filter.is_empty() {
+        "*"
+    } else {
+        &request.filter
+    };
     let Ok(filter) = EventFilter::parse(text) else {
         session.outbox.error(seq, errors::INVALID_FILTER).await;
         return Ok(Flow::Continue);
@@ -175,7 +204,10 @@ pub(super) async fn stream(session: &mut Session, seq: u64, request: protocol::S
     Ok(Flow::Continue)
 }
 
-fn stream_record(event: &Event, pending: &std::sync::Mutex<super::server::PendingQueries>) -> StreamRecord {
+fn stream_record(
+    event: &Event,
+    pending: &std::sync::Mutex<super::server::PendingQueries>,
+) -> StreamRecord {
     match event {
         Event::Member(member_event) => {
             let event = protocol::MemberEventType::from_name(member_event.kind.as_str())
@@ -208,7 +240,11 @@ fn stream_record(event: &Event, pending: &std::sync::Mutex<super::server::Pendin
     }
 }
 
-pub(super) async fn monitor(session: &mut Session, seq: u64, request: protocol::MonitorRequest) -> Result<Flow, protocol::FrameError> {
+pub(super) async fn monitor(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::MonitorRequest,
+) -> Result<Flow, protocol::FrameError> {
     let upper = request.log_level.to_ascii_uppercase();
     let level = match upper.as_str() {
         "" => Some(LogLevel::Info),
@@ -216,7 +252,10 @@ pub(super) async fn monitor(session: &mut Session, seq: u64, request: protocol::
         other => LogLevel::parse(other),
     };
     let Some(level) = level else {
-        session.outbox.error(seq, &errors::unknown_log_level(&upper)).await;
+        session
+            .outbox
+            .error(seq, &errors::unknown_log_level(&upper))
+            .await;
         return Ok(Flow::Continue);
     };
     if session.monitor.is_some() {
@@ -229,7 +268,12 @@ pub(super) async fn monitor(session: &mut Session, seq: u64, request: protocol::
     let outbox = session.outbox.clone();
     let task = tokio::spawn(async move {
         for line in backlog {
-            if !outbox.record(seq, &protocol::LogRecord { log: line.text.to_string() }) {
+            if !outbox.record(
+                seq,
+                &protocol::LogRecord {
+                    log: line.text.to_string(),
+                },
+            ) {
                 return;
             }
         }
@@ -240,12 +284,19 @@ pub(super) async fn monitor(session: &mut Session, seq: u64, request: protocol::
             };
             match line {
                 Ok(line) if line.level >= level => {
-                    if !outbox.record(seq, &protocol::LogRecord { log: line.text.to_string() }) {
+                    if !outbox.record(
+                        seq,
+                        &protocol::LogRecord {
+                            log: line.text.to_string(),
+                        },
+                    ) {
                         return;
                     }
                 }
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => logs.record_lagged(missed),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    logs.record_lagged(missed)
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
@@ -255,7 +306,11 @@ pub(super) async fn monitor(session: &mut Session, seq: u64, request: protocol::
     Ok(Flow::Continue)
 }
 
-pub(super) async fn stop(session: &mut Session, seq: u64, request: protocol::StopRequest) -> Result<Flow, protocol::FrameError> {
+pub(super) async fn stop(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::StopRequest,
+) -> Result<Flow, protocol::FrameError> {
     if let Some(task) = session.streams.remove(&request.stop) {
         task.abort();
     }
@@ -267,14 +322,24 @@ pub(super) async fn stop(session: &mut Session, seq: u64, request: protocol::Sto
 }
 
 pub(super) async fn leave(session: &mut Session, seq: u64) -> Result<Flow, protocol::FrameError> {
-    let error = session.agent.leave().await.err().map(|e| agent_error(&e)).unwrap_or_default();
+    let error = session
+        .agent
+        .leave()
+        .await
+        .err()
+        .map(|e| agent_error(&e))
+        .unwrap_or_default();
     session.outbox.error(seq, &error).await;
     // As in Serf, a leave over RPC also stops the agent once the reply is on its way.
     session.agent.request_shutdown();
     Ok(Flow::Continue)
 }
 
-pub(super) async fn query(session: &mut Session, seq: u64, request: protocol::QueryRequest) -> Result<Flow, protocol::FrameError> {
+pub(super) async fn query(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::QueryRequest,
+) -> Result<Flow, protocol::FrameError> {
     let params = QueryParams {
         name: request.name,
         payload: request.payload.unwrap_or_default(),
@@ -309,7 +374,11 @@ pub(super) async fn query(session: &mut Session, seq: u64, request: protocol::Qu
     Ok(Flow::Continue)
 }
 
-pub(super) async fn respond(session: &mut Session, seq: u64, request: protocol::RespondRequest) -> Result<Flow, protocol::FrameError> {
+pub(super) async fn respond(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::RespondRequest,
+) -> Result<Flow, protocol::FrameError> {
     let key = session
         .pending_queries
         .lock()
@@ -332,7 +401,11 @@ pub(super) async fn respond(session: &mut Session, seq: u64, request: protocol::
 }
 
 /// Key management: this agent has no keyring (no encryption), and says so as Serf does.
-pub(super) async fn keys(session: &mut Session, seq: u64, command: &str) -> Result<Flow, protocol::FrameError> {
+pub(super) async fn keys(
+    session: &mut Session,
+    seq: u64,
+    command: &str,
+) -> Result<Flow, protocol::FrameError> {
     let node = session.agent.config().node_name.clone();
     let message = if command == protocol::command::LIST_KEYS {
         "Keyring is empty (encryption not enabled)"
@@ -346,7 +419,10 @@ pub(super) async fn keys(session: &mut Session, seq: u64, command: &str) -> Resu
         num_nodes: 1,
         num_resp: 1,
     };
-    session.outbox.reply(seq, "1/1 nodes reported failure", Some(&body)).await;
+    session
+        .outbox
+        .reply(seq, "1/1 nodes reported failure", Some(&body))
+        .await;
     Ok(Flow::Continue)
 }
 
@@ -355,7 +431,10 @@ pub(super) async fn stats(session: &mut Session, seq: u64) -> Result<Flow, proto
         Ok(stats) => stats,
         Err(error) => {
             let body = protocol::Stats::new();
-            session.outbox.reply(seq, &agent_error(&error), Some(&body)).await;
+            session
+                .outbox
+                .reply(seq, &agent_error(&error), Some(&body))
+                .await;
             return Ok(Flow::Continue);
         }
     };
@@ -369,10 +448,15 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
         pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     let serf = &stats.serf;
     let mut sections = protocol::Stats::new();
-    sections.insert("agent".into(), section(vec![("name", stats.local.name.clone())]));
+    sections.insert(
+        "agent".into(),
+        section(vec![("name", stats.local.name.clone())]),
+    );
     sections.insert(
         "runtime".into(),
         section(vec![

@@ -20,9 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::handlers;
-use super::protocol::{
-    self, FrameReader, RequestHeader, ResponseHeader, command, errors,
-};
+use super::protocol::{self, FrameReader, RequestHeader, ResponseHeader, command, errors};
 use crate::agent::AgentHandle;
 use crate::serf::QueryKey;
 
