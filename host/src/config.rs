@@ -74,6 +74,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Directory of `*.wasm` plugins.
     pub plugin_dir: Option<PathBuf>,
+    /// Where compiled plugins are cached (default: `data_dir/plugin-cache`).
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Serf's limit on `len(name) + len(payload)` of a user event, in bytes.
     pub user_event_size_limit: Option<usize>,
     /// Serf's limit on an encoded query, in bytes.
@@ -165,6 +167,8 @@ pub struct Config {
     pub tags: BTreeMap<String, String>,
     /// The agent's state directory, if it has one.
     pub data_dir: Option<PathBuf>,
+    /// Where compiled plugins are cached; `None` compiles at every start.
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Serf's protocol limits.
     pub serf_limits: SerfLimits,
     /// The plugins to load, in name order.
@@ -348,6 +352,10 @@ impl Config {
             .clone()
             .or_else(|| file.data_dir.map(|dir| base.join(dir)))
             .or_else(default_data_dir);
+        let plugin_cache_dir = file
+            .plugin_cache_dir
+            .map(|dir| base.join(dir))
+            .or_else(|| data_dir.as_ref().map(|dir| dir.join("plugin-cache")));
         let serf_limits = SerfLimits {
             user_event_size_limit: file
                 .user_event_size_limit
@@ -382,6 +390,7 @@ impl Config {
             log_level,
             tags,
             data_dir,
+            plugin_cache_dir,
             serf_limits,
             plugins,
         })

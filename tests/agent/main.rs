@@ -2,4 +2,5 @@
 
 mod bad_input;
 mod basics;
+mod go_plugins;
 mod sandbox;

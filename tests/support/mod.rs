@@ -58,6 +58,11 @@ pub fn wasm(name: &str) -> PathBuf {
     path
 }
 
+/// One compiled-plugin cache for every agent the tests start, so each plugin compiles once.
+pub fn shared_plugin_cache() -> PathBuf {
+    target_dir().join("test-plugin-cache")
+}
+
 /// A fresh `127.<net>.0.0/24` for one test.
 pub fn next_net() -> u8 {
     static NEXT: AtomicU8 = AtomicU8::new(100);
@@ -177,8 +182,11 @@ impl NodeBuilder {
         let bind: SocketAddr = format!("{}:7946", self.ip).parse().expect("bind addr");
         let rpc: SocketAddr = format!("{}:7373", self.ip).parse().expect("rpc addr");
         let config = format!(
-            "node_name = \"{}\"\nbind = \"{bind}\"\nrpc_addr = \"{rpc}\"\ndata_dir = \"data\"\nplugin_dir = \"plugins\"\n{}",
-            self.name, self.config
+            "node_name = \"{}\"\nbind = \"{bind}\"\nrpc_addr = \"{rpc}\"\ndata_dir = \"data\"\n\
+             plugin_dir = \"plugins\"\nplugin_cache_dir = \"{}\"\n{}",
+            self.name,
+            shared_plugin_cache().display(),
+            self.config
         );
         let config_path = dir.path().join("serf.toml");
         std::fs::write(&config_path, config).expect("write serf.toml");
@@ -364,5 +372,25 @@ impl RawRpc {
     /// Closes our sending half, so the agent sees EOF after what was sent.
     pub fn stream_shutdown_write(&mut self) -> std::io::Result<()> {
         self.stream.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// A Go plugin built by `plugin-sdk/go/build.sh` into `target/wasm32-wasip1/go/`.
+pub fn go_wasm(name: &str) -> PathBuf {
+    let path = target_dir().join(format!("wasm32-wasip1/go/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash plugin-sdk/go/build.sh` (or `GOOS=wasip1 GOARCH=wasm go build \
+         -buildmode=c-shared -o target/wasm32-wasip1/go/{name}.wasm ./plugins/go/{name}`) first",
+        path.display()
+    );
+    path
+}
+
+impl NodeBuilder {
+    /// Copies a Go plugin built by `plugin-sdk/go/build.sh` into the node's plugin directory as
+    /// `<as_name>.wasm`.
+    pub fn go_plugin(self, wasm_name: &str, as_name: &str) -> NodeBuilder {
+        self.raw_plugin_file(&format!("{as_name}.wasm"), go_wasm(wasm_name))
     }
 }

@@ -147,8 +147,7 @@ impl Agent {
             .enable_all()
             .build()
             .context("cannot start the plugin runtime")?;
-        let cache_dir = config.data_dir.as_ref().map(|dir| dir.join("plugin-cache"));
-        let engine = Engine::new(cache_dir).map_err(|e| anyhow::anyhow!("{e:#}"))
+        let engine = Engine::new(config.plugin_cache_dir.clone()).map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot create the WebAssembly engine")?;
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let respond_drops = Arc::new(AtomicU64::new(0));
@@ -529,6 +528,7 @@ mod tests {
         };
         let mut config = Config::resolve(FileConfig::default(), std::path::Path::new("."), &flags).unwrap();
         config.data_dir = None;
+        config.plugin_cache_dir = None;
         Agent::start(config, LogHub::new()).await.unwrap()
     }
 

@@ -1,7 +1,5 @@
 //! `serf agent`: runs an agent until a signal or an RPC `leave`, printing Serf's banner.
 
-use std::process::ExitCode;
-
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -16,12 +14,12 @@ use crate::rpc::server::RpcServer;
 const AGENT_THREADS: usize = 2;
 
 /// Runs `serf agent` with these flags; returns the process exit code.
-pub(super) fn run(flags: &AgentFlags) -> ExitCode {
+pub(super) fn run(flags: &AgentFlags) -> u8 {
     let config = match Config::from_flags(flags) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("==> {error}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     let logs = LogHub::new();
@@ -37,14 +35,14 @@ pub(super) fn run(flags: &AgentFlags) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("==> cannot start the agent runtime: {error}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     match runtime.block_on(serve(config, logs)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(error) => {
             eprintln!("==> Failed to start the Serf agent: {error:#}");
-            ExitCode::FAILURE
+            1
         }
     }
 }
@@ -53,7 +51,7 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     println!("==> Starting Serf agent...");
-    tracing::info!("Serf agent starting");
+    tracing::info!(target: "serf_host::agent", "Serf agent starting");
     let agent = Agent::start(config.clone(), logs).await?;
     println!("==> Starting Serf agent RPC...");
     let rpc = match RpcServer::start(agent.handle(), config.rpc_addr).await {
@@ -106,9 +104,9 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<()> {
             tracing::error!(%error, "graceful leave failed");
         }
     }
-    tracing::info!("requesting serf shutdown");
+    tracing::info!(target: "serf_host::agent", "requesting serf shutdown");
     rpc.shutdown().await;
     agent.shutdown().await;
-    tracing::info!("shutdown complete");
+    tracing::info!(target: "serf_host::agent", "shutdown complete");
     Ok(())
 }

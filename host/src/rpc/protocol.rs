@@ -1798,7 +1798,7 @@ mod tests {
                 })
             ));
 
-            let deep = vec![0x91; MAX_NESTING_DEPTH + 2];
+            let deep = [0x91; MAX_NESTING_DEPTH + 2];
             let mut reader = FrameReader::new(&deep[..]);
             assert!(matches!(
                 reader.read_frame().await,

@@ -1,0 +1,3 @@
+module example.invalid/serf-wasm/plugin-sdk/go
+
+go 1.24

@@ -1,0 +1,85 @@
+package serf
+
+// Plugin is an event handler. The SDK keeps the one value given to Register for the life of
+// the instance, so its fields carry state from event to event.
+type Plugin interface {
+	// Init is called once per instance, before any event, with the plugin's serf.toml
+	// settings. Return an error to refuse them: the agent logs its text, drops this instance
+	// and tries again later with backoff. host allows logging; Respond is refused here.
+	Init(ctx *InitContext, host Host) error
+
+	// Handle handles one event. Events arrive one at a time, in the order the agent saw them.
+	// Ignore the kinds you do not care about by returning nil. An error is logged and counted
+	// by the agent, which keeps the instance and goes on with the next event.
+	Handle(event Event, host Host) error
+
+	// Shutdown is called at most once, best effort, before the agent drops the instance on
+	// shutdown or reload. It is not called after a trap (a panic, an exceeded limit). Keep it
+	// short: it gets the fuel_init budget and at most one second.
+	Shutdown(host Host)
+}
+
+// PluginDefaults gives a plugin the Init and Shutdown that the Rust SDK's trait provides by
+// default: Init accepts any configuration and Shutdown does nothing. Embed it and write only
+// Handle:
+//
+//	type Upcase struct{ serf.PluginDefaults }
+//
+//	func (Upcase) Handle(event serf.Event, host serf.Host) error { ... }
+type PluginDefaults struct{}
+
+// Init accepts the configuration without looking at it.
+func (PluginDefaults) Init(*InitContext, Host) error { return nil }
+
+// Shutdown does nothing.
+func (PluginDefaults) Shutdown(Host) {}
+
+// Host is the agent, as seen from inside a plugin call. Host calls never block and never call
+// back into the plugin.
+//
+// In a wasm build the SDK hands plugins a Host whose methods call the serf.* imports; in
+// native tests serftest.MockHost records the calls instead. Plugin code never knows which one
+// it has.
+type Host interface {
+	// Respond answers the query being handled with payload.
+	//
+	// Allowed only while handling a Query, and only once per query: otherwise ErrNotAllowed.
+	// The encoded response must fit Serf's query response limit (1024 bytes including about
+	// 30 bytes of header and the node name), so keep payloads well under 1 KiB: a larger one
+	// gets ErrTooLarge and nothing is sent.
+	Respond(payload []byte) error
+
+	// Log writes one line to the agent's log, attributed to this plugin. The host cuts lines
+	// at 4 KiB and rate-limits chatty plugins (about 100 lines per second); a refused line is
+	// dropped silently, since there is nowhere better to report it.
+	Log(level LogLevel, message string)
+
+	// Trace is Log at LogTrace.
+	Trace(message string)
+	// Debug is Log at LogDebug.
+	Debug(message string)
+	// Info is Log at LogInfo.
+	Info(message string)
+	// Warn is Log at LogWarn.
+	Warn(message string)
+	// Error is Log at LogError.
+	Error(message string)
+}
+
+// Register makes p this module's plugin. Call it once, from an init function of package main:
+//
+//	func init() { serf.Register(&MyPlugin{}) }
+//
+// Package initialisers run inside the module's _initialize export, before the host calls
+// serf_init. Register panics if p is nil or if a plugin is already registered: a module
+// holds exactly one plugin, and a panic there makes the agent report that the plugin failed
+// to start.
+func Register(p Plugin) {
+	if p == nil {
+		panic("serf: Register(nil)")
+	}
+	if instance.plugin != nil {
+		panic("serf: Register called twice; a module holds one plugin")
+	}
+	instance.plugin = p
+}

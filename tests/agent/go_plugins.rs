@@ -1,0 +1,129 @@
+//! The example plugins written with the Go SDK (`plugins/go/`), in the scenarios `basics` runs
+//! with the Rust ones: same events in, same effects out. Built by `plugin-sdk/go/build.sh`.
+
+use std::time::Duration;
+
+use serf_tests::{Node, eventually, next_net, stdout_ok};
+
+const MEMRESPONSE: &str = "[plugins.memresponse]\nevents = \"user:memresponse\"\n\
+                           dirs = { \"/data\" = \"data\" }\nconfig = { file = \"/data/mem.txt\" }\n";
+
+/// Compiling a 2 MB Go module takes a few seconds on a loaded 2-core machine.
+const GO_PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The text of every line a plugin logged, without the agent's timestamp and level.
+fn plugin_lines(node: &Node, plugin: &str) -> Vec<String> {
+    let marker = format!("plugin: {plugin}: ");
+    node.log()
+        .lines()
+        .filter_map(|line| line.split_once(&marker).map(|(_, text)| text.to_owned()))
+        .collect()
+}
+
+#[test]
+fn go_memresponse_event_lands_in_mem_txt() {
+    let node = Node::builder(next_net(), 1)
+        .go_plugin("memresponse", "memresponse")
+        .config(MEMRESPONSE)
+        .start();
+    let output = node.go_cli(&["event", "memresponse", "xcxx"]);
+    assert!(stdout_ok(&output).contains("Event 'memresponse' dispatched!"), "{output:?}");
+    let output = node.cli(&["event", "memresponse", "yy"]);
+    assert!(stdout_ok(&output).contains("Event 'memresponse' dispatched!"), "{output:?}");
+    let file = node.dir.path().join("data/mem.txt");
+    let written = eventually(GO_PLUGIN_TIMEOUT, || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        (text == "xcxx\nyy\n").then_some(text)
+    });
+    assert!(written.is_some(), "mem.txt: {:?}\n{}", std::fs::read_to_string(&file), node.log());
+    node.wait_for_log("appending memresponse payloads to /data/mem.txt", GO_PLUGIN_TIMEOUT);
+}
+
+#[test]
+fn go_upcase_query_answers_foo() {
+    let node = Node::builder(next_net(), 1)
+        .go_plugin("upcase", "upcase")
+        .config("[plugins.upcase]\nevents = \"query:upcase\"\n")
+        .start();
+    // The first query may arrive while the module still compiles; wait for the plugin.
+    let answered = eventually(GO_PLUGIN_TIMEOUT, || {
+        let output = node.cli(&["query", "-format=json", "-timeout=1s", "upcase", "warm"]);
+        output.status.success().then_some(())?;
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        (json["Responses"]["node1"] == "WARM").then_some(())
+    });
+    assert!(answered.is_some(), "the Go upcase plugin never answered:\n{}", node.log());
+    for output in [
+        node.go_cli(&["query", "-timeout=1s", "upcase", "foo"]),
+        node.cli(&["query", "-timeout=1s", "upcase", "foo"]),
+    ] {
+        let text = stdout_ok(&output);
+        assert!(text.contains("Query 'upcase' dispatched"), "{text}");
+        assert!(text.contains("Ack from 'node1'"), "{text}");
+        assert!(text.contains("Response from 'node1': FOO"), "{text}");
+        assert!(text.contains("Total Acks: 1"), "{text}");
+        assert!(text.contains("Total Responses: 1"), "{text}");
+    }
+    for (payload, expected) in [("bar", "BAR"), ("straße", "STRASSE")] {
+        for output in [
+            node.go_cli(&["query", "-format=json", "-timeout=1s", "upcase", payload]),
+            node.cli(&["query", "-format=json", "-timeout=1s", "upcase", payload]),
+        ] {
+            let json: serde_json::Value = serde_json::from_str(&stdout_ok(&output)).unwrap();
+            assert_eq!(json["Responses"]["node1"], expected, "{json}");
+            assert_eq!(json["Acks"][0], "node1", "{json}");
+        }
+    }
+}
+
+#[test]
+fn go_hello_logs_events() {
+    let node = Node::builder(next_net(), 1)
+        .go_plugin("hello", "hello")
+        .start();
+    let join = format!("plugin: hello: member-join: node1 {}", node.bind);
+    node.wait_for_log(&join, GO_PLUGIN_TIMEOUT);
+    stdout_ok(&node.go_cli(&["event", "my-name-is", "Mitchell"]));
+    node.wait_for_log(
+        "plugin: hello: user event my-name-is payload=\"Mitchell\"",
+        GO_PLUGIN_TIMEOUT,
+    );
+    let info = node.info();
+    assert_eq!(info["plugin:hello"]["state"], "running", "{info}");
+}
+
+#[test]
+fn go_and_rust_hello_log_the_same_lines() {
+    let net = next_net();
+    let rust = Node::builder(net, 1).plugin("hello", "hello").start();
+    let go = Node::builder(net, 2).go_plugin("hello", "hello").start();
+    let events: [&[&str]; 3] = [
+        &["event", "deploy", "v1"],
+        &["event", "-coalesce=false", "tabbed", "a\tb \"q\" \\ é"],
+        &["event", "empty"],
+    ];
+    for node in [&rust, &go] {
+        node.wait_for_log("plugin: hello: member-join: ", GO_PLUGIN_TIMEOUT);
+        for args in events {
+            stdout_ok(&node.go_cli(args));
+        }
+    }
+    let user_lines = |node: &Node| {
+        eventually(GO_PLUGIN_TIMEOUT, || {
+            let lines: Vec<String> = plugin_lines(node, "hello")
+                .into_iter()
+                .filter(|line| line.starts_with("user event "))
+                .collect();
+            (lines.len() == events.len()).then_some(lines)
+        })
+    };
+    let from_rust = user_lines(&rust).unwrap_or_else(|| panic!("rust hello:\n{}", rust.log()));
+    let from_go = user_lines(&go).unwrap_or_else(|| panic!("go hello:\n{}", go.log()));
+    assert_eq!(from_go, from_rust);
+    assert_eq!(from_go[0], "user event deploy payload=\"v1\"");
+    // Each node logs its own join the same way, up to its address.
+    for (node, lines) in [(&rust, plugin_lines(&rust, "hello")), (&go, plugin_lines(&go, "hello"))] {
+        let join = format!("member-join: {} {}", node.name, node.bind);
+        assert!(lines.contains(&join), "{lines:?}");
+    }
+}
