@@ -16,7 +16,8 @@
 //! - *cached load*: `Engine::load` on a fresh engine whose cache directory already holds the
 //!   module, median of 10.
 //! - *start*: `Instance::start` (store, WASI context, instantiation, `_initialize` if exported,
-//!   `serf_init`), median and 99th percentile of `PLUGIN_BENCH_STARTS` (default 200).
+//!   `serf_init`), median and 99th percentile of `PLUGIN_BENCH_STARTS` (default 200); *start
+//!   fuel* is the smallest `fuel_init` that still starts an instance (to 1 000 units).
 //! - *events*: `Instance::handle` on one live instance, back to back, under the default limits
 //!   (fuel metering on): `PLUGIN_BENCH_EVENTS` (default 20 000) after 1 000 warm-up calls.
 //!   The user event (`deploy`, payload `v1`) is ignored by every example plugin; the query is
@@ -56,6 +57,7 @@ struct Row {
     cached_load: Duration,
     start_p50: Duration,
     start_p99: Duration,
+    start_fuel: u64,
     events: Vec<EventFigures>,
 }
 
@@ -158,6 +160,17 @@ async fn measure(file: &Path, compile_reps: usize, starts: usize, events: usize)
         drop(instance);
     }
 
+    // The smallest fuel_init that still starts an instance: what start-up burns, to 1 000.
+    let (mut starved, mut enough) = (0, spec.limits.fuel_init);
+    while enough - starved > 1_000 {
+        let mut trial = spec.clone();
+        trial.limits.fuel_init = starved + (enough - starved) / 2;
+        match Instance::start(&loaded, &trial, Arc::clone(&context), &init).await {
+            Ok(_) => enough = trial.limits.fuel_init,
+            Err(_) => starved = trial.limits.fuel_init,
+        }
+    }
+
     let mut instance = Instance::start(&loaded, &spec, Arc::clone(&context), &init).await?;
     let user = abi::encode(&Envelope {
         v: abi::ABI_VERSION,
@@ -219,6 +232,7 @@ async fn measure(file: &Path, compile_reps: usize, starts: usize, events: usize)
         cached_load: quantile(&cached_loads, 0.5),
         start_p50: quantile(&start_times, 0.5),
         start_p99: quantile(&start_times, 0.99),
+        start_fuel: enough,
         events: figures,
     })
 }
@@ -247,17 +261,18 @@ fn us(duration: Duration) -> String {
 
 fn print_tables(rows: &[Row], compile_reps: usize, starts: usize, events: usize) {
     println!("## Load and start (compile: median of {compile_reps}; cached load: median of 10; start: {starts} starts)\n");
-    println!("| module | size | compile (uncached) | cached load | start p50 | start p99 |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| module | size | compile (uncached) | cached load | start p50 | start p99 | start fuel |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!(
-            "| {} | {} B | {} | {} | {} | {} |",
+            "| {} | {} B | {} | {} | {} | {} | {} |",
             row.name,
             row.size_bytes,
             ms(row.compile),
             ms(row.cached_load),
             ms(row.start_p50),
-            ms(row.start_p99)
+            ms(row.start_p99),
+            row.start_fuel
         );
     }
     println!("\n## Per event ({events} calls of Instance::handle each, after 1000 warm-up calls)\n");

@@ -47,12 +47,9 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    // ---- agent --------------------------------------------------------------------------
-    // The lead adds the agent here as `Agent(Box<crate::config::AgentFlags>)`, and its arm in
-    // `execute` below. `normalize_args` needs nothing: it reads every subcommand's flags from
-    // clap. For Go-style booleans (`-rejoin`, `-rejoin=false`) use the attributes of
-    // `MembersArgs::detailed` with `value_parser = parse_go_bool`.
-    // -------------------------------------------------------------------------------------
+    // The agent's flags live in `config`; `normalize_args` reads every subcommand's flags from
+    // clap, so adding flags or subcommands needs no change there. For Go-style booleans
+    // (`-rejoin`, `-rejoin=false`) copy the attributes of `MembersArgs::detailed`.
     /// Runs a Serf agent
     Agent(Box<crate::config::AgentFlags>),
     /// Lists the members of a Serf cluster

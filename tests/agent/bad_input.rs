@@ -107,7 +107,7 @@ fn a_malformed_config_names_the_key_and_line() {
     assert!(!status.success());
     let log = node.log();
     assert!(log.contains("fuel_per_event"), "{log}");
-    assert!(log.contains("line 7"), "{log}");
+    assert!(log.contains("line 8"), "{log}");
 
     let mut node = Node::builder(next_net(), 1).config("gossip_nodes = 3\n").spawn();
     let status = node.wait_exit(Duration::from_secs(20)).expect("the agent refuses to start");

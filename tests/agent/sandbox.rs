@@ -29,8 +29,7 @@ fn misbehaving_plugins_are_contained_and_others_keep_order() {
             "[plugins.memresponse]\nevents = \"user:memresponse\"\nqueue_capacity = 2048\n\
              dirs = { \"/data\" = \"data\" }\nconfig = { file = \"/data/mem.txt\" }\n\
              [plugins.upcase]\nevents = \"query:upcase\"\n",
-        )
-        .config("user_event_size_limit = 1024");
+        );
     for mode in modes {
         builder = builder.plugin("misbehave", mode).config(&misbehaving(mode));
     }

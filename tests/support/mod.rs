@@ -164,8 +164,13 @@ impl NodeBuilder {
 
     /// Starts the agent and waits until its RPC port answers.
     pub fn start(self) -> Node {
-        let node = self.spawn();
-        let up = eventually(Duration::from_secs(60), || TcpStream::connect(node.rpc).ok());
+        let mut node = self.spawn();
+        let up = eventually(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = node.child().try_wait() {
+                panic!("agent {} exited with {status}: {}", node.name, node.log());
+            }
+            TcpStream::connect(node.rpc).ok()
+        });
         assert!(up.is_some(), "agent {} never opened RPC: {}", node.name, node.log());
         node
     }
