@@ -31,17 +31,33 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let events: u64 = args.next().map_or(Ok(200_000), |a| a.parse())?;
     let serf_events: u64 = args.next().map_or(Ok(1_000), |a| a.parse())?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let ours = root.join("target/release/serf");
     let noop = root.join("target/wasm32-wasip1/plugin/noop.wasm");
     for (path, build) in [
         (&ours, "cargo build --release -p serf-host"),
-        (&noop, "cargo build --profile plugin --target wasm32-wasip1 -p noop"),
+        (
+            &noop,
+            "cargo build --profile plugin --target wasm32-wasip1 -p noop",
+        ),
     ] {
-        anyhow::ensure!(path.exists(), "{} is missing: run `{build}`", path.display());
+        anyhow::ensure!(
+            path.exists(),
+            "{} is missing: run `{build}`",
+            path.display()
+        );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    println!("machine: {} cpus; agents pinned to cpu 0: {}", num_cpus(), has_taskset());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "machine: {} cpus; agents pinned to cpu 0: {}",
+        num_cpus(),
+        has_taskset()
+    );
     println!();
     runtime.block_on(async {
         let ours_result = bench_ours(&ours, &noop, events).await?;
@@ -135,7 +151,8 @@ async fn flood(addr: &str, name: &'static str, events: u64) -> anyhow::Result<()
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..CONNECTIONS as u64 {
         let client = Arc::new(connect(addr).await?);
-        let share = events / CONNECTIONS as u64 + u64::from(connection < events % CONNECTIONS as u64);
+        let share =
+            events / CONNECTIONS as u64 + u64::from(connection < events % CONNECTIONS as u64);
         tasks.spawn(async move {
             let mut in_flight = tokio::task::JoinSet::new();
             for _ in 0..share {
@@ -173,7 +190,10 @@ async fn wait_handled(client: &Client, plugin: &str, events: u64) -> anyhow::Res
         if handled >= events {
             return Ok(Instant::now());
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {handled} of {events} handled");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {handled} of {events} handled"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -206,7 +226,9 @@ async fn bench_ours(serf: &Path, noop: &Path, events: u64) -> anyhow::Result<Out
     wait_handled(&client, "paced", PACED_EVENTS).await?;
     let p50 = plugin_stat(&client, "paced", "latency_p50").await?;
     let p99 = plugin_stat(&client, "paced", "latency_p99").await?;
-    println!("this agent, {PACED_EVENTS} events at {PACED_RATE_PER_SECOND}/s: p50 {p50}, p99 {p99}");
+    println!(
+        "this agent, {PACED_EVENTS} events at {PACED_RATE_PER_SECOND}/s: p50 {p50}, p99 {p99}"
+    );
 
     // Throughput: as fast as the RPC clients can fire.
     let started = Instant::now();
@@ -227,7 +249,10 @@ async fn bench_ours(serf: &Path, noop: &Path, events: u64) -> anyhow::Result<Out
 
 async fn bench_serf(events: u64) -> anyhow::Result<Outcome> {
     let serf = PathBuf::from("/usr/bin/serf");
-    anyhow::ensure!(serf.exists(), "/usr/bin/serf is missing: apt-get install -y serf");
+    anyhow::ensure!(
+        serf.exists(),
+        "/usr/bin/serf is missing: apt-get install -y serf"
+    );
     let dir = tempfile::tempdir()?;
     let count = dir.path().join("count");
     let args = vec![
@@ -245,11 +270,15 @@ async fn bench_serf(events: u64) -> anyhow::Result<Outcome> {
     flood(addr, "flood", events).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let finished = loop {
-        let lines = std::fs::read(&count).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count());
+        let lines =
+            std::fs::read(&count).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count());
         if lines as u64 >= events {
             break Instant::now();
         }
-        anyhow::ensure!(Instant::now() < deadline, "serf ran {lines} of {events} handlers");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "serf ran {lines} of {events} handlers"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     println!(

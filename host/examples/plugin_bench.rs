@@ -72,7 +72,9 @@ struct EventFigures {
 
 fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(name) {
-        Ok(text) => text.parse().with_context(|| format!("{name}={text} is not a count")),
+        Ok(text) => text
+            .parse()
+            .with_context(|| format!("{name}={text} is not a count")),
         Err(_) => Ok(default),
     }
 }
@@ -92,7 +94,11 @@ fn main() -> anyhow::Result<()> {
         .context("cannot build the tokio runtime")?;
     let mut rows = Vec::new();
     for file in &files {
-        anyhow::ensure!(file.exists(), "{} is missing (see the build commands in plugin_bench.rs)", file.display());
+        anyhow::ensure!(
+            file.exists(),
+            "{} is missing (see the build commands in plugin_bench.rs)",
+            file.display()
+        );
         let row = runtime
             .block_on(measure(file, compile_reps, starts, events))
             .with_context(|| format!("measuring {}", file.display()))?;
@@ -102,12 +108,23 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(file: &Path, compile_reps: usize, starts: usize, events: usize) -> anyhow::Result<Row> {
+async fn measure(
+    file: &Path,
+    compile_reps: usize,
+    starts: usize,
+    events: usize,
+) -> anyhow::Result<Row> {
     let bytes = std::fs::read(file)?;
     let name = file
         .parent()
         .and_then(Path::file_name)
-        .map(|dir| format!("{}/{}", dir.to_string_lossy(), file.file_name().unwrap_or_default().to_string_lossy()))
+        .map(|dir| {
+            format!(
+                "{}/{}",
+                dir.to_string_lossy(),
+                file.file_name().unwrap_or_default().to_string_lossy()
+            )
+        })
         .unwrap_or_else(|| file.display().to_string());
 
     let mut compiles = Vec::new();
@@ -127,7 +144,10 @@ async fn measure(file: &Path, compile_reps: usize, starts: usize, events: usize)
         let begin = Instant::now();
         let again = engine.load(file, &bytes)?;
         cached_loads.push(begin.elapsed());
-        anyhow::ensure!(again.from_cache, "the second load did not come from the cache");
+        anyhow::ensure!(
+            again.from_cache,
+            "the second load did not come from the cache"
+        );
     }
 
     let spec = PluginSpec {
@@ -260,8 +280,12 @@ fn us(duration: Duration) -> String {
 }
 
 fn print_tables(rows: &[Row], compile_reps: usize, starts: usize, events: usize) {
-    println!("## Load and start (compile: median of {compile_reps}; cached load: median of 10; start: {starts} starts)\n");
-    println!("| module | size | compile (uncached) | cached load | start p50 | start p99 | start fuel |");
+    println!(
+        "## Load and start (compile: median of {compile_reps}; cached load: median of 10; start: {starts} starts)\n"
+    );
+    println!(
+        "| module | size | compile (uncached) | cached load | start p50 | start p99 | start fuel |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!(
@@ -275,11 +299,16 @@ fn print_tables(rows: &[Row], compile_reps: usize, starts: usize, events: usize)
             row.start_fuel
         );
     }
-    println!("\n## Per event ({events} calls of Instance::handle each, after 1000 warm-up calls)\n");
+    println!(
+        "\n## Per event ({events} calls of Instance::handle each, after 1000 warm-up calls)\n"
+    );
     println!("| module | event | answered | events/s | p50 | p99 | fuel/event |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for row in rows {
-        for (label, figures) in ["user event (ignored)", "query upcase foo"].iter().zip(&row.events) {
+        for (label, figures) in ["user event (ignored)", "query upcase foo"]
+            .iter()
+            .zip(&row.events)
+        {
             println!(
                 "| {} | {label} | {:.0} % | {:.0} | {} | {} | {} |",
                 row.name,

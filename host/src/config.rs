@@ -256,10 +256,7 @@ pub enum ConfigError {
     },
     /// A plugin's event filter is malformed.
     #[error("plugin {plugin}: {source}")]
-    Filter {
-        plugin: String,
-        source: FilterError,
-    },
+    Filter { plugin: String, source: FilterError },
     /// A plugin table names no file, and the plugin directory has none of that name.
     #[error("plugin {plugin}: no path given and no {plugin}.wasm in the plugin directory")]
     PluginWithoutFile { plugin: String },
@@ -305,7 +302,11 @@ impl Config {
 
     /// Combines the file (whose relative paths are taken from `base`), the flags and the
     /// defaults into a checked configuration.
-    pub fn resolve(file: FileConfig, base: &Path, flags: &AgentFlags) -> Result<Config, ConfigError> {
+    pub fn resolve(
+        file: FileConfig,
+        base: &Path,
+        flags: &AgentFlags,
+    ) -> Result<Config, ConfigError> {
         let node_name = flags
             .node
             .clone()
@@ -336,7 +337,11 @@ impl Config {
         };
         let log_level = match flags.log_level.clone().or(file.log_level) {
             Some(text) => LogLevel::parse(&text).ok_or_else(|| {
-                invalid("log level", &text, "expected trace, debug, info, warn or err")
+                invalid(
+                    "log level",
+                    &text,
+                    "expected trace, debug, info, warn or err",
+                )
             })?,
             None => LogLevel::Info,
         };
@@ -511,7 +516,11 @@ fn resolve_plugins(
             None => EventFilter::all(),
         };
         let limits = apply_limits(defaults, Some(&table.limits())).map_err(|(key, value)| {
-            invalid(key, &value, &format!("plugin {name}: must be greater than zero"))
+            invalid(
+                key,
+                &value,
+                &format!("plugin {name}: must be greater than zero"),
+            )
         })?;
         let dirs = table
             .dirs
@@ -575,9 +584,12 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let error = resolve("node_name = \"a\"\n\nbogus_key = 1\n", &AgentFlags::default())
-            .unwrap_err()
-            .to_string();
+        let error = resolve(
+            "node_name = \"a\"\n\nbogus_key = 1\n",
+            &AgentFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("bogus_key"), "{error}");
         assert!(error.contains("line 3"), "{error}");
     }
@@ -603,8 +615,14 @@ mod tests {
             ("log_level = \"loud\"", "log level"),
             ("user_event_size_limit = 10000", "9216"),
             ("[plugin_defaults]\nqueue_capacity = 0", "queue_capacity"),
-            ("[plugin_defaults]\nevent_timeout = \"soon\"", "event_timeout"),
-            ("[plugins.x]\npath = \"x.wasm\"\nevents = \"user:a,bogus\"", "bogus"),
+            (
+                "[plugin_defaults]\nevent_timeout = \"soon\"",
+                "event_timeout",
+            ),
+            (
+                "[plugins.x]\npath = \"x.wasm\"\nevents = \"user:a,bogus\"",
+                "bogus",
+            ),
             ("[plugins.x]\nevents = \"*\"", "no path given"),
         ] {
             let error = resolve(text, &flags).unwrap_err().to_string();
@@ -614,7 +632,12 @@ mod tests {
             tags: vec!["novalue".into()],
             ..AgentFlags::default()
         };
-        assert!(resolve("", &flags).unwrap_err().to_string().contains("key=value"));
+        assert!(
+            resolve("", &flags)
+                .unwrap_err()
+                .to_string()
+                .contains("key=value")
+        );
     }
 
     #[test]
@@ -645,7 +668,10 @@ mod tests {
         assert_eq!(a.dirs["/data"], Path::new("/etc/serf/data"));
         assert_eq!(a.config["file"].as_str(), Some("/data/x"));
         assert_eq!(config.plugins[1].limits.fuel_per_event, 5);
-        assert_eq!(config.plugins[2].path, Path::new("/etc/serf/more/extra.wasm"));
+        assert_eq!(
+            config.plugins[2].path,
+            Path::new("/etc/serf/more/extra.wasm")
+        );
     }
 
     #[test]

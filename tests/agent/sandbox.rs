@@ -37,8 +37,7 @@ fn misbehaving_plugins_are_contained_and_others_keep_order() {
 
     // 1,000 events on one connection, with a query for the misbehavers every 100.
     let mut rpc = RawRpc::handshake(node.rpc);
-    let mut seq = 1;
-    for i in 0..1000u32 {
+    for (seq, i) in (1u64..).zip(0..1000u32) {
         let name = if i % 100 == 50 { "boom" } else { "memresponse" };
         let body = map(&[
             ("Name", name.into()),
@@ -47,8 +46,11 @@ fn misbehaving_plugins_are_contained_and_others_keep_order() {
         ]);
         rpc.request("event", seq, Some(body));
         let header = rpc.read().expect("event answer");
-        assert_eq!(field(&header, "Error"), Some(&"".into()), "event {i}: {header}");
-        seq += 1;
+        assert_eq!(
+            field(&header, "Error"),
+            Some(&"".into()),
+            "event {i}: {header}"
+        );
     }
     // Fire a query the misbehavers handle too; the agent must go on answering.
     let output = node.go_cli(&["query", "-timeout=1s", "boom", "x"]);
@@ -57,30 +59,50 @@ fn misbehaving_plugins_are_contained_and_others_keep_order() {
     assert!(text.contains("Response from 'node1': STILL"), "{text}");
 
     let file = node.dir.path().join("data/mem.txt");
-    let expected: String = (0..1000).filter(|i| i % 100 != 50).map(|i| format!("{i}\n")).collect();
+    let expected: String = (0..1000)
+        .filter(|i| i % 100 != 50)
+        .map(|i| format!("{i}\n"))
+        .collect();
     let written = eventually(Duration::from_secs(60), || {
         let text = std::fs::read_to_string(&file).ok()?;
         (text.len() >= expected.len()).then_some(text)
     });
-    assert_eq!(written.as_deref(), Some(expected.as_str()), "events lost or reordered\n{}", node.log());
+    assert_eq!(
+        written.as_deref(),
+        Some(expected.as_str()),
+        "events lost or reordered\n{}",
+        node.log()
+    );
 
     // Each misbehaver saw 10 user events and 1 query; each failure is counted by kind.
     let info = eventually(Duration::from_secs(60), || {
         let info = node.info();
         modes
             .iter()
-            .all(|mode| counter(&info, mode, "offered") == 11 && counter(&info, mode, "queue_depth") == 0)
+            .all(|mode| {
+                counter(&info, mode, "offered") == 11 && counter(&info, mode, "queue_depth") == 0
+            })
             .then_some(info)
     })
     .expect("misbehavers drained their queues");
-    assert!(counter(&info, "loop", "fuel_exhausted") + counter(&info, "loop", "timeouts") >= 10, "{info}");
+    assert!(
+        counter(&info, "loop", "fuel_exhausted") + counter(&info, "loop", "timeouts") >= 10,
+        "{info}"
+    );
     assert!(counter(&info, "alloc", "memory_exceeded") >= 10, "{info}");
     assert!(counter(&info, "trap", "traps") >= 10, "{info}");
     assert!(counter(&info, "garbage", "errors") >= 10, "{info}");
-    assert_eq!(counter(&info, "garbage", "traps"), 0, "garbage output must not crash: {info}");
+    assert_eq!(
+        counter(&info, "garbage", "traps"),
+        0,
+        "garbage output must not crash: {info}"
+    );
     assert!(counter(&info, "sleep", "timeouts") >= 10, "{info}");
     for mode in ["loop", "alloc", "trap", "sleep"] {
-        assert!(counter(&info, mode, "starts") >= 10, "{mode} is recycled after each trap: {info}");
+        assert!(
+            counter(&info, mode, "starts") >= 10,
+            "{mode} is recycled after each trap: {info}"
+        );
     }
     assert_eq!(counter(&info, "memresponse", "handled"), 990, "{info}");
     assert_eq!(counter(&info, "memresponse", "traps"), 0, "{info}");
@@ -101,7 +123,11 @@ fn a_full_queue_drops_counts_and_tells_the_plugin() {
         .start();
     let mut rpc = RawRpc::handshake(node.rpc);
     for seq in 1..=20u64 {
-        let body = map(&[("Name", "boom".into()), ("Payload", rmpv::Value::Nil), ("Coalesce", false.into())]);
+        let body = map(&[
+            ("Name", "boom".into()),
+            ("Payload", rmpv::Value::Nil),
+            ("Coalesce", false.into()),
+        ]);
         rpc.request("event", seq, Some(body));
         rpc.read().expect("event answer");
     }

@@ -98,7 +98,10 @@ pub fn run(command: &mut Command, timeout: Duration) -> Output {
         let _ = child.kill();
     }
     let output = child.wait_with_output().expect("child output");
-    assert!(finished.is_some(), "{command:?} did not finish within {timeout:?}: {output:?}");
+    assert!(
+        finished.is_some(),
+        "{command:?} did not finish within {timeout:?}: {output:?}"
+    );
     output
 }
 
@@ -171,7 +174,12 @@ impl NodeBuilder {
             }
             TcpStream::connect(node.rpc).ok()
         });
-        assert!(up.is_some(), "agent {} never opened RPC: {}", node.name, node.log());
+        assert!(
+            up.is_some(),
+            "agent {} never opened RPC: {}",
+            node.name,
+            node.log()
+        );
         node
     }
 
@@ -181,7 +189,11 @@ impl NodeBuilder {
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir_all(&plugin_dir).expect("plugin dir");
         for (name, source) in &self.plugins {
-            let file = if name.contains('.') { name.clone() } else { format!("{name}.wasm") };
+            let file = if name.contains('.') {
+                name.clone()
+            } else {
+                format!("{name}.wasm")
+            };
             std::fs::copy(source, plugin_dir.join(file)).expect("copy plugin");
         }
         let bind: SocketAddr = format!("{}:7946", self.ip).parse().expect("bind addr");
@@ -246,7 +258,10 @@ impl Node {
     fn cli_with(&self, bin: &Path, args: &[&str]) -> Output {
         let (command, rest) = args.split_first().expect("a subcommand");
         run(
-            Command::new(bin).arg(command).arg(self.rpc_flag()).args(rest),
+            Command::new(bin)
+                .arg(command)
+                .arg(self.rpc_flag())
+                .args(rest),
             Duration::from_secs(30),
         )
     }
@@ -259,7 +274,12 @@ impl Node {
     /// Waits until the log contains `needle`, or panics with the log.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         let found = eventually(timeout, || self.log().contains(needle).then_some(()));
-        assert!(found.is_some(), "{} never logged {needle:?}:\n{}", self.name, self.log());
+        assert!(
+            found.is_some(),
+            "{} never logged {needle:?}:\n{}",
+            self.name,
+            self.log()
+        );
     }
 
     /// The process, while it runs.

@@ -19,8 +19,8 @@ use crate::config::Config;
 use crate::logging::LogHub;
 use crate::plugin::{Engine, EventFilter, HostServices, PluginHost};
 use crate::serf::{
-    self, Event, LamportTime, Member, QueryError, QueryKey, QueryOutput, QueryParams,
-    RespondError, Serf, Tags, UserEventError,
+    self, Event, LamportTime, Member, QueryError, QueryKey, QueryOutput, QueryParams, RespondError,
+    Serf, Tags, UserEventError,
 };
 
 /// Commands waiting for the agent task before senders must wait (RPC) or fail (plugins).
@@ -147,7 +147,8 @@ impl Agent {
             .enable_all()
             .build()
             .context("cannot start the plugin runtime")?;
-        let engine = Engine::new(config.plugin_cache_dir.clone()).map_err(|e| anyhow::anyhow!("{e:#}"))
+        let engine = Engine::new(config.plugin_cache_dir.clone())
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot create the WebAssembly engine")?;
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let respond_drops = Arc::new(AtomicU64::new(0));
@@ -167,7 +168,11 @@ impl Agent {
         let plugins = Arc::new(plugins);
         let serf_config = serf::Config {
             limits: config.serf_limits,
-            ..serf::Config::lan(config.node_name.clone(), config.advertise, config.tags.clone())
+            ..serf::Config::lan(
+                config.node_name.clone(),
+                config.advertise,
+                config.tags.clone(),
+            )
         };
         let core = Serf::new(serf_config, rand::random(), Instant::now().into_std());
         let stop = CancellationToken::new();
@@ -218,7 +223,10 @@ impl Agent {
 }
 
 impl AgentHandle {
-    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, AgentError> {
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, AgentError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(command(reply))
@@ -243,7 +251,12 @@ impl AgentHandle {
     }
 
     /// Fires a user event; returns its Lamport time.
-    pub async fn user_event(&self, name: String, payload: Vec<u8>, coalesce: bool) -> Result<LamportTime, AgentError> {
+    pub async fn user_event(
+        &self,
+        name: String,
+        payload: Vec<u8>,
+        coalesce: bool,
+    ) -> Result<LamportTime, AgentError> {
         let result = self
             .ask(|reply| Command::UserEvent {
                 name,
@@ -294,7 +307,11 @@ impl AgentHandle {
     }
 
     /// Opens an event stream holding at most `capacity` undelivered events.
-    pub async fn subscribe(&self, filter: EventFilter, capacity: usize) -> Result<Subscription, AgentError> {
+    pub async fn subscribe(
+        &self,
+        filter: EventFilter,
+        capacity: usize,
+    ) -> Result<Subscription, AgentError> {
         self.ask(|reply| Command::Subscribe {
             filter,
             capacity,
@@ -336,7 +353,11 @@ impl HostServices for Services {
         self.commands.try_send(command).map_err(|error| {
             if matches!(error, mpsc::error::TrySendError::Full(_)) {
                 let dropped = self.drops.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(plugin, dropped, "agent command queue full; plugin response dropped");
+                tracing::warn!(
+                    plugin,
+                    dropped,
+                    "agent command queue full; plugin response dropped"
+                );
             }
             Status::Unavailable
         })
@@ -470,7 +491,10 @@ impl Shell {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         self.stream_drops += 1;
-                        tracing::warn!(dropped = self.stream_drops, "event stream full; event dropped");
+                        tracing::warn!(
+                            dropped = self.stream_drops,
+                            "event stream full; event dropped"
+                        );
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
                 }
@@ -485,7 +509,10 @@ impl Shell {
                 && let Err(mpsc::error::TrySendError::Full(_)) = sender.try_send(output)
             {
                 self.query_output_drops += 1;
-                tracing::warn!(query_id = key.id, "query answer stream full; answer dropped");
+                tracing::warn!(
+                    query_id = key.id,
+                    "query answer stream full; answer dropped"
+                );
             }
             if done {
                 self.queries.remove(&key);
@@ -526,7 +553,8 @@ mod tests {
             bind: Some("127.0.0.1".into()),
             ..AgentFlags::default()
         };
-        let mut config = Config::resolve(FileConfig::default(), std::path::Path::new("."), &flags).unwrap();
+        let mut config =
+            Config::resolve(FileConfig::default(), std::path::Path::new("."), &flags).unwrap();
         config.data_dir = None;
         config.plugin_cache_dir = None;
         Agent::start(config, LogHub::new()).await.unwrap()
@@ -536,14 +564,25 @@ mod tests {
     async fn events_reach_streams_in_order() {
         let agent = agent().await;
         let handle = agent.handle();
-        let mut stream = handle.subscribe(EventFilter::parse("user").unwrap(), 16).await.unwrap();
+        let mut stream = handle
+            .subscribe(EventFilter::parse("user").unwrap(), 16)
+            .await
+            .unwrap();
         for i in 0..10u8 {
-            handle.user_event("deploy".into(), vec![i], false).await.unwrap();
+            handle
+                .user_event("deploy".into(), vec![i], false)
+                .await
+                .unwrap();
         }
         for i in 0..10u8 {
             let event = stream.events.recv().await.unwrap();
-            let Event::User(user) = &*event else { panic!("{event:?}") };
-            assert_eq!((user.ltime, user.payload.as_slice()), (u64::from(i) + 1, &[i][..]));
+            let Event::User(user) = &*event else {
+                panic!("{event:?}")
+            };
+            assert_eq!(
+                (user.ltime, user.payload.as_slice()),
+                (u64::from(i) + 1, &[i][..])
+            );
         }
         agent.shutdown().await;
     }
@@ -566,7 +605,10 @@ mod tests {
     async fn a_query_is_answered_then_done_at_its_deadline() {
         let agent = agent().await;
         let handle = agent.handle();
-        let mut queries = handle.subscribe(EventFilter::parse("query:ping").unwrap(), 4).await.unwrap();
+        let mut queries = handle
+            .subscribe(EventFilter::parse("query:ping").unwrap(), 4)
+            .await
+            .unwrap();
         let params = QueryParams {
             name: "ping".into(),
             request_ack: true,
@@ -575,18 +617,34 @@ mod tests {
         };
         let mut answers = handle.query(params).await.unwrap();
         let event = queries.events.recv().await.unwrap();
-        let Event::Query(query) = &*event else { panic!("{event:?}") };
+        let Event::Query(query) = &*event else {
+            panic!("{event:?}")
+        };
         handle.respond(query.key, b"pong".to_vec()).await.unwrap();
-        let again = handle.respond(query.key, b"again".to_vec()).await.unwrap_err();
+        let again = handle
+            .respond(query.key, b"again".to_vec())
+            .await
+            .unwrap_err();
         assert_eq!(again.to_string(), "response already sent");
-        assert_eq!(answers.outputs.recv().await, Some(QueryOutput::Ack { from: "solo".into() }));
         assert_eq!(
             answers.outputs.recv().await,
-            Some(QueryOutput::Response { from: "solo".into(), payload: b"pong".to_vec() })
+            Some(QueryOutput::Ack {
+                from: "solo".into()
+            })
+        );
+        assert_eq!(
+            answers.outputs.recv().await,
+            Some(QueryOutput::Response {
+                from: "solo".into(),
+                payload: b"pong".to_vec()
+            })
         );
         let started = Instant::now();
         assert_eq!(answers.outputs.recv().await, Some(QueryOutput::Done));
-        assert!(started.elapsed() >= Duration::from_secs(4), "done only at the deadline");
+        assert!(
+            started.elapsed() >= Duration::from_secs(4),
+            "done only at the deadline"
+        );
         agent.shutdown().await;
     }
 }

@@ -58,7 +58,8 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<()> {
         Ok(rpc) => rpc,
         Err(error) => {
             agent.shutdown().await;
-            return Err(error).with_context(|| format!("cannot listen for RPC on {}", config.rpc_addr));
+            return Err(error)
+                .with_context(|| format!("cannot listen for RPC on {}", config.rpc_addr));
         }
     };
     let handle = agent.handle();
@@ -72,7 +73,10 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<()> {
     println!("                       Snapshot: false");
     println!("                        Profile: lan");
     println!("    Message Compression Enabled: true");
-    println!("                        Plugins: {running} of {} loaded", plugins.len());
+    println!(
+        "                        Plugins: {running} of {} loaded",
+        plugins.len()
+    );
     println!();
     println!("==> Log data will now stream in as it occurs:");
     println!();

@@ -233,7 +233,9 @@ impl PluginHost {
             let seq = slot.counters.offered.fetch_add(1, Ordering::Relaxed) + 1;
             if queue.try_send(Queued { seq, event }).is_err() {
                 let dropped = slot.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                slot.counters.dropped_unreported.fetch_add(1, Ordering::Relaxed);
+                slot.counters
+                    .dropped_unreported
+                    .fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
                     tracing::warn!(plugin = %slot.name, dropped, "plugin queue full; event dropped");
                 }
@@ -271,14 +273,21 @@ impl Slot {
     fn snapshot(&self) -> PluginStatsSnapshot {
         let c = &self.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let failure = self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let queue_depth = self
             .queue
             .as_ref()
             .map_or(0, |queue| queue.max_capacity() - queue.capacity());
         PluginStatsSnapshot {
             name: self.name.to_string(),
-            state: failure.map_or_else(|| "running".to_owned(), |reason| format!("failed: {reason}")),
+            state: failure.map_or_else(
+                || "running".to_owned(),
+                |reason| format!("failed: {reason}"),
+            ),
             filter: self.filter.to_string(),
             sha256: self.sha256.clone(),
             offered: load(&c.offered),
@@ -362,7 +371,11 @@ impl Runner {
                     None => break,
                 },
             };
-            let dropped = self.slot.counters.dropped_unreported.swap(0, Ordering::Relaxed);
+            let dropped = self
+                .slot
+                .counters
+                .dropped_unreported
+                .swap(0, Ordering::Relaxed);
             if dropped > 0 {
                 let notice = Encoded {
                     body: abi::encode(&abi::Event::Dropped { count: dropped }),
@@ -392,7 +405,14 @@ impl Runner {
                 counters.skipped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            match Instance::start(&self.loaded, &self.spec, Arc::clone(&self.context), &self.init).await {
+            match Instance::start(
+                &self.loaded,
+                &self.spec,
+                Arc::clone(&self.context),
+                &self.init,
+            )
+            .await
+            {
                 Ok(instance) => {
                     counters.starts.fetch_add(1, Ordering::Relaxed);
                     self.backoff.reset();
@@ -536,7 +556,9 @@ fn toml_to_msgpack(value: &toml::Value) -> rmpv::Value {
         toml::Value::Float(number) => rmpv::Value::from(*number),
         toml::Value::Boolean(flag) => rmpv::Value::from(*flag),
         toml::Value::Datetime(datetime) => rmpv::Value::from(datetime.to_string()),
-        toml::Value::Array(items) => rmpv::Value::Array(items.iter().map(toml_to_msgpack).collect()),
+        toml::Value::Array(items) => {
+            rmpv::Value::Array(items.iter().map(toml_to_msgpack).collect())
+        }
         toml::Value::Table(table) => rmpv::Value::Map(
             table
                 .iter()
@@ -585,7 +607,11 @@ impl Histogram {
     }
 
     fn quantile(&self, q: f64) -> Duration {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return Duration::ZERO;
@@ -608,7 +634,18 @@ mod tests {
 
     #[test]
     fn envelope_header_matches_the_sdk_encoding() {
-        for seq in [0, 1, 127, 128, 255, 256, 65535, 65536, u32::MAX as u64, u64::MAX] {
+        for seq in [
+            0,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
             let event = abi::Event::Dropped { count: 3 };
             let expected = abi::encode(&abi::Envelope {
                 v: abi::ABI_VERSION,

@@ -121,7 +121,12 @@ impl Engine {
         })
     }
 
-    fn compile(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<(Module, bool), LoadError> {
+    fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Module, bool), LoadError> {
         let cached = self
             .cache_dir
             .as_ref()
@@ -162,7 +167,9 @@ fn deserialize_cached(engine: &wasmtime::Engine, file: &Path) -> wasmtime::Resul
 }
 
 fn store_cached(module: &Module, file: &Path) -> std::io::Result<()> {
-    let dir = file.parent().expect("cache files live in the cache directory");
+    let dir = file
+        .parent()
+        .expect("cache files live in the cache directory");
     if !dir.exists() {
         std::fs::create_dir_all(dir)?;
         #[cfg(unix)]
@@ -206,9 +213,11 @@ fn validate(module: &Module) -> Result<(), String> {
         return Err("missing export memory".into());
     }
     if export("_start").is_some() && export(abi::EXPORT_INITIALIZE).is_none() {
-        return Err("it is a command (exports _start), not a reactor: build Rust plugins as \
+        return Err(
+            "it is a command (exports _start), not a reactor: build Rust plugins as \
                     crate-type cdylib and Go plugins with -buildmode=c-shared"
-            .into());
+                .into(),
+        );
     }
     let required: [(&str, &str, bool); 5] = [
         (abi::EXPORT_INPUT_BUFFER, "(i32) -> (i32)", true),
@@ -294,31 +303,56 @@ mod tests {
     #[test]
     fn refuses_non_wasm_with_a_clear_error() {
         let engine = Engine::new(None).unwrap();
-        let error = engine.load(Path::new("notes.wasm"), b"#!/bin/sh\n").unwrap_err();
+        let error = engine
+            .load(Path::new("notes.wasm"), b"#!/bin/sh\n")
+            .unwrap_err();
         assert_eq!(error.to_string(), "notes.wasm is not a WebAssembly module");
-        let error = engine.load(Path::new("bad.wasm"), b"\0asm\x01\0\0\0\x99").unwrap_err();
-        assert!(error.to_string().starts_with("cannot compile bad.wasm"), "{error}");
+        let error = engine
+            .load(Path::new("bad.wasm"), b"\0asm\x01\0\0\0\x99")
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("cannot compile bad.wasm"),
+            "{error}"
+        );
     }
 
     #[test]
     fn refuses_modules_with_the_wrong_abi() {
         let engine = Engine::new(None).unwrap();
         let cases = [
-            (GOOD.replace("serf_plugin_abi_v1", "serf_plugin_abi_v2"), "different ABI version"),
-            (GOOD.replace("(export \"memory\")", ""), "missing export memory"),
             (
-                GOOD.replace("(func (export \"serf_handle\") (param i32 i32)", "(func (export \"serf_handle\") (param i32)"),
+                GOOD.replace("serf_plugin_abi_v1", "serf_plugin_abi_v2"),
+                "different ABI version",
+            ),
+            (
+                GOOD.replace("(export \"memory\")", ""),
+                "missing export memory",
+            ),
+            (
+                GOOD.replace(
+                    "(func (export \"serf_handle\") (param i32 i32)",
+                    "(func (export \"serf_handle\") (param i32)",
+                ),
                 "export serf_handle has signature (i32) -> (i32)",
             ),
-            (GOOD.replace("\"serf\" \"log\"", "\"serf\" \"teleport\""), "serf.teleport"),
-            (GOOD.replace("\"serf\" \"log\"", "\"env\" \"log\""), "it imports env.log"),
             (
-                GOOD.replace("(func (export \"serf_plugin_abi_v1\"))", "(func (export \"serf_plugin_abi_v1\")) (func (export \"_start\"))"),
+                GOOD.replace("\"serf\" \"log\"", "\"serf\" \"teleport\""),
+                "serf.teleport",
+            ),
+            (
+                GOOD.replace("\"serf\" \"log\"", "\"env\" \"log\""),
+                "it imports env.log",
+            ),
+            (
+                GOOD.replace(
+                    "(func (export \"serf_plugin_abi_v1\"))",
+                    "(func (export \"serf_plugin_abi_v1\")) (func (export \"_start\"))",
+                ),
                 "not a reactor",
             ),
         ];
         for (wat, needle) in cases {
-            let error = load(&engine, &wat).err().expect(needle).to_string();
+            let error = load(&engine, &wat).expect_err(needle).to_string();
             assert!(error.contains("is not a serf plugin"), "{error}");
             assert!(error.contains(needle), "{error} lacks {needle}");
         }

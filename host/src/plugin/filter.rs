@@ -23,7 +23,9 @@ pub struct EventFilter {
 
 /// A filter token Serf does not know. The filter is not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid event filter {token:?}: expected member-join, member-leave, member-failed, member-update, member-reap, user, user:NAME, query, query:NAME or *")]
+#[error(
+    "invalid event filter {token:?}: expected member-join, member-leave, member-failed, member-update, member-reap, user, user:NAME, query, query:NAME or *"
+)]
 pub struct FilterError {
     /// The offending token.
     pub token: String,
@@ -52,8 +54,9 @@ impl EventFilter {
                             Entry::User(named(name))
                         } else if let Some(name) = token.strip_prefix("query:") {
                             Entry::Query(named(name))
-                        } else if let Some(kind) =
-                            MemberEventKind::ALL.into_iter().find(|k| k.as_str() == token)
+                        } else if let Some(kind) = MemberEventKind::ALL
+                            .into_iter()
+                            .find(|k| k.as_str() == token)
                         {
                             Entry::Member(kind)
                         } else {
@@ -142,7 +145,11 @@ mod tests {
             ("*", member(MemberEventKind::Reap), true),
             ("member-join", member(MemberEventKind::Join), true),
             ("member-join", member(MemberEventKind::Leave), false),
-            ("member-leave,member-failed", member(MemberEventKind::Failed), true),
+            (
+                "member-leave,member-failed",
+                member(MemberEventKind::Failed),
+                true,
+            ),
             ("user:deploy", user("deploy"), true),
             ("user:deploy", user("deployx"), false),
             ("user", user("anything"), true),

@@ -70,7 +70,12 @@ struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_memory_bytes {
             self.refused = true;
             return Ok(false);
@@ -78,7 +83,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -185,7 +195,9 @@ impl Instance {
             .map_err(|error| CallError::Crashed(format!("{error:#}")))?;
         let started = tokio::time::timeout(limits.event_timeout, async {
             let instance = loaded.pre.instantiate_async(&mut store).await?;
-            if let Ok(initialize) = instance.get_typed_func::<(), ()>(&mut store, abi::EXPORT_INITIALIZE) {
+            if let Ok(initialize) =
+                instance.get_typed_func::<(), ()>(&mut store, abi::EXPORT_INITIALIZE)
+            {
                 initialize.call_async(&mut store, ()).await?;
             }
             wasmtime::Result::Ok(instance)
@@ -205,7 +217,9 @@ impl Instance {
                 instance.get_typed_func(&mut *store, abi::EXPORT_INPUT_BUFFER)?,
                 instance.get_typed_func(&mut *store, abi::EXPORT_HANDLE)?,
                 instance.get_typed_func::<(i32, i32), i32>(&mut *store, abi::EXPORT_INIT)?,
-                instance.get_typed_func(&mut *store, abi::EXPORT_SHUTDOWN).ok(),
+                instance
+                    .get_typed_func(&mut *store, abi::EXPORT_SHUTDOWN)
+                    .ok(),
             ))
         };
         let (memory, input_buffer, handle, init_func, shutdown) =
@@ -238,7 +252,8 @@ impl Instance {
             .set_fuel(budget)
             .map_err(|error| CallError::Crashed(format!("{error:#}")))?;
         let handle = self.handle.clone();
-        self.call_with_input(handle, header, body, query, budget).await?;
+        self.call_with_input(handle, header, body, query, budget)
+            .await?;
         let left = self.store.get_fuel().unwrap_or(0);
         Ok(CallCost {
             fuel: budget.saturating_sub(left),
@@ -247,7 +262,9 @@ impl Instance {
 
     /// Best effort: calls `serf_shutdown` with a small budget and a short deadline.
     pub async fn shutdown(mut self) {
-        let Some(shutdown) = self.shutdown.take() else { return };
+        let Some(shutdown) = self.shutdown.take() else {
+            return;
+        };
         if self.store.set_fuel(self.limits.fuel_init).is_err() {
             return;
         }
@@ -265,7 +282,8 @@ impl Instance {
         budget: u64,
     ) -> Result<(), CallError> {
         let len = header.len() + body.len();
-        let len_i32 = i32::try_from(len).map_err(|_| CallError::BadBuffer(format!("{len} byte input")))?;
+        let len_i32 =
+            i32::try_from(len).map_err(|_| CallError::BadBuffer(format!("{len} byte input")))?;
         self.store.data_mut().call = CallState {
             query,
             ..CallState::default()
@@ -281,7 +299,9 @@ impl Instance {
                 return Ok(Err(CallError::BadBuffer(format!("pointer {ptr}"))));
             };
             if memory.write(&mut *store, start, header).is_err()
-                || memory.write(&mut *store, start + header.len(), body).is_err()
+                || memory
+                    .write(&mut *store, start + header.len(), body)
+                    .is_err()
             {
                 return Ok(Err(CallError::BadBuffer(format!(
                     "{len} bytes at {start} lie outside the guest's memory"

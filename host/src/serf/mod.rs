@@ -327,17 +327,14 @@ impl Serf {
         let ltime = self.query_clock.time();
         let id = self.rng.random_range(0..1u32 << 31);
         let key = QueryKey { ltime, id };
-        let encoded = size::query(
-            key,
-            &params,
-            &self.config.node_name,
-            self.config.advertise,
-        );
+        let encoded = size::query(key, &params, &self.config.node_name, self.config.advertise);
         let limit = self.config.limits.query_size_limit;
         if encoded > limit {
             return Err(QueryError::TooLarge(limit));
         }
-        let timeout = params.timeout.unwrap_or_else(|| self.default_query_timeout());
+        let timeout = params
+            .timeout
+            .unwrap_or_else(|| self.default_query_timeout());
         let deadline = now + timeout;
         self.outbound.insert(
             key,
@@ -374,9 +371,12 @@ impl Serf {
             return;
         }
         if params.request_ack {
-            self.deliver_answer(key, QueryOutput::Ack {
-                from: self.config.node_name.clone(),
-            });
+            self.deliver_answer(
+                key,
+                QueryOutput::Ack {
+                    from: self.config.node_name.clone(),
+                },
+            );
         }
         if params.name.starts_with(INTERNAL_QUERY_PREFIX) {
             return; // `_serf_ping` wants only the ack.
@@ -384,10 +384,13 @@ impl Serf {
         if deadline <= now {
             return;
         }
-        self.inbound.insert(key, InboundQuery {
-            deadline,
-            responded: false,
-        });
+        self.inbound.insert(
+            key,
+            InboundQuery {
+                deadline,
+                responded: false,
+            },
+        );
         self.events.push_back(Event::Query(QueryEvent {
             key,
             name: params.name.clone(),
@@ -414,7 +417,10 @@ impl Serf {
         key: QueryKey,
         payload: &[u8],
     ) -> Result<(), RespondError> {
-        let inbound = self.inbound.get_mut(&key).ok_or(RespondError::Unknown(key))?;
+        let inbound = self
+            .inbound
+            .get_mut(&key)
+            .ok_or(RespondError::Unknown(key))?;
         if inbound.responded {
             return Err(RespondError::AlreadySent);
         }
@@ -426,10 +432,13 @@ impl Serf {
             return Err(RespondError::TooLarge(limit));
         }
         inbound.responded = true;
-        self.deliver_answer(key, QueryOutput::Response {
-            from: self.config.node_name.clone(),
-            payload: payload.to_vec(),
-        });
+        self.deliver_answer(
+            key,
+            QueryOutput::Response {
+                from: self.config.node_name.clone(),
+                payload: payload.to_vec(),
+            },
+        );
         Ok(())
     }
 
@@ -526,7 +535,9 @@ impl Serf {
     }
 }
 
-fn compile_tag_filters(filters: &BTreeMap<String, String>) -> Result<Vec<(String, Regex)>, QueryError> {
+fn compile_tag_filters(
+    filters: &BTreeMap<String, String>,
+) -> Result<Vec<(String, Regex)>, QueryError> {
     filters
         .iter()
         .map(|(tag, expr)| {
@@ -547,16 +558,27 @@ mod tests {
 
     fn node(tags: &[(&str, &str)]) -> (Serf, Instant) {
         let now = Instant::now();
-        let tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let tags = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let config = Config::lan("a".into(), "127.0.0.10:7946".parse().unwrap(), tags);
         let mut serf = Serf::new(config, 7, now);
         let join = serf.poll_event();
-        assert!(matches!(join, Some(Event::Member(MemberEvent { kind: MemberEventKind::Join, .. }))));
+        assert!(matches!(
+            join,
+            Some(Event::Member(MemberEvent {
+                kind: MemberEventKind::Join,
+                ..
+            }))
+        ));
         (serf, now)
     }
 
     fn drain(serf: &mut Serf) -> Vec<QueryOutput> {
-        std::iter::from_fn(|| serf.poll_query_output()).map(|(_, o)| o).collect()
+        std::iter::from_fn(|| serf.poll_query_output())
+            .map(|(_, o)| o)
+            .collect()
     }
 
     #[test]
@@ -564,7 +586,9 @@ mod tests {
         let now = Instant::now();
         let config = Config::lan("a".into(), "127.0.0.10:7946".parse().unwrap(), Tags::new());
         let mut serf = Serf::new(config, 1, now);
-        let Some(Event::Member(event)) = serf.poll_event() else { panic!("no join") };
+        let Some(Event::Member(event)) = serf.poll_event() else {
+            panic!("no join")
+        };
         assert_eq!(event.kind, MemberEventKind::Join);
         assert_eq!(event.members[0].name, "a");
         assert_eq!(event.members[0].status, MemberStatus::Alive);
@@ -576,9 +600,16 @@ mod tests {
         let (mut serf, now) = node(&[]);
         assert_eq!(serf.user_event(now, "deploy", b"v1", true), Ok(1));
         assert_eq!(serf.user_event(now, "deploy", b"v2", false), Ok(2));
-        let Some(Event::User(first)) = serf.poll_event() else { panic!() };
-        assert_eq!((first.ltime, first.payload.as_slice(), first.coalesce), (1, &b"v1"[..], true));
-        let Some(Event::User(second)) = serf.poll_event() else { panic!() };
+        let Some(Event::User(first)) = serf.poll_event() else {
+            panic!()
+        };
+        assert_eq!(
+            (first.ltime, first.payload.as_slice(), first.coalesce),
+            (1, &b"v1"[..], true)
+        );
+        let Some(Event::User(second)) = serf.poll_event() else {
+            panic!()
+        };
         assert_eq!(second.ltime, 2);
     }
 
@@ -586,10 +617,16 @@ mod tests {
     fn oversized_user_events_are_refused_with_serfs_words() {
         let (mut serf, now) = node(&[]);
         let error = serf.user_event(now, "big", &[0; 510], true).unwrap_err();
-        assert_eq!(error.to_string(), "user event exceeds configured limit of 512 bytes before encoding");
+        assert_eq!(
+            error.to_string(),
+            "user event exceeds configured limit of 512 bytes before encoding"
+        );
         // Fits before encoding, not after: 500 + 3 bytes plus the message framing.
         let error = serf.user_event(now, "big", &[0; 500], true).unwrap_err();
-        assert_eq!(error.to_string(), "encoded user event exceeds configured limit of 512 bytes after encoding");
+        assert_eq!(
+            error.to_string(),
+            "encoded user event exceeds configured limit of 512 bytes after encoding"
+        );
         assert_eq!(serf.poll_event(), None);
         assert_eq!(serf.stats().event_time, 1);
     }
@@ -605,18 +642,37 @@ mod tests {
         };
         let key = serf.query(now, params).unwrap();
         assert_eq!(key.ltime, 1);
-        assert_eq!(serf.stats().query_time, 2, "the sender witnesses its own query");
-        let Some(Event::Query(query)) = serf.poll_event() else { panic!("no query event") };
-        assert_eq!(query.deadline, now + Duration::from_millis(3200), "Serf's default for one node");
+        assert_eq!(
+            serf.stats().query_time,
+            2,
+            "the sender witnesses its own query"
+        );
+        let Some(Event::Query(query)) = serf.poll_event() else {
+            panic!("no query event")
+        };
+        assert_eq!(
+            query.deadline,
+            now + Duration::from_millis(3200),
+            "Serf's default for one node"
+        );
         serf.respond(now, query.key, b"FOO").unwrap();
-        assert_eq!(serf.respond(now, query.key, b"again"), Err(RespondError::AlreadySent));
+        assert_eq!(
+            serf.respond(now, query.key, b"again"),
+            Err(RespondError::AlreadySent)
+        );
         assert_eq!(serf.poll_timeout(), Some(query.deadline));
         serf.handle_timeout(query.deadline);
-        assert_eq!(drain(&mut serf), vec![
-            QueryOutput::Ack { from: "a".into() },
-            QueryOutput::Response { from: "a".into(), payload: b"FOO".to_vec() },
-            QueryOutput::Done,
-        ]);
+        assert_eq!(
+            drain(&mut serf),
+            vec![
+                QueryOutput::Ack { from: "a".into() },
+                QueryOutput::Response {
+                    from: "a".into(),
+                    payload: b"FOO".to_vec()
+                },
+                QueryOutput::Done,
+            ]
+        );
         assert_eq!(serf.poll_timeout(), None);
     }
 
@@ -629,11 +685,16 @@ mod tests {
             ..QueryParams::default()
         };
         serf.query(now, params).unwrap();
-        let Some(Event::Query(query)) = serf.poll_event() else { panic!() };
+        let Some(Event::Query(query)) = serf.poll_event() else {
+            panic!()
+        };
         let error = serf.respond(now, query.key, &[b'x'; 1024]).unwrap_err();
         assert_eq!(error.to_string(), "response exceeds limit of 1024 bytes");
         let late = now + Duration::from_millis(1001);
-        assert_eq!(serf.respond(late, query.key, b"x"), Err(RespondError::PastDeadline));
+        assert_eq!(
+            serf.respond(late, query.key, b"x"),
+            Err(RespondError::PastDeadline)
+        );
     }
 
     #[test]
@@ -649,7 +710,10 @@ mod tests {
             let params = QueryParams {
                 name: "q".into(),
                 filter_nodes: nodes.into_iter().map(String::from).collect(),
-                filter_tags: tags.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                filter_tags: tags
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
                 request_ack: true,
                 ..QueryParams::default()
             };
@@ -669,11 +733,24 @@ mod tests {
             request_ack: true,
             ..QueryParams::default()
         };
-        assert_eq!(serf.query(now, named("_serf_conflict", b"")), Err(QueryError::InternalName));
-        assert_eq!(serf.query(now, named("_serf_ping", b"x")), Err(QueryError::InternalName));
+        assert_eq!(
+            serf.query(now, named("_serf_conflict", b"")),
+            Err(QueryError::InternalName)
+        );
+        assert_eq!(
+            serf.query(now, named("_serf_ping", b"x")),
+            Err(QueryError::InternalName)
+        );
         serf.query(now, named("_serf_ping", b"")).unwrap();
-        assert_eq!(serf.poll_event(), None, "internal queries never reach handlers");
-        assert_eq!(drain(&mut serf), vec![QueryOutput::Ack { from: "a".into() }]);
+        assert_eq!(
+            serf.poll_event(),
+            None,
+            "internal queries never reach handlers"
+        );
+        assert_eq!(
+            drain(&mut serf),
+            vec![QueryOutput::Ack { from: "a".into() }]
+        );
     }
 
     #[test]
@@ -682,14 +759,19 @@ mod tests {
         serf.leave(now);
         assert!(serf.has_left());
         assert_eq!(serf.local_member().status, MemberStatus::Left);
-        assert_eq!(serf.user_event(now, "x", b"", false), Err(UserEventError::NotAlive("left")));
+        assert_eq!(
+            serf.user_event(now, "x", b"", false),
+            Err(UserEventError::NotAlive("left"))
+        );
     }
 
     #[test]
     fn tag_changes_emit_member_update() {
         let (mut serf, now) = node(&[("role", "web")]);
         serf.set_tags(now, [("role".to_string(), "db".to_string())].into());
-        let Some(Event::Member(event)) = serf.poll_event() else { panic!() };
+        let Some(Event::Member(event)) = serf.poll_event() else {
+            panic!()
+        };
         assert_eq!(event.kind, MemberEventKind::Update);
         assert_eq!(event.members[0].tags["role"], "db");
     }

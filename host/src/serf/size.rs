@@ -41,10 +41,14 @@ fn collection(n: usize) -> usize {
 /// `[3]` + `{CC, LTime, Name, Payload}`.
 pub(super) fn user_event(ltime: u64, name: &str, payload: &[u8]) -> usize {
     1 + collection(4)
-        + raw(2) + 1
-        + raw(5) + uint(ltime)
-        + raw(4) + raw(name.len())
-        + raw(7) + raw(payload.len())
+        + raw(2)
+        + 1
+        + raw(5)
+        + uint(ltime)
+        + raw(4)
+        + raw(name.len())
+        + raw(7)
+        + raw(payload.len())
 }
 
 /// `[4]` + `{Addr, Filters, Flags, ID, LTime, Name, Payload, Port, RelayFactor, SourceNode, Timeout}`.
@@ -73,27 +77,43 @@ pub(super) fn query(
         .timeout
         .map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
     1 + collection(11)
-        + raw(4) + raw(addr_len)
-        + raw(7) + filters_len
-        + raw(5) + uint(flags)
-        + raw(2) + uint(u64::from(key.id))
-        + raw(5) + uint(key.ltime)
-        + raw(4) + raw(params.name.len())
-        + raw(7) + raw(params.payload.len())
-        + raw(4) + uint(u64::from(source.port()))
-        + raw(11) + uint(u64::from(params.relay_factor))
-        + raw(10) + raw(source_node.len())
-        + raw(7) + uint(timeout_ns)
+        + raw(4)
+        + raw(addr_len)
+        + raw(7)
+        + filters_len
+        + raw(5)
+        + uint(flags)
+        + raw(2)
+        + uint(u64::from(key.id))
+        + raw(5)
+        + uint(key.ltime)
+        + raw(4)
+        + raw(params.name.len())
+        + raw(7)
+        + raw(params.payload.len())
+        + raw(4)
+        + uint(u64::from(source.port()))
+        + raw(11)
+        + uint(u64::from(params.relay_factor))
+        + raw(10)
+        + raw(source_node.len())
+        + raw(7)
+        + uint(timeout_ns)
 }
 
 /// `[5]` + `{Flags, From, ID, LTime, Payload}` for a response (not an ack).
 pub(super) fn query_response(key: QueryKey, from: &str, payload: &[u8]) -> usize {
     1 + collection(5)
-        + raw(5) + uint(0)
-        + raw(4) + raw(from.len())
-        + raw(2) + uint(u64::from(key.id))
-        + raw(5) + uint(key.ltime)
-        + raw(7) + raw(payload.len())
+        + raw(5)
+        + uint(0)
+        + raw(4)
+        + raw(from.len())
+        + raw(2)
+        + uint(u64::from(key.id))
+        + raw(5)
+        + uint(key.ltime)
+        + raw(7)
+        + raw(payload.len())
 }
 
 #[cfg(test)]
@@ -114,8 +134,14 @@ mod tests {
     fn query_response_matches_the_captured_vector() {
         let hex = "080585a5466c61677300a446726f6da161a24944ce183fe5dfa54c54696d6501a75061796c6f6164\
                    ac726573702d66726f6d2d610a";
-        let key = QueryKey { ltime: 1, id: 406_840_799 };
-        assert_eq!(query_response(key, "a", b"resp-from-a\n"), hex.len() / 2 - 1);
+        let key = QueryKey {
+            ltime: 1,
+            id: 406_840_799,
+        };
+        assert_eq!(
+            query_response(key, "a", b"resp-from-a\n"),
+            hex.len() / 2 - 1
+        );
     }
 
     #[test]
@@ -139,7 +165,10 @@ mod tests {
             timeout: Some(Duration::from_secs(2)),
             ..QueryParams::default()
         };
-        let key = QueryKey { ltime: 1, id: 0x7fff_ffff };
+        let key = QueryKey {
+            ltime: 1,
+            id: 0x7fff_ffff,
+        };
         let len = query(key, &params, "a", "127.0.0.10:7946".parse().unwrap());
         assert_eq!(len, 122 - 6);
     }
