@@ -31,6 +31,22 @@ if [ ! -x /usr/bin/serf ]; then
 fi
 /usr/bin/serf version | head -1
 
+# Python tools in a venv of our own (Debian's pip refuses system-wide installs): serfclient,
+# the third-party RPC client the tests drive our agent with.
+VENV=target/test-venv
+if [ ! -x "$VENV/bin/python" ]; then
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        $SUDO apt-get update -qq
+        $SUDO apt-get install -y -qq python3-venv >/dev/null
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+    fi
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check serfclient
+export SERF_TEST_PYTHON="$PWD/$VENV/bin/python"
+
 PLUGINS=(-p upcase -p memresponse -p hello -p misbehave -p noop)
 
 step "cargo fmt --check"

@@ -63,13 +63,20 @@ type HostError int32
 
 // The host errors of ABI v1, one per negative Status.
 const (
-	ErrBadArgument   = HostError(StatusBadArgument)
+	// ErrBadArgument: an argument is out of range, such as an unknown log level.
+	ErrBadArgument = HostError(StatusBadArgument)
+	// ErrInvalidMemory: a pointer and length do not lie inside the guest's memory.
 	ErrInvalidMemory = HostError(StatusInvalidMemory)
-	ErrNotAllowed    = HostError(StatusNotAllowed)
-	ErrTooLarge      = HostError(StatusTooLarge)
-	ErrRateLimited   = HostError(StatusRateLimited)
-	ErrNotFound      = HostError(StatusNotFound)
-	ErrUnavailable   = HostError(StatusUnavailable)
+	// ErrNotAllowed: Respond outside a query, or a second time for one query.
+	ErrNotAllowed = HostError(StatusNotAllowed)
+	// ErrTooLarge: the payload is over its limit (Serf's query response limit).
+	ErrTooLarge = HostError(StatusTooLarge)
+	// ErrRateLimited: too many calls in too short a time.
+	ErrRateLimited = HostError(StatusRateLimited)
+	// ErrNotFound: the thing named does not exist.
+	ErrNotFound = HostError(StatusNotFound)
+	// ErrUnavailable: the host cannot take it now (shutting down, a queue is full).
+	ErrUnavailable = HostError(StatusUnavailable)
 )
 
 // CheckStatus returns nil for a success code (>= 0) and the HostError otherwise.

@@ -3,4 +3,5 @@
 mod bad_input;
 mod basics;
 mod go_plugins;
+mod python_client;
 mod sandbox;
