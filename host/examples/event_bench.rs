@@ -4,11 +4,11 @@
 //! ```sh
 //! cargo build --release -p serf-host
 //! cargo build --profile plugin --target wasm32-wasip1 -p noop
-//! cargo run --release -p serf-host --example event_bench -- [EVENTS] [SERF_EVENTS]
+//! taskset -c 1 cargo run --release -p serf-host --example event_bench -- [EVENTS] [SERF_EVENTS]
 //! ```
 //!
 //! Both agents run as processes on loopback (127.0.0.201 and 127.0.0.202), each pinned to CPU 0
-//! with `taskset` when it exists, so "per core" means one core. Events are fired over RPC with
+//! with `taskset` when it exists, so "per core" means one core; run the client itself on CPU 1. Events are fired over RPC with
 //! coalescing off, pipelined on four connections. Throughput is events fired divided by the
 //! time until the last handler invocation finished; our latency figures are the agent's own
 //! (from receiving the event to the plugin returning), measured at a paced rate below

@@ -62,7 +62,13 @@ fn python_serfclient_works_against_our_agent() {
     );
     let json: serde_json::Value = serde_json::from_str(stdout_ok(&output).trim()).unwrap();
     assert_eq!(json["names"], serde_json::json!(["node1"]), "{json}");
-    let ip: Vec<u8> = node.bind.ip().to_string().split('.').map(|b| b.parse().unwrap()).collect();
+    let ip: Vec<u8> = node
+        .bind
+        .ip()
+        .to_string()
+        .split('.')
+        .map(|b| b.parse().unwrap())
+        .collect();
     assert_eq!(json["addr"], serde_json::json!(ip), "{json}");
     assert_eq!(json["port"], 7946, "{json}");
     assert_eq!(json["tags"]["role"], "web", "{json}");
@@ -72,7 +78,9 @@ fn python_serfclient_works_against_our_agent() {
     assert_eq!(json["agent"], "node1", "{json}");
     let file = node.dir.path().join("data/mem.txt");
     let written = eventually(Duration::from_secs(20), || {
-        std::fs::read_to_string(&file).ok().filter(|text| text == "from-python\n")
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|text| text == "from-python\n")
     });
     assert!(written.is_some(), "{}", node.log());
 }

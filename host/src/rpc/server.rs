@@ -28,6 +28,8 @@ use crate::serf::QueryKey;
 const MAX_CONNECTIONS: usize = 256;
 /// Frames queued for one client before stream records are dropped.
 const WRITE_QUEUE: usize = 1024;
+/// Queued frames are joined into writes of about this size.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Counters shared by every connection.
 #[derive(Default)]
@@ -224,8 +226,15 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
     let (read, mut write) = stream.into_split();
     let (frames, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = queue.recv().await {
-            if write.write_all(&frame).await.is_err() {
+        while let Some(mut batch) = queue.recv().await {
+            // Whatever else is already queued goes out in the same write.
+            while batch.len() < WRITE_BATCH_BYTES {
+                match queue.try_recv() {
+                    Ok(frame) => batch.extend_from_slice(&frame),
+                    Err(_) => break,
+                }
+            }
+            if write.write_all(&batch).await.is_err() {
                 return;
             }
         }
