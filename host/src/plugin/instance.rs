@@ -165,8 +165,8 @@ impl Instance {
         init: &[u8],
     ) -> Result<Instance, CallError> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(LogPipe::new(Arc::clone(&context.plugin), false))
-            .stderr(LogPipe::new(Arc::clone(&context.plugin), true));
+        let (stdout, stderr) = LogPipe::pair(Arc::clone(&context.plugin));
+        wasi.stdout(stdout).stderr(stderr);
         for (guest, host) in &spec.dirs {
             // The directory was checked when the plugin loaded; it may vanish since.
             if let Err(error) = wasi.preopened_dir(host, guest, FsPerms::ReadWrite) {
@@ -330,10 +330,17 @@ fn classify(store: &Store<StoreState>, error: wasmtime::Error, budget: u64) -> C
     if store.data().limiter.refused {
         return CallError::MemoryLimit(store.data().limiter.max_memory_bytes);
     }
+    // The full text carries wasmtime's multi-line wasm backtrace: keep it out of the warning.
+    let full = format!("{error:#}");
+    tracing::debug!(plugin = %store.data().context.plugin, error = %full, "plugin call failed");
+    let summary = match error.downcast_ref::<Trap>() {
+        Some(trap) => format!("{trap}"),
+        None => full.lines().next().unwrap_or_default().to_owned(),
+    };
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => CallError::OutOfFuel(budget),
-        Some(Trap::UnreachableCodeReached) => CallError::Panicked(format!("{error:#}")),
-        _ => CallError::Crashed(format!("{error:#}")),
+        Some(Trap::UnreachableCodeReached) => CallError::Panicked(summary),
+        _ => CallError::Crashed(summary),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
@@ -11,6 +12,14 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// Longest line kept; longer output is split at this many bytes.
 const MAX_LINE_BYTES: usize = 4096;
+/// Lines a plugin's stdout and stderr together may log per second; the rest are counted.
+const MAX_LINES_PER_SECOND: u32 = 100;
+
+/// One plugin's output lines in the current second.
+struct Window {
+    started: Instant,
+    lines: u32,
+}
 
 /// Output written by a plugin, logged with target `plugin` at info (stdout) or warn (stderr).
 #[derive(Clone)]
@@ -18,15 +27,23 @@ pub(crate) struct LogPipe {
     plugin: Arc<str>,
     is_stderr: bool,
     pending: Arc<Mutex<Vec<u8>>>,
+    window: Arc<Mutex<Window>>,
 }
 
 impl LogPipe {
-    pub(crate) fn new(plugin: Arc<str>, is_stderr: bool) -> LogPipe {
-        LogPipe {
-            plugin,
+    /// A pair for stdout and stderr, sharing one rate limit.
+    pub(crate) fn pair(plugin: Arc<str>) -> (LogPipe, LogPipe) {
+        let window = Arc::new(Mutex::new(Window {
+            started: Instant::now(),
+            lines: 0,
+        }));
+        let pipe = |is_stderr| LogPipe {
+            plugin: Arc::clone(&plugin),
             is_stderr,
             pending: Arc::default(),
-        }
+            window: Arc::clone(&window),
+        };
+        (pipe(false), pipe(true))
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
@@ -46,8 +63,25 @@ impl LogPipe {
     }
 
     fn emit(&self, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
         let plugin = &*self.plugin;
+        {
+            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            if window.started.elapsed() >= Duration::from_secs(1) {
+                let dropped = window.lines.saturating_sub(MAX_LINES_PER_SECOND);
+                if dropped > 0 {
+                    tracing::warn!(target: "plugin", plugin, dropped, "plugin output lines dropped by the rate limit");
+                }
+                *window = Window {
+                    started: Instant::now(),
+                    lines: 0,
+                };
+            }
+            window.lines += 1;
+            if window.lines > MAX_LINES_PER_SECOND {
+                return;
+            }
+        }
+        let line = String::from_utf8_lossy(line);
         if self.is_stderr {
             tracing::warn!(target: "plugin", plugin, stream = "stderr", "{line}");
         } else {
