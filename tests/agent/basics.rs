@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use serf_tests::{Node, eventually, next_net, stdout_ok};
-
-const MEMRESPONSE: &str = "[plugins.memresponse]\nevents = \"user:memresponse\"\n\
-                           dirs = { \"/data\" = \"data\" }\nconfig = { file = \"/data/mem.txt\" }\n";
+use serf_tests::{
+    MEMRESPONSE_CONFIG, Node, UPCASE_CONFIG, assert_memresponse_scenario, assert_upcase_scenario,
+    next_net, stdout_ok,
+};
 
 #[test]
 fn members_lists_the_node_with_its_tags_in_both_clis() {
@@ -53,56 +53,18 @@ fn members_lists_the_node_with_its_tags_in_both_clis() {
 fn memresponse_event_lands_in_mem_txt() {
     let node = Node::builder(next_net(), 1)
         .plugin("memresponse", "memresponse")
-        .config(MEMRESPONSE)
+        .config(MEMRESPONSE_CONFIG)
         .start();
-    let output = node.go_cli(&["event", "memresponse", "xcxx"]);
-    assert!(
-        stdout_ok(&output).contains("Event 'memresponse' dispatched!"),
-        "{output:?}"
-    );
-    let output = node.cli(&["event", "memresponse", "yy"]);
-    assert!(
-        stdout_ok(&output).contains("Event 'memresponse' dispatched!"),
-        "{output:?}"
-    );
-    let file = node.dir.path().join("data/mem.txt");
-    let written = eventually(Duration::from_secs(20), || {
-        let text = std::fs::read_to_string(&file).ok()?;
-        (text == "xcxx\nyy\n").then_some(text)
-    });
-    assert!(
-        written.is_some(),
-        "mem.txt: {:?}\n{}",
-        std::fs::read_to_string(&file),
-        node.log()
-    );
+    assert_memresponse_scenario(&node, Duration::from_secs(20));
 }
 
 #[test]
 fn upcase_query_answers_foo() {
     let node = Node::builder(next_net(), 1)
         .plugin("upcase", "upcase")
-        .config("[plugins.upcase]\nevents = \"query:upcase\"\n")
+        .config(UPCASE_CONFIG)
         .start();
-    for output in [
-        node.go_cli(&["query", "-timeout=1s", "upcase", "foo"]),
-        node.cli(&["query", "-timeout=1s", "upcase", "foo"]),
-    ] {
-        let text = stdout_ok(&output);
-        assert!(text.contains("Query 'upcase' dispatched"), "{text}");
-        assert!(text.contains("Ack from 'node1'"), "{text}");
-        assert!(text.contains("Response from 'node1': FOO"), "{text}");
-        assert!(text.contains("Total Acks: 1"), "{text}");
-        assert!(text.contains("Total Responses: 1"), "{text}");
-    }
-    for output in [
-        node.go_cli(&["query", "-format=json", "-timeout=1s", "upcase", "bar"]),
-        node.cli(&["query", "-format=json", "-timeout=1s", "upcase", "bar"]),
-    ] {
-        let json: serde_json::Value = serde_json::from_str(&stdout_ok(&output)).unwrap();
-        assert_eq!(json["Responses"]["node1"], "BAR", "{json}");
-        assert_eq!(json["Acks"][0], "node1", "{json}");
-    }
+    assert_upcase_scenario(&node, &[("bar", "BAR"), ("straße", "STRASSE")]);
     // A query nobody handles is acked, not answered.
     let text = stdout_ok(&node.go_cli(&["query", "-timeout=500ms", "nobody", "x"]));
     assert!(text.contains("Total Responses: 0"), "{text}");
@@ -171,4 +133,27 @@ fn interrupt_leaves_and_exits() {
         "{}",
         node.log()
     );
+}
+
+#[test]
+fn terminate_stops_without_leaving() {
+    let mut node = Node::builder(next_net(), 1).start();
+    let pid = node.child().id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(status.is_ok_and(|s| s.success()));
+    let status = node.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        node.log()
+    );
+    let log = node.log();
+    assert!(log.contains("Caught signal: terminated"), "{log}");
+    assert!(
+        !log.contains("requesting graceful leave"),
+        "SIGTERM must not leave: {log}"
+    );
+    assert!(log.contains("shutdown complete"), "{log}");
 }

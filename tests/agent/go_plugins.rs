@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use serf_tests::{Node, eventually, next_net, stdout_ok};
-
-const MEMRESPONSE: &str = "[plugins.memresponse]\nevents = \"user:memresponse\"\n\
-                           dirs = { \"/data\" = \"data\" }\nconfig = { file = \"/data/mem.txt\" }\n";
+use serf_tests::{
+    MEMRESPONSE_CONFIG, Node, UPCASE_CONFIG, assert_memresponse_scenario, assert_upcase_scenario,
+    eventually, next_net, stdout_ok,
+};
 
 /// Compiling a 2 MB Go module takes a few seconds on a loaded 2-core machine.
 const GO_PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,29 +24,9 @@ fn plugin_lines(node: &Node, plugin: &str) -> Vec<String> {
 fn go_memresponse_event_lands_in_mem_txt() {
     let node = Node::builder(next_net(), 1)
         .go_plugin("memresponse", "memresponse")
-        .config(MEMRESPONSE)
+        .config(MEMRESPONSE_CONFIG)
         .start();
-    let output = node.go_cli(&["event", "memresponse", "xcxx"]);
-    assert!(
-        stdout_ok(&output).contains("Event 'memresponse' dispatched!"),
-        "{output:?}"
-    );
-    let output = node.cli(&["event", "memresponse", "yy"]);
-    assert!(
-        stdout_ok(&output).contains("Event 'memresponse' dispatched!"),
-        "{output:?}"
-    );
-    let file = node.dir.path().join("data/mem.txt");
-    let written = eventually(GO_PLUGIN_TIMEOUT, || {
-        let text = std::fs::read_to_string(&file).ok()?;
-        (text == "xcxx\nyy\n").then_some(text)
-    });
-    assert!(
-        written.is_some(),
-        "mem.txt: {:?}\n{}",
-        std::fs::read_to_string(&file),
-        node.log()
-    );
+    assert_memresponse_scenario(&node, GO_PLUGIN_TIMEOUT);
     node.wait_for_log(
         "appending memresponse payloads to /data/mem.txt",
         GO_PLUGIN_TIMEOUT,
@@ -57,7 +37,7 @@ fn go_memresponse_event_lands_in_mem_txt() {
 fn go_upcase_query_answers_foo() {
     let node = Node::builder(next_net(), 1)
         .go_plugin("upcase", "upcase")
-        .config("[plugins.upcase]\nevents = \"query:upcase\"\n")
+        .config(UPCASE_CONFIG)
         .start();
     // The first query may arrive while the module still compiles; wait for the plugin.
     let answered = eventually(GO_PLUGIN_TIMEOUT, || {
@@ -71,27 +51,7 @@ fn go_upcase_query_answers_foo() {
         "the Go upcase plugin never answered:\n{}",
         node.log()
     );
-    for output in [
-        node.go_cli(&["query", "-timeout=1s", "upcase", "foo"]),
-        node.cli(&["query", "-timeout=1s", "upcase", "foo"]),
-    ] {
-        let text = stdout_ok(&output);
-        assert!(text.contains("Query 'upcase' dispatched"), "{text}");
-        assert!(text.contains("Ack from 'node1'"), "{text}");
-        assert!(text.contains("Response from 'node1': FOO"), "{text}");
-        assert!(text.contains("Total Acks: 1"), "{text}");
-        assert!(text.contains("Total Responses: 1"), "{text}");
-    }
-    for (payload, expected) in [("bar", "BAR"), ("straße", "STRASSE")] {
-        for output in [
-            node.go_cli(&["query", "-format=json", "-timeout=1s", "upcase", payload]),
-            node.cli(&["query", "-format=json", "-timeout=1s", "upcase", payload]),
-        ] {
-            let json: serde_json::Value = serde_json::from_str(&stdout_ok(&output)).unwrap();
-            assert_eq!(json["Responses"]["node1"], expected, "{json}");
-            assert_eq!(json["Acks"][0], "node1", "{json}");
-        }
-    }
+    assert_upcase_scenario(&node, &[("bar", "BAR"), ("straße", "STRASSE")]);
 }
 
 #[test]

@@ -255,7 +255,8 @@ impl Node {
         self.cli_with(&go_serf(), args)
     }
 
-    fn cli_with(&self, bin: &Path, args: &[&str]) -> Output {
+    /// Runs the given CLI binary against this node.
+    pub fn cli_with(&self, bin: &Path, args: &[&str]) -> Output {
         let (command, rest) = args.split_first().expect("a subcommand");
         run(
             Command::new(bin)
@@ -417,5 +418,64 @@ impl NodeBuilder {
     /// `<as_name>.wasm`.
     pub fn go_plugin(self, wasm_name: &str, as_name: &str) -> NodeBuilder {
         self.raw_plugin_file(&format!("{as_name}.wasm"), go_wasm(wasm_name))
+    }
+}
+
+/// The `[plugins.memresponse]` table of the example configuration.
+pub const MEMRESPONSE_CONFIG: &str = "[plugins.memresponse]\nevents = \"user:memresponse\"\n\
+                                      dirs = { \"/data\" = \"data\" }\nconfig = { file = \"/data/mem.txt\" }\n";
+
+/// The `[plugins.upcase]` table of the example configuration.
+pub const UPCASE_CONFIG: &str = "[plugins.upcase]\nevents = \"query:upcase\"\n";
+
+/// The tour's memresponse step, for either SDK's plugin: `event memresponse xcxx` from Serf's
+/// CLI and `yy` from ours land in the node's `data/mem.txt`, in order.
+pub fn assert_memresponse_scenario(node: &Node, timeout: Duration) {
+    for (cli, payload) in [(go_serf(), "xcxx"), (serf_bin(), "yy")] {
+        let output = node.cli_with(&cli, &["event", "memresponse", payload]);
+        let text = stdout_ok(&output);
+        assert!(text.contains("Event 'memresponse' dispatched!"), "{text}");
+    }
+    let file = node.dir.path().join("data/mem.txt");
+    let written = eventually(timeout, || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|text| text == "xcxx\nyy\n")
+    });
+    assert!(
+        written.is_some(),
+        "mem.txt: {:?}\n{}",
+        std::fs::read_to_string(&file),
+        node.log()
+    );
+}
+
+/// The tour's upcase step, for either SDK's plugin: `query upcase foo` answers FOO through both
+/// CLIs, and each `(payload, answer)` pair holds in `-format=json`.
+pub fn assert_upcase_scenario(node: &Node, json_cases: &[(&str, &str)]) {
+    for output in [
+        node.go_cli(&["query", "-timeout=1s", "upcase", "foo"]),
+        node.cli(&["query", "-timeout=1s", "upcase", "foo"]),
+    ] {
+        let text = stdout_ok(&output);
+        for needle in [
+            "Query 'upcase' dispatched",
+            "Ack from 'node1'",
+            "Response from 'node1': FOO",
+            "Total Acks: 1",
+            "Total Responses: 1",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from {text}");
+        }
+    }
+    for (payload, expected) in json_cases {
+        for output in [
+            node.go_cli(&["query", "-format=json", "-timeout=1s", "upcase", payload]),
+            node.cli(&["query", "-format=json", "-timeout=1s", "upcase", payload]),
+        ] {
+            let json: serde_json::Value = serde_json::from_str(&stdout_ok(&output)).unwrap();
+            assert_eq!(json["Responses"]["node1"], *expected, "{json}");
+            assert_eq!(json["Acks"][0], "node1", "{json}");
+        }
     }
 }
