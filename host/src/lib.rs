@@ -10,3 +10,6 @@ pub mod logging;
 pub mod plugin;
 pub mod rpc;
 pub mod serf;
+
+#[cfg(test)]
+mod tidy;

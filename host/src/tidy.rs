@@ -1,0 +1,93 @@
+//! Architecture checks: the invariants of ARCHITECTURE.md that a test can see.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files = Vec::new();
+    let mut pending = vec![root];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).expect("source directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// The code of a file without its `mod tests` (tests sit at the bottom).
+fn code(path: &Path) -> String {
+    let text = fs::read_to_string(path).expect("source file");
+    text.split("#[cfg(test)]")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn core_modules_do_no_io() {
+    let forbidden = [
+        "tokio::",
+        "std::net::UdpSocket",
+        "std::net::TcpStream",
+        "std::fs",
+        "Instant::now",
+        "SystemTime::now",
+        "thread::spawn",
+        "rand::random",
+        "thread_rng",
+    ];
+    for path in sources("src/serf") {
+        let code = code(&path);
+        for word in forbidden {
+            assert!(!code.contains(word), "{} uses `{word}`", path.display());
+        }
+    }
+}
+
+#[test]
+fn unsafe_code_stays_in_the_module_cache() {
+    let mut places = Vec::new();
+    for path in sources("src") {
+        for (number, line) in code(&path).lines().enumerate() {
+            if line.contains("unsafe {") || line.contains("allow(unsafe_code)") {
+                places.push(format!("{}:{}", path.display(), number + 1));
+            }
+        }
+    }
+    assert_eq!(
+        places.len(),
+        2,
+        "unsafe outside plugin::engine::deserialize_cached: {places:?}"
+    );
+    assert!(
+        places
+            .iter()
+            .all(|place| place.contains("plugin/engine.rs")),
+        "{places:?}"
+    );
+}
+
+#[test]
+fn only_the_agent_task_touches_the_core() {
+    for path in sources("src") {
+        let relative = path.to_string_lossy();
+        if relative.contains("/src/serf/")
+            || relative.contains("/src/agent/")
+            || relative.ends_with("tidy.rs")
+        {
+            continue;
+        }
+        let code = code(&path);
+        assert!(
+            !code.contains("Serf::new") && !code.contains("Mutex<Serf>"),
+            "{} reaches into the Serf core; use agent::AgentHandle",
+            path.display()
+        );
+    }
+}
