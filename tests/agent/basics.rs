@@ -117,38 +117,15 @@ fn leave_stops_the_agent_gracefully() {
 #[test]
 fn interrupt_leaves_and_exits() {
     let mut node = Node::builder(next_net(), 1).start();
-    let pid = node.child().id().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status();
-    assert!(status.is_ok_and(|s| s.success()));
-    let status = node.wait_exit(Duration::from_secs(20));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        node.log()
-    );
-    assert!(
-        node.log().contains("Gracefully shutting down agent"),
-        "{}",
-        node.log()
-    );
+    node.signal_and_expect_clean_exit("INT");
+    let log = node.log();
+    assert!(log.contains("Gracefully shutting down agent"), "{log}");
 }
 
 #[test]
 fn terminate_stops_without_leaving() {
     let mut node = Node::builder(next_net(), 1).start();
-    let pid = node.child().id().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(status.is_ok_and(|s| s.success()));
-    let status = node.wait_exit(Duration::from_secs(20));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        node.log()
-    );
+    node.signal_and_expect_clean_exit("TERM");
     let log = node.log();
     assert!(log.contains("Caught signal: terminated"), "{log}");
     assert!(

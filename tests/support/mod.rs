@@ -294,6 +294,25 @@ impl Node {
         eventually(timeout, || child.try_wait().ok().flatten())
     }
 
+    /// Sends `signal` (`INT`, `TERM`) to the agent and asserts that it exits with status 0.
+    pub fn signal_and_expect_clean_exit(&mut self, signal: &str) {
+        let pid = self.child().id().to_string();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(&pid)
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill -{signal} {pid} failed"
+        );
+        let status = self.wait_exit(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{status:?}\n{}",
+            self.log()
+        );
+    }
+
     /// `serf info -format=json` from our CLI, parsed.
     pub fn info(&self) -> serde_json::Value {
         let output = self.cli(&["info", "-format=json"]);

@@ -333,14 +333,11 @@ fn classify(store: &Store<StoreState>, error: wasmtime::Error, budget: u64) -> C
     // The full text carries wasmtime's multi-line wasm backtrace: keep it out of the warning.
     let full = format!("{error:#}");
     tracing::debug!(plugin = %store.data().context.plugin, error = %full, "plugin call failed");
-    let summary = match error.downcast_ref::<Trap>() {
-        Some(trap) => format!("{trap}"),
-        None => full.lines().next().unwrap_or_default().to_owned(),
-    };
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => CallError::OutOfFuel(budget),
-        Some(Trap::UnreachableCodeReached) => CallError::Panicked(summary),
-        _ => CallError::Crashed(summary),
+        Some(trap @ Trap::UnreachableCodeReached) => CallError::Panicked(trap.to_string()),
+        Some(trap) => CallError::Crashed(trap.to_string()),
+        None => CallError::Crashed(full.lines().next().unwrap_or_default().to_owned()),
     }
 }
 

@@ -281,8 +281,7 @@ async fn read_request(
         session.outbox.error(seq, errors::HANDSHAKE_REQUIRED).await;
         return Ok(Flow::Close);
     }
-    let auth_key = session.agent.config().rpc_auth.clone();
-    if auth_key.is_some()
+    if session.agent.config().rpc_auth.is_some()
         && !session.authenticated
         && name != command::HANDSHAKE
         && name != command::AUTH
@@ -311,7 +310,13 @@ async fn read_request(
         }
         command::AUTH => {
             let request: protocol::AuthRequest = body(reader).await?;
-            if request.auth_key == auth_key.unwrap_or_default() {
+            let auth_key = session
+                .agent
+                .config()
+                .rpc_auth
+                .as_deref()
+                .unwrap_or_default();
+            if request.auth_key == auth_key {
                 session.authenticated = true;
                 session.outbox.ok(seq).await;
             } else {
