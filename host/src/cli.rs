@@ -22,6 +22,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 
+pub use crate::config::{parse_go_bool, parse_go_duration};
 use crate::rpc::client::{self, Client};
 use crate::rpc::protocol::{Member, QueryRecordType, QueryRequest, Stats, StreamRecord};
 
@@ -649,59 +650,6 @@ fn takes_required_value(arg: &clap::Arg) -> bool {
         && arg
             .get_num_args()
             .is_none_or(|range| range.min_values() > 0)
-}
-
-/// A Go boolean flag value: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
-pub fn parse_go_bool(text: &str) -> Result<bool, String> {
-    match text {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("invalid boolean value {text:?}")),
-    }
-}
-
-/// A Go duration (`time.ParseDuration`): `0`, or numbers with units ns, us, µs, ms, s, m, h,
-/// e.g. `1.5s`, `1m30s`. Negative durations are refused.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?}");
-    let unsigned = text.strip_prefix('+').unwrap_or(text);
-    if unsigned == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if unsigned.is_empty() || unsigned.starts_with('-') {
-        return Err(invalid());
-    }
-    let mut rest = unsigned;
-    let mut total_nanos: f64 = 0.0;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let number = &rest[..number_len];
-        if number.is_empty() || number == "." {
-            return Err(invalid());
-        }
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(invalid()),
-        };
-        rest = &rest[unit_len..];
-        total_nanos += value * scale;
-    }
-    if total_nanos > i64::MAX as f64 {
-        return Err(invalid());
-    }
-    Ok(Duration::from_nanos(total_nanos as u64))
 }
 
 /// Serf's `key=value` list to a map; the key must be non-empty, the value may contain `=`.

@@ -3,7 +3,8 @@
 //!
 //! Flags beat the file, the file beats defaults. Relative paths in the file are relative to
 //! the directory that holds it; relative paths in flags are relative to the working directory.
-//! This module reads the config file and lists the plugin directory, nothing else.
+//! This module reads the config file and the keyring file and lists the plugin directory,
+//! nothing else.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::gossip::Keyring;
 use crate::plugin::{EventFilter, FilterError, Limits, PluginSpec};
 
 /// Serf's default gossip port.
@@ -50,6 +52,41 @@ pub struct AgentFlags {
     /// Directory for the agent's own state (the compiled-plugin cache).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
+    /// Agent to join at startup, `[name/]host[:port]`; repeatable. The agent exits if none of
+    /// them can be joined.
+    #[arg(long = "join", value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// Agent to join in the background until one answers; repeatable.
+    #[arg(long = "retry-join", value_name = "ADDR")]
+    pub retry_join: Vec<String>,
+    /// Pause between -retry-join attempts, e.g. 30s (at least 1s; default 30s).
+    #[arg(long = "retry-interval", value_name = "DURATION", value_parser = parse_go_duration)]
+    pub retry_interval: Option<Duration>,
+    /// Failed -retry-join attempts after which the agent exits (0, the default: never).
+    #[arg(long = "retry-max", value_name = "N")]
+    pub retry_max: Option<u32>,
+    /// Replay past user events when joining at startup.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_name = "BOOL",
+          value_parser = parse_go_bool)]
+    pub replay: bool,
+    /// Gossip encryption key: base64 of 16, 24 or 32 bytes (`serf keygen` makes one).
+    #[arg(long, value_name = "KEY")]
+    pub encrypt: Option<String>,
+    /// JSON file holding the keyring (an array of base64 keys, the first one primary).
+    #[arg(long = "keyring-file", value_name = "PATH")]
+    pub keyring_file: Option<PathBuf>,
+    /// Gossip timing profile: lan (default), wan or local.
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Serf protocol version to speak, 2 to 5 (default 5).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub protocol: Option<i64>,
+    /// Do not compress gossip messages (compression is on by default).
+    #[arg(long = "disable-compression", action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value = "false",
+          value_name = "BOOL", value_parser = parse_go_bool)]
+    pub disable_compression: bool,
 }
 
 /// `serf.toml` exactly as written: every key optional, unknown keys rejected.
@@ -84,6 +121,31 @@ pub struct FileConfig {
     pub query_response_size_limit: Option<usize>,
     /// Limits applied to every plugin unless its own table overrides them.
     pub plugin_defaults: Option<FileLimits>,
+    /// Agents joined at startup, `[name/]host[:port]`.
+    pub start_join: Option<Vec<String>>,
+    /// Agents joined in the background until one answers.
+    pub retry_join: Option<Vec<String>>,
+    /// Pause between `retry_join` attempts.
+    #[serde(default, with = "humantime_serde")]
+    pub retry_interval: Option<Duration>,
+    /// Failed `retry_join` attempts after which the agent exits (0: never).
+    pub retry_max_attempts: Option<u32>,
+    /// Replay past user events when joining at startup.
+    pub replay_on_join: Option<bool>,
+    /// Gossip encryption key, base64.
+    pub encrypt_key: Option<String>,
+    /// JSON keyring file (array of base64 keys, first = primary).
+    pub keyring_file: Option<PathBuf>,
+    /// Timing profile: `lan`, `wan` or `local`.
+    pub profile: Option<String>,
+    /// Serf protocol version, 2 to 5.
+    pub protocol: Option<i64>,
+    /// LZW-compress gossip messages (default true).
+    pub enable_compression: Option<bool>,
+    /// Leave the cluster gracefully on SIGTERM (default false: just stop).
+    pub leave_on_terminate: Option<bool>,
+    /// Stop without leaving on SIGINT (default false: leave gracefully).
+    pub skip_leave_on_interrupt: Option<bool>,
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, FilePlugin>,
@@ -173,6 +235,69 @@ pub struct Config {
     pub serf_limits: SerfLimits,
     /// The plugins to load, in name order.
     pub plugins: Vec<PluginSpec>,
+    /// Addresses joined at startup (file's `start_join`, then `-join`); none answering is fatal.
+    pub start_join: Vec<String>,
+    /// Addresses joined in the background until one answers (`retry_join`, `-retry-join`).
+    pub retry_join: Vec<String>,
+    /// Pause between background join attempts; at least [`MIN_RETRY_INTERVAL`].
+    pub retry_interval: Duration,
+    /// Failed background attempts after which the agent exits; 0 retries forever.
+    pub retry_max_attempts: u32,
+    /// Replay past user events on the startup and background joins.
+    pub replay_on_join: bool,
+    /// The gossip keyring; `None` gossips in plaintext.
+    pub keyring: Option<Keyring>,
+    /// Where the keyring came from, if from a file.
+    pub keyring_file: Option<PathBuf>,
+    /// The gossip timing profile.
+    pub profile: Profile,
+    /// The Serf protocol version advertised (the last byte of the version vector), 2 to 5.
+    pub protocol: u8,
+    /// LZW-compress gossip messages.
+    pub enable_compression: bool,
+    /// SIGTERM leaves gracefully before stopping.
+    pub leave_on_terminate: bool,
+    /// SIGINT stops without leaving.
+    pub skip_leave_on_interrupt: bool,
+}
+
+/// The shortest pause between background join attempts (Serf raises shorter ones to this).
+pub const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Serf's default pause between background join attempts.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+/// The Serf protocol versions this agent can speak (reference 3.16).
+pub const PROTOCOL_RANGE: std::ops::RangeInclusive<u8> = 2..=5;
+
+/// Serf's gossip timing profiles (reference 2.18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// A local network: the default.
+    Lan,
+    /// Wide-area links: slower probes and gossip.
+    Wan,
+    /// One machine (loopback): fast timeouts.
+    Local,
+}
+
+impl Profile {
+    /// `lan`, `wan` or `local`, as `-profile` spells them.
+    pub fn parse(text: &str) -> Option<Profile> {
+        match text {
+            "lan" => Some(Profile::Lan),
+            "wan" => Some(Profile::Wan),
+            "local" => Some(Profile::Local),
+            _ => None,
+        }
+    }
+
+    /// The name `-profile` takes and the banner prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Lan => "lan",
+            Profile::Wan => "wan",
+            Profile::Local => "local",
+        }
+    }
 }
 
 /// Serf's size limits (reference 3.16).
@@ -266,6 +391,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The encryption key is not base64 of 16, 24 or 32 bytes (the key is not repeated here).
+    #[error("invalid encryption key: {0}")]
+    EncryptKey(String),
+    /// An encryption key and a keyring file were both given, which Serf refuses too.
+    #[error("encryption key not allowed while using a keyring ({})", .0.display())]
+    EncryptWithKeyring(PathBuf),
+    /// The keyring file is missing, unreadable or malformed.
+    #[error("cannot load keyring file {}: {reason}", path.display())]
+    Keyring { path: PathBuf, reason: String },
 }
 
 impl FileConfig {
@@ -386,6 +520,47 @@ impl Config {
         let defaults = apply_limits(Limits::DEFAULT, file.plugin_defaults.as_ref())
             .map_err(|(key, value)| invalid(key, &value, "must be greater than zero"))?;
         let plugins = resolve_plugins(file.plugins, base, plugin_dir.as_deref(), defaults)?;
+        // Serf concatenates the file's lists and the flags' (file first).
+        let mut start_join = file.start_join.unwrap_or_default();
+        start_join.extend(flags.join.iter().cloned());
+        let mut retry_join = file.retry_join.unwrap_or_default();
+        retry_join.extend(flags.retry_join.iter().cloned());
+        let retry_interval = flags
+            .retry_interval
+            .or(file.retry_interval)
+            .unwrap_or(DEFAULT_RETRY_INTERVAL)
+            .max(MIN_RETRY_INTERVAL);
+        let retry_max_attempts = flags.retry_max.or(file.retry_max_attempts).unwrap_or(0);
+        let profile = match flags.profile.clone().or(file.profile) {
+            Some(text) => Profile::parse(&text)
+                .ok_or_else(|| invalid("profile", &text, "expected lan, wan or local"))?,
+            None => Profile::Lan,
+        };
+        // As in Serf, zero or a negative number means the default.
+        let protocol = match flags.protocol.or(file.protocol) {
+            Some(version) if version > 0 => u8::try_from(version)
+                .ok()
+                .filter(|v| PROTOCOL_RANGE.contains(v))
+                .ok_or_else(|| {
+                    invalid(
+                        "protocol",
+                        &version.to_string(),
+                        "expected a Serf protocol version from 2 to 5",
+                    )
+                })?,
+            _ => *PROTOCOL_RANGE.end(),
+        };
+        let encrypt_key = flags.encrypt.clone().or(file.encrypt_key);
+        let keyring_file = flags
+            .keyring_file
+            .clone()
+            .or_else(|| file.keyring_file.map(|path| base.join(path)));
+        let keyring = match (&encrypt_key, &keyring_file) {
+            (Some(_), Some(path)) => return Err(ConfigError::EncryptWithKeyring(path.clone())),
+            (Some(key), None) => Some(keyring_from_key(key)?),
+            (None, Some(path)) => Some(load_keyring(path)?),
+            (None, None) => None,
+        };
         Ok(Config {
             node_name,
             bind,
@@ -398,8 +573,111 @@ impl Config {
             plugin_cache_dir,
             serf_limits,
             plugins,
+            start_join,
+            retry_join,
+            retry_interval,
+            retry_max_attempts,
+            replay_on_join: flags.replay || file.replay_on_join.unwrap_or(false),
+            keyring,
+            keyring_file,
+            profile,
+            protocol,
+            // `-disable-compression` can only turn compression off, as a Go boolean flag can.
+            enable_compression: !flags.disable_compression
+                && file.enable_compression.unwrap_or(true),
+            leave_on_terminate: file.leave_on_terminate.unwrap_or(false),
+            skip_leave_on_interrupt: file.skip_leave_on_interrupt.unwrap_or(false),
         })
     }
+}
+
+/// The AES key sizes memberlist accepts.
+const KEY_SIZES: [usize; 3] = [16, 24, 32];
+
+/// Decodes a base64 encryption key (standard alphabet, padded) and checks its length.
+pub fn decode_key(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|error| format!("not base64: {error}"))?;
+    if !KEY_SIZES.contains(&key.len()) {
+        return Err(format!(
+            "key must be 16, 24 or 32 bytes, got {} bytes",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// A keyring holding only the `-encrypt` key.
+fn keyring_from_key(text: &str) -> Result<Keyring, ConfigError> {
+    let key = decode_key(text).map_err(ConfigError::EncryptKey)?;
+    let _ = key;
+    todo!("TEMP keyring")
+}
+
+/// Reads a keyring file; as in Serf, it must exist and hold at least one key.
+fn load_keyring(path: &Path) -> Result<Keyring, ConfigError> {
+    let error = |reason: String| ConfigError::Keyring {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let _ = (text, error);
+    todo!("TEMP keyring")
+}
+
+/// A Go boolean flag value: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
+pub fn parse_go_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean value {text:?}")),
+    }
+}
+
+/// A Go duration (`time.ParseDuration`): `0`, or numbers with units ns, us, µs, ms, s, m, h,
+/// e.g. `1.5s`, `1m30s`. Negative durations are refused.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("invalid duration {text:?}");
+    let unsigned = text.strip_prefix('+').unwrap_or(text);
+    if unsigned == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if unsigned.is_empty() || unsigned.starts_with('-') {
+        return Err(invalid());
+    }
+    let mut rest = unsigned;
+    let mut total_nanos: f64 = 0.0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let number = &rest[..number_len];
+        if number.is_empty() || number == "." {
+            return Err(invalid());
+        }
+        let value: f64 = number.parse().map_err(|_| invalid())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(invalid()),
+        };
+        rest = &rest[unit_len..];
+        total_nanos += value * scale;
+    }
+    if total_nanos > i64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(Duration::from_nanos(total_nanos as u64))
 }
 
 /// `$XDG_STATE_HOME/serf`, else `$HOME/.local/state/serf`; none without a home.
@@ -695,5 +973,216 @@ mod tests {
         assert_eq!(memresponse.filter.to_string(), "user:memresponse");
         assert_eq!(memresponse.dirs["/data"], base.join("data"));
         assert_eq!(config.rpc_addr, DEFAULT_RPC_ADDR);
+    }
+
+    /// 32 bytes, 0x00..0x1f, as in the reference's encryption vectors.
+    const KEY_32: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    #[test]
+    fn gossip_settings_default_to_serfs() {
+        let config = resolve("", &AgentFlags::default()).unwrap();
+        assert!(config.start_join.is_empty());
+        assert!(config.retry_join.is_empty());
+        assert_eq!(config.retry_interval, Duration::from_secs(30));
+        assert_eq!(config.retry_max_attempts, 0);
+        assert!(!config.replay_on_join);
+        assert!(config.keyring.is_none());
+        assert_eq!(config.profile, Profile::Lan);
+        assert_eq!(config.protocol, 5);
+        assert!(config.enable_compression);
+        assert!(!config.leave_on_terminate);
+        assert!(!config.skip_leave_on_interrupt);
+    }
+
+    #[test]
+    fn join_lists_concatenate_file_then_flags() {
+        let flags = AgentFlags {
+            join: vec!["10.0.0.3".into()],
+            retry_join: vec!["10.0.0.4:7000".into(), "seed.example".into()],
+            ..AgentFlags::default()
+        };
+        let config = resolve(
+            "start_join = [\"10.0.0.1\", \"10.0.0.2\"]\nretry_join = [\"10.0.0.9\"]\n",
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(config.start_join, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(
+            config.retry_join,
+            ["10.0.0.9", "10.0.0.4:7000", "seed.example"]
+        );
+    }
+
+    #[test]
+    fn retry_settings_come_from_flags_then_file() {
+        let file = "retry_interval = \"1m30s\"\nretry_max_attempts = 4\n";
+        let config = resolve(file, &AgentFlags::default()).unwrap();
+        assert_eq!(config.retry_interval, Duration::from_secs(90));
+        assert_eq!(config.retry_max_attempts, 4);
+        let flags = AgentFlags {
+            retry_interval: Some(Duration::from_secs(5)),
+            retry_max: Some(0),
+            ..AgentFlags::default()
+        };
+        let config = resolve(file, &flags).unwrap();
+        assert_eq!(config.retry_interval, Duration::from_secs(5));
+        assert_eq!(config.retry_max_attempts, 0);
+    }
+
+    #[test]
+    fn a_retry_interval_below_one_second_is_raised_to_it() {
+        let config = resolve("retry_interval = \"10ms\"", &AgentFlags::default()).unwrap();
+        assert_eq!(config.retry_interval, MIN_RETRY_INTERVAL);
+    }
+
+    #[test]
+    fn booleans_can_only_be_turned_on_by_either_side() {
+        let on = AgentFlags {
+            replay: true,
+            ..AgentFlags::default()
+        };
+        assert!(resolve("", &on).unwrap().replay_on_join);
+        assert!(resolve("replay_on_join = true", &AgentFlags::default())
+            .unwrap()
+            .replay_on_join);
+        assert!(resolve("replay_on_join = true", &on).unwrap().replay_on_join);
+        let config = resolve(
+            "leave_on_terminate = true\nskip_leave_on_interrupt = true",
+            &AgentFlags::default(),
+        )
+        .unwrap();
+        assert!(config.leave_on_terminate);
+        assert!(config.skip_leave_on_interrupt);
+    }
+
+    #[test]
+    fn compression_is_turned_off_by_the_flag_or_the_file() {
+        let off = AgentFlags {
+            disable_compression: true,
+            ..AgentFlags::default()
+        };
+        assert!(!resolve("", &off).unwrap().enable_compression);
+        assert!(!resolve("enable_compression = true", &off)
+            .unwrap()
+            .enable_compression);
+        assert!(!resolve("enable_compression = false", &AgentFlags::default())
+            .unwrap()
+            .enable_compression);
+    }
+
+    #[test]
+    fn profiles_are_named_like_serfs() {
+        for (name, profile) in [
+            ("lan", Profile::Lan),
+            ("wan", Profile::Wan),
+            ("local", Profile::Local),
+        ] {
+            let config = resolve(&format!("profile = \"{name}\""), &AgentFlags::default());
+            assert_eq!(config.unwrap().profile, profile);
+            assert_eq!(profile.as_str(), name);
+        }
+        let flags = AgentFlags {
+            profile: Some("wan".into()),
+            ..AgentFlags::default()
+        };
+        assert_eq!(
+            resolve("profile = \"local\"", &flags).unwrap().profile,
+            Profile::Wan
+        );
+        let flags = AgentFlags {
+            profile: Some("LAN".into()),
+            ..AgentFlags::default()
+        };
+        let error = resolve("", &flags).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "invalid profile \"LAN\": expected lan, wan or local"
+        );
+    }
+
+    #[test]
+    fn protocol_must_be_one_serf_speaks() {
+        let with = |version: i64| AgentFlags {
+            protocol: Some(version),
+            ..AgentFlags::default()
+        };
+        for version in 2..=5 {
+            assert_eq!(
+                resolve("", &with(version)).unwrap().protocol,
+                u8::try_from(version).unwrap()
+            );
+        }
+        // Serf ignores zero and negative values (its flag default is -1).
+        assert_eq!(resolve("", &with(0)).unwrap().protocol, 5);
+        assert_eq!(resolve("", &with(-1)).unwrap().protocol, 5);
+        assert_eq!(resolve("protocol = 3", &AgentFlags::default()).unwrap().protocol, 3);
+        for bad in [1, 6, 300] {
+            let error = resolve("", &with(bad)).unwrap_err().to_string();
+            assert!(error.contains("from 2 to 5"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn bad_encryption_keys_are_refused_without_echoing_them() {
+        for (key, needle) in [
+            ("not base64!", "not base64"),
+            ("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", "not base64"),
+            ("AAECAwQFBgcICQoLDA0O", "got 15 bytes"),
+            ("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gIQ==", "got 34 bytes"),
+        ] {
+            let flags = AgentFlags {
+                encrypt: Some(key.into()),
+                ..AgentFlags::default()
+            };
+            let error = resolve("", &flags).unwrap_err().to_string();
+            assert!(error.starts_with("invalid encryption key: "), "{error}");
+            assert!(error.contains(needle), "{key}: {error}");
+            assert!(!error.contains(key), "the key leaked: {error}");
+        }
+        let error = resolve("encrypt_key = \"AAAA\"", &AgentFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("got 3 bytes"), "{error}");
+    }
+
+    #[test]
+    fn key_lengths_of_16_24_and_32_bytes_decode() {
+        use base64::Engine as _;
+        for len in [16usize, 24, 32] {
+            let key: Vec<u8> = (0..len as u8).collect();
+            let text = base64::engine::general_purpose::STANDARD.encode(&key);
+            assert_eq!(decode_key(&text), Ok(key));
+        }
+        assert_eq!(decode_key(KEY_32).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn an_encryption_key_and_a_keyring_file_together_are_refused() {
+        let flags = AgentFlags {
+            encrypt: Some(KEY_32.into()),
+            ..AgentFlags::default()
+        };
+        let error = resolve("keyring_file = \"keys.json\"", &flags)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "encryption key not allowed while using a keyring (/etc/serf/keys.json)"
+        );
+    }
+
+    #[test]
+    fn a_missing_keyring_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let flags = AgentFlags {
+            keyring_file: Some(path.clone()),
+            ..AgentFlags::default()
+        };
+        let error = resolve("", &flags).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("cannot load keyring file {}: ", path.display())),
+            "{error}"
+        );
     }
 }

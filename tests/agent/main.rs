@@ -3,5 +3,6 @@
 mod bad_input;
 mod basics;
 mod go_plugins;
+mod gossip;
 mod python_client;
 mod sandbox;

@@ -4,6 +4,8 @@
 //! without sharing ports. A [`Node`] kills its own child (by its PID, through `Child::kill`)
 //! when dropped; waits poll to a deadline ([`eventually`]) instead of sleeping.
 
+pub mod cluster;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -311,6 +313,14 @@ impl Node {
             "{status:?}\n{}",
             self.log()
         );
+    }
+
+    /// SIGKILL: the agent vanishes without a word.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// `serf info -format=json` from our CLI, parsed.

@@ -1,11 +1,18 @@
 //! The agent: a thin tokio shell around the [`Serf`] core.
 //!
-//! One task owns the core. Everything else (the RPC server, plugins, the command line) talks
-//! to it through an [`AgentHandle`]: a bounded command channel with one-shot replies. Between
-//! awaits the task does bounded CPU work only: it feeds the core, drains its outputs and hands
-//! events to plugin queues and event streams with `try_send`, never waiting on a consumer.
+//! One task owns the core and the gossip UDP socket. Everything else (the RPC server, plugins,
+//! the command line) talks to it through an [`AgentHandle`]: a bounded command channel with
+//! one-shot replies. Between awaits the task does bounded CPU work only: it feeds the core
+//! packets, stream messages, commands and timeouts, and drains its outputs: packets go out with
+//! `try_send_to`, TCP streams run on tasks of their own (`transport`), events go to plugin
+//! queues and event streams with `try_send`; it never waits on the network or a consumer. DNS
+//! for joins happens on the caller's task (`join`).
+
+mod join;
+mod transport;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Profile};
+use crate::gossip::{self, JoinId, JoinOutcome};
 use crate::logging::LogHub;
 use crate::plugin::{Engine, EventFilter, HostServices, PluginHost};
 use crate::serf::{
@@ -29,6 +37,12 @@ const COMMAND_QUEUE: usize = 1024;
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 /// Answers buffered per query before further ones are dropped.
 const QUERY_OUTPUT_QUEUE: usize = 1024;
+/// How long a graceful leave may take before the agent gives up waiting: Serf's broadcast
+/// timeout (5 s) plus its leave propagation delay (1 s). The core normally finishes sooner.
+pub const LEAVE_BOUND: Duration = Duration::from_secs(6);
+
+pub use join::retry_join;
+pub use transport::TransportStats;
 
 /// Why the agent did not do what a handle asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +59,9 @@ pub enum AgentError {
     /// The core refused a response.
     #[error(transparent)]
     Respond(#[from] RespondError),
+    /// The graceful leave did not finish within [`LEAVE_BOUND`]; the agent may still stop.
+    #[error("timeout while waiting for graceful leave")]
+    LeaveTimeout,
 }
 
 /// Counters and clocks for `serf info`.
@@ -62,6 +79,14 @@ pub struct AgentStats {
     pub respond_drops: u64,
     /// Event streams open.
     pub num_streams: usize,
+    /// The membership layer's counters.
+    pub gossip: gossip::Stats,
+    /// Socket and stream counters.
+    pub transport: TransportStats,
+    /// Whether gossip is encrypted.
+    pub encrypted: bool,
+    /// Joins waiting for their outcome.
+    pub pending_joins: usize,
 }
 
 /// An event stream: events matching `filter`, until the receiver is dropped.
@@ -108,7 +133,12 @@ enum Command {
         reply: oneshot::Sender<()>,
     },
     Leave {
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), AgentError>>,
+    },
+    Join {
+        addrs: Vec<SocketAddr>,
+        replay: bool,
+        reply: oneshot::Sender<JoinOutcome>,
     },
     Subscribe {
         filter: EventFilter,
@@ -126,6 +156,7 @@ pub struct AgentHandle {
     config: Arc<Config>,
     shutdown_requested: CancellationToken,
     respond_drops: Arc<AtomicU64>,
+    gossip_addr: SocketAddr,
 }
 
 /// A running agent; [`Agent::shutdown`] stops it.
@@ -166,24 +197,34 @@ impl Agent {
         )
         .await;
         let plugins = Arc::new(plugins);
-        let serf_config = serf::Config {
-            limits: config.serf_limits,
-            ..serf::Config::lan(
-                config.node_name.clone(),
-                config.advertise,
-                config.tags.clone(),
-            )
-        };
-        let core = Serf::new(serf_config, rand::random(), Instant::now().into_std());
+        let tcp_timeout = serf_config(&config, config.advertise).memberlist.tcp_timeout;
+        let transport = transport::Transport::bind(config.bind, tcp_timeout).await?;
+        let gossip_addr = transport.local_addr;
+        // Port 0 (tests) means whatever port the sockets got.
+        let mut advertise = config.advertise;
+        if advertise.port() == 0 {
+            advertise.set_port(gossip_addr.port());
+        }
+        let core = Serf::new(
+            serf_config(&config, advertise),
+            rand::random(),
+            Instant::now().into_std(),
+        );
+        tracing::info!(addr = %gossip_addr, %advertise, "gossip listening");
         let stop = CancellationToken::new();
         let shell = Shell {
             core,
+            transport,
             plugins: Arc::clone(&plugins),
             streams: Vec::new(),
             queries: HashMap::new(),
+            joins: HashMap::new(),
+            leave_waiters: Vec::new(),
+            leave_deadline: None,
             stream_drops: 0,
             query_output_drops: 0,
             respond_drops: Arc::clone(&respond_drops),
+            encrypted: config.keyring.is_some(),
         };
         let span = tracing::info_span!("agent", node = %config.node_name);
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -197,6 +238,7 @@ impl Agent {
             config: Arc::new(config),
             shutdown_requested: CancellationToken::new(),
             respond_drops,
+            gossip_addr,
         };
         Ok(Agent {
             handle,
@@ -301,9 +343,37 @@ impl AgentHandle {
         self.ask(|reply| Command::SetTags { tags, reply }).await
     }
 
-    /// Leaves the cluster gracefully (the agent keeps running until shut down).
+    /// Leaves the cluster gracefully: completes once the leave has been gossiped (or after
+    /// [`LEAVE_BOUND`]). The agent keeps running until shut down.
     pub async fn leave(&self) -> Result<(), AgentError> {
-        self.ask(|reply| Command::Leave { reply }).await
+        self.ask(|reply| Command::Leave { reply }).await?
+    }
+
+    /// Joins the cluster through `addrs` (`[name/]host[:port]`, `[v6]:port`; the port defaults
+    /// to this agent's gossip port). Without `replay`, user events older than the join are not
+    /// handed to plugins. Returns how many nodes were contacted, or, if none was, Serf's
+    /// message listing every failure (`1 error occurred:\n\t* Failed to join ...`).
+    pub async fn join(&self, addrs: Vec<String>, replay: bool) -> Result<usize, String> {
+        let seeds = join::ResolvedSeeds::resolve(&addrs, self.gossip_addr.port()).await;
+        let targets = seeds.addrs();
+        if targets.is_empty() {
+            return seeds.result(None);
+        }
+        tracing::info!(addrs = ?targets, replay, "joining");
+        let outcome = self
+            .ask(|reply| Command::Join {
+                addrs: targets,
+                replay,
+                reply,
+            })
+            .await
+            .map_err(|error| error.to_string())?;
+        seeds.result(Some(&outcome))
+    }
+
+    /// The address the gossip sockets are bound to.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
     }
 
     /// Opens an event stream holding at most `capacity` undelivered events.
@@ -373,24 +443,37 @@ struct Stream {
 /// The agent task's state.
 struct Shell {
     core: Serf,
+    transport: transport::Transport,
     plugins: Arc<PluginHost>,
     streams: Vec<Stream>,
     queries: HashMap<QueryKey, mpsc::Sender<QueryOutput>>,
+    /// Joins waiting for their outcome.
+    joins: HashMap<JoinId, oneshot::Sender<JoinOutcome>>,
+    /// Callers of `leave` waiting for it to finish.
+    leave_waiters: Vec<oneshot::Sender<Result<(), AgentError>>>,
+    /// When waiting for the leave stops.
+    leave_deadline: Option<Instant>,
     stream_drops: u64,
     query_output_drops: u64,
     respond_drops: Arc<AtomicU64>,
+    encrypted: bool,
 }
 
 impl Shell {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
         tracing::info!("agent started");
+        let mut packet = vec![0u8; transport::UDP_RECEIVE_BYTES];
         loop {
             self.drain_outputs();
-            let deadline = self
+            self.check_leave();
+            let mut deadline = self
                 .core
                 .poll_timeout()
                 .map(Instant::from_std)
                 .unwrap_or_else(|| Instant::now() + IDLE_WAKEUP);
+            if let Some(leave_deadline) = self.leave_deadline {
+                deadline = deadline.min(leave_deadline);
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => {
@@ -400,9 +483,48 @@ impl Shell {
                     Some(command) => self.handle_command(command),
                     None => break,
                 },
+                received = self.transport.udp.recv_from(&mut packet) => match received {
+                    Ok((len, from)) => {
+                        let now = Instant::now().into_std();
+                        if let Err(error) = self.core.handle_packet(now, from, &packet[..len]) {
+                            tracing::debug!(%from, %error, "dropped gossip packet");
+                        }
+                    }
+                    Err(error) => self.transport.receive_failed(&error),
+                },
+                Some(inbound) = self.transport.inbound.recv() => {
+                    let now = Instant::now().into_std();
+                    let reply = self.core.handle_stream(now, inbound.from, &inbound.message);
+                    // The connection may have timed out meanwhile; then nobody reads this.
+                    let _ = inbound.reply.send(reply);
+                }
+                Some(reply) = self.transport.replies.recv() => {
+                    let now = Instant::now().into_std();
+                    self.core.handle_stream_reply(now, reply.id, reply.result);
+                }
             }
         }
         tracing::info!("agent stopped");
+    }
+
+    /// Answers the callers of `leave` once the core has left or the bound has passed.
+    fn check_leave(&mut self) {
+        let Some(deadline) = self.leave_deadline else {
+            return;
+        };
+        let result = if self.core.has_left() {
+            tracing::info!("graceful leave complete");
+            Ok(())
+        } else if Instant::now() >= deadline {
+            tracing::warn!(bound = ?LEAVE_BOUND, "graceful leave did not finish in time");
+            Err(AgentError::LeaveTimeout)
+        } else {
+            return;
+        };
+        self.leave_deadline = None;
+        for waiter in self.leave_waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
     }
 
     fn handle_command(&mut self, command: Command) {
@@ -450,6 +572,10 @@ impl Shell {
                     query_output_drops: self.query_output_drops,
                     respond_drops: self.respond_drops.load(Ordering::Relaxed),
                     num_streams: self.streams.len(),
+                    gossip: self.core.gossip_stats(),
+                    transport: self.transport.counters.snapshot(),
+                    encrypted: self.encrypted,
+                    pending_joins: self.joins.len(),
                 });
             }
             Command::SetTags { tags, reply } => {
@@ -459,7 +585,18 @@ impl Shell {
             Command::Leave { reply } => {
                 tracing::info!("requesting graceful leave");
                 self.core.leave(now);
-                let _ = reply.send(());
+                self.leave_waiters.push(reply);
+                if self.leave_deadline.is_none() {
+                    self.leave_deadline = Some(Instant::now() + LEAVE_BOUND);
+                }
+            }
+            Command::Join {
+                addrs,
+                replay,
+                reply,
+            } => {
+                let id = self.core.join(now, addrs, replay);
+                self.joins.insert(id, reply);
             }
             Command::Subscribe {
                 filter,
@@ -473,8 +610,42 @@ impl Shell {
         }
     }
 
-    /// Hands every pending event and query answer to its consumers, without waiting.
+    /// Drains every output of the core without waiting: packets, streams, join outcomes,
+    /// events and query answers. A refused stream is reported back at once, which may queue
+    /// more output, so this repeats until the core has nothing left.
     fn drain_outputs(&mut self) {
+        loop {
+            let mut refused = Vec::new();
+            while let Some(transmit) = self.core.poll_transmit() {
+                self.transport.send(transmit.to, &transmit.payload);
+            }
+            while let Some(request) = self.core.poll_stream() {
+                let id = request.id;
+                if let Err(reason) = self.transport.start_stream(request) {
+                    refused.push((id, reason));
+                }
+            }
+            while let Some(outcome) = self.core.poll_join_outcome() {
+                match self.joins.remove(&outcome.id) {
+                    Some(reply) => {
+                        let _ = reply.send(outcome);
+                    }
+                    None => tracing::debug!(join = outcome.id.0, "join outcome without a caller"),
+                }
+            }
+            self.drain_events();
+            if refused.is_empty() {
+                return;
+            }
+            let now = Instant::now().into_std();
+            for (id, reason) in refused {
+                self.core.handle_stream_reply(now, id, Err(reason));
+            }
+        }
+    }
+
+    /// Hands every pending event and query answer to its consumers, without waiting.
+    fn drain_events(&mut self) {
         while let Some(event) = self.core.poll_event() {
             log_event(&event);
             self.plugins.dispatch(&event);
@@ -521,6 +692,32 @@ impl Shell {
     }
 }
 
+/// The core's settings for this agent: the profile's timings with the agent's keyring,
+/// compression and Serf protocol version (the last byte of the version vector).
+pub fn serf_config(config: &Config, advertise: SocketAddr) -> serf::Config {
+    let name = config.node_name.clone();
+    let profile = match config.profile {
+        Profile::Lan => gossip::Config::lan(name.clone(), advertise),
+        Profile::Wan => gossip::Config::wan(name.clone(), advertise),
+        Profile::Local => gossip::Config::local(name.clone(), advertise),
+    };
+    let mut vsn = profile.vsn;
+    vsn[5] = config.protocol;
+    let memberlist = gossip::Config {
+        vsn,
+        keyring: config.keyring.clone(),
+        enable_compression: config.enable_compression,
+        ..profile
+    };
+    serf::Config {
+        limits: config.serf_limits,
+        // Serf's default query timeout scales with the profile's gossip interval.
+        gossip_interval: memberlist.gossip_interval,
+        memberlist,
+        ..serf::Config::lan(name, advertise, config.tags.clone())
+    }
+}
+
 fn log_event(event: &Event) {
     match event {
         Event::Member(member_event) => {
@@ -550,7 +747,7 @@ mod tests {
     async fn agent() -> Agent {
         let flags = AgentFlags {
             node: Some("solo".into()),
-            bind: Some("127.0.0.1".into()),
+            bind: Some("127.0.0.1:0".into()),
             ..AgentFlags::default()
         };
         let mut config =

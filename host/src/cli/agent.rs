@@ -1,11 +1,16 @@
 //! `serf agent`: runs an agent until a signal or an RPC `leave`, printing Serf's banner.
+//!
+//! Startup joins (`-join`) happen before the log starts streaming and stop the agent when no
+//! seed answers; background joins (`-retry-join`) run beside it and stop it (exit 1) when
+//! `-retry-max` attempts have failed. SIGINT leaves gracefully unless
+//! `skip_leave_on_interrupt`; SIGTERM leaves only with `leave_on_terminate`.
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, AgentHandle};
 use crate::config::{AgentFlags, Config};
 use crate::logging::{LogHub, SerfLogLayer};
 use crate::rpc::server::RpcServer;
@@ -39,7 +44,7 @@ pub(super) fn run(flags: &AgentFlags) -> u8 {
         }
     };
     match runtime.block_on(serve(config, logs)) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("==> Failed to start the Serf agent: {error:#}");
             1
@@ -47,7 +52,8 @@ pub(super) fn run(flags: &AgentFlags) -> u8 {
     }
 }
 
-async fn serve(config: Config, logs: LogHub) -> anyhow::Result<()> {
+/// Runs the agent until it should stop; returns the exit code.
+async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     println!("==> Starting Serf agent...");
@@ -69,30 +75,74 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<()> {
     println!("                      Node name: '{}'", config.node_name);
     println!("                      Bind addr: '{}'", config.bind);
     println!("                       RPC addr: '{}'", rpc.local_addr());
-    println!("                      Encrypted: false");
+    println!(
+        "                      Encrypted: {}",
+        config.keyring.is_some()
+    );
     println!("                       Snapshot: false");
-    println!("                        Profile: lan");
-    println!("    Message Compression Enabled: true");
+    println!("                        Profile: {}", config.profile.as_str());
+    println!(
+        "    Message Compression Enabled: {}",
+        config.enable_compression
+    );
     println!(
         "                        Plugins: {running} of {} loaded",
         plugins.len()
     );
+    if !config.start_join.is_empty() {
+        println!(
+            "==> Joining cluster...(replay: {})",
+            config.replay_on_join
+        );
+        match handle
+            .join(config.start_join.clone(), config.replay_on_join)
+            .await
+        {
+            Ok(joined) => println!("    Join completed. Synced with {joined} initial agents"),
+            Err(error) => {
+                // Serf's error text ends in an empty line already.
+                eprintln!("==> {error}");
+                rpc.shutdown().await;
+                agent.shutdown().await;
+                return Ok(1);
+            }
+        }
+    }
     println!();
     println!("==> Log data will now stream in as it occurs:");
     println!();
 
+    let retry = spawn_retry_join(&config, &handle);
+    let retry_abort = retry.as_ref().map(tokio::task::JoinHandle::abort_handle);
+    let retry_exhausted = async move {
+        if let Some(task) = retry
+            && let Ok(None) = task.await
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
     let graceful = tokio::select! {
         _ = interrupt.recv() => {
             println!("==> Caught signal: interrupt");
-            true
+            !config.skip_leave_on_interrupt
         }
         _ = terminate.recv() => {
-            // As Serf's `leave_on_terminate = false` default: stop without leaving.
             println!("==> Caught signal: terminated");
-            false
+            config.leave_on_terminate
         }
         () = handle.shutdown_requested() => false,
+        () = retry_exhausted => {
+            // As Serf: no leave, exit code 1.
+            rpc.shutdown().await;
+            agent.shutdown().await;
+            tracing::info!(target: "serf_host::agent", "shutdown complete");
+            return Ok(1);
+        }
     };
+    if let Some(abort) = retry_abort {
+        abort.abort();
+    }
     // A second signal while shutting down forces the exit, as in Serf.
     tokio::spawn(async move {
         tokio::select! {
@@ -112,5 +162,29 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<()> {
     rpc.shutdown().await;
     agent.shutdown().await;
     tracing::info!(target: "serf_host::agent", "shutdown complete");
-    Ok(())
+    Ok(0)
+}
+
+/// Starts the `-retry-join` loop, if there are seeds; it ends with `None` when it gave up.
+fn spawn_retry_join(
+    config: &Config,
+    handle: &AgentHandle,
+) -> Option<tokio::task::JoinHandle<Option<usize>>> {
+    if config.retry_join.is_empty() {
+        return None;
+    }
+    let seeds = config.retry_join.clone();
+    let replay = config.replay_on_join;
+    let interval = config.retry_interval;
+    let max_attempts = config.retry_max_attempts;
+    let handle = handle.clone();
+    Some(tokio::spawn(crate::agent::retry_join(
+        move || {
+            let handle = handle.clone();
+            let seeds = seeds.clone();
+            async move { handle.join(seeds, replay).await }
+        },
+        interval,
+        max_attempts,
+    )))
 }

@@ -5,17 +5,24 @@
 //! timers and calls into its [`Delegate`] (Serf). It never touches a socket, task, file or
 //! clock; randomness comes from a seed.
 
+pub mod awareness;
+pub mod broadcast;
 pub mod error;
 pub mod keyring;
+pub mod lzw;
+pub mod memberlist;
 pub mod message;
 pub mod msgpack;
 pub mod packet;
+pub mod suspicion;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+pub use broadcast::{BroadcastId, BroadcastQueue};
 pub use error::DecodeError;
 pub use keyring::Keyring;
+pub use memberlist::Memberlist;
 pub use message::Vsn;
 
 /// Timings and switches (reference 2.18); `lan`, `wan` and `local` are Serf's profiles.

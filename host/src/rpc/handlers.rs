@@ -56,11 +56,18 @@ pub(super) async fn join(
     seq: u64,
     request: protocol::JoinRequest,
 ) -> Result<Flow, protocol::FrameError> {
-    let error = format!(
-        "cannot join {}: this agent does not gossip yet, so it cannot join a cluster",
-        request.existing.join(", ")
-    );
-    let body = protocol::JoinResponse { num: 0 };
+    // Serf sends the body even on failure; `Num` is then 0.
+    let (num, error) = match session
+        .agent
+        .join(request.existing, request.replay)
+        .await
+    {
+        Ok(num) => (num, String::new()),
+        Err(error) => (0, error),
+    };
+    let body = protocol::JoinResponse {
+        num: i32::try_from(num).unwrap_or(i32::MAX),
+    };
     session.outbox.reply(seq, &error, Some(&body)).await;
     Ok(Flow::Continue)
 }
@@ -475,20 +482,59 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
             ("members", serf.members.to_string()),
             ("failed", serf.failed.to_string()),
             ("left", serf.left.to_string()),
-            ("health_score", "0".into()),
+            ("health_score", stats.gossip.awareness.to_string()),
             ("member_time", serf.member_time.to_string()),
             ("event_time", serf.event_time.to_string()),
             ("query_time", serf.query_time.to_string()),
             ("intent_queue", "0".into()),
             ("event_queue", "0".into()),
             ("query_queue", "0".into()),
-            ("encrypted", "false".into()),
+            ("encrypted", stats.encrypted.to_string()),
             ("coordinate_resets", "0".into()),
             ("event_streams", stats.num_streams.to_string()),
             ("event_stream_drops", stats.stream_drops.to_string()),
             ("query_answer_drops", stats.query_output_drops.to_string()),
             ("plugin_response_drops", stats.respond_drops.to_string()),
             ("monitor_lagged_lines", logs.lagged().to_string()),
+        ]),
+    );
+    let gossip = &stats.gossip;
+    let transport = &stats.transport;
+    sections.insert(
+        "gossip".into(),
+        section(vec![
+            ("packets_received", gossip.packets_received.to_string()),
+            ("packets_sent", gossip.packets_sent.to_string()),
+            ("packets_dropped", gossip.packets_dropped.to_string()),
+            ("handoff_dropped", gossip.handoff_dropped.to_string()),
+            ("streams_in", gossip.streams_in.to_string()),
+            ("streams_out", gossip.streams_out.to_string()),
+            ("stream_errors", gossip.stream_errors.to_string()),
+            ("awareness", gossip.awareness.to_string()),
+            ("queued_broadcasts", gossip.queued_broadcasts.to_string()),
+            ("pending_joins", stats.pending_joins.to_string()),
+            ("udp_send_failures", transport.udp_send_failures.to_string()),
+            ("udp_receive_errors", transport.udp_receive_errors.to_string()),
+            (
+                "inbound_streams_refused",
+                transport.inbound_streams_refused.to_string(),
+            ),
+            (
+                "inbound_stream_failures",
+                transport.inbound_stream_failures.to_string(),
+            ),
+            (
+                "inbound_stream_drops",
+                transport.inbound_stream_drops.to_string(),
+            ),
+            (
+                "outbound_streams_refused",
+                transport.outbound_streams_refused.to_string(),
+            ),
+            (
+                "outbound_stream_failures",
+                transport.outbound_stream_failures.to_string(),
+            ),
         ]),
     );
     sections.insert("tags".into(), stats.local.tags.clone());

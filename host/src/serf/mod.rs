@@ -6,18 +6,25 @@
 //! `gossip::Memberlist` owned by `Serf`) slots in behind the same verbs, and until then the
 //! cluster is this node alone.
 
+mod core;
 mod size;
 mod types;
+pub mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use regex::Regex;
 
-use crate::gossip;
+use self::core::{Core, OutboundQuery};
+pub use self::core::SerfCounters;
+use self::wire::{QueryFilter, QueryMsg, QueryResponseMsg, UserEventMsg};
+use crate::gossip::{
+    self, DecodeError, JoinId, JoinOutcome, StreamId, StreamRequest, Transmit,
+    broadcast::BroadcastId, memberlist::Memberlist,
+};
 
 pub use types::*;
 
@@ -52,6 +59,10 @@ pub struct Config {
     pub query_timeout_mult: u32,
     /// The membership layer's settings (profile, keyring, compression).
     pub memberlist: crate::gossip::Config,
+    /// Failed members are forgotten after this long (Serf's `reconnect_timeout`).
+    pub reconnect_timeout: Duration,
+    /// Left members are forgotten after this long (Serf's `tombstone_timeout`).
+    pub tombstone_timeout: Duration,
 }
 
 impl Config {
@@ -65,6 +76,8 @@ impl Config {
             gossip_interval: Duration::from_millis(200),
             query_timeout_mult: 16,
             memberlist: crate::gossip::Config::lan(node_name.clone(), advertise),
+            reconnect_timeout: Duration::from_secs(24 * 3600),
+            tombstone_timeout: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -160,13 +173,27 @@ pub struct Stats {
     pub query_time: LamportTime,
     /// Queries waiting for answers here.
     pub pending_queries: usize,
+    /// Serf broadcasts waiting to be gossiped: intents, user events, queries.
+    pub intent_queue: usize,
+    pub event_queue: usize,
+    pub query_queue: usize,
+    /// Serf's drop counters.
+    pub counters: SerfCounters,
 }
 
-/// This node's own progress through a graceful leave.
+/// This node's own progress through a graceful leave (reference 3.12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocalState {
     Alive,
-    Leaving,
+    /// The leave intent is being gossiped (until it is sent or `deadline`).
+    LeavingIntent {
+        intent: BroadcastId,
+        deadline: Instant,
+    },
+    /// memberlist's own leave (dead about ourselves) is being gossiped.
+    LeavingMemberlist { deadline: Instant },
+    /// Both are out; waiting `LEAVE_PROPAGATE_DELAY` for them to spread.
+    LeavingPropagate { until: Instant },
     Left,
 }
 
@@ -174,125 +201,119 @@ impl LocalState {
     fn name(self) -> &'static str {
         match self {
             LocalState::Alive => "alive",
-            LocalState::Leaving => "leaving",
             LocalState::Left => "left",
+            _ => "leaving",
         }
     }
 }
 
-/// A query this node sent and collects answers for.
-#[derive(Debug)]
-struct OutboundQuery {
-    deadline: Instant,
-    acked: Vec<NodeName>,
-    responded: Vec<NodeName>,
+/// How long a graceful leave waits for its broadcasts (Serf's `BroadcastTimeout`).
+pub const BROADCAST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a leaving node keeps running after its broadcasts went out.
+pub const LEAVE_PROPAGATE_DELAY: Duration = Duration::from_secs(1);
+
+/// Why this node started a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JoinKind {
+    /// A client or the command line asked; the outcome is reported.
+    Requested,
+    /// Serf's reconnector trying a failed member; nobody waits for it.
+    Reconnect,
 }
 
-/// A query this node received and may answer once.
-#[derive(Debug)]
-struct InboundQuery {
-    deadline: Instant,
-    responded: bool,
-}
-
-/// The Serf state machine.
+/// The Serf state machine: Serf's layer over a memberlist.
 #[derive(Debug)]
 pub struct Serf {
-    config: Config,
-    rng: SmallRng,
+    ml: Memberlist<Core>,
     state: LocalState,
-    members: BTreeMap<NodeName, Member>,
-    member_clock: LamportClock,
-    event_clock: LamportClock,
-    query_clock: LamportClock,
-    outbound: HashMap<QueryKey, OutboundQuery>,
-    inbound: HashMap<QueryKey, InboundQuery>,
-    events: std::collections::VecDeque<Event>,
-    query_outputs: std::collections::VecDeque<(QueryKey, QueryOutput)>,
+    joins: HashMap<JoinId, JoinKind>,
+    join_outcomes: VecDeque<JoinOutcome>,
+    next_reconnect: Instant,
 }
 
 impl Serf {
     /// Starts a node alone in its cluster; its own `member-join` is the first event.
     ///
     /// `seed` makes every random choice reproducible; the agent passes a random one.
-    pub fn new(config: Config, seed: u64, _now: Instant) -> Serf {
-        let local = Member {
-            name: config.node_name.clone(),
-            addr: config.advertise,
-            tags: config.tags.clone(),
-            status: MemberStatus::Alive,
-            versions: ProtocolVersions::SERF_0_9_4,
-        };
-        let mut serf = Serf {
-            config,
-            rng: SmallRng::seed_from_u64(seed),
+    pub fn new(config: Config, seed: u64, now: Instant) -> Serf {
+        let mut ml_config = config.memberlist.clone();
+        ml_config.name = config.node_name.clone();
+        ml_config.advertise = config.advertise;
+        let core = Core::new(config, seed, now);
+        let ml = Memberlist::new(ml_config, core, seed.wrapping_add(1), now);
+        Serf {
+            ml,
             state: LocalState::Alive,
-            members: BTreeMap::new(),
-            member_clock: LamportClock::new(),
-            event_clock: LamportClock::new(),
-            query_clock: LamportClock::new(),
-            outbound: HashMap::new(),
-            inbound: HashMap::new(),
-            events: Default::default(),
-            query_outputs: Default::default(),
-        };
-        serf.members.insert(local.name.clone(), local.clone());
-        serf.events.push_back(Event::Member(MemberEvent {
-            kind: MemberEventKind::Join,
-            members: vec![local],
-        }));
-        serf
+            joins: HashMap::new(),
+            join_outcomes: VecDeque::new(),
+            next_reconnect: now + core::RECONNECT_INTERVAL,
+        }
+    }
+
+    fn core(&self) -> &Core {
+        self.ml.delegate()
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        self.ml.delegate_mut()
     }
 
     /// This node's name.
     pub fn node_name(&self) -> &str {
-        &self.config.node_name
+        &self.core().config.node_name
     }
 
     /// This node as the cluster sees it.
     pub fn local_member(&self) -> &Member {
-        self.members
-            .get(&self.config.node_name)
-            .expect("the local member is never removed")
+        self.core().local_member()
     }
 
     /// Every known member, in name order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values()
+        self.core().members.values().map(|state| &state.member)
     }
 
-    /// The cluster size Serf uses for timeouts: members neither left nor failed.
+    /// The cluster size Serf uses for query timeouts: memberlist's nodes not dead or left.
     pub fn num_alive(&self) -> usize {
-        self.members
-            .values()
-            .filter(|m| matches!(m.status, MemberStatus::Alive | MemberStatus::Leaving))
-            .count()
+        self.ml.num_alive()
     }
 
     /// Counters and clocks.
     pub fn stats(&self) -> Stats {
-        let count = |status| self.members.values().filter(|m| m.status == status).count();
+        let core = self.core();
+        let count = |status| {
+            core.members
+                .values()
+                .filter(|s| s.member.status == status)
+                .count()
+        };
         Stats {
-            members: self.members.len(),
+            members: core.members.len(),
             failed: count(MemberStatus::Failed),
             left: count(MemberStatus::Left),
-            member_time: self.member_clock.time(),
-            event_time: self.event_clock.time(),
-            query_time: self.query_clock.time(),
-            pending_queries: self.inbound.len(),
+            member_time: core.member_clock.time(),
+            event_time: core.event_clock.time(),
+            query_time: core.query_clock.time(),
+            pending_queries: core.inbound.len(),
+            intent_queue: core.intents.num_queued(),
+            event_queue: core.user_events.num_queued(),
+            query_queue: core.queries.num_queued(),
+            counters: core.counters,
         }
     }
 
     /// Sends a user event; returns its Lamport time.
     pub fn user_event(
         &mut self,
-        _now: Instant,
+        now: Instant,
         name: &str,
         payload: &[u8],
         coalesce: bool,
     ) -> Result<LamportTime, UserEventError> {
         self.check_alive().map_err(UserEventError::NotAlive)?;
-        let limit = self.config.limits.user_event_size_limit;
+        let core = self.core_mut();
+        let limit = core.config.limits.user_event_size_limit;
         let raw = name.len() + payload.len();
         if raw > limit {
             return Err(UserEventError::TooLarge(limit));
@@ -300,23 +321,22 @@ impl Serf {
         if raw > USER_EVENT_SIZE_HARD_LIMIT {
             return Err(UserEventError::OverHardLimit);
         }
-        let ltime = self.event_clock.time();
-        if size::user_event(ltime, name, payload) > limit {
-            return Err(UserEventError::EncodedTooLarge(limit));
-        }
-        self.event_clock.increment();
-        self.handle_user_event(UserEvent {
-            ltime,
+        let message = UserEventMsg {
+            ltime: core.event_clock.time(),
             name: name.to_owned(),
             payload: payload.to_vec(),
-            coalesce,
-        });
-        Ok(ltime)
-    }
-
-    fn handle_user_event(&mut self, event: UserEvent) {
-        self.event_clock.witness(event.ltime);
-        self.events.push_back(Event::User(event));
+            cc: coalesce,
+        };
+        let encoded = message.encode();
+        if encoded.len() > limit {
+            return Err(UserEventError::EncodedTooLarge(limit));
+        }
+        core.event_clock.increment();
+        if core.handle_user_event(&message) {
+            core.user_events.queue(None, encoded);
+        }
+        self.flush(now);
+        Ok(message.ltime)
     }
 
     /// Sends a query; answers come out of [`Serf::poll_query_output`] under the returned key
@@ -328,30 +348,63 @@ impl Serf {
         {
             return Err(QueryError::InternalName);
         }
-        let tag_filters = compile_tag_filters(&params.filter_tags)?;
-        let ltime = self.query_clock.time();
-        let id = self.rng.random_range(0..1u32 << 31);
-        let key = QueryKey { ltime, id };
-        let encoded = size::query(key, &params, &self.config.node_name, self.config.advertise);
-        let limit = self.config.limits.query_size_limit;
-        if encoded > limit {
-            return Err(QueryError::TooLarge(limit));
-        }
+        compile_tag_filters(&params.filter_tags)?;
         let timeout = params
             .timeout
             .unwrap_or_else(|| self.default_query_timeout());
-        let deadline = now + timeout;
-        self.outbound.insert(
+        let core = self.core_mut();
+        let mut filters = Vec::new();
+        if !params.filter_nodes.is_empty() {
+            filters.push(QueryFilter::Nodes(params.filter_nodes.clone()).encode());
+        }
+        for (tag, expr) in &params.filter_tags {
+            filters.push(
+                QueryFilter::Tag {
+                    tag: tag.clone(),
+                    expr: expr.clone(),
+                }
+                .encode(),
+            );
+        }
+        let message = QueryMsg {
+            ltime: core.query_clock.time(),
+            id: core.rng.random_range(0..1u32 << 31),
+            addr: core.config.advertise.ip(),
+            port: core.config.advertise.port(),
+            source_node: core.config.node_name.clone(),
+            filters,
+            flags: if params.request_ack {
+                wire::QUERY_FLAG_ACK
+            } else {
+                0
+            },
+            relay_factor: params.relay_factor,
+            timeout,
+            name: params.name.clone(),
+            payload: params.payload.clone(),
+        };
+        let encoded = message.encode();
+        let limit = core.config.limits.query_size_limit;
+        if encoded.len() > limit {
+            return Err(QueryError::TooLarge(limit));
+        }
+        let key = QueryKey {
+            ltime: message.ltime,
+            id: message.id,
+        };
+        core.outbound.insert(
             key,
             OutboundQuery {
-                deadline,
+                deadline: now + timeout,
                 acked: Vec::new(),
                 responded: Vec::new(),
             },
         );
         // Serf processes its own query as if it had been gossiped to it.
-        let source = self.config.node_name.clone();
-        self.handle_query(now, key, &params, &tag_filters, source, deadline);
+        if core.handle_query(now, &message) {
+            core.queries.queue(None, encoded);
+        }
+        self.flush(now);
         Ok(key)
     }
 
@@ -359,60 +412,8 @@ impl Serf {
     fn default_query_timeout(&self) -> Duration {
         let n = self.num_alive() as f64;
         let scale = (n + 1.0).log10().ceil().max(1.0) as u32;
-        self.config.gossip_interval * self.config.query_timeout_mult * scale
-    }
-
-    fn handle_query(
-        &mut self,
-        now: Instant,
-        key: QueryKey,
-        params: &QueryParams,
-        tag_filters: &[(String, Regex)],
-        source_node: NodeName,
-        deadline: Instant,
-    ) {
-        self.query_clock.witness(key.ltime);
-        if self.inbound.contains_key(&key) || !self.matches_filters(params, tag_filters) {
-            return;
-        }
-        if params.request_ack {
-            self.deliver_answer(
-                key,
-                QueryOutput::Ack {
-                    from: self.config.node_name.clone(),
-                },
-            );
-        }
-        if params.name.starts_with(INTERNAL_QUERY_PREFIX) {
-            return; // `_serf_ping` wants only the ack.
-        }
-        if deadline <= now {
-            return;
-        }
-        self.inbound.insert(
-            key,
-            InboundQuery {
-                deadline,
-                responded: false,
-            },
-        );
-        self.events.push_back(Event::Query(QueryEvent {
-            key,
-            name: params.name.clone(),
-            payload: params.payload.clone(),
-            source_node,
-            deadline,
-        }));
-    }
-
-    fn matches_filters(&self, params: &QueryParams, tag_filters: &[(String, Regex)]) -> bool {
-        let local = self.local_member();
-        if !params.filter_nodes.is_empty() && !params.filter_nodes.contains(&local.name) {
-            return false;
-        }
-        tag_filters.iter().all(|(tag, regex)| {
-            regex.is_match(local.tags.get(tag).map(String::as_str).unwrap_or(""))
-        })
+        let config = &self.core().config;
+        config.gossip_interval * config.query_timeout_mult * scale
     }
 
     /// Answers a query this node received. At most once, before its deadline.
@@ -422,7 +423,10 @@ impl Serf {
         key: QueryKey,
         payload: &[u8],
     ) -> Result<(), RespondError> {
-        let inbound = self
+        let core = self.core_mut();
+        let from = core.config.node_name.clone();
+        let limit = core.config.limits.query_response_size_limit;
+        let inbound = core
             .inbound
             .get_mut(&key)
             .ok_or(RespondError::Unknown(key))?;
@@ -432,128 +436,113 @@ impl Serf {
         if now > inbound.deadline {
             return Err(RespondError::PastDeadline);
         }
-        let limit = self.config.limits.query_response_size_limit;
-        if size::query_response(key, &self.config.node_name, payload) > limit {
+        let response = QueryResponseMsg {
+            ltime: key.ltime,
+            id: key.id,
+            from,
+            flags: 0,
+            payload: Some(payload.to_vec()),
+        };
+        if response.encode().len() > limit {
             return Err(RespondError::TooLarge(limit));
         }
         inbound.responded = true;
-        self.deliver_answer(
-            key,
-            QueryOutput::Response {
-                from: self.config.node_name.clone(),
-                payload: payload.to_vec(),
-            },
-        );
+        let (addr, relay_factor) = (inbound.addr, inbound.relay_factor);
+        core.send_response(addr, relay_factor, response);
+        self.flush(now);
         Ok(())
     }
 
-    /// Hands an ack or response to the querier: here, this node (gossip adds the others).
-    fn deliver_answer(&mut self, key: QueryKey, output: QueryOutput) {
-        let Some(query) = self.outbound.get_mut(&key) else {
-            return;
-        };
-        // One ack and one response per node, as Serf's collector keeps them.
-        let (seen, from) = match &output {
-            QueryOutput::Ack { from } => (&mut query.acked, from),
-            QueryOutput::Response { from, .. } => (&mut query.responded, from),
-            QueryOutput::Done => return,
-        };
-        if seen.contains(from) {
-            return;
-        }
-        seen.push(from.clone());
-        self.query_outputs.push_back((key, output));
-    }
-
-    /// Replaces this node's tags and tells the handlers (`member-update`).
-    pub fn set_tags(&mut self, _now: Instant, tags: Tags) {
-        let name = self.config.node_name.clone();
-        let local = self.members.get_mut(&name).expect("local member exists");
-        local.tags = tags.clone();
-        self.config.tags = tags;
-        let member = local.clone();
-        self.member_clock.increment();
-        self.events.push_back(Event::Member(MemberEvent {
+    /// Replaces this node's tags, tells the cluster and the handlers (`member-update`).
+    pub fn set_tags(&mut self, now: Instant, tags: Tags) {
+        let core = self.core_mut();
+        let name = core.config.node_name.clone();
+        core.config.tags = tags.clone();
+        let state = core.members.get_mut(&name).expect("local member exists");
+        state.member.tags = tags;
+        let member = state.member.clone();
+        core.events.push_back(Event::Member(MemberEvent {
             kind: MemberEventKind::Update,
             members: vec![member],
         }));
+        self.ml.update_node(now);
+        self.flush(now);
     }
 
-    /// Leaves the cluster gracefully: afterwards this node is `left` and sends nothing.
-    pub fn leave(&mut self, _now: Instant) {
+    /// Starts a graceful leave: the leave intent goes out, then memberlist's leave, then a
+    /// short wait for both to spread. [`Serf::has_left`] says when it is over.
+    pub fn leave(&mut self, now: Instant) {
         if self.state != LocalState::Alive {
             return;
         }
-        self.state = LocalState::Leaving;
-        self.member_clock.increment();
-        // With peers, the leave intent is broadcast here and waited for; alone, it is done.
-        self.state = LocalState::Left;
-        let name = self.config.node_name.clone();
-        if let Some(local) = self.members.get_mut(&name) {
-            local.status = MemberStatus::Left;
+        let name = self.node_name().to_owned();
+        let core = self.core_mut();
+        core.leaving = true;
+        let intent = core.broadcast_leave(now, &name, false);
+        self.state = LocalState::LeavingIntent {
+            intent,
+            deadline: now + BROADCAST_TIMEOUT,
+        };
+        self.advance_leave(now);
+        self.flush(now);
+    }
+
+    /// Removes a failed member (reference 3.12): a leave intent about it; with `prune` it is
+    /// erased at once.
+    pub fn force_leave(&mut self, now: Instant, node: &str, prune: bool) {
+        self.core_mut().broadcast_leave(now, node, prune);
+        self.flush(now);
+    }
+
+    fn has_alive_peers(&self) -> bool {
+        let local = self.node_name();
+        self.core()
+            .members
+            .values()
+            .any(|s| s.member.name != local && s.member.status == MemberStatus::Alive)
+    }
+
+    fn advance_leave(&mut self, now: Instant) {
+        loop {
+            let next = match self.state {
+                LocalState::LeavingIntent { intent, deadline } => {
+                    let sent = !self.core().intents.is_queued(intent);
+                    if sent || now >= deadline || !self.has_alive_peers() {
+                        if !sent && self.has_alive_peers() {
+                            tracing::warn!("serf: timeout while waiting for graceful leave");
+                        }
+                        self.ml.leave(now);
+                        LocalState::LeavingMemberlist {
+                            deadline: now + BROADCAST_TIMEOUT,
+                        }
+                    } else {
+                        return;
+                    }
+                }
+                LocalState::LeavingMemberlist { deadline } => {
+                    if self.ml.is_leave_broadcast_done(now) || now >= deadline {
+                        if self.has_alive_peers() {
+                            LocalState::LeavingPropagate {
+                                until: now + LEAVE_PROPAGATE_DELAY,
+                            }
+                        } else {
+                            LocalState::Left
+                        }
+                    } else {
+                        return;
+                    }
+                }
+                LocalState::LeavingPropagate { until } if now >= until => LocalState::Left,
+                _ => return,
+            };
+            self.state = next;
+            if self.state == LocalState::Left {
+                let name = self.node_name().to_owned();
+                if let Some(state) = self.core_mut().members.get_mut(&name) {
+                    state.member.status = MemberStatus::Left;
+                }
+            }
         }
-    }
-
-    /// Joins the cluster through the nodes at `addrs` (push/pull with each); the outcome comes
-    /// out of [`Serf::poll_join_outcome`]. Without `replay`, user events older than the join
-    /// are not handed to handlers.
-    pub fn join(&mut self, now: Instant, addrs: Vec<SocketAddr>, replay: bool) -> gossip::JoinId {
-        let _ = (now, addrs, replay);
-        todo!("serf over gossip")
-    }
-
-    /// How a join ended.
-    pub fn poll_join_outcome(&mut self) -> Option<gossip::JoinOutcome> {
-        todo!("serf over gossip")
-    }
-
-    /// A UDP packet arrived on the gossip port. An error means it was dropped, nothing changed.
-    pub fn handle_packet(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        packet: &[u8],
-    ) -> Result<(), gossip::DecodeError> {
-        let _ = (now, from, packet);
-        todo!("serf over gossip")
-    }
-
-    /// A complete inbound stream message (see `gossip::packet::stream_frame_len`); returns the
-    /// bytes to write back before closing, if any.
-    pub fn handle_stream(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        message: &[u8],
-    ) -> Option<Vec<u8>> {
-        let _ = (now, from, message);
-        todo!("serf over gossip")
-    }
-
-    /// The reply to (or failure of) an outbound stream from [`Serf::poll_stream`].
-    pub fn handle_stream_reply(
-        &mut self,
-        now: Instant,
-        id: gossip::StreamId,
-        reply: Result<Vec<u8>, String>,
-    ) {
-        let _ = (now, id, reply);
-        todo!("serf over gossip")
-    }
-
-    /// The next UDP packet to send.
-    pub fn poll_transmit(&mut self) -> Option<gossip::Transmit> {
-        todo!("serf over gossip")
-    }
-
-    /// The next outbound stream to run.
-    pub fn poll_stream(&mut self) -> Option<gossip::StreamRequest> {
-        todo!("serf over gossip")
-    }
-
-    /// The membership layer's counters.
-    pub fn gossip_stats(&self) -> gossip::Stats {
-        todo!("serf over gossip")
     }
 
     /// Whether a graceful leave has completed.
@@ -568,9 +557,83 @@ impl Serf {
         }
     }
 
-    /// Fires every timer due at or before `now`: query deadlines.
+    /// Joins the cluster through the nodes at `addrs` (push/pull with each); the outcome comes
+    /// out of [`Serf::poll_join_outcome`]. Without `replay`, user events older than the join
+    /// are not handed to handlers.
+    pub fn join(&mut self, now: Instant, addrs: Vec<SocketAddr>, replay: bool) -> JoinId {
+        self.core_mut().ignore_old_events = !replay;
+        let id = self.ml.join(now, addrs);
+        self.joins.insert(id, JoinKind::Requested);
+        self.flush(now);
+        id
+    }
+
+    /// How a requested join ended.
+    pub fn poll_join_outcome(&mut self) -> Option<JoinOutcome> {
+        self.join_outcomes.pop_front()
+    }
+
+    /// A UDP packet arrived on the gossip port. An error means it was dropped, nothing changed.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        packet: &[u8],
+    ) -> Result<(), DecodeError> {
+        let result = self.ml.handle_packet(now, from, packet);
+        self.flush(now);
+        result
+    }
+
+    /// A complete inbound stream message (see `gossip::packet::stream_frame_len`); returns the
+    /// bytes to write back before closing, if any.
+    pub fn handle_stream(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        message: &[u8],
+    ) -> Option<Vec<u8>> {
+        let reply = self.ml.handle_stream(now, from, message);
+        self.flush(now);
+        reply
+    }
+
+    /// The reply to (or failure of) an outbound stream from [`Serf::poll_stream`].
+    pub fn handle_stream_reply(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        reply: Result<Vec<u8>, String>,
+    ) {
+        self.ml.handle_stream_reply(now, id, reply);
+        self.flush(now);
+    }
+
+    /// The next UDP packet to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.ml.poll_transmit()
+    }
+
+    /// The next outbound stream to run.
+    pub fn poll_stream(&mut self) -> Option<StreamRequest> {
+        self.ml.poll_stream()
+    }
+
+    /// The membership layer's counters.
+    pub fn gossip_stats(&self) -> gossip::Stats {
+        self.ml.stats()
+    }
+
+    /// The gossip keyring, when encryption is on.
+    pub fn keyring(&self) -> Option<&gossip::Keyring> {
+        self.ml.keyring()
+    }
+
+    /// Fires every timer due at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut done: Vec<QueryKey> = self
+        self.ml.handle_timeout(now);
+        let core = self.core_mut();
+        let mut done: Vec<QueryKey> = core
             .outbound
             .iter()
             .filter(|(_, q)| q.deadline <= now)
@@ -578,27 +641,82 @@ impl Serf {
             .collect();
         done.sort();
         for key in done {
-            self.outbound.remove(&key);
-            self.query_outputs.push_back((key, QueryOutput::Done));
+            core.outbound.remove(&key);
+            core.query_outputs.push_back((key, QueryOutput::Done));
         }
-        self.inbound.retain(|_, q| q.deadline > now);
+        core.inbound.retain(|_, q| q.deadline > now);
+        core.reap(now);
+        if now >= self.next_reconnect {
+            self.next_reconnect = now + core::RECONNECT_INTERVAL;
+            if self.state == LocalState::Alive
+                && let Some(addr) = self.core_mut().reconnect_target()
+            {
+                tracing::info!("serf: attempting reconnect to {addr}");
+                let id = self.ml.join(now, vec![addr]);
+                self.joins.insert(id, JoinKind::Reconnect);
+            }
+        }
+        self.flush(now);
     }
 
     /// When [`Serf::handle_timeout`] is next needed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let outbound = self.outbound.values().map(|q| q.deadline);
-        let inbound = self.inbound.values().map(|q| q.deadline);
-        outbound.chain(inbound).min()
+        let core = self.core();
+        let outbound = core.outbound.values().map(|q| q.deadline);
+        let inbound = core.inbound.values().map(|q| q.deadline);
+        let leave = match self.state {
+            LocalState::LeavingIntent { deadline, .. }
+            | LocalState::LeavingMemberlist { deadline } => Some(deadline),
+            LocalState::LeavingPropagate { until } => Some(until),
+            _ => None,
+        };
+        outbound
+            .chain(inbound)
+            .chain(leave)
+            .chain(self.ml.poll_timeout())
+            .chain([core.next_reap, self.next_reconnect])
+            .min()
+    }
+
+    /// Moves what the core left for others: point-to-point sends go to memberlist, join
+    /// outcomes are sorted, a graceful leave advances.
+    fn flush(&mut self, now: Instant) {
+        while let Some((to, message)) = self.core_mut().outbox.pop_front() {
+            self.ml.send_user(now, to, &message);
+        }
+        while let Some(outcome) = self.ml.poll_join_outcome() {
+            match self.joins.remove(&outcome.id) {
+                Some(JoinKind::Requested) => {
+                    if outcome.joined > 0 && self.state == LocalState::Alive {
+                        self.core_mut().broadcast_join(now);
+                    }
+                    self.core_mut().ignore_old_events = false;
+                    self.join_outcomes.push_back(outcome);
+                }
+                Some(JoinKind::Reconnect) | None => {
+                    for (addr, error) in &outcome.errors {
+                        tracing::debug!(%addr, %error, "serf: reconnect failed");
+                    }
+                }
+            }
+        }
+        // Sends above may have queued more (e.g. a relayed response to ourselves).
+        while let Some((to, message)) = self.core_mut().outbox.pop_front() {
+            self.ml.send_user(now, to, &message);
+        }
+        if self.state != LocalState::Alive {
+            self.advance_leave(now);
+        }
     }
 
     /// The next event for handlers and event streams.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.core_mut().events.pop_front()
     }
 
     /// The next answer to a query this node sent.
     pub fn poll_query_output(&mut self) -> Option<(QueryKey, QueryOutput)> {
-        self.query_outputs.pop_front()
+        self.core_mut().query_outputs.pop_front()
     }
 }
 
@@ -727,7 +845,7 @@ mod tests {
             serf.respond(now, query.key, b"again"),
             Err(RespondError::AlreadySent)
         );
-        assert_eq!(serf.poll_timeout(), Some(query.deadline));
+        assert!(serf.poll_timeout().is_some_and(|t| t <= query.deadline));
         serf.handle_timeout(query.deadline);
         assert_eq!(
             drain(&mut serf),
@@ -740,7 +858,7 @@ mod tests {
                 QueryOutput::Done,
             ]
         );
-        assert_eq!(serf.poll_timeout(), None);
+        assert_eq!(serf.stats().pending_queries, 0);
     }
 
     #[test]

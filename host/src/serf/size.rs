@@ -5,9 +5,12 @@
 //! unsigned form, structs are maps keyed by field name. These functions count that encoding
 //! exactly, including the one-byte message type, without building it.
 
+#[cfg(test)]
 use std::net::SocketAddr;
 
-use super::{QueryKey, QueryParams};
+#[cfg(test)]
+use super::QueryParams;
+use super::QueryKey;
 
 /// A str/raw header plus `len` bytes.
 fn raw(len: usize) -> usize {
@@ -38,7 +41,8 @@ fn collection(n: usize) -> usize {
     }
 }
 
-/// `[3]` + `{CC, LTime, Name, Payload}`.
+/// `[3]` + `{CC, LTime, Name, Payload}` (a cross-check of the encoder in tests).
+#[cfg(test)]
 pub(super) fn user_event(ltime: u64, name: &str, payload: &[u8]) -> usize {
     1 + collection(4)
         + raw(2)
@@ -52,6 +56,7 @@ pub(super) fn user_event(ltime: u64, name: &str, payload: &[u8]) -> usize {
 }
 
 /// `[4]` + `{Addr, Filters, Flags, ID, LTime, Name, Payload, Port, RelayFactor, SourceNode, Timeout}`.
+#[cfg(test)]
 pub(super) fn query(
     key: QueryKey,
     params: &QueryParams,

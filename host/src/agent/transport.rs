@@ -1,0 +1,567 @@
+//! The gossip transport: one UDP socket and one TCP listener on the bind address.
+//!
+//! The agent task owns the UDP socket (it receives with `recv_from` and sends with
+//! `try_send_to`, never waiting for the network) and the receiving ends of two bounded
+//! channels: complete inbound stream messages, and the outcomes of outbound streams. TCP
+//! streams run on tasks of their own, at most [`MAX_INBOUND_STREAMS`] and
+//! [`MAX_OUTBOUND_STREAMS`] at a time, each under a deadline. This module moves bytes; what they
+//! mean is the core's business.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::gossip::packet::{MAX_STREAM_BYTES, stream_frame_len};
+use crate::gossip::{DecodeError, StreamId, StreamRequest};
+
+/// The largest UDP packet read (memberlist's receive buffer).
+pub(super) const UDP_RECEIVE_BYTES: usize = 65536;
+/// Inbound TCP streams served at once; more are closed at once and counted.
+pub(crate) const MAX_INBOUND_STREAMS: usize = 128;
+/// Outbound TCP streams running at once; more fail at once and are counted.
+pub(crate) const MAX_OUTBOUND_STREAMS: usize = 128;
+/// How long the accept loop pauses after a failed accept (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Read size for stream messages.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// A complete stream message from a peer, waiting for the core; `reply` carries the bytes to
+/// write back (if any) before the connection closes.
+pub(super) struct InboundStream {
+    pub(super) from: SocketAddr,
+    pub(super) message: Vec<u8>,
+    pub(super) reply: oneshot::Sender<Option<Vec<u8>>>,
+}
+
+/// How an outbound stream ended: the reply message (empty when none was expected) or why not.
+pub(super) struct StreamReply {
+    pub(super) id: StreamId,
+    pub(super) result: Result<Vec<u8>, String>,
+}
+
+/// Transport counters for `serf info`. Decode failures are the core's (`gossip::Stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// UDP packets that could not be sent (socket buffer full or a send error).
+    pub udp_send_failures: u64,
+    /// Errors receiving from the UDP socket.
+    pub udp_receive_errors: u64,
+    /// Inbound TCP connections closed unread because [`MAX_INBOUND_STREAMS`] were open.
+    pub inbound_streams_refused: u64,
+    /// Inbound streams that failed: timeout, oversized or malformed message, I/O error.
+    pub inbound_stream_failures: u64,
+    /// Inbound messages dropped because the agent's queue was full.
+    pub inbound_stream_drops: u64,
+    /// Outbound streams failed at once because [`MAX_OUTBOUND_STREAMS`] were running.
+    pub outbound_streams_refused: u64,
+    /// Outbound streams that failed: connect, write, read or timeout.
+    pub outbound_stream_failures: u64,
+}
+
+/// Shared between the agent task and the stream tasks.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    udp_send_failures: AtomicU64,
+    udp_receive_errors: AtomicU64,
+    inbound_streams_refused: AtomicU64,
+    inbound_stream_failures: AtomicU64,
+    inbound_stream_drops: AtomicU64,
+    outbound_streams_refused: AtomicU64,
+    outbound_stream_failures: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(super) fn snapshot(&self) -> TransportStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        TransportStats {
+            udp_send_failures: load(&self.udp_send_failures),
+            udp_receive_errors: load(&self.udp_receive_errors),
+            inbound_streams_refused: load(&self.inbound_streams_refused),
+            inbound_stream_failures: load(&self.inbound_stream_failures),
+            inbound_stream_drops: load(&self.inbound_stream_drops),
+            outbound_streams_refused: load(&self.outbound_streams_refused),
+            outbound_stream_failures: load(&self.outbound_stream_failures),
+        }
+    }
+}
+
+/// The agent task's side of the transport.
+pub(super) struct Transport {
+    pub(super) udp: UdpSocket,
+    /// The bound address (the real port when the bind address asked for port 0).
+    pub(super) local_addr: SocketAddr,
+    pub(super) inbound: mpsc::Receiver<InboundStream>,
+    pub(super) replies: mpsc::Receiver<StreamReply>,
+    reply_sender: mpsc::Sender<StreamReply>,
+    outbound_permits: Arc<Semaphore>,
+    pub(super) counters: Arc<Counters>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+impl Transport {
+    /// Binds the TCP listener and the UDP socket to the same address and starts accepting.
+    /// Inbound streams must complete within `tcp_timeout`.
+    pub(super) async fn bind(addr: SocketAddr, tcp_timeout: Duration) -> anyhow::Result<Transport> {
+        let (listener, udp) = bind_both(addr).await?;
+        let local_addr = listener
+            .local_addr()
+            .context("cannot read the gossip listener's address")?;
+        let counters = Arc::new(Counters::default());
+        // Each inbound task sends one message while it holds a permit, so this never fills.
+        let (inbound_sender, inbound) = mpsc::channel(MAX_INBOUND_STREAMS);
+        let (reply_sender, replies) = mpsc::channel(MAX_OUTBOUND_STREAMS);
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            Arc::new(Semaphore::new(MAX_INBOUND_STREAMS)),
+            inbound_sender,
+            tcp_timeout,
+            Arc::clone(&counters),
+        ));
+        Ok(Transport {
+            udp,
+            local_addr,
+            inbound,
+            replies,
+            reply_sender,
+            outbound_permits: Arc::new(Semaphore::new(MAX_OUTBOUND_STREAMS)),
+            counters,
+            accept_task,
+        })
+    }
+
+    /// Sends one packet without waiting; a failure is logged and counted.
+    pub(super) fn send(&self, to: SocketAddr, payload: &[u8]) {
+        if let Err(error) = self.udp.try_send_to(payload, to) {
+            let failures = Counters::bump(&self.counters.udp_send_failures);
+            tracing::debug!(%to, %error, failures, "gossip send failed");
+        }
+    }
+
+    /// Counts a failed receive on the UDP socket.
+    pub(super) fn receive_failed(&self, error: &std::io::Error) {
+        let errors = Counters::bump(&self.counters.udp_receive_errors);
+        tracing::debug!(%error, errors, "gossip receive failed");
+    }
+
+    /// Starts an outbound stream on a task of its own; its outcome arrives on `replies`.
+    /// Refuses (returning the reason, for the core) when too many are running.
+    pub(super) fn start_stream(&self, request: StreamRequest) -> Result<(), String> {
+        let Ok(permit) = Arc::clone(&self.outbound_permits).try_acquire_owned() else {
+            let refused = Counters::bump(&self.counters.outbound_streams_refused);
+            tracing::warn!(to = %request.to, refused, "too many outbound gossip streams; stream refused");
+            return Err(format!(
+                "too many concurrent outbound streams ({MAX_OUTBOUND_STREAMS})"
+            ));
+        };
+        let replies = self.reply_sender.clone();
+        let counters = Arc::clone(&self.counters);
+        tokio::spawn(async move {
+            let id = request.id;
+            let to = request.to;
+            let result = run_outbound(request).await;
+            if let Err(error) = &result {
+                let failures = Counters::bump(&counters.outbound_stream_failures);
+                tracing::debug!(%to, %error, failures, "gossip stream failed");
+            }
+            // The agent is gone when this fails; nobody is waiting any more.
+            let _ = replies.send(StreamReply { id, result }).await;
+            drop(permit);
+        });
+        Ok(())
+    }
+}
+
+/// Binds TCP first, then UDP on the port TCP got (they differ only when asked for port 0, and
+/// then another try may find a port free for both).
+async fn bind_both(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)> {
+    const TRIES_FOR_ANY_PORT: usize = 10;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let listener = listen(addr)
+            .with_context(|| format!("cannot listen for gossip streams on {addr}"))?;
+        let port = listener
+            .local_addr()
+            .context("cannot read the gossip listener's address")?
+            .port();
+        let udp_addr = SocketAddr::new(addr.ip(), port);
+        match UdpSocket::bind(udp_addr).await {
+            Ok(udp) => return Ok((listener, udp)),
+            Err(error) if addr.port() == 0 && tries < TRIES_FOR_ANY_PORT => {
+                tracing::debug!(%udp_addr, %error, "gossip port taken for UDP; trying another");
+            }
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("cannot bind the gossip UDP socket to {udp_addr}"));
+            }
+        }
+    }
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // A restarted agent must be able to bind while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    inbound: mpsc::Sender<InboundStream>,
+    tcp_timeout: Duration,
+    counters: Arc<Counters>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::debug!(%error, "gossip accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            let refused = Counters::bump(&counters.inbound_streams_refused);
+            tracing::warn!(%peer, refused, "too many inbound gossip streams; connection closed");
+            continue;
+        };
+        let inbound = inbound.clone();
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + tcp_timeout;
+            let served = tokio::time::timeout_at(
+                deadline,
+                serve_inbound(stream, peer, &inbound, &counters),
+            )
+            .await
+            .unwrap_or_else(|_| Err("i/o timeout".to_owned()));
+            if let Err(error) = served {
+                let failures = Counters::bump(&counters.inbound_stream_failures);
+                tracing::debug!(%peer, %error, failures, "inbound gossip stream failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one message, hands it to the agent task, writes its reply (if any) and closes.
+async fn serve_inbound(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    inbound: &mpsc::Sender<InboundStream>,
+    counters: &Counters,
+) -> Result<(), String> {
+    let message = read_message(&mut stream, MAX_STREAM_BYTES, stream_frame_len)
+        .await
+        .map_err(|error| error.to_string())?;
+    let (reply, answer) = oneshot::channel();
+    let request = InboundStream {
+        from: peer,
+        message,
+        reply,
+    };
+    if let Err(error) = inbound.try_send(request) {
+        if matches!(error, mpsc::error::TrySendError::Full(_)) {
+            let dropped = Counters::bump(&counters.inbound_stream_drops);
+            tracing::warn!(%peer, dropped, "agent busy; inbound gossip stream dropped");
+        }
+        return Ok(());
+    }
+    let Ok(reply) = answer.await else {
+        return Ok(()); // The agent stopped.
+    };
+    if let Some(bytes) = reply {
+        stream
+            .write_all(&bytes)
+            .await
+            .map_err(|error| format!("write tcp {peer}: {}", go_error_text(&error)))?;
+    }
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+/// Connects, writes the request and, if one is expected, reads the reply, all before the
+/// request's deadline. Errors read like Go's (`dial tcp 10.0.0.1:7946: connect: connection
+/// refused`), because they end up in `serf join`'s output.
+async fn run_outbound(request: StreamRequest) -> Result<Vec<u8>, String> {
+    let to = request.to;
+    let deadline = Instant::from_std(request.deadline);
+    let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(to)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(format!("dial tcp {to}: connect: {}", go_error_text(&error))),
+        Err(_) => return Err(format!("dial tcp {to}: i/o timeout")),
+    };
+    let exchange = async {
+        stream
+            .write_all(&request.payload)
+            .await
+            .map_err(|error| format!("write tcp {to}: {}", go_error_text(&error)))?;
+        if !request.expects_reply {
+            return Ok(Vec::new());
+        }
+        read_message(&mut stream, MAX_STREAM_BYTES, stream_frame_len)
+            .await
+            .map_err(|error| format!("read tcp {to}: {error}"))
+    };
+    tokio::time::timeout_at(deadline, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("read tcp {to}: i/o timeout")))
+}
+
+/// Why a stream message could not be read. The connection is closed afterwards.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamReadError {
+    /// The message (as its header announces, or as far as it was read) exceeds the limit.
+    #[error("stream message of {len} bytes exceeds the {max} byte limit")]
+    TooLarge { len: usize, max: usize },
+    /// The peer closed the connection before the message was complete.
+    #[error("EOF after {0} bytes of an incomplete message")]
+    Eof(usize),
+    /// The message's header is malformed.
+    #[error("malformed stream message: {0}")]
+    Decode(#[from] DecodeError),
+    /// Reading failed.
+    #[error("{}", go_error_text(.0))]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads exactly one stream message: bytes until `frame_len` (normally
+/// [`stream_frame_len`]) says how long the message is and that many have arrived. Refuses
+/// messages longer than `max` without reading them. Never reads past the message once its
+/// length is known.
+pub(crate) async fn read_message<R, F>(
+    reader: &mut R,
+    max: usize,
+    frame_len: F,
+) -> Result<Vec<u8>, StreamReadError>
+where
+    R: AsyncRead + Unpin,
+    F: Fn(&[u8]) -> Result<Option<usize>, DecodeError>,
+{
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        let known = if buf.is_empty() {
+            None
+        } else {
+            frame_len(&buf)?
+        };
+        let room = match known {
+            Some(len) if len > max => return Err(StreamReadError::TooLarge { len, max }),
+            Some(len) if buf.len() >= len => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Some(len) => len - buf.len(),
+            None if buf.len() > max => {
+                return Err(StreamReadError::TooLarge {
+                    len: buf.len(),
+                    max,
+                });
+            }
+            // One byte past the limit is enough to know the message is too long.
+            None => max + 1 - buf.len(),
+        };
+        let want = room.min(chunk.len());
+        let read = reader.read(&mut chunk[..want]).await?;
+        if read == 0 {
+            return Err(StreamReadError::Eof(buf.len()));
+        }
+        buf.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// An OS error as Go prints it: `connection refused`, not `Connection refused (os error 111)`.
+pub(super) fn go_error_text(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    let text = match text.find(" (os error") {
+        Some(end) => &text[..end],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// Stands in for the gossip framing: `[10] [len u32]` and `len` bytes, like an encrypted
+    /// stream message; any other first byte is refused.
+    fn framed(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        match buf {
+            [10, rest @ ..] if rest.len() >= 4 => {
+                let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                Ok(Some(5 + len as usize))
+            }
+            [10, ..] => Ok(None),
+            [other, ..] => Err(DecodeError::UnknownType(*other)),
+            [] => Ok(None),
+        }
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![10];
+        bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_message_trickling_in_byte_by_byte_is_read_exactly() {
+        let message = frame(b"push pull state");
+        // A one-byte pipe: every read sees at most one byte.
+        let (mut reader, mut writer) = tokio::io::duplex(1);
+        let mut sent = message.clone();
+        sent.extend_from_slice(b"NEXT");
+        let writing = tokio::spawn(async move {
+            for byte in sent {
+                writer.write_all(&[byte]).await.unwrap();
+            }
+            writer
+        });
+        let read = read_message(&mut reader, 1024, framed).await.unwrap();
+        assert_eq!(read, message);
+        let _writer = writing.await.unwrap();
+        let mut rest = [0u8; 4];
+        reader.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"NEXT", "nothing past the message was consumed");
+    }
+
+    #[tokio::test]
+    async fn a_message_announcing_more_than_the_limit_is_refused_unread() {
+        let (mut reader, mut writer) = tokio::io::duplex(64);
+        // Only the header is ever sent: the reader must not wait for the body.
+        writer.write_all(&frame(&[0; 100])[..5]).await.unwrap();
+        let error = read_message(&mut reader, 64, framed).await.unwrap_err();
+        assert!(
+            matches!(error, StreamReadError::TooLarge { len: 105, max: 64 }),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "stream message of 105 bytes exceeds the 64 byte limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_length_never_shows_stops_past_the_limit() {
+        let (mut reader, mut writer) = tokio::io::duplex(4096);
+        writer.write_all(&[10; 200]).await.unwrap();
+        let never = |_: &[u8]| Ok(None);
+        let error = read_message(&mut reader, 100, never).await.unwrap_err();
+        assert!(
+            matches!(error, StreamReadError::TooLarge { len: 101, max: 100 }),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_short_or_malformed_message_is_an_error() {
+        let (mut reader, mut writer) = tokio::io::duplex(64);
+        writer.write_all(&frame(b"abcdef")[..8]).await.unwrap();
+        drop(writer);
+        let error = read_message(&mut reader, 64, framed).await.unwrap_err();
+        assert!(matches!(error, StreamReadError::Eof(8)), "{error}");
+
+        let (mut reader, mut writer) = tokio::io::duplex(64);
+        writer.write_all(&[0xff, 1, 2]).await.unwrap();
+        let error = read_message(&mut reader, 64, framed).await.unwrap_err();
+        assert!(
+            matches!(error, StreamReadError::Decode(DecodeError::UnknownType(0xff))),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn udp_and_tcp_share_the_port_picked_for_port_zero() {
+        let transport = Transport::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let port = transport.local_addr.port();
+        assert_ne!(port, 0);
+        assert_eq!(transport.udp.local_addr().unwrap().port(), port);
+        TcpStream::connect(transport.local_addr).await.unwrap();
+    }
+
+    fn request(to: SocketAddr, expects_reply: bool, deadline: Duration) -> StreamRequest {
+        StreamRequest {
+            id: StreamId(7),
+            to,
+            payload: b"hello".to_vec(),
+            expects_reply,
+            deadline: (Instant::now() + deadline).into_std(),
+        }
+    }
+
+    #[tokio::test]
+    async fn outbound_failures_read_like_gos() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = listener.local_addr().unwrap();
+        drop(listener);
+        let error = run_outbound(request(closed, true, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!(error, format!("dial tcp {closed}: connect: connection refused"));
+
+        // A peer that accepts and never answers: the read gives up at the deadline.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = listener.local_addr().unwrap();
+        let holder = tokio::spawn(async move { listener.accept().await });
+        let error = run_outbound(request(silent, true, Duration::from_millis(300)))
+            .await
+            .unwrap_err();
+        assert_eq!(error, format!("read tcp {silent}: i/o timeout"));
+        drop(holder);
+    }
+
+    #[tokio::test]
+    async fn an_outbound_stream_without_a_reply_writes_and_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        let reply = run_outbound(request(to, false, Duration::from_secs(5))).await;
+        assert_eq!(reply, Ok(Vec::new()));
+        assert_eq!(peer.await.unwrap(), b"hello");
+    }
+
+    #[test]
+    fn os_errors_print_like_go() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(go_error_text(&refused), "connection refused");
+        let raw = std::io::Error::from_raw_os_error(111);
+        assert_eq!(go_error_text(&raw), "connection refused");
+    }
+}
