@@ -250,9 +250,9 @@ fn value_len(bytes: &[u8]) -> Result<usize, String> {
             0xc4 | 0xd9 => (take(bytes, &mut pos, 1)?, 0),
             0xc5 | 0xda => (take(bytes, &mut pos, 2)?, 0),
             0xc6 | 0xdb => (take(bytes, &mut pos, 4)?, 0),
-            0xc7 => (take(bytes, &mut pos, 1)? + 1, 0),
-            0xc8 => (take(bytes, &mut pos, 2)? + 1, 0),
-            0xc9 => (take(bytes, &mut pos, 4)? + 1, 0),
+            0xc7 => (take(bytes, &mut pos, 1)?.saturating_add(1), 0),
+            0xc8 => (take(bytes, &mut pos, 2)?.saturating_add(1), 0),
+            0xc9 => (take(bytes, &mut pos, 4)?.saturating_add(1), 0),
             0xca => (4, 0),
             0xcb => (8, 0),
             0xcc | 0xd0 => (1, 0),
@@ -266,8 +266,8 @@ fn value_len(bytes: &[u8]) -> Result<usize, String> {
             0xd8 => (17, 0),
             0xdc => (0, take(bytes, &mut pos, 2)?),
             0xdd => (0, take(bytes, &mut pos, 4)?),
-            0xde => (0, 2 * take(bytes, &mut pos, 2)?),
-            0xdf => (0, 2 * take(bytes, &mut pos, 4)?),
+            0xde => (0, take(bytes, &mut pos, 2)?.saturating_mul(2)),
+            0xdf => (0, take(bytes, &mut pos, 4)?.saturating_mul(2)),
         };
         if skip > 0 {
             let end = pos

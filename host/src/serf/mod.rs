@@ -961,3 +961,284 @@ mod tests {
         assert_eq!(event.members[0].tags["role"], "db");
     }
 }
+
+/// Several `Serf` cores wired together in memory: packets and streams are delivered at once,
+/// time moves in fixed steps.
+#[cfg(test)]
+mod cluster_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    struct Cluster {
+        now: Instant,
+        nodes: Vec<Serf>,
+        events: Vec<Vec<Event>>,
+        down: Vec<bool>,
+    }
+
+    fn addr(i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 10 + i as u8], 7946))
+    }
+
+    impl Cluster {
+        fn new(n: usize, tweak: impl Fn(&mut Config)) -> Cluster {
+            let now = Instant::now();
+            let nodes = (0..n)
+                .map(|i| {
+                    let mut tags = Tags::new();
+                    tags.insert("role".into(), format!("r{i}"));
+                    let mut config = Config::lan(format!("n{i}"), addr(i), tags);
+                    tweak(&mut config);
+                    Serf::new(config, i as u64 + 1, now)
+                })
+                .collect();
+            Cluster {
+                now,
+                nodes,
+                events: vec![Vec::new(); n],
+                down: vec![false; n],
+            }
+        }
+
+        fn index(&self, to: SocketAddr) -> Option<usize> {
+            (0..self.nodes.len()).find(|&i| addr(i) == to && !self.down[i])
+        }
+
+        /// Delivers everything pending until nothing moves.
+        fn pump(&mut self) {
+            for _ in 0..1000 {
+                let mut moved = false;
+                for i in 0..self.nodes.len() {
+                    if self.down[i] {
+                        continue;
+                    }
+                    while let Some(t) = self.nodes[i].poll_transmit() {
+                        moved = true;
+                        if let Some(j) = self.index(t.to) {
+                            let _ = self.nodes[j].handle_packet(self.now, addr(i), &t.payload);
+                        }
+                    }
+                    while let Some(s) = self.nodes[i].poll_stream() {
+                        moved = true;
+                        let reply = match self.index(s.to) {
+                            Some(j) => self.nodes[j]
+                                .handle_stream(self.now, addr(i), &s.payload)
+                                .ok_or_else(|| "no reply".to_string()),
+                            None => Err("connection refused".to_string()),
+                        };
+                        let reply = if s.expects_reply { reply } else { Ok(Vec::new()) };
+                        self.nodes[i].handle_stream_reply(self.now, s.id, reply);
+                    }
+                    while let Some(event) = self.nodes[i].poll_event() {
+                        self.events[i].push(event);
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("the cluster never went quiet");
+        }
+
+        fn run_for(&mut self, duration: Duration) {
+            let end = self.now + duration;
+            while self.now < end {
+                self.now += Duration::from_millis(10);
+                for i in 0..self.nodes.len() {
+                    if !self.down[i] {
+                        self.nodes[i].handle_timeout(self.now);
+                    }
+                }
+                self.pump();
+            }
+        }
+
+        fn join_all(&mut self) {
+            for i in 1..self.nodes.len() {
+                self.nodes[i].join(self.now, vec![addr(0)], false);
+                self.pump();
+                let outcome = self.nodes[i].poll_join_outcome().expect("join finished");
+                assert_eq!(outcome.joined, 1, "{outcome:?}");
+            }
+            self.run_for(Duration::from_secs(2));
+        }
+
+        fn statuses(&self, i: usize) -> Vec<(String, MemberStatus)> {
+            self.nodes[i]
+                .members()
+                .map(|m| (m.name.clone(), m.status))
+                .collect()
+        }
+
+        fn user_events(&self, i: usize) -> Vec<(LamportTime, String)> {
+            self.events[i]
+                .iter()
+                .filter_map(|e| match e {
+                    Event::User(u) => Some((u.ltime, u.name.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn all(n: usize, status: MemberStatus) -> Vec<(String, MemberStatus)> {
+        (0..n).map(|i| (format!("n{i}"), status)).collect()
+    }
+
+    #[test]
+    fn joined_nodes_see_each_other_alive_with_tags() {
+        let mut cluster = Cluster::new(4, |_| {});
+        cluster.join_all();
+        for i in 0..4 {
+            assert_eq!(cluster.statuses(i), all(4, MemberStatus::Alive));
+            let n3 = cluster.nodes[i].members().find(|m| m.name == "n3").unwrap();
+            assert_eq!(n3.tags["role"], "r3");
+        }
+        let joins = cluster.events[0]
+            .iter()
+            .filter(|e| matches!(e, Event::Member(m) if m.kind == MemberEventKind::Join))
+            .count();
+        assert_eq!(joins, 4, "n0 saw itself and three joins");
+    }
+
+    #[test]
+    fn user_events_reach_every_node_exactly_once() {
+        let mut cluster = Cluster::new(5, |_| {});
+        cluster.join_all();
+        for k in 0..20 {
+            let from = k % 5;
+            let now = cluster.now;
+            cluster.nodes[from]
+                .user_event(now, &format!("e{k}"), b"x", false)
+                .unwrap();
+            cluster.run_for(Duration::from_millis(50));
+        }
+        cluster.run_for(Duration::from_secs(3));
+        for i in 0..5 {
+            let mut names: Vec<String> = cluster.user_events(i).into_iter().map(|e| e.1).collect();
+            names.sort();
+            let mut expected: Vec<String> = (0..20).map(|k| format!("e{k}")).collect();
+            expected.sort();
+            assert_eq!(names, expected, "node {i}");
+        }
+    }
+
+    #[test]
+    fn a_query_is_answered_by_every_matching_node() {
+        let mut cluster = Cluster::new(4, |_| {});
+        cluster.join_all();
+        let now = cluster.now;
+        let mut tags = BTreeMap::new();
+        tags.insert("role".to_string(), "r[123]".to_string());
+        let key = cluster.nodes[0]
+            .query(
+                now,
+                QueryParams {
+                    name: "q".into(),
+                    payload: b"p".to_vec(),
+                    request_ack: true,
+                    filter_tags: tags,
+                    timeout: Some(Duration::from_secs(2)),
+                    ..QueryParams::default()
+                },
+            )
+            .unwrap();
+        cluster.run_for(Duration::from_millis(500));
+        for i in 1..4 {
+            let query = cluster.events[i]
+                .iter()
+                .find_map(|e| match e {
+                    Event::Query(q) => Some(q.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("node {i} got no query"));
+            assert_eq!(query.key, key);
+            let now = cluster.now;
+            cluster.nodes[i]
+                .respond(now, key, format!("from {i}").as_bytes())
+                .unwrap();
+        }
+        assert!(
+            !cluster.events[0].iter().any(|e| matches!(e, Event::Query(_))),
+            "n0's role does not match the filter"
+        );
+        cluster.run_for(Duration::from_secs(2));
+        let outputs: Vec<QueryOutput> = std::iter::from_fn(|| cluster.nodes[0].poll_query_output())
+            .map(|(_, o)| o)
+            .collect();
+        let acks = outputs.iter().filter(|o| matches!(o, QueryOutput::Ack { .. })).count();
+        let mut responses: Vec<String> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                QueryOutput::Response { payload, .. } => {
+                    Some(String::from_utf8_lossy(payload).into_owned())
+                }
+                _ => None,
+            })
+            .collect();
+        responses.sort();
+        assert_eq!(acks, 3);
+        assert_eq!(responses, ["from 1", "from 2", "from 3"]);
+        assert_eq!(outputs.last(), Some(&QueryOutput::Done));
+    }
+
+    #[test]
+    fn graceful_leave_is_left_and_a_crash_is_failed() {
+        let mut cluster = Cluster::new(4, |_| {});
+        cluster.join_all();
+        let now = cluster.now;
+        cluster.nodes[3].leave(now);
+        cluster.run_for(Duration::from_secs(3));
+        assert!(cluster.nodes[3].has_left());
+        cluster.down[3] = true;
+        cluster.down[2] = true;
+        cluster.run_for(Duration::from_secs(30));
+        for i in 0..2 {
+            let statuses = cluster.statuses(i);
+            assert_eq!(statuses[2], ("n2".into(), MemberStatus::Failed), "node {i}");
+            assert_eq!(statuses[3], ("n3".into(), MemberStatus::Left), "node {i}");
+        }
+    }
+
+    #[test]
+    fn a_late_joiner_does_not_replay_old_events_unless_asked() {
+        let mut cluster = Cluster::new(3, |_| {});
+        cluster.nodes[1].join(cluster.now, vec![addr(0)], false);
+        cluster.pump();
+        let now = cluster.now;
+        cluster.nodes[0].user_event(now, "old", b"", false).unwrap();
+        cluster.run_for(Duration::from_secs(2));
+        cluster.nodes[2].join(cluster.now, vec![addr(0)], false);
+        cluster.run_for(Duration::from_secs(2));
+        assert!(cluster.user_events(2).is_empty(), "{:?}", cluster.user_events(2));
+        let mut replaying = Cluster::new(3, |_| {});
+        replaying.nodes[1].join(replaying.now, vec![addr(0)], false);
+        replaying.pump();
+        let now = replaying.now;
+        replaying.nodes[0].user_event(now, "old", b"", false).unwrap();
+        replaying.run_for(Duration::from_secs(2));
+        replaying.nodes[2].join(replaying.now, vec![addr(0)], true);
+        replaying.run_for(Duration::from_secs(2));
+        assert_eq!(replaying.user_events(2), [(1, "old".to_string())]);
+    }
+
+    #[test]
+    fn encrypted_nodes_talk_and_a_wrong_key_cannot_join() {
+        let key = vec![7u8; 32];
+        let mut cluster = Cluster::new(3, |config| {
+            config.memberlist.keyring = Some(gossip::Keyring::new(vec![key.clone()]).unwrap());
+        });
+        cluster.nodes[1].join(cluster.now, vec![addr(0)], false);
+        cluster.pump();
+        assert_eq!(cluster.nodes[1].poll_join_outcome().unwrap().joined, 1);
+        let mut wrong = Config::lan("n2".into(), addr(2), Tags::new());
+        wrong.memberlist.keyring = Some(gossip::Keyring::new(vec![vec![8u8; 32]]).unwrap());
+        cluster.nodes[2] = Serf::new(wrong, 99, cluster.now);
+        cluster.nodes[2].join(cluster.now, vec![addr(0)], false);
+        cluster.pump();
+        assert_eq!(cluster.nodes[2].poll_join_outcome().unwrap().joined, 0);
+        cluster.run_for(Duration::from_secs(3));
+        assert_eq!(cluster.statuses(0), all(2, MemberStatus::Alive));
+    }
+}

@@ -1,0 +1,582 @@
+//! A deterministic many-node simulator for the gossip core (STYLE.md section 8.2).
+//!
+//! Every node is a [`Memberlist`] in this one thread, on virtual time that starts at one
+//! `Instant` and only moves forward by `Duration`s. The network delivers each packet after a
+//! random latency, may lose it, and drops everything between nodes in different partition
+//! groups or to crashed nodes; streams (TCP) are never lost but fail between partitions and
+//! toward crashed nodes. All randomness comes from one seed: a failing test prints it and
+//! `SIM_SEED=<seed>` replays the run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::gossip::{Config, Delegate, JoinOutcome, Memberlist, Node, NodeState, StreamId};
+
+/// Records what a node's memberlist reported, and keeps Serf's list of failed members.
+#[derive(Debug, Default)]
+pub(crate) struct SimDelegate {
+    pub(crate) meta: Vec<u8>,
+    pub(crate) joins: Vec<(Instant, String)>,
+    pub(crate) leaves: Vec<(Instant, Node)>,
+    /// Members that failed (not left) and have not come back, as Serf tracks them for its
+    /// reconnect timer.
+    pub(crate) failed: BTreeMap<String, SocketAddr>,
+}
+
+impl Delegate for SimDelegate {
+    fn node_meta(&mut self, _limit: usize) -> Vec<u8> {
+        self.meta.clone()
+    }
+
+    fn notify_join(&mut self, now: Instant, node: &Node) {
+        self.joins.push((now, node.name.clone()));
+        self.failed.remove(&node.name);
+    }
+
+    fn notify_leave(&mut self, now: Instant, node: &Node) {
+        self.leaves.push((now, node.clone()));
+        if node.state == NodeState::Dead {
+            self.failed.insert(node.name.clone(), node.addr);
+        } else {
+            self.failed.remove(&node.name);
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Packet {
+        to: usize,
+        from: SocketAddr,
+        payload: Vec<u8>,
+    },
+    StreamOpen {
+        to: usize,
+        from: usize,
+        id: StreamId,
+        payload: Vec<u8>,
+        expects_reply: bool,
+        deadline: Instant,
+    },
+    StreamReply {
+        to: usize,
+        id: StreamId,
+        reply: Result<Vec<u8>, String>,
+    },
+    Timer {
+        node: usize,
+        at: Instant,
+    },
+    Reconnect,
+}
+
+pub(crate) struct SimNode {
+    pub(crate) memberlist: Memberlist<SimDelegate>,
+    pub(crate) crashed: bool,
+    /// The timer currently scheduled for this node.
+    wake: Option<Instant>,
+    pub(crate) join_outcomes: Vec<JoinOutcome>,
+}
+
+/// The simulated cluster and network.
+pub(crate) struct Sim {
+    rng: StdRng,
+    pub(crate) start: Instant,
+    pub(crate) now: Instant,
+    pub(crate) nodes: Vec<SimNode>,
+    by_addr: HashMap<SocketAddr, usize>,
+    events: BTreeMap<(Instant, u64), Event>,
+    next_event: u64,
+    /// Probability that a UDP packet is lost.
+    pub(crate) loss: f64,
+    pub(crate) latency: (Duration, Duration),
+    /// Nodes reach each other only within the same group.
+    groups: Vec<u32>,
+    reconnect_interval: Option<Duration>,
+    steps: u64,
+    max_steps: u64,
+}
+
+/// The seed from `SIM_SEED`, else `default`.
+pub(crate) fn sim_seed(default: u64) -> u64 {
+    std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `scenario` with the seed (`SIM_SEED` or `default`); a failure names the seed.
+pub(crate) fn run_seeded(default: u64, scenario: impl FnOnce(u64)) {
+    let seed = sim_seed(default);
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| scenario(seed))) {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+        match message {
+            Some(message) => {
+                panic!("simulation failed with seed = {seed} (replay: SIM_SEED={seed}): {message}")
+            }
+            None => resume_unwind(panic),
+        }
+    }
+}
+
+pub(crate) fn sim_addr(i: usize) -> SocketAddr {
+    let ip = Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1);
+    SocketAddr::new(IpAddr::V4(ip), 7946)
+}
+
+impl Sim {
+    /// `n` nodes named `node<i>` at [`sim_addr`]`(i)`, each with the config `config` makes.
+    pub(crate) fn new(seed: u64, n: usize, config: impl Fn(String, SocketAddr) -> Config) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let start = Instant::now();
+        let nodes = (0..n)
+            .map(|i| {
+                let delegate = SimDelegate {
+                    meta: format!("role=node{i}").into_bytes(),
+                    ..SimDelegate::default()
+                };
+                let config = config(format!("node{i}"), sim_addr(i));
+                SimNode {
+                    memberlist: Memberlist::new(config, delegate, rng.random(), start),
+                    crashed: false,
+                    wake: None,
+                    join_outcomes: Vec::new(),
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            rng,
+            start,
+            now: start,
+            nodes,
+            by_addr: (0..n).map(|i| (sim_addr(i), i)).collect(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            loss: 0.0,
+            latency: (Duration::from_millis(1), Duration::from_millis(5)),
+            groups: vec![0; n],
+            reconnect_interval: None,
+            steps: 0,
+            max_steps: 20_000_000,
+        };
+        for i in 0..n {
+            sim.flush(i);
+        }
+        sim
+    }
+
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Node `i` joins through node `j`.
+    pub(crate) fn join(&mut self, i: usize, j: usize) {
+        let now = self.now;
+        self.nodes[i].memberlist.join(now, vec![sim_addr(j)]);
+        self.flush(i);
+    }
+
+    /// Node `i` stops processing and sending for good.
+    pub(crate) fn crash(&mut self, i: usize) {
+        self.nodes[i].crashed = true;
+    }
+
+    /// Splits the nodes: `group(i)` names each node's side.
+    pub(crate) fn partition(&mut self, group: impl Fn(usize) -> u32) {
+        self.groups = (0..self.nodes.len()).map(group).collect();
+    }
+
+    pub(crate) fn heal(&mut self) {
+        self.groups = vec![0; self.nodes.len()];
+    }
+
+    /// Emulates Serf's reconnect timer (a Serf-layer feature, not memberlist's): every
+    /// `interval`, each live node, with probability failed / alive, joins one random member
+    /// it saw fail. The agent's Serf layer provides this for real.
+    pub(crate) fn enable_reconnect(&mut self, interval: Duration) {
+        self.reconnect_interval = Some(interval);
+        let at = self.now + interval;
+        self.schedule(at, Event::Reconnect);
+    }
+
+    pub(crate) fn is_live(&self, i: usize) -> bool {
+        !self.nodes[i].crashed
+    }
+
+    fn reachable(&self, from: usize, to: usize) -> bool {
+        !self.nodes[to].crashed && self.groups[from] == self.groups[to]
+    }
+
+    fn latency(&mut self) -> Duration {
+        let (low, high) = self.latency;
+        if high <= low {
+            return low;
+        }
+        low + Duration::from_nanos(
+            self.rng
+                .random_range(0..u64::try_from((high - low).as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    fn schedule(&mut self, at: Instant, event: Event) {
+        self.next_event += 1;
+        self.events.insert((at, self.next_event), event);
+    }
+
+    /// Moves node `i`'s outputs onto the network and re-arms its timer.
+    fn flush(&mut self, i: usize) {
+        if self.nodes[i].crashed {
+            return;
+        }
+        let from = sim_addr(i);
+        while let Some(transmit) = self.nodes[i].memberlist.poll_transmit() {
+            let Some(&to) = self.by_addr.get(&transmit.to) else {
+                continue;
+            };
+            if !self.reachable(i, to) || self.rng.random_bool(self.loss.clamp(0.0, 1.0)) {
+                continue;
+            }
+            let at = self.now + self.latency();
+            let payload = transmit.payload;
+            self.schedule(at, Event::Packet { to, from, payload });
+        }
+        while let Some(stream) = self.nodes[i].memberlist.poll_stream() {
+            let target = self.by_addr.get(&stream.to).copied();
+            match target {
+                Some(to) if self.reachable(i, to) => {
+                    let at = self.now + self.latency();
+                    let event = Event::StreamOpen {
+                        to,
+                        from: i,
+                        id: stream.id,
+                        payload: stream.payload,
+                        expects_reply: stream.expects_reply,
+                        deadline: stream.deadline,
+                    };
+                    self.schedule(at, event);
+                }
+                // Across a partition the connection hangs until the deadline.
+                Some(to) if !self.nodes[to].crashed => {
+                    let reply = Err("i/o timeout".to_owned());
+                    let event = Event::StreamReply { to: i, id: stream.id, reply };
+                    self.schedule(stream.deadline, event);
+                }
+                _ => {
+                    let at = self.now + self.latency();
+                    let reply = Err("connection refused".to_owned());
+                    let event = Event::StreamReply { to: i, id: stream.id, reply };
+                    self.schedule(at, event);
+                }
+            }
+        }
+        while let Some(outcome) = self.nodes[i].memberlist.poll_join_outcome() {
+            self.nodes[i].join_outcomes.push(outcome);
+        }
+        let wake = self.nodes[i].memberlist.poll_timeout();
+        if wake != self.nodes[i].wake {
+            self.nodes[i].wake = wake;
+            if let Some(at) = wake {
+                let when = at.max(self.now);
+                self.schedule(when, Event::Timer { node: i, at });
+            }
+        }
+    }
+
+    /// Processes every event up to `until`, then sets the clock there.
+    pub(crate) fn run_until(&mut self, until: Instant) {
+        while let Some(entry) = self.events.first_entry() {
+            if entry.key().0 > until {
+                break;
+            }
+            let ((at, _), event) = entry.remove_entry();
+            self.steps += 1;
+            assert!(
+                self.steps < self.max_steps,
+                "runaway simulation at {:?}",
+                self.elapsed()
+            );
+            self.now = at;
+            self.process(event);
+        }
+        self.now = until;
+    }
+
+    pub(crate) fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        self.run_until(until);
+    }
+
+    /// Runs until `done` holds (checked every `check_every`) or `limit` of virtual time has
+    /// passed; returns how long it took.
+    pub(crate) fn run_until_true(
+        &mut self,
+        limit: Duration,
+        check_every: Duration,
+        done: impl Fn(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let started = self.now;
+        let until = self.now + limit;
+        while self.now < until {
+            if done(self) {
+                return Some(self.now - started);
+            }
+            let next = (self.now + check_every).min(until);
+            self.run_until(next);
+        }
+        done(self).then(|| self.now - started)
+    }
+
+    fn process(&mut self, event: Event) {
+        let now = self.now;
+        match event {
+            Event::Packet { to, from, payload } => {
+                if self.nodes[to].crashed {
+                    return;
+                }
+                // Garbage is impossible here: every packet was built by a memberlist.
+                if let Err(error) = self.nodes[to].memberlist.handle_packet(now, from, &payload) {
+                    panic!("node{to} refused a packet from {from}: {error}");
+                }
+                self.flush(to);
+            }
+            Event::StreamOpen {
+                to,
+                from,
+                id,
+                payload,
+                expects_reply,
+                deadline,
+            } => {
+                if !self.reachable(from, to) {
+                    let reply = Err("connection reset".to_owned());
+                    self.schedule(deadline.max(now), Event::StreamReply { to: from, id, reply });
+                    return;
+                }
+                let reply = self.nodes[to]
+                    .memberlist
+                    .handle_stream(now, sim_addr(from), &payload);
+                self.flush(to);
+                if !expects_reply {
+                    return;
+                }
+                let reply = reply.ok_or_else(|| "connection closed".to_owned());
+                let at = now + self.latency();
+                let (at, reply) = if at > deadline {
+                    (deadline.max(now), Err("i/o timeout".to_owned()))
+                } else {
+                    (at, reply)
+                };
+                self.schedule(at, Event::StreamReply { to: from, id, reply });
+            }
+            Event::StreamReply { to, id, reply } => {
+                if self.nodes[to].crashed {
+                    return;
+                }
+                self.nodes[to].memberlist.handle_stream_reply(now, id, reply);
+                self.flush(to);
+            }
+            Event::Timer { node, at } => {
+                if self.nodes[node].crashed || self.nodes[node].wake != Some(at) {
+                    return;
+                }
+                self.nodes[node].wake = None;
+                self.nodes[node].memberlist.handle_timeout(now);
+                self.flush(node);
+            }
+            Event::Reconnect => {
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].crashed {
+                        continue;
+                    }
+                    let memberlist = &self.nodes[i].memberlist;
+                    let failed: Vec<SocketAddr> =
+                        memberlist.delegate().failed.values().copied().collect();
+                    if failed.is_empty() {
+                        continue;
+                    }
+                    let alive = memberlist.num_alive().max(1);
+                    let probability = (failed.len() as f64 / alive as f64).min(1.0);
+                    if !self.rng.random_bool(probability) {
+                        continue;
+                    }
+                    let addr = failed[self.rng.random_range(0..failed.len())];
+                    self.nodes[i].memberlist.join(now, vec![addr]);
+                    self.flush(i);
+                }
+                if let Some(interval) = self.reconnect_interval {
+                    self.schedule(now + interval, Event::Reconnect);
+                }
+            }
+        }
+    }
+
+    /// Whether every live node lists exactly the live nodes as alive (and no others alive).
+    pub(crate) fn converged(&self) -> bool {
+        let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_live(i)).collect();
+        live.iter().all(|&i| {
+            let alive: Vec<&Node> = self.nodes[i]
+                .memberlist
+                .members()
+                .filter(|n| n.state == NodeState::Alive)
+                .collect();
+            alive.len() == live.len()
+                && live
+                    .iter()
+                    .all(|&j| alive.iter().any(|n| n.name == format!("node{j}")))
+        })
+    }
+
+    /// Names of nodes node `i` has reported dead (not left) at some point.
+    pub(crate) fn declared_dead_by(&self, i: usize) -> Vec<String> {
+        self.nodes[i]
+            .memberlist
+            .delegate()
+            .leaves
+            .iter()
+            .filter(|(_, node)| node.state == NodeState::Dead)
+            .map(|(_, node)| node.name.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lan(name: String, addr: SocketAddr) -> Config {
+        Config::lan(name, addr)
+    }
+
+    /// Every node joins node 0 at once; returns how long convergence took.
+    fn started(seed: u64, n: usize) -> Sim {
+        let mut sim = Sim::new(seed, n, lan);
+        for i in 1..n {
+            sim.join(i, 0);
+        }
+        sim
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_run() {
+        let fingerprint = |seed| {
+            let mut sim = started(seed, 5);
+            sim.loss = 0.1;
+            sim.run_for(Duration::from_secs(20));
+            (0..5)
+                .map(|i| {
+                    let stats = sim.nodes[i].memberlist.stats();
+                    (stats.packets_sent, stats.packets_received, stats.streams_out)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fingerprint(7), fingerprint(7));
+        assert_ne!(fingerprint(7), fingerprint(8));
+    }
+
+    #[test]
+    fn a_hundred_nodes_joined_to_one_converge() {
+        run_seeded(1, |seed| {
+            let mut sim = started(seed, 100);
+            let took = sim.run_until_true(
+                Duration::from_secs(60),
+                Duration::from_millis(500),
+                Sim::converged,
+            );
+            let took = took.expect("100 nodes did not converge within 60 s");
+            assert!(took <= Duration::from_secs(30), "converged only after {took:?}");
+            for node in &sim.nodes {
+                assert_eq!(node.join_outcomes.len(), 1);
+                assert_eq!(node.join_outcomes[0].joined, 1);
+            }
+        });
+    }
+
+    #[test]
+    fn a_crashed_node_is_declared_dead_by_every_live_node() {
+        run_seeded(2, |seed| {
+            let n = 15;
+            let mut sim = started(seed, n);
+            sim.run_until_true(Duration::from_secs(30), Duration::from_millis(500), Sim::converged)
+                .expect("converged");
+            sim.crash(7);
+            let took = sim.run_until_true(
+                Duration::from_secs(60),
+                Duration::from_millis(500),
+                |sim| {
+                    (0..n)
+                        .filter(|&i| sim.is_live(i))
+                        .all(|i| sim.declared_dead_by(i).contains(&"node7".to_owned()))
+                },
+            );
+            let took = took.expect("node7 not declared dead everywhere within 60 s");
+            // Suspicion alone takes 4 s to 24 s here (15 nodes); gossip spreads it at once.
+            assert!(took <= Duration::from_secs(40), "took {took:?}");
+            for i in (0..n).filter(|&i| sim.is_live(i)) {
+                let dead = sim.declared_dead_by(i);
+                assert_eq!(dead, vec!["node7".to_owned()], "node{i}");
+            }
+        });
+    }
+
+    #[test]
+    fn ten_percent_packet_loss_never_kills_a_live_node() {
+        run_seeded(3, |seed| {
+            let n = 10;
+            let mut sim = started(seed, n);
+            sim.run_until_true(Duration::from_secs(30), Duration::from_millis(500), Sim::converged)
+                .expect("converged");
+            sim.loss = 0.1;
+            sim.run_for(Duration::from_secs(600));
+            for i in 0..n {
+                let leaves = &sim.nodes[i].memberlist.delegate().leaves;
+                assert!(leaves.is_empty(), "node{i} saw {leaves:?}");
+            }
+            sim.loss = 0.0;
+            sim.run_for(Duration::from_secs(5));
+            assert!(sim.converged());
+        });
+    }
+
+    #[test]
+    fn a_healed_partition_merges_again_through_reconnects() {
+        run_seeded(4, |seed| {
+            let n = 10;
+            let mut sim = started(seed, n);
+            sim.run_until_true(Duration::from_secs(30), Duration::from_millis(500), Sim::converged)
+                .expect("converged");
+            let side = |i: usize| u32::from(i >= n / 2);
+            sim.partition(side);
+            let split = sim.run_until_true(
+                Duration::from_secs(120),
+                Duration::from_secs(1),
+                |sim| {
+                    (0..n).all(|i| {
+                        let failed = &sim.nodes[i].memberlist.delegate().failed;
+                        (0..n)
+                            .filter(|&j| side(j) != side(i))
+                            .all(|j| failed.contains_key(&format!("node{j}")))
+                    })
+                },
+            );
+            split.expect("the two halves did not declare each other dead");
+            // Long enough for memberlist to forget the dead (gossip_to_the_dead_time).
+            sim.run_for(Duration::from_secs(60));
+            sim.heal();
+            sim.enable_reconnect(Duration::from_secs(30));
+            let merged = sim.run_until_true(
+                Duration::from_secs(300),
+                Duration::from_secs(1),
+                Sim::converged,
+            );
+            merged.expect("the halves did not merge within 5 minutes of healing");
+        });
+    }
+}
