@@ -1640,6 +1640,55 @@ mod tests {
     }
 
     #[test]
+    fn agent_gossip_flags_parse_go_style() {
+        let Command::Agent(flags) = parse(&[
+            "serf",
+            "agent",
+            "-join",
+            "10.0.0.1",
+            "-join=10.0.0.2:7000",
+            "--retry-join",
+            "seed.example",
+            "-retry-interval",
+            "5s",
+            "-retry-max=3",
+            "-replay",
+            "-encrypt",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            "-keyring-file",
+            "keys.json",
+            "-profile=wan",
+            "-protocol",
+            "-1",
+            "-disable-compression",
+        ]) else {
+            panic!("not agent")
+        };
+        assert_eq!(flags.join, ["10.0.0.1", "10.0.0.2:7000"]);
+        assert_eq!(flags.retry_join, ["seed.example"]);
+        assert_eq!(flags.retry_interval, Some(Duration::from_secs(5)));
+        assert_eq!(flags.retry_max, Some(3));
+        assert!(flags.replay);
+        assert_eq!(
+            flags.encrypt.as_deref(),
+            Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+        );
+        assert_eq!(
+            flags.keyring_file.as_deref(),
+            Some(std::path::Path::new("keys.json"))
+        );
+        assert_eq!(flags.profile.as_deref(), Some("wan"));
+        assert_eq!(flags.protocol, Some(-1));
+        assert!(flags.disable_compression);
+        let Command::Agent(flags) = parse(&["serf", "agent", "-replay=false"]) else {
+            panic!("not agent")
+        };
+        assert!(!flags.replay);
+        assert!(!flags.disable_compression);
+        assert!(flags.join.is_empty());
+    }
+
+    #[test]
     fn go_bools_and_durations_parse_like_go() {
         for text in ["1", "t", "T", "TRUE", "true", "True"] {
             assert_eq!(parse_go_bool(text), Ok(true));

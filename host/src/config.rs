@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::gossip::Keyring;
+use crate::gossip::keyring::{self, KeyringError};
 use crate::plugin::{EventFilter, FilterError, Limits, PluginSpec};
 
 /// Serf's default gossip port.
@@ -591,29 +592,22 @@ impl Config {
     }
 }
 
-/// The AES key sizes memberlist accepts.
-const KEY_SIZES: [usize; 3] = [16, 24, 32];
-
-/// Decodes a base64 encryption key (standard alphabet, padded) and checks its length.
+/// Decodes a base64 encryption key (standard alphabet, padded) and checks its length; the
+/// error says what is wrong without repeating the key.
 pub fn decode_key(text: &str) -> Result<Vec<u8>, String> {
-    use base64::Engine as _;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|error| format!("not base64: {error}"))?;
-    if !KEY_SIZES.contains(&key.len()) {
-        return Err(format!(
-            "key must be 16, 24 or 32 bytes, got {} bytes",
-            key.len()
-        ));
-    }
-    Ok(key)
+    keyring::parse_key(text.trim()).map_err(|error| match error {
+        KeyringError::KeySize(len) => {
+            format!("key must be 16, 24 or 32 bytes, got {len} bytes")
+        }
+        KeyringError::Base64(_) => format!("not base64: {error}"),
+        other => other.to_string(),
+    })
 }
 
 /// A keyring holding only the `-encrypt` key.
 fn keyring_from_key(text: &str) -> Result<Keyring, ConfigError> {
     let key = decode_key(text).map_err(ConfigError::EncryptKey)?;
-    let _ = key;
-    todo!("TEMP keyring")
+    Keyring::new(vec![key]).map_err(|error| ConfigError::EncryptKey(error.to_string()))
 }
 
 /// Reads a keyring file; as in Serf, it must exist and hold at least one key.
@@ -623,8 +617,7 @@ fn load_keyring(path: &Path) -> Result<Keyring, ConfigError> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-    let _ = (text, error);
-    todo!("TEMP keyring")
+    Keyring::load_file_contents(&text).map_err(|e| error(e.to_string()))
 }
 
 /// A Go boolean flag value: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
@@ -1042,10 +1035,16 @@ mod tests {
             ..AgentFlags::default()
         };
         assert!(resolve("", &on).unwrap().replay_on_join);
-        assert!(resolve("replay_on_join = true", &AgentFlags::default())
-            .unwrap()
-            .replay_on_join);
-        assert!(resolve("replay_on_join = true", &on).unwrap().replay_on_join);
+        assert!(
+            resolve("replay_on_join = true", &AgentFlags::default())
+                .unwrap()
+                .replay_on_join
+        );
+        assert!(
+            resolve("replay_on_join = true", &on)
+                .unwrap()
+                .replay_on_join
+        );
         let config = resolve(
             "leave_on_terminate = true\nskip_leave_on_interrupt = true",
             &AgentFlags::default(),
@@ -1062,12 +1061,16 @@ mod tests {
             ..AgentFlags::default()
         };
         assert!(!resolve("", &off).unwrap().enable_compression);
-        assert!(!resolve("enable_compression = true", &off)
-            .unwrap()
-            .enable_compression);
-        assert!(!resolve("enable_compression = false", &AgentFlags::default())
-            .unwrap()
-            .enable_compression);
+        assert!(
+            !resolve("enable_compression = true", &off)
+                .unwrap()
+                .enable_compression
+        );
+        assert!(
+            !resolve("enable_compression = false", &AgentFlags::default())
+                .unwrap()
+                .enable_compression
+        );
     }
 
     #[test]
@@ -1094,10 +1097,7 @@ mod tests {
             ..AgentFlags::default()
         };
         let error = resolve("", &flags).unwrap_err().to_string();
-        assert_eq!(
-            error,
-            "invalid profile \"LAN\": expected lan, wan or local"
-        );
+        assert_eq!(error, "invalid profile \"LAN\": expected lan, wan or local");
     }
 
     #[test]
@@ -1115,7 +1115,12 @@ mod tests {
         // Serf ignores zero and negative values (its flag default is -1).
         assert_eq!(resolve("", &with(0)).unwrap().protocol, 5);
         assert_eq!(resolve("", &with(-1)).unwrap().protocol, 5);
-        assert_eq!(resolve("protocol = 3", &AgentFlags::default()).unwrap().protocol, 3);
+        assert_eq!(
+            resolve("protocol = 3", &AgentFlags::default())
+                .unwrap()
+                .protocol,
+            3
+        );
         for bad in [1, 6, 300] {
             let error = resolve("", &with(bad)).unwrap_err().to_string();
             assert!(error.contains("from 2 to 5"), "{bad}: {error}");
@@ -1128,7 +1133,10 @@ mod tests {
             ("not base64!", "not base64"),
             ("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", "not base64"),
             ("AAECAwQFBgcICQoLDA0O", "got 15 bytes"),
-            ("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gIQ==", "got 34 bytes"),
+            (
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gIQ==",
+                "got 34 bytes",
+            ),
         ] {
             let flags = AgentFlags {
                 encrypt: Some(key.into()),
@@ -1184,5 +1192,55 @@ mod tests {
             error.starts_with(&format!("cannot load keyring file {}: ", path.display())),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_keyring_file_is_read_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let second = "AAAAAAAAAAAAAAAAAAAAAA==";
+        std::fs::write(
+            dir.path().join("keyring.json"),
+            format!("[\n  \"{KEY_32}\",\n  \"{second}\"\n]\n"),
+        )
+        .unwrap();
+        let file = FileConfig::parse("keyring_file = \"keyring.json\"", Path::new("x")).unwrap();
+        let config = Config::resolve(file, dir.path(), &AgentFlags::default()).unwrap();
+        let keyring = config.keyring.expect("a keyring");
+        assert_eq!(keyring.primary(), decode_key(KEY_32).unwrap());
+        assert_eq!(keyring.keys().len(), 2);
+        assert_eq!(config.keyring_file, Some(dir.path().join("keyring.json")));
+    }
+
+    #[test]
+    fn a_malformed_keyring_file_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, needle) in [
+            ("[]", "no keys"),
+            ("{\"a\": 1}", "invalid keyring file"),
+            ("[\"AAAA\"]", "key size"),
+            ("[\"!!\"]", "base64"),
+        ] {
+            let path = dir.path().join("keyring.json");
+            std::fs::write(&path, text).unwrap();
+            let flags = AgentFlags {
+                keyring_file: Some(path),
+                ..AgentFlags::default()
+            };
+            let error = resolve("", &flags).unwrap_err().to_string();
+            assert!(error.starts_with("cannot load keyring file "), "{error}");
+            assert!(error.contains(needle), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_encryption_key_makes_a_one_key_keyring() {
+        let flags = AgentFlags {
+            encrypt: Some(KEY_32.into()),
+            ..AgentFlags::default()
+        };
+        let config = resolve("", &flags).unwrap();
+        let keyring = config.keyring.expect("a keyring");
+        assert_eq!(keyring.keys(), [decode_key(KEY_32).unwrap()]);
+        assert_eq!(config.keyring_file, None);
     }
 }

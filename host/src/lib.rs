@@ -13,4 +13,6 @@ pub mod rpc;
 pub mod serf;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tidy;

@@ -186,7 +186,10 @@ where
             Err(error) => {
                 failed = failed.saturating_add(1);
                 if max_attempts > 0 && failed > max_attempts {
-                    tracing::error!(attempts = failed, "maximum retry join attempts made, exiting");
+                    tracing::error!(
+                        attempts = failed,
+                        "maximum retry join attempts made, exiting"
+                    );
                     return None;
                 }
                 tracing::warn!(error = %error.trim_end(), retry_in = ?interval, "join failed");
@@ -217,7 +220,10 @@ mod tests {
         assert_eq!(split("[::1]"), Ok(("::1".into(), 7946)));
         assert_eq!(split("::1"), Ok(("::1".into(), 7946)));
         assert_eq!(split("fe80::1:2"), Ok(("fe80::1:2".into(), 7946)));
-        assert_eq!(split_join_addr("10.0.0.1", 8301), Ok(("10.0.0.1".into(), 8301)));
+        assert_eq!(
+            split_join_addr("10.0.0.1", 8301),
+            Ok(("10.0.0.1".into(), 8301))
+        );
     }
 
     #[test]
@@ -246,11 +252,18 @@ mod tests {
         );
         let local = resolve_join_addr("localhost:7001", 7946).await.unwrap();
         assert!(!local.is_empty());
-        assert!(local.iter().all(|a| a.ip().is_loopback() && a.port() == 7001));
+        assert!(
+            local
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 7001)
+        );
         let error = resolve_join_addr("no-such-host.invalid", 7946)
             .await
             .unwrap_err();
-        assert!(error.starts_with("lookup no-such-host.invalid: "), "{error}");
+        assert!(
+            error.starts_with("lookup no-such-host.invalid: "),
+            "{error}"
+        );
     }
 
     #[tokio::test]

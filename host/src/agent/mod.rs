@@ -42,7 +42,7 @@ const QUERY_OUTPUT_QUEUE: usize = 1024;
 pub const LEAVE_BOUND: Duration = Duration::from_secs(6);
 
 pub use join::retry_join;
-pub use transport::TransportStats;
+pub use transport::{MAX_INBOUND_STREAMS, MAX_OUTBOUND_STREAMS, TransportStats};
 
 /// Why the agent did not do what a handle asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,7 +197,9 @@ impl Agent {
         )
         .await;
         let plugins = Arc::new(plugins);
-        let tcp_timeout = serf_config(&config, config.advertise).memberlist.tcp_timeout;
+        let tcp_timeout = serf_config(&config, config.advertise)
+            .memberlist
+            .tcp_timeout;
         let transport = transport::Transport::bind(config.bind, tcp_timeout).await?;
         let gossip_addr = transport.local_addr;
         // Port 0 (tests) means whatever port the sockets got.
@@ -744,17 +746,141 @@ mod tests {
     use super::*;
     use crate::config::{AgentFlags, FileConfig};
 
-    async fn agent() -> Agent {
-        let flags = AgentFlags {
-            node: Some("solo".into()),
-            bind: Some("127.0.0.1:0".into()),
-            ..AgentFlags::default()
-        };
+    fn config(flags: AgentFlags) -> Config {
         let mut config =
             Config::resolve(FileConfig::default(), std::path::Path::new("."), &flags).unwrap();
         config.data_dir = None;
         config.plugin_cache_dir = None;
+        config
+    }
+
+    async fn agent() -> Agent {
+        named_agent("solo").await
+    }
+
+    /// An agent on loopback, any port, with the fast `local` profile.
+    async fn named_agent(name: &str) -> Agent {
+        let config = config(AgentFlags {
+            node: Some(name.into()),
+            bind: Some("127.0.0.1:0".into()),
+            profile: Some("local".into()),
+            ..AgentFlags::default()
+        });
         Agent::start(config, LogHub::new()).await.unwrap()
+    }
+
+    /// Polls `check` every 50 ms until it holds or `timeout` passes.
+    async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    async fn status_of(handle: &AgentHandle, name: &str) -> Option<serf::MemberStatus> {
+        let members = handle.members().await.ok()?;
+        members.iter().find(|m| m.name == name).map(|m| m.status)
+    }
+
+    #[test]
+    fn the_core_gets_the_profile_keyring_compression_and_protocol() {
+        let config = config(AgentFlags {
+            node: Some("n".into()),
+            profile: Some("wan".into()),
+            protocol: Some(3),
+            disable_compression: true,
+            encrypt: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
+            ..AgentFlags::default()
+        });
+        let advertise: SocketAddr = "10.0.0.1:7946".parse().unwrap();
+        let core = serf_config(&config, advertise);
+        let wan = gossip::Config::wan("n".into(), advertise);
+        assert_eq!(core.memberlist.tcp_timeout, wan.tcp_timeout);
+        assert_eq!(core.memberlist.probe_interval, wan.probe_interval);
+        assert_eq!(core.gossip_interval, wan.gossip_interval);
+        assert_eq!(core.memberlist.vsn, [1, 5, 2, 2, 5, 3]);
+        assert!(!core.memberlist.enable_compression);
+        assert_eq!(core.memberlist.keyring.map(|k| k.keys().len()), Some(1));
+        assert_eq!(core.memberlist.advertise, advertise);
+        assert_eq!(core.advertise, advertise);
+
+        let plain = serf_config(&self::config(AgentFlags::default()), advertise);
+        assert_eq!(plain.memberlist.vsn, gossip::message::SERF_0_9_4_VSN);
+        assert!(plain.memberlist.enable_compression);
+        assert!(plain.memberlist.keyring.is_none());
+        assert_eq!(plain.gossip_interval, Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn two_agents_join_and_leave_over_loopback() {
+        let a = named_agent("a").await;
+        let b = named_agent("b").await;
+        let (a_handle, b_handle) = (a.handle(), b.handle());
+        let seed = b_handle.gossip_addr().to_string();
+        assert_eq!(a_handle.join(vec![seed], false).await, Ok(1));
+        let converged = eventually(Duration::from_secs(10), || async {
+            status_of(&b_handle, "a").await == Some(serf::MemberStatus::Alive)
+                && status_of(&a_handle, "b").await == Some(serf::MemberStatus::Alive)
+        })
+        .await;
+        assert!(converged, "the agents never saw each other");
+        let stats = a_handle.stats().await.unwrap();
+        assert!(stats.gossip.streams_out >= 1, "{:?}", stats.gossip);
+        assert!(!stats.encrypted);
+
+        a_handle.leave().await.unwrap();
+        let left = eventually(Duration::from_secs(10), || async {
+            status_of(&b_handle, "a").await == Some(serf::MemberStatus::Left)
+        })
+        .await;
+        assert!(left, "b never saw a leave");
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_join_reaching_nobody_fails_with_serfs_message() {
+        let a = named_agent("a").await;
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let error = a
+            .handle()
+            .join(vec![closed.to_string()], false)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "1 error occurred:\n\t* Failed to join 127.0.0.1: \
+                 dial tcp {closed}: connect: connection refused\n\n"
+            )
+        );
+        assert_eq!(a.handle().stats().await.unwrap().pending_joins, 0);
+        a.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn leaving_alone_completes_at_once() {
+        let agent = agent().await;
+        let handle = agent.handle();
+        let started = Instant::now();
+        handle.leave().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            status_of(&handle, "solo").await,
+            Some(serf::MemberStatus::Left)
+        );
+        agent.shutdown().await;
     }
 
     #[tokio::test]

@@ -24,13 +24,13 @@ use crate::gossip::{DecodeError, StreamId, StreamRequest};
 /// The largest UDP packet read (memberlist's receive buffer).
 pub(super) const UDP_RECEIVE_BYTES: usize = 65536;
 /// Inbound TCP streams served at once; more are closed at once and counted.
-pub(crate) const MAX_INBOUND_STREAMS: usize = 128;
+pub const MAX_INBOUND_STREAMS: usize = 128;
 /// Outbound TCP streams running at once; more fail at once and are counted.
-pub(crate) const MAX_OUTBOUND_STREAMS: usize = 128;
+pub const MAX_OUTBOUND_STREAMS: usize = 128;
 /// How long the accept loop pauses after a failed accept (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Read size for stream messages.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A complete stream message from a peer, waiting for the core; `reply` carries the bytes to
 /// write back (if any) before the connection closes.
@@ -195,8 +195,8 @@ async fn bind_both(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)>
     let mut tries = 0;
     loop {
         tries += 1;
-        let listener = listen(addr)
-            .with_context(|| format!("cannot listen for gossip streams on {addr}"))?;
+        let listener =
+            listen(addr).with_context(|| format!("cannot listen for gossip streams on {addr}"))?;
         let port = listener
             .local_addr()
             .context("cannot read the gossip listener's address")?
@@ -252,12 +252,10 @@ async fn accept_loop(
         let counters = Arc::clone(&counters);
         tokio::spawn(async move {
             let deadline = Instant::now() + tcp_timeout;
-            let served = tokio::time::timeout_at(
-                deadline,
-                serve_inbound(stream, peer, &inbound, &counters),
-            )
-            .await
-            .unwrap_or_else(|_| Err("i/o timeout".to_owned()));
+            let served =
+                tokio::time::timeout_at(deadline, serve_inbound(stream, peer, &inbound, &counters))
+                    .await
+                    .unwrap_or_else(|_| Err("i/o timeout".to_owned()));
             if let Err(error) = served {
                 let failures = Counters::bump(&counters.inbound_stream_failures);
                 tracing::debug!(%peer, %error, failures, "inbound gossip stream failed");
@@ -348,10 +346,13 @@ pub(crate) enum StreamReadError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads exactly one stream message: bytes until `frame_len` (normally
-/// [`stream_frame_len`]) says how long the message is and that many have arrived. Refuses
-/// messages longer than `max` without reading them. Never reads past the message once its
-/// length is known.
+/// Reads exactly one stream message: bytes until `frame_len` (normally [`stream_frame_len`])
+/// says how long the message is and that many have arrived. Refuses messages longer than `max`
+/// (reading at most `max + 1` bytes). Never reads past the message once its length is known.
+///
+/// `frame_len` measures from the first byte each time, so it runs only when the reader has
+/// caught up with the peer (nothing more to read right now) or at end of stream: a peer
+/// sending a large message in one go costs one measurement, not one per read.
 pub(crate) async fn read_message<R, F>(
     reader: &mut R,
     max: usize,
@@ -363,34 +364,70 @@ where
 {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut known: Option<usize> = None;
+    // How much of `buf` the last measurement saw.
+    let mut measured = 0;
     loop {
-        let known = if buf.is_empty() {
-            None
-        } else {
-            frame_len(&buf)?
-        };
-        let room = match known {
+        if known.is_none() && buf.len() > measured && buf.len() > max {
+            measured = buf.len();
+            known = frame_len(&buf)?;
+        }
+        match known {
             Some(len) if len > max => return Err(StreamReadError::TooLarge { len, max }),
             Some(len) if buf.len() >= len => {
                 buf.truncate(len);
                 return Ok(buf);
             }
-            Some(len) => len - buf.len(),
             None if buf.len() > max => {
                 return Err(StreamReadError::TooLarge {
                     len: buf.len(),
                     max,
                 });
             }
-            // One byte past the limit is enough to know the message is too long.
-            None => max + 1 - buf.len(),
+            _ => {}
+        }
+        // One byte past the limit is enough to know the message is too long.
+        let limit = known.unwrap_or(max + 1);
+        let want = (limit - buf.len()).min(chunk.len());
+        let read = match read_ready(reader, &mut chunk[..want]) {
+            Some(read) => read?,
+            None => {
+                // Everything the peer has sent is here: is the message complete?
+                if known.is_none() && buf.len() > measured {
+                    measured = buf.len();
+                    known = frame_len(&buf)?;
+                    if known.is_some() {
+                        continue;
+                    }
+                }
+                reader.read(&mut chunk[..want]).await?
+            }
         };
-        let want = room.min(chunk.len());
-        let read = reader.read(&mut chunk[..want]).await?;
         if read == 0 {
+            if known.is_none() && buf.len() > measured {
+                measured = buf.len();
+                known = frame_len(&buf)?;
+                if known.is_some() {
+                    continue;
+                }
+            }
             return Err(StreamReadError::Eof(buf.len()));
         }
         buf.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Reads what has already arrived without waiting: `None` when nothing has.
+fn read_ready<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    into: &mut [u8],
+) -> Option<std::io::Result<usize>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut read_buf = tokio::io::ReadBuf::new(into);
+    match std::pin::Pin::new(reader).poll_read(&mut cx, &mut read_buf) {
+        std::task::Poll::Ready(Ok(())) => Some(Ok(read_buf.filled().len())),
+        std::task::Poll::Ready(Err(error)) => Some(Err(error)),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -411,7 +448,6 @@ pub(super) fn go_error_text(error: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt as _;
 
     /// Stands in for the gossip framing: `[10] [len u32]` and `len` bytes, like an encrypted
     /// stream message; any other first byte is refused.
@@ -449,10 +485,74 @@ mod tests {
         });
         let read = read_message(&mut reader, 1024, framed).await.unwrap();
         assert_eq!(read, message);
-        let _writer = writing.await.unwrap();
         let mut rest = [0u8; 4];
         reader.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"NEXT", "nothing past the message was consumed");
+        writing.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn gossip_framing_finds_the_end_of_a_trickling_ping() {
+        // [0] ping {"SeqNo": 1, "Node": "a"}, then the start of something else.
+        let mut ping = vec![0, 0x82, 0xa5];
+        ping.extend_from_slice(b"SeqNo");
+        ping.extend_from_slice(&[0x01, 0xa4]);
+        ping.extend_from_slice(b"Node");
+        ping.extend_from_slice(&[0xa1, b'a']);
+        let (mut reader, mut writer) = tokio::io::duplex(1);
+        let mut sent = ping.clone();
+        sent.push(0x99);
+        let writing = tokio::spawn(async move {
+            for byte in sent {
+                writer.write_all(&[byte]).await.unwrap();
+            }
+            writer
+        });
+        let read = read_message(&mut reader, MAX_STREAM_BYTES, stream_frame_len)
+            .await
+            .unwrap();
+        assert_eq!(read, ping);
+        let mut next = [0u8; 1];
+        reader.read_exact(&mut next).await.unwrap();
+        assert_eq!(next, [0x99]);
+        writing.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_large_message_sent_at_once_is_measured_rarely() {
+        let message = frame(&vec![7; 1 << 20]);
+        let (mut reader, mut writer) = tokio::io::duplex(8 << 20);
+        writer.write_all(&message).await.unwrap();
+        let calls = std::cell::Cell::new(0);
+        let counted = |buf: &[u8]| {
+            calls.set(calls.get() + 1);
+            match framed(buf)? {
+                // Like the real framing: no length until the whole message is here.
+                Some(len) if len <= buf.len() => Ok(Some(len)),
+                _ => Ok(None),
+            }
+        };
+        let read = read_message(&mut reader, MAX_STREAM_BYTES, counted)
+            .await
+            .unwrap();
+        assert_eq!(read.len(), message.len());
+        assert_eq!(calls.get(), 1, "measured once, when the reader caught up");
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_frame_announcing_too_much_is_refused_by_the_gossip_framing() {
+        let (mut reader, mut writer) = tokio::io::duplex(64);
+        let too_long = u32::try_from(MAX_STREAM_BYTES + 1).unwrap();
+        let mut header = vec![10];
+        header.extend_from_slice(&too_long.to_be_bytes());
+        writer.write_all(&header).await.unwrap();
+        let error = read_message(&mut reader, MAX_STREAM_BYTES, stream_frame_len)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StreamReadError::Decode(DecodeError::TooLarge { .. })),
+            "{error}"
+        );
     }
 
     #[tokio::test]
@@ -495,7 +595,10 @@ mod tests {
         writer.write_all(&[0xff, 1, 2]).await.unwrap();
         let error = read_message(&mut reader, 64, framed).await.unwrap_err();
         assert!(
-            matches!(error, StreamReadError::Decode(DecodeError::UnknownType(0xff))),
+            matches!(
+                error,
+                StreamReadError::Decode(DecodeError::UnknownType(0xff))
+            ),
             "{error}"
         );
     }
@@ -529,7 +632,10 @@ mod tests {
         let error = run_outbound(request(closed, true, Duration::from_secs(5)))
             .await
             .unwrap_err();
-        assert_eq!(error, format!("dial tcp {closed}: connect: connection refused"));
+        assert_eq!(
+            error,
+            format!("dial tcp {closed}: connect: connection refused")
+        );
 
         // A peer that accepts and never answers: the read gives up at the deadline.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

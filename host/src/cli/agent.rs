@@ -80,7 +80,10 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
         config.keyring.is_some()
     );
     println!("                       Snapshot: false");
-    println!("                        Profile: {}", config.profile.as_str());
+    println!(
+        "                        Profile: {}",
+        config.profile.as_str()
+    );
     println!(
         "    Message Compression Enabled: {}",
         config.enable_compression
@@ -90,10 +93,7 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
         plugins.len()
     );
     if !config.start_join.is_empty() {
-        println!(
-            "==> Joining cluster...(replay: {})",
-            config.replay_on_join
-        );
+        println!("==> Joining cluster...(replay: {})", config.replay_on_join);
         match handle
             .join(config.start_join.clone(), config.replay_on_join)
             .await

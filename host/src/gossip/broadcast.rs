@@ -212,7 +212,10 @@ mod tests {
         assert!(!queue.is_queued(old));
         assert!(queue.is_queued(new));
         assert_eq!(queue.num_queued(), 2);
-        assert_eq!(queue.get_broadcasts(0, 100), vec![b"new".to_vec(), b"x".to_vec()]);
+        assert_eq!(
+            queue.get_broadcasts(0, 100),
+            vec![b"new".to_vec(), b"x".to_vec()]
+        );
     }
 
     #[test]

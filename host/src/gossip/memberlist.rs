@@ -111,6 +111,8 @@ struct Leave {
     at: Instant,
     broadcast: Option<BroadcastId>,
     anyone_to_tell: bool,
+    /// `tcp_timeout` has passed since the leave.
+    timed_out: bool,
 }
 
 /// One node's view of the cluster: SWIM failure detection and gossip over memberlist
@@ -220,10 +222,8 @@ impl<D: Delegate> Memberlist<D> {
             },
         )]);
         let interval = |d: Duration| (!d.is_zero()).then_some(d);
-        let next_probe_at =
-            interval(config.probe_interval).map(|d| now + stagger(&mut rng, d));
-        let next_gossip_at =
-            interval(config.gossip_interval).map(|d| now + stagger(&mut rng, d));
+        let next_probe_at = interval(config.probe_interval).map(|d| now + stagger(&mut rng, d));
+        let next_gossip_at = interval(config.gossip_interval).map(|d| now + stagger(&mut rng, d));
         let next_push_pull_at =
             interval(config.push_pull_interval).map(|d| now + stagger(&mut rng, d) + d);
         let mut broadcasts = BroadcastQueue::new(config.retransmit_mult);
@@ -333,6 +333,7 @@ impl<D: Delegate> Memberlist<D> {
             at: now,
             broadcast: None,
             anyone_to_tell,
+            timed_out: false,
         });
         let incarnation = self.local_node().incarnation;
         let name = self.config.name.clone();
@@ -353,7 +354,9 @@ impl<D: Delegate> Memberlist<D> {
             return false;
         };
         !leave.anyone_to_tell
-            || leave.broadcast.is_none_or(|id| !self.broadcasts.is_queued(id))
+            || leave
+                .broadcast
+                .is_none_or(|id| !self.broadcasts.is_queued(id))
             || now >= leave.at + self.config.tcp_timeout
     }
 
@@ -620,6 +623,11 @@ impl<D: Delegate> Memberlist<D> {
         for name in suspected {
             self.suspicion_expired(now, &name);
         }
+        if let Some(leave) = self.leave.as_mut()
+            && now >= leave.at + self.config.tcp_timeout
+        {
+            leave.timed_out = true;
+        }
         let stale: Vec<StreamId> = self
             .streams
             .iter()
@@ -643,9 +651,10 @@ impl<D: Delegate> Memberlist<D> {
         let relays = self.relays.values().map(|relay| relay.expires_at).min();
         let suspicions = self.suspicions.values().map(Suspicion::deadline).min();
         let streams = self.streams.values().map(|stream| stream.expires_at).min();
+        // Wakes the shell when a leave stops waiting for its broadcast.
         let leave = self.leave.as_ref().and_then(|leave| {
             let at = leave.at + self.config.tcp_timeout;
-            (!self.is_leave_broadcast_done(leave.at)).then_some(at)
+            (!leave.timed_out && !self.is_leave_broadcast_done(leave.at)).then_some(at)
         });
         [
             self.next_probe_at,
@@ -855,7 +864,10 @@ impl<D: Delegate> Memberlist<D> {
             {
                 return;
             }
-            tracing::warn!(incarnation = alive.incarnation, "refuting an alive message about this node");
+            tracing::warn!(
+                incarnation = alive.incarnation,
+                "refuting an alive message about this node"
+            );
             self.refute(alive.incarnation);
         } else {
             let message = Message::Alive(alive.clone()).encode();
@@ -1334,8 +1346,12 @@ impl<D: Delegate> Memberlist<D> {
             compress: self.config.enable_compression,
             crc,
         };
-        let payload =
-            packet::pack_packet(message, options, self.config.keyring.as_ref(), &mut self.rng);
+        let payload = packet::pack_packet(
+            message,
+            options,
+            self.config.keyring.as_ref(),
+            &mut self.rng,
+        );
         self.stats.packets_sent += 1;
         self.transmits.push_back(Transmit { to, payload });
     }
@@ -1376,7 +1392,13 @@ impl<D: Delegate> Memberlist<D> {
         self.pack_stream(&message.encode())
     }
 
-    fn push_stream(&mut self, to: SocketAddr, payload: Vec<u8>, deadline: Instant, kind: StreamKind) {
+    fn push_stream(
+        &mut self,
+        to: SocketAddr,
+        payload: Vec<u8>,
+        deadline: Instant,
+        kind: StreamKind,
+    ) {
         self.next_stream_id += 1;
         let id = StreamId(self.next_stream_id);
         self.stats.streams_out += 1;
@@ -1416,7 +1438,12 @@ impl<D: Delegate> Memberlist<D> {
         self.push_stream(addr, message, deadline, StreamKind::PushPull { addr });
     }
 
-    fn handle_push_pull_reply(&mut self, now: Instant, bytes: &[u8], join: bool) -> Result<(), String> {
+    fn handle_push_pull_reply(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        join: bool,
+    ) -> Result<(), String> {
         let plain = packet::unpack_stream(bytes, self.config.keyring.as_ref())
             .map_err(|e| e.to_string())?;
         match Message::decode_stream(&plain).map_err(|e| e.to_string())? {
@@ -1449,7 +1476,12 @@ impl<D: Delegate> Memberlist<D> {
         }
     }
 
-    fn merge_remote_state(&mut self, now: Instant, push_pull: PushPull, join: bool) -> Result<(), String> {
+    fn merge_remote_state(
+        &mut self,
+        now: Instant,
+        push_pull: PushPull,
+        join: bool,
+    ) -> Result<(), String> {
         self.verify_protocol(&push_pull.nodes)?;
         for remote in push_pull.nodes {
             match remote.state {
@@ -1588,7 +1620,13 @@ mod tests {
         fn ack_payload(&mut self) -> Vec<u8> {
             b"coordinate".to_vec()
         }
-        fn notify_ping_complete(&mut self, _now: Instant, node: &Node, _rtt: Duration, payload: &[u8]) {
+        fn notify_ping_complete(
+            &mut self,
+            _now: Instant,
+            node: &Node,
+            _rtt: Duration,
+            payload: &[u8],
+        ) {
             self.pings.push((node.name.clone(), payload.to_vec()));
         }
     }
@@ -1647,7 +1685,9 @@ mod tests {
                     let from = self.nodes[i].config().advertise;
                     while let Some(transmit) = self.nodes[i].poll_transmit() {
                         progressed = true;
-                        let Some(j) = self.index(transmit.to) else { continue };
+                        let Some(j) = self.index(transmit.to) else {
+                            continue;
+                        };
                         if self.down.contains(&i)
                             || self.down.contains(&j)
                             || self.udp_blocked.contains(&(i, j))
@@ -1691,6 +1731,11 @@ mod tests {
                     && self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now)
                 {
                     self.nodes[i].handle_timeout(self.now);
+                    let next = self.nodes[i].poll_timeout();
+                    assert!(
+                        next.is_some_and(|t| t > self.now),
+                        "timer stuck at {next:?}"
+                    );
                 }
             }
             self.deliver();
@@ -1847,6 +1892,25 @@ mod tests {
     }
 
     #[test]
+    fn a_leave_stops_waiting_for_its_broadcast_after_the_tcp_timeout() {
+        let mut slow = config(1);
+        // So many retransmissions that the broadcast cannot finish in time.
+        slow.retransmit_mult = 10_000;
+        let mut cluster = Cluster::new(vec![config(0), slow]);
+        cluster.join(1, 0);
+        let left_at = cluster.now;
+        cluster.nodes[1].leave(left_at);
+        cluster.run_for(Duration::from_secs(9));
+        assert!(!cluster.nodes[1].is_leave_broadcast_done(cluster.now));
+        assert_eq!(
+            cluster.view(0, "node1").map(|n| n.state),
+            Some(NodeState::Left)
+        );
+        cluster.run_for(Duration::from_secs(2));
+        assert!(cluster.nodes[1].is_leave_broadcast_done(cluster.now));
+    }
+
+    #[test]
     fn leaving_alone_is_done_at_once() {
         let mut cluster = Cluster::of(1);
         let now = cluster.now;
@@ -1917,7 +1981,10 @@ mod tests {
             let result = cluster.nodes[0].handle_packet(cluster.now, addr(1), garbage);
             assert!(result.is_err(), "{garbage:?} accepted");
         }
-        assert_eq!(cluster.nodes[0].stats().packets_dropped, stats.packets_dropped + 4);
+        assert_eq!(
+            cluster.nodes[0].stats().packets_dropped,
+            stats.packets_dropped + 4
+        );
         assert!(cluster.nodes[0].poll_transmit().is_none());
         let after: Vec<Node> = cluster.nodes[0].members().cloned().collect();
         assert_eq!(before, after);
@@ -1928,10 +1995,17 @@ mod tests {
         let mut cluster = Cluster::of(1);
         let now = cluster.now;
         // A compress wrapper with an unknown algorithm: errResp.
-        let reply = cluster.nodes[0].handle_stream(now, addr(1), &[9, 0x81, 0xa4, b'A', b'l', b'g', b'o', 5]);
+        let reply = cluster.nodes[0].handle_stream(
+            now,
+            addr(1),
+            &[9, 0x81, 0xa4, b'A', b'l', b'g', b'o', 5],
+        );
         let reply = reply.expect("an error reply");
         let plain = packet::unpack_stream(&reply, None).expect("plain reply");
-        assert!(matches!(Message::decode_stream(&plain), Ok(Message::Err(_))));
+        assert!(matches!(
+            Message::decode_stream(&plain),
+            Ok(Message::Err(_))
+        ));
         // An alive is not a stream message: closed without reply.
         let alive = Message::Alive(Alive {
             incarnation: 1,
@@ -1941,7 +2015,11 @@ mod tests {
             meta: Vec::new(),
             vsn: None,
         });
-        assert!(cluster.nodes[0].handle_stream(now, addr(1), &alive.encode()).is_none());
+        assert!(
+            cluster.nodes[0]
+                .handle_stream(now, addr(1), &alive.encode())
+                .is_none()
+        );
     }
 
     #[test]
@@ -1953,7 +2031,9 @@ mod tests {
             node: "node0".into(),
             ..Ping::default()
         });
-        let reply = cluster.nodes[0].handle_stream(now, addr(1), &ping.encode()).expect("ack");
+        let reply = cluster.nodes[0]
+            .handle_stream(now, addr(1), &ping.encode())
+            .expect("ack");
         let plain = packet::unpack_stream(&reply, None).expect("plain reply");
         let expected = Message::Ack(Ack {
             seq_no: 42,
@@ -1991,11 +2071,17 @@ mod tests {
         cluster.down.insert(1);
         let limit = cluster.now + Duration::from_secs(10);
         while cluster.step(limit) {
-            if cluster.view(0, "node1").is_some_and(|n| n.state != NodeState::Alive) {
+            if cluster
+                .view(0, "node1")
+                .is_some_and(|n| n.state != NodeState::Alive)
+            {
                 break;
             }
         }
-        assert_eq!(cluster.view(0, "node1").map(|n| n.state), Some(NodeState::Suspect));
+        assert_eq!(
+            cluster.view(0, "node1").map(|n| n.state),
+            Some(NodeState::Suspect)
+        );
         assert_eq!(cluster.nodes[0].stats().awareness, 0);
     }
 
@@ -2024,7 +2110,10 @@ mod tests {
         assert_eq!(cluster.nodes[0].local_node().incarnation, 2);
         cluster.run_for(Duration::from_secs(1));
         let seen = cluster.view(1, "node0").expect("listed");
-        assert_eq!((seen.meta.as_slice(), seen.incarnation), (&b"new tags"[..], 2));
+        assert_eq!(
+            (seen.meta.as_slice(), seen.incarnation),
+            (&b"new tags"[..], 2)
+        );
         assert_eq!(cluster.nodes[1].delegate().updates.len(), 1);
     }
 
@@ -2035,7 +2124,11 @@ mod tests {
         cluster.nodes[0].send_user(now, addr(1), b"hello");
         cluster.deliver();
         let stream = Message::encode_user_stream(b"by stream");
-        assert!(cluster.nodes[1].handle_stream(now, addr(0), &stream).is_none());
+        assert!(
+            cluster.nodes[1]
+                .handle_stream(now, addr(0), &stream)
+                .is_none()
+        );
         assert_eq!(
             cluster.nodes[1].delegate().user_msgs,
             vec![b"hello".to_vec(), b"by stream".to_vec()]
@@ -2047,10 +2140,15 @@ mod tests {
         let mut cluster = Cluster::of(1);
         let outcome = cluster.join(0, 5);
         assert_eq!(outcome.joined, 0);
-        assert_eq!(outcome.errors, vec![(addr(5), "connection refused".to_owned())]);
+        assert_eq!(
+            outcome.errors,
+            vec![(addr(5), "connection refused".to_owned())]
+        );
         let now = cluster.now;
         let id = cluster.nodes[0].join(now, Vec::new());
-        let empty = cluster.nodes[0].poll_join_outcome().expect("immediate outcome");
+        let empty = cluster.nodes[0]
+            .poll_join_outcome()
+            .expect("immediate outcome");
         assert_eq!((empty.id, empty.joined), (id, 0));
     }
 

@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 /// `suspicion_mult * max(1, log10(max(1, n))) * probe_interval`, with the scale truncated to
 /// thousandths as memberlist does.
-pub fn suspicion_timeout(suspicion_mult: u32, num_nodes: usize, probe_interval: Duration) -> Duration {
+pub fn suspicion_timeout(
+    suspicion_mult: u32,
+    num_nodes: usize,
+    probe_interval: Duration,
+) -> Duration {
     let scale = f64::max(1.0, (num_nodes.max(1) as f64).log10());
     let scale_thousandths = (scale * 1000.0) as u128;
     let nanos = u128::from(suspicion_mult) * scale_thousandths * probe_interval.as_nanos() / 1000;
@@ -15,7 +19,12 @@ pub fn suspicion_timeout(suspicion_mult: u32, num_nodes: usize, probe_interval: 
 
 /// The timeout after `confirmations` of `expected` confirmations: from `max` down to `min`
 /// on a log scale, floored to whole milliseconds and never below `min`.
-pub fn suspicion_timeout_after(confirmations: u32, expected: u32, min: Duration, max: Duration) -> Duration {
+pub fn suspicion_timeout_after(
+    confirmations: u32,
+    expected: u32,
+    min: Duration,
+    max: Duration,
+) -> Duration {
     let fraction = (f64::from(confirmations) + 1.0).ln() / (f64::from(expected) + 1.0).ln();
     let raw = max.as_secs_f64() - fraction * (max.as_secs_f64() - min.as_secs_f64());
     let millis = (1000.0 * raw).floor();
@@ -61,7 +70,8 @@ impl Suspicion {
         }
         self.seen.insert(from.to_owned());
         self.confirmations += 1;
-        let timeout = suspicion_timeout_after(self.confirmations, self.expected, self.min, self.max);
+        let timeout =
+            suspicion_timeout_after(self.confirmations, self.expected, self.min, self.max);
         self.deadline = self.start + timeout;
         true
     }
@@ -87,7 +97,10 @@ mod tests {
         assert_eq!(suspicion_timeout(4, 10, second), Duration::from_secs(4));
         assert_eq!(suspicion_timeout(4, 100, second), Duration::from_secs(8));
         // log10(50) = 1.69897 → 1.698 after truncation.
-        assert_eq!(suspicion_timeout(4, 50, second), Duration::from_millis(6792));
+        assert_eq!(
+            suspicion_timeout(4, 50, second),
+            Duration::from_millis(6792)
+        );
         assert_eq!(suspicion_timeout(4, 0, second), Duration::from_secs(4));
     }
 
@@ -113,7 +126,10 @@ mod tests {
         assert_eq!(suspicion.deadline(), now + Duration::from_millis(11381));
         assert!(suspicion.confirm("c"));
         assert_eq!(suspicion.deadline(), now + min);
-        assert!(!suspicion.confirm("d"), "no more than the expected confirmations");
+        assert!(
+            !suspicion.confirm("d"),
+            "no more than the expected confirmations"
+        );
         assert_eq!(suspicion.confirmations(), 2);
     }
 }

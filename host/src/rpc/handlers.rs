@@ -57,11 +57,7 @@ pub(super) async fn join(
     request: protocol::JoinRequest,
 ) -> Result<Flow, protocol::FrameError> {
     // Serf sends the body even on failure; `Num` is then 0.
-    let (num, error) = match session
-        .agent
-        .join(request.existing, request.replay)
-        .await
-    {
+    let (num, error) = match session.agent.join(request.existing, request.replay).await {
         Ok(num) => (num, String::new()),
         Err(error) => (0, error),
     };
@@ -514,7 +510,10 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
             ("queued_broadcasts", gossip.queued_broadcasts.to_string()),
             ("pending_joins", stats.pending_joins.to_string()),
             ("udp_send_failures", transport.udp_send_failures.to_string()),
-            ("udp_receive_errors", transport.udp_receive_errors.to_string()),
+            (
+                "udp_receive_errors",
+                transport.udp_receive_errors.to_string(),
+            ),
             (
                 "inbound_streams_refused",
                 transport.inbound_streams_refused.to_string(),

@@ -288,8 +288,14 @@ impl Core {
         match self.recent_intents.get(node) {
             Some(existing) if existing.ltime >= ltime => false,
             _ => {
-                self.recent_intents
-                    .insert(node.to_owned(), Intent { kind, ltime, at: now });
+                self.recent_intents.insert(
+                    node.to_owned(),
+                    Intent {
+                        kind,
+                        ltime,
+                        at: now,
+                    },
+                );
                 true
             }
         }
@@ -620,7 +626,7 @@ impl Core {
             .collect();
         for name in expired {
             if let Some(state) = self.members.remove(&name) {
-                tracing::info!("serf: EventMemberReap: {}", name);
+                tracing::info!("EventMemberReap: {}", name);
                 self.emit(MemberEventKind::Reap, state.member);
             }
         }
@@ -635,7 +641,11 @@ impl Core {
                 queue.prune(MAX_QUEUE_DEPTH);
                 let pruned = (before - queue.num_queued()) as u64;
                 self.counters.broadcasts_pruned += pruned;
-                tracing::warn!(queue = name, pruned, "serf broadcast queue over its limit; oldest messages pruned");
+                tracing::warn!(
+                    queue = name,
+                    pruned,
+                    "serf broadcast queue over its limit; oldest messages pruned"
+                );
             }
         }
     }
@@ -686,7 +696,12 @@ pub(super) fn versions_of(vsn: [u8; 6]) -> ProtocolVersions {
 impl Delegate for Core {
     fn node_meta(&mut self, limit: usize) -> Vec<u8> {
         let meta = if self.config.memberlist.vsn[5] < 3 {
-            self.config.tags.get("role").cloned().unwrap_or_default().into_bytes()
+            self.config
+                .tags
+                .get("role")
+                .cloned()
+                .unwrap_or_default()
+                .into_bytes()
         } else {
             wire::encode_tags(&self.config.tags)
         };
@@ -779,7 +794,7 @@ impl Delegate for Core {
         if let Some(existing) = self.members.get(&node.name) {
             status_ltime = status_ltime.max(existing.status_ltime);
         }
-        tracing::info!("serf: EventMemberJoin: {} {}", member.name, member.addr.ip());
+        tracing::info!("EventMemberJoin: {} {}", member.name, member.addr.ip());
         self.members.insert(
             node.name.clone(),
             MemberState {
@@ -807,15 +822,17 @@ impl Delegate for Core {
                 MemberEventKind::Failed
             }
             (other, _) => {
-                tracing::warn!(node = %node.name, status = other.as_str(), "serf: leave notification for a member that is not alive");
+                tracing::warn!(node = %node.name, status = other.as_str(), "leave notification for a member that is not alive");
                 return;
             }
         };
         state.leave_time = Some(now);
         let member = state.member.clone();
         match kind {
-            MemberEventKind::Leave => tracing::info!("serf: EventMemberLeave: {} {}", member.name, member.addr.ip()),
-            _ => tracing::info!("serf: EventMemberFailed: {} {}", member.name, member.addr.ip()),
+            MemberEventKind::Leave => {
+                tracing::info!("EventMemberLeave: {} {}", member.name, member.addr.ip())
+            }
+            _ => tracing::info!("EventMemberFailed: {} {}", member.name, member.addr.ip()),
         }
         self.emit(kind, member);
     }
@@ -832,13 +849,13 @@ impl Delegate for Core {
         state.member.tags = tags;
         state.member.versions = versions_of(node.vsn);
         let member = state.member.clone();
-        tracing::info!("serf: EventMemberUpdate: {}", member.name);
+        tracing::info!("EventMemberUpdate: {}", member.name);
         self.emit(MemberEventKind::Update, member);
     }
 
     fn notify_conflict(&mut self, _now: Instant, existing: &Node, other: &Node) {
         tracing::warn!(
-            "serf: Name conflict for '{}' both {} and {} are claiming",
+            "Name conflict for '{}' both {} and {} are claiming",
             existing.name,
             existing.addr,
             other.addr

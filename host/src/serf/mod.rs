@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use regex::Regex;
 
-use self::core::{Core, OutboundQuery};
 pub use self::core::SerfCounters;
+use self::core::{Core, OutboundQuery};
 use self::wire::{QueryFilter, QueryMsg, QueryResponseMsg, UserEventMsg};
 use crate::gossip::{
     self, DecodeError, JoinId, JoinOutcome, StreamId, StreamRequest, Transmit,
@@ -191,9 +191,13 @@ enum LocalState {
         deadline: Instant,
     },
     /// memberlist's own leave (dead about ourselves) is being gossiped.
-    LeavingMemberlist { deadline: Instant },
+    LeavingMemberlist {
+        deadline: Instant,
+    },
     /// Both are out; waiting `LEAVE_PROPAGATE_DELAY` for them to spread.
-    LeavingPropagate { until: Instant },
+    LeavingPropagate {
+        until: Instant,
+    },
     Left,
 }
 
@@ -509,7 +513,7 @@ impl Serf {
                     let sent = !self.core().intents.is_queued(intent);
                     if sent || now >= deadline || !self.has_alive_peers() {
                         if !sent && self.has_alive_peers() {
-                            tracing::warn!("serf: timeout while waiting for graceful leave");
+                            tracing::warn!("timeout while waiting for graceful leave");
                         }
                         self.ml.leave(now);
                         LocalState::LeavingMemberlist {
@@ -651,7 +655,7 @@ impl Serf {
             if self.state == LocalState::Alive
                 && let Some(addr) = self.core_mut().reconnect_target()
             {
-                tracing::info!("serf: attempting reconnect to {addr}");
+                tracing::info!("attempting reconnect to {addr}");
                 let id = self.ml.join(now, vec![addr]);
                 self.joins.insert(id, JoinKind::Reconnect);
             }
@@ -695,7 +699,7 @@ impl Serf {
                 }
                 Some(JoinKind::Reconnect) | None => {
                     for (addr, error) in &outcome.errors {
-                        tracing::debug!(%addr, %error, "serf: reconnect failed");
+                        tracing::debug!(%addr, %error, "reconnect failed");
                     }
                 }
             }
@@ -1027,7 +1031,11 @@ mod cluster_tests {
                                 .ok_or_else(|| "no reply".to_string()),
                             None => Err("connection refused".to_string()),
                         };
-                        let reply = if s.expects_reply { reply } else { Ok(Vec::new()) };
+                        let reply = if s.expects_reply {
+                            reply
+                        } else {
+                            Ok(Vec::new())
+                        };
                         self.nodes[i].handle_stream_reply(self.now, s.id, reply);
                     }
                     while let Some(event) = self.nodes[i].poll_event() {
@@ -1160,14 +1168,19 @@ mod cluster_tests {
                 .unwrap();
         }
         assert!(
-            !cluster.events[0].iter().any(|e| matches!(e, Event::Query(_))),
+            !cluster.events[0]
+                .iter()
+                .any(|e| matches!(e, Event::Query(_))),
             "n0's role does not match the filter"
         );
         cluster.run_for(Duration::from_secs(2));
         let outputs: Vec<QueryOutput> = std::iter::from_fn(|| cluster.nodes[0].poll_query_output())
             .map(|(_, o)| o)
             .collect();
-        let acks = outputs.iter().filter(|o| matches!(o, QueryOutput::Ack { .. })).count();
+        let acks = outputs
+            .iter()
+            .filter(|o| matches!(o, QueryOutput::Ack { .. }))
+            .count();
         let mut responses: Vec<String> = outputs
             .iter()
             .filter_map(|o| match o {
@@ -1211,12 +1224,18 @@ mod cluster_tests {
         cluster.run_for(Duration::from_secs(2));
         cluster.nodes[2].join(cluster.now, vec![addr(0)], false);
         cluster.run_for(Duration::from_secs(2));
-        assert!(cluster.user_events(2).is_empty(), "{:?}", cluster.user_events(2));
+        assert!(
+            cluster.user_events(2).is_empty(),
+            "{:?}",
+            cluster.user_events(2)
+        );
         let mut replaying = Cluster::new(3, |_| {});
         replaying.nodes[1].join(replaying.now, vec![addr(0)], false);
         replaying.pump();
         let now = replaying.now;
-        replaying.nodes[0].user_event(now, "old", b"", false).unwrap();
+        replaying.nodes[0]
+            .user_event(now, "old", b"", false)
+            .unwrap();
         replaying.run_for(Duration::from_secs(2));
         replaying.nodes[2].join(replaying.now, vec![addr(0)], true);
         replaying.run_for(Duration::from_secs(2));

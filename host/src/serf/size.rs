@@ -8,9 +8,9 @@
 #[cfg(test)]
 use std::net::SocketAddr;
 
+use super::QueryKey;
 #[cfg(test)]
 use super::QueryParams;
-use super::QueryKey;
 
 /// A str/raw header plus `len` bytes.
 fn raw(len: usize) -> usize {

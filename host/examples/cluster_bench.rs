@@ -1,0 +1,1059 @@
+//! Gossip benchmarks: cluster convergence, failure detection and idle footprint of our agent
+//! beside Serf 0.9.4 (`/usr/bin/serf`), in one run.
+//!
+//! ```sh
+//! cargo build --release -p serf-host --bins --examples
+//! target/release/examples/cluster_bench [--reps 3] [--sizes 10,50] [--fail-size 10] \
+//!     [--settle-secs 10] [--idle-secs 20]
+//! ```
+//!
+//! Every agent is a real process on loopback with an address of its own (`127.<net>.0.<n>`,
+//! gossip on port 7946, RPC on 7373; each cluster takes a fresh `<net>` from 150 upwards) and
+//! the lan profile. Both kinds get the same flags (`-node`, `-bind`, `-rpc-addr`, `-join`,
+//! `-log-level=warn`); our agent runs without plugins.
+//!
+//! - *Convergence*: the seed starts and answers RPC, then the other agents start back to back
+//!   with `-join=<seed>`; the time runs from spawning the first joiner until every agent lists
+//!   all N members as alive (RPC `members`, polled every 20 ms; agents already converged are
+//!   polled again once at the end to confirm).
+//! - *Failure detection*: in the cluster of `--fail-size` agents, after convergence and a short
+//!   settling time, one agent is killed with SIGKILL; the time runs until every other agent
+//!   lists it as `failed`. Any other member seen as anything but alive counts as a false
+//!   failure.
+//! - *Idle footprint*: VmRSS and CPU time (utime + stime) over an idle window, for one agent
+//!   alone and per agent in the largest cluster, after `--settle-secs` of idling.
+//!
+//! Children are killed by PID when their cluster is dropped (also on errors and panics).
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serf_host::rpc::client::Client;
+
+const GOSSIP_PORT: u16 = 7946;
+const RPC_PORT: u16 = 7373;
+const FIRST_NET: u8 = 150;
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
+const DETECT_LIMIT: Duration = Duration::from_secs(60);
+const RPC_UP_LIMIT: Duration = Duration::from_secs(30);
+const RPC_CALL_LIMIT: Duration = Duration::from_secs(2);
+const SETTLE_BEFORE_KILL: Duration = Duration::from_secs(2);
+const SERF: &str = "/usr/bin/serf";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Ours,
+    Serf,
+}
+
+impl Kind {
+    const BOTH: [Kind; 2] = [Kind::Ours, Kind::Serf];
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Ours => "this agent",
+            Kind::Serf => "Serf 0.9.4",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::Ours => "ours",
+            Kind::Serf => "serf",
+        }
+    }
+}
+
+struct Options {
+    reps: usize,
+    sizes: Vec<usize>,
+    fail_size: usize,
+    settle: Duration,
+    idle: Duration,
+}
+
+fn parse_options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        reps: 3,
+        sizes: vec![10, 50],
+        fail_size: 10,
+        settle: Duration::from_secs(10),
+        idle: Duration::from_secs(20),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
+        match flag.trim_start_matches('-') {
+            "reps" => options.reps = value()?.parse()?,
+            "sizes" => {
+                options.sizes = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            "fail-size" => options.fail_size = value()?.parse()?,
+            "settle-secs" => options.settle = Duration::from_secs(value()?.parse()?),
+            "idle-secs" => options.idle = Duration::from_secs(value()?.parse()?),
+            _ => anyhow::bail!(
+                "usage: cluster_bench [--reps N] [--sizes 10,50] [--fail-size 10] \
+                 [--settle-secs 10] [--idle-secs 20]"
+            ),
+        }
+    }
+    anyhow::ensure!(options.reps >= 1, "--reps must be at least 1");
+    anyhow::ensure!(
+        options.sizes.iter().all(|&n| (2..=250).contains(&n)),
+        "cluster sizes must be between 2 and 250"
+    );
+    anyhow::ensure!(
+        options.sizes.contains(&options.fail_size),
+        "--fail-size must be one of --sizes"
+    );
+    Ok(options)
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = parse_options()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no workspace root"))?
+        .to_path_buf();
+    let ours = root.join("target/release/serf");
+    anyhow::ensure!(
+        ours.exists(),
+        "{} is missing: run `cargo build --release -p serf-host --bins`",
+        ours.display()
+    );
+    anyhow::ensure!(
+        Path::new(SERF).exists(),
+        "{SERF} is missing: apt-get install -y serf"
+    );
+    let logs = std::env::temp_dir().join(format!("cluster_bench-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    let bench = Bench {
+        ours,
+        logs,
+        nets: Nets { next: FIRST_NET },
+        clock_ticks: clock_ticks(),
+    };
+    println!("machine: {}", machine_line());
+    println!(
+        "this agent: {}",
+        command_line(&bench.ours, &["version"])
+            .lines()
+            .next()
+            .unwrap_or("?")
+    );
+    println!(
+        "serf: {}",
+        command_line(Path::new(SERF), &["version"])
+            .lines()
+            .next()
+            .unwrap_or("?")
+    );
+    println!(
+        "logs of failed runs are kept under {}",
+        bench.logs.display()
+    );
+    println!();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = runtime.block_on(run(bench, &options))?;
+    println!();
+    print_tables(&options, &results);
+    println!();
+    println!("load average at the end: {}", load_average());
+    Ok(())
+}
+
+struct Bench {
+    ours: PathBuf,
+    logs: PathBuf,
+    nets: Nets,
+    clock_ticks: f64,
+}
+
+impl Bench {
+    fn binary(&self, kind: Kind) -> &Path {
+        match kind {
+            Kind::Ours => &self.ours,
+            Kind::Serf => Path::new(SERF),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Results {
+    /// (size, kind) → one entry per repetition.
+    convergence: Vec<(usize, Kind, Vec<Convergence>)>,
+    detection: Vec<(Kind, Vec<Option<Detection>>)>,
+    lone: Vec<(Kind, Vec<Footprint>)>,
+    cluster: Vec<(Kind, Vec<Option<Footprint>>)>,
+}
+
+async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
+    let mut results = Results::default();
+    for &size in &options.sizes {
+        for kind in Kind::BOTH {
+            results.convergence.push((size, kind, Vec::new()));
+        }
+    }
+    for kind in Kind::BOTH {
+        results.detection.push((kind, Vec::new()));
+        results.lone.push((kind, Vec::new()));
+        results.cluster.push((kind, Vec::new()));
+    }
+    let largest = options.sizes.iter().copied().max().unwrap_or(0);
+    for rep in 1..=options.reps {
+        println!("== repetition {rep} of {}", options.reps);
+        for kind in Kind::BOTH {
+            let mut lone = Cluster::new(&mut bench, kind, 1)?;
+            lone.start_seed(&bench).await?;
+            let footprint = lone.footprint(&bench, options).await?;
+            println!(
+                "{} alone: RSS {:.1} MiB, CPU {:.3} s in {} s",
+                kind.label(),
+                footprint.rss_mean_kib / 1024.0,
+                footprint.cpu_mean_secs,
+                options.idle.as_secs()
+            );
+            push(&mut results.lone, kind, footprint);
+        }
+        for &size in &options.sizes {
+            for kind in Kind::BOTH {
+                let mut cluster = Cluster::new(&mut bench, kind, size)?;
+                let convergence = cluster.converge(&bench).await?;
+                println!(
+                    "{} agents, {}: {}",
+                    size,
+                    kind.label(),
+                    convergence.describe()
+                );
+                let converged = convergence.elapsed.is_some();
+                if let Some((_, _, runs)) = results
+                    .convergence
+                    .iter_mut()
+                    .find(|(s, k, _)| *s == size && *k == kind)
+                {
+                    runs.push(convergence);
+                }
+                if !converged {
+                    cluster.keep_logs = true;
+                }
+                if size == options.fail_size {
+                    let detection = if converged {
+                        let detection = cluster.detect_failure().await?;
+                        println!(
+                            "{} agents, {}, one killed: {}",
+                            size,
+                            kind.label(),
+                            detection.describe()
+                        );
+                        if detection.all.is_none() || detection.false_failures() > 0 {
+                            cluster.keep_logs = true;
+                        }
+                        Some(detection)
+                    } else {
+                        None
+                    };
+                    push(&mut results.detection, kind, detection);
+                }
+                if size == largest && size != options.fail_size {
+                    let footprint = if converged {
+                        let footprint = cluster.footprint(&bench, options).await?;
+                        println!(
+                            "{} agents, {}, idle: RSS {:.1} MiB per agent, CPU {:.3} s per \
+                             agent in {} s, still converged: {}, false statuses: {}",
+                            size,
+                            kind.label(),
+                            footprint.rss_mean_kib / 1024.0,
+                            footprint.cpu_mean_secs,
+                            options.idle.as_secs(),
+                            footprint.still_converged,
+                            footprint.false_statuses
+                        );
+                        Some(footprint)
+                    } else {
+                        None
+                    };
+                    push(&mut results.cluster, kind, footprint);
+                }
+            }
+        }
+    }
+    Ok(results)
+}
+
+fn push<T>(table: &mut [(Kind, Vec<T>)], kind: Kind, value: T) {
+    if let Some((_, runs)) = table.iter_mut().find(|(k, _)| *k == kind) {
+        runs.push(value);
+    }
+}
+
+/// Hands out loopback /24s (`127.<net>.0.0`) whose first address is free.
+struct Nets {
+    next: u8,
+}
+
+impl Nets {
+    fn take(&mut self) -> anyhow::Result<u8> {
+        while self.next < 255 {
+            let net = self.next;
+            self.next += 1;
+            let ip = Ipv4Addr::new(127, net, 0, 1);
+            let free = TcpListener::bind((ip, GOSSIP_PORT)).is_ok()
+                && UdpSocket::bind((ip, GOSSIP_PORT)).is_ok()
+                && TcpListener::bind((ip, RPC_PORT)).is_ok();
+            if free {
+                return Ok(net);
+            }
+        }
+        anyhow::bail!("no free loopback net left from 127.{FIRST_NET}.0.0 upwards")
+    }
+}
+
+struct Node {
+    name: String,
+    ip: Ipv4Addr,
+    child: Child,
+    log: PathBuf,
+    client: Option<Arc<Client>>,
+    killed: bool,
+}
+
+impl Node {
+    fn rpc_addr(&self) -> String {
+        SocketAddr::from((self.ip, RPC_PORT)).to_string()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the process is gone although we did not kill it.
+    fn exited(&mut self) -> Option<String> {
+        if self.killed {
+            return None;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!(
+                "{} (pid {}) exited with {status}; log tail:\n{}",
+                self.name,
+                self.pid(),
+                log_tail(&self.log)
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(15);
+    lines[start..]
+        .iter()
+        .map(|line| format!("    {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A name and a status, as one agent lists one member.
+type Listing = Vec<(String, String)>;
+
+/// The agents of one cluster; killed by PID when dropped.
+struct Cluster {
+    kind: Kind,
+    net: u8,
+    size: usize,
+    dir: PathBuf,
+    nodes: Vec<Node>,
+    keep_logs: bool,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.client = None;
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+        if self.keep_logs {
+            println!("   logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Cluster {
+    fn new(bench: &mut Bench, kind: Kind, size: usize) -> anyhow::Result<Cluster> {
+        let net = bench.nets.take()?;
+        let dir = bench.logs.join(format!("{}-{size}-net{net}", kind.tag()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Cluster {
+            kind,
+            net,
+            size,
+            dir,
+            nodes: Vec::with_capacity(size),
+            keep_logs: false,
+        })
+    }
+
+    fn ip(&self, n: usize) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.net, 0, n as u8)
+    }
+
+    /// Spawns agent number `self.nodes.len() + 1`, joining the seed unless it is the seed.
+    fn spawn_next(&mut self, bench: &Bench) -> anyhow::Result<()> {
+        let n = self.nodes.len() + 1;
+        let ip = self.ip(n);
+        let name = format!("node{n}");
+        let node_dir = self.dir.join(&name);
+        std::fs::create_dir_all(&node_dir)?;
+        let log = node_dir.join("agent.log");
+        let mut args = vec![
+            "agent".to_owned(),
+            format!("-node={name}"),
+            format!("-bind={ip}:{GOSSIP_PORT}"),
+            format!("-rpc-addr={ip}:{RPC_PORT}"),
+            "-log-level=warn".to_owned(),
+        ];
+        if n > 1 {
+            args.push(format!("-join={}:{GOSSIP_PORT}", self.ip(1)));
+        }
+        let out = File::create(&log)?;
+        let child = Command::new(bench.binary(self.kind))
+            .args(&args)
+            .current_dir(&node_dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        self.nodes.push(Node {
+            name,
+            ip,
+            child,
+            log,
+            client: None,
+            killed: false,
+        });
+        Ok(())
+    }
+
+    /// Starts the seed and waits until it answers RPC.
+    async fn start_seed(&mut self, bench: &Bench) -> anyhow::Result<()> {
+        self.spawn_next(bench)?;
+        let deadline = Instant::now() + RPC_UP_LIMIT;
+        loop {
+            let replies = poll(&mut self.nodes, &[0]).await;
+            if replies.iter().any(|(_, members)| members.is_some()) {
+                return Ok(());
+            }
+            if let Some(exit) = self.nodes[0].exited() {
+                self.keep_logs = true;
+                anyhow::bail!("{} seed did not start: {exit}", self.kind.label());
+            }
+            if Instant::now() > deadline {
+                self.keep_logs = true;
+                anyhow::bail!(
+                    "{} seed did not answer RPC within {RPC_UP_LIMIT:?}",
+                    self.kind.label()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    fn exits(&mut self) -> Vec<String> {
+        self.nodes.iter_mut().filter_map(Node::exited).collect()
+    }
+
+    async fn converge(&mut self, bench: &Bench) -> anyhow::Result<Convergence> {
+        self.start_seed(bench).await?;
+        let started = Instant::now();
+        for _ in 1..self.size {
+            self.spawn_next(bench)?;
+        }
+        let spawned = started.elapsed();
+        let n = self.size;
+        let mut pending: Vec<usize> = (0..n).collect();
+        let mut last: Vec<Option<Listing>> = vec![None; n];
+        let mut false_statuses = BTreeSet::new();
+        let mut converged_at = started;
+        let deadline = started + CONVERGE_LIMIT;
+        let mut rounds = 0_u32;
+        loop {
+            let round = Instant::now();
+            rounds += 1;
+            let replies = poll(&mut self.nodes, &pending).await;
+            let now = Instant::now();
+            for (i, members) in replies {
+                let Some(members) = members else { continue };
+                note_false(&mut false_statuses, i, &members, None);
+                if alive(&members) == n {
+                    pending.retain(|&j| j != i);
+                    converged_at = now;
+                }
+                last[i] = Some(members);
+            }
+            if pending.is_empty() {
+                let all: Vec<usize> = (0..n).collect();
+                for (i, members) in poll(&mut self.nodes, &all).await {
+                    if let Some(members) = &members {
+                        note_false(&mut false_statuses, i, members, None);
+                    }
+                    if members.as_ref().map(|m| alive(m)) != Some(n) {
+                        pending.push(i);
+                    }
+                    last[i] = members;
+                }
+                if pending.is_empty() {
+                    return Ok(Convergence {
+                        elapsed: Some(converged_at - started),
+                        spawned,
+                        rounds,
+                        false_statuses: false_statuses.len(),
+                        failure: String::new(),
+                    });
+                }
+            }
+            let exits = self.exits();
+            if !exits.is_empty() || now > deadline {
+                let mut failure = if exits.is_empty() {
+                    format!(
+                        "not converged after {CONVERGE_LIMIT:?}: {} of {n} agents list {n} alive",
+                        n - pending.len()
+                    )
+                } else {
+                    format!("agents exited: {}", exits.join("; "))
+                };
+                for &i in pending.iter().take(5) {
+                    let listing = last[i].as_ref().map_or_else(
+                        || "no RPC answer".to_owned(),
+                        |m| format!("{} listed, {} alive", m.len(), alive(m)),
+                    );
+                    failure.push_str(&format!(
+                        "\n   {} (pid {}): {listing}; log tail:\n{}",
+                        self.nodes[i].name,
+                        self.nodes[i].pid(),
+                        log_tail(&self.nodes[i].log)
+                    ));
+                }
+                self.keep_logs = true;
+                return Ok(Convergence {
+                    elapsed: None,
+                    spawned,
+                    rounds,
+                    false_statuses: false_statuses.len(),
+                    failure,
+                });
+            }
+            tokio::time::sleep_until((round + POLL_INTERVAL).into()).await;
+        }
+    }
+
+    /// Kills the last agent and waits until every other one lists it as failed.
+    async fn detect_failure(&mut self) -> anyhow::Result<Detection> {
+        let n = self.nodes.len();
+        let victim = n - 1;
+        let victim_name = self.nodes[victim].name.clone();
+        let observers: Vec<usize> = (0..victim).collect();
+        let mut false_statuses = BTreeSet::new();
+        let settle_until = Instant::now() + SETTLE_BEFORE_KILL;
+        while Instant::now() < settle_until {
+            let round = Instant::now();
+            for (i, members) in poll(&mut self.nodes, &observers).await {
+                if let Some(members) = members {
+                    note_false(&mut false_statuses, i, &members, None);
+                }
+            }
+            tokio::time::sleep_until((round + POLL_INTERVAL).into()).await;
+        }
+        let node = &mut self.nodes[victim];
+        node.client = None;
+        node.killed = true;
+        node.child.kill()?;
+        let killed = Instant::now();
+        node.child.wait()?;
+        let mut seen_failed: Vec<Option<Duration>> = vec![None; victim];
+        let mut victim_statuses = BTreeSet::new();
+        let deadline = killed + DETECT_LIMIT;
+        loop {
+            let round = Instant::now();
+            let replies = poll(&mut self.nodes, &observers).await;
+            let now = Instant::now();
+            for (i, members) in replies {
+                let Some(members) = members else { continue };
+                note_false(&mut false_statuses, i, &members, Some(&victim_name));
+                if let Some((_, status)) = members.iter().find(|(name, _)| *name == victim_name) {
+                    victim_statuses.insert(status.clone());
+                    if status == "failed" && seen_failed[i].is_none() {
+                        seen_failed[i] = Some(now - killed);
+                    }
+                }
+            }
+            let exits = self.exits();
+            let done = seen_failed.iter().all(Option::is_some);
+            if done || !exits.is_empty() || now > deadline {
+                let times: Vec<Duration> = seen_failed.iter().flatten().copied().collect();
+                return Ok(Detection {
+                    first: times.iter().min().copied(),
+                    all: done.then(|| times.iter().max().copied()).flatten(),
+                    detected_by: times.len(),
+                    observers: victim,
+                    false_statuses,
+                    victim_statuses: victim_statuses.into_iter().collect(),
+                    exits,
+                });
+            }
+            tokio::time::sleep_until((round + POLL_INTERVAL).into()).await;
+        }
+    }
+
+    /// RSS and CPU time per agent after `options.settle` of idling, over `options.idle`.
+    async fn footprint(&mut self, bench: &Bench, options: &Options) -> anyhow::Result<Footprint> {
+        for node in &mut self.nodes {
+            node.client = None;
+        }
+        tokio::time::sleep(options.settle).await;
+        let pids: Vec<u32> = self.nodes.iter().map(Node::pid).collect();
+        let rss: Vec<f64> = pids
+            .iter()
+            .map(|&pid| rss_kib(pid))
+            .collect::<anyhow::Result<_>>()?;
+        let before: Vec<u64> = pids
+            .iter()
+            .map(|&pid| cpu_ticks(pid))
+            .collect::<anyhow::Result<_>>()?;
+        tokio::time::sleep(options.idle).await;
+        let after: Vec<u64> = pids
+            .iter()
+            .map(|&pid| cpu_ticks(pid))
+            .collect::<anyhow::Result<_>>()?;
+        let cpu: Vec<f64> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| a.saturating_sub(*b) as f64 / bench.clock_ticks)
+            .collect();
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        let mut false_statuses = BTreeSet::new();
+        let mut still_converged = true;
+        for (i, members) in poll(&mut self.nodes, &all).await {
+            match members {
+                Some(members) => {
+                    note_false(&mut false_statuses, i, &members, None);
+                    still_converged &= alive(&members) == all.len();
+                }
+                None => still_converged = false,
+            }
+        }
+        let exits = self.exits();
+        anyhow::ensure!(
+            exits.is_empty(),
+            "{} agents exited while idle: {}",
+            self.kind.label(),
+            exits.join("; ")
+        );
+        Ok(Footprint {
+            rss_mean_kib: mean(&rss),
+            rss_max_kib: rss.iter().copied().fold(0.0, f64::max),
+            cpu_mean_secs: mean(&cpu),
+            cpu_max_secs: cpu.iter().copied().fold(0.0, f64::max),
+            still_converged,
+            false_statuses: false_statuses.len(),
+        })
+    }
+}
+
+fn alive(members: &Listing) -> usize {
+    members
+        .iter()
+        .filter(|(_, status)| status == "alive")
+        .count()
+}
+
+/// Records every (observer, member, status) where a member other than `victim` is not alive.
+fn note_false(
+    seen: &mut BTreeSet<(usize, String, String)>,
+    observer: usize,
+    members: &Listing,
+    victim: Option<&str>,
+) {
+    for (name, status) in members {
+        if status != "alive" && Some(name.as_str()) != victim {
+            seen.insert((observer, name.clone(), status.clone()));
+        }
+    }
+}
+
+/// Asks each of `which` for its members, at once; `None` for an agent that did not answer
+/// (not listening yet, or slow). Connections are kept for the next round.
+async fn poll(nodes: &mut [Node], which: &[usize]) -> Vec<(usize, Option<Listing>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for &i in which {
+        let addr = nodes[i].rpc_addr();
+        let client = nodes[i].client.take();
+        tasks.spawn(async move {
+            let client = match client {
+                Some(client) if !client.is_closed() => Some(client),
+                _ => tokio::time::timeout(RPC_CALL_LIMIT, Client::connect(&addr))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(Arc::new),
+            };
+            let members = match &client {
+                Some(client) => tokio::time::timeout(RPC_CALL_LIMIT, client.members())
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => None,
+            };
+            let listing: Option<Listing> = members.map(|members| {
+                members
+                    .into_iter()
+                    .map(|member| (member.name, member.status))
+                    .collect()
+            });
+            (i, listing.is_some().then_some(client).flatten(), listing)
+        });
+    }
+    let mut replies = Vec::with_capacity(which.len());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((i, client, listing)) = joined {
+            nodes[i].client = client;
+            replies.push((i, listing));
+        }
+    }
+    replies
+}
+
+struct Convergence {
+    elapsed: Option<Duration>,
+    spawned: Duration,
+    rounds: u32,
+    false_statuses: usize,
+    failure: String,
+}
+
+impl Convergence {
+    fn describe(&self) -> String {
+        match self.elapsed {
+            Some(elapsed) => format!(
+                "converged in {:.3} s (joiners spawned in {:.3} s, {} poll rounds, \
+                 false statuses: {})",
+                elapsed.as_secs_f64(),
+                self.spawned.as_secs_f64(),
+                self.rounds,
+                self.false_statuses
+            ),
+            None => format!("FAILED: {}", self.failure),
+        }
+    }
+}
+
+struct Detection {
+    first: Option<Duration>,
+    all: Option<Duration>,
+    detected_by: usize,
+    observers: usize,
+    /// (observer, member, status) for live members seen as anything but alive.
+    false_statuses: BTreeSet<(usize, String, String)>,
+    victim_statuses: Vec<String>,
+    exits: Vec<String>,
+}
+
+impl Detection {
+    fn false_failures(&self) -> usize {
+        self.false_statuses.len()
+    }
+
+    fn describe(&self) -> String {
+        let mut text = match self.all {
+            Some(all) => format!(
+                "all {} others list it failed after {:.3} s (first after {:.3} s)",
+                self.observers,
+                all.as_secs_f64(),
+                self.first.unwrap_or_default().as_secs_f64()
+            ),
+            None => format!(
+                "FAILED: only {} of {} others list it failed (statuses seen for it: {})",
+                self.detected_by,
+                self.observers,
+                self.victim_statuses.join(", ")
+            ),
+        };
+        text.push_str(&format!(", false failures: {}", self.false_failures()));
+        for (observer, member, status) in self.false_statuses.iter().take(10) {
+            text.push_str(&format!(
+                "\n   node{} listed {member} as {status}",
+                observer + 1
+            ));
+        }
+        for exit in &self.exits {
+            text.push_str(&format!("\n   {exit}"));
+        }
+        text
+    }
+}
+
+struct Footprint {
+    rss_mean_kib: f64,
+    rss_max_kib: f64,
+    cpu_mean_secs: f64,
+    cpu_max_secs: f64,
+    still_converged: bool,
+    false_statuses: usize,
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
+}
+
+/// utime + stime of the whole process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which ends at the last ')': state is field 3, utime 14.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("malformed /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(n - 3)
+            .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
+            .parse()?)
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+fn clock_ticks() -> f64 {
+    command_line(Path::new("getconf"), &["CLK_TCK"])
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+fn command_line(program: &Path, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn machine_line() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or_else(String::new, |kib| {
+            format!("{:.0} GiB", kib / 1024.0 / 1024.0)
+        });
+    let kernel = command_line(Path::new("uname"), &["-r"]);
+    format!(
+        "{cpus} cpus ({model}), {memory}, Linux {}, load average {}",
+        kernel.trim(),
+        load_average()
+    )
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let len = sorted.len();
+    match len {
+        0 => None,
+        _ if len % 2 == 1 => Some(sorted[len / 2]),
+        _ => Some((sorted[len / 2 - 1] + sorted[len / 2]) / 2.0),
+    }
+}
+
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "—".to_owned(), |s| format!("{s:.3} s"))
+}
+
+fn run_header(reps: usize) -> (String, String) {
+    let runs: String = (1..=reps).map(|r| format!(" run {r} |")).collect();
+    let align: String = (1..=reps).map(|_| "---:|").collect();
+    (runs, align)
+}
+
+fn print_tables(options: &Options, results: &Results) {
+    let (runs, align) = run_header(options.reps);
+    println!("Convergence: from spawning the first joiner until every agent lists N alive members");
+    println!();
+    println!("| agents | agent |{runs} median | false statuses |");
+    println!("|---:|---|{align}---:|---:|");
+    for (size, kind, reps) in &results.convergence {
+        let cells: String = reps
+            .iter()
+            .map(|c| {
+                format!(
+                    " {} |",
+                    seconds(c.elapsed.map(|elapsed| elapsed.as_secs_f64()))
+                )
+            })
+            .collect();
+        let times: Vec<f64> = reps
+            .iter()
+            .filter_map(|c| c.elapsed.map(|elapsed| elapsed.as_secs_f64()))
+            .collect();
+        let false_statuses: usize = reps.iter().map(|c| c.false_statuses).sum();
+        println!(
+            "| {size} | {} |{cells} {} | {false_statuses} |",
+            kind.label(),
+            seconds(if times.len() == reps.len() {
+                median(&times)
+            } else {
+                None
+            })
+        );
+    }
+    println!();
+    println!(
+        "Failure detection, {} agents: from SIGKILL until every other agent lists the victim \
+         as failed (first agent in brackets)",
+        options.fail_size
+    );
+    println!();
+    println!("| agent |{runs} median | median first | false failures |");
+    println!("|---|{align}---:|---:|---:|");
+    for (kind, reps) in &results.detection {
+        let cells: String = reps
+            .iter()
+            .map(|d| match d {
+                Some(d) => format!(
+                    " {} ({}) |",
+                    seconds(d.all.map(|all| all.as_secs_f64())),
+                    seconds(d.first.map(|first| first.as_secs_f64()))
+                ),
+                None => " not converged |".to_owned(),
+            })
+            .collect();
+        let all: Vec<f64> = reps
+            .iter()
+            .flatten()
+            .filter_map(|d| d.all.map(|all| all.as_secs_f64()))
+            .collect();
+        let first: Vec<f64> = reps
+            .iter()
+            .flatten()
+            .filter_map(|d| d.first.map(|first| first.as_secs_f64()))
+            .collect();
+        let false_failures: usize = reps.iter().flatten().map(Detection::false_failures).sum();
+        let complete = all.len() == reps.len();
+        println!(
+            "| {} |{cells} {} | {} | {false_failures} |",
+            kind.label(),
+            seconds(if complete { median(&all) } else { None }),
+            seconds(median(&first))
+        );
+    }
+    println!();
+    let largest = options.sizes.iter().copied().max().unwrap_or(0);
+    println!(
+        "Idle footprint (median over runs): RSS after {} s idle; CPU time used in {} s idle",
+        options.settle.as_secs(),
+        options.idle.as_secs()
+    );
+    println!();
+    println!(
+        "| agent | RSS alone | RSS per agent, {largest} agents (max) | CPU alone | CPU per agent, \
+         {largest} agents (max) | per agent, % of a core |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for kind in Kind::BOTH {
+        let lone: Vec<&Footprint> = results
+            .lone
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .flat_map(|(_, reps)| reps)
+            .collect();
+        let cluster: Vec<&Footprint> = results
+            .cluster
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .flat_map(|(_, reps)| reps.iter().flatten())
+            .collect();
+        let pick = |set: &[&Footprint], f: fn(&Footprint) -> f64| {
+            median(&set.iter().map(|footprint| f(footprint)).collect::<Vec<_>>())
+        };
+        let mib = |kib: Option<f64>| {
+            kib.map_or_else(|| "—".to_owned(), |k| format!("{:.1} MiB", k / 1024.0))
+        };
+        let cpu = |s: Option<f64>| s.map_or_else(|| "—".to_owned(), |s| format!("{s:.3} s"));
+        let share = pick(&cluster, |f| f.cpu_mean_secs).map_or_else(
+            || "—".to_owned(),
+            |s| format!("{:.2} %", s / options.idle.as_secs_f64() * 100.0),
+        );
+        println!(
+            "| {} | {} | {} ({}) | {} | {} ({}) | {share} |",
+            kind.label(),
+            mib(pick(&lone, |f| f.rss_mean_kib)),
+            mib(pick(&cluster, |f| f.rss_mean_kib)),
+            mib(pick(&cluster, |f| f.rss_max_kib)),
+            cpu(pick(&lone, |f| f.cpu_mean_secs)),
+            cpu(pick(&cluster, |f| f.cpu_mean_secs)),
+            cpu(pick(&cluster, |f| f.cpu_max_secs)),
+        );
+    }
+}
