@@ -457,11 +457,10 @@ impl Config {
         };
         let advertise = match flags.advertise.clone().or(file.advertise) {
             Some(text) => parse_host_port("advertise", &text, bind.port())?,
-            None if bind.ip().is_unspecified() => {
-                // Serf picks a private interface address here; without gossip peers yet,
-                // loopback is the address every local client can reach.
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bind.port())
-            }
+            None if bind.ip().is_unspecified() => SocketAddr::new(
+                outbound_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                bind.port(),
+            ),
             None => bind,
         };
         let rpc_addr = match flags.rpc_addr.clone().or(file.rpc_addr) {
@@ -821,6 +820,18 @@ fn resolve_plugins(
     }
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(specs)
+}
+
+/// The address this machine sends from toward other hosts: what peers should use when the
+/// agent binds every interface and no `-advertise` is given (Serf picks a private interface
+/// address there). Asks the routing table through an unconnected-until-now UDP socket, which
+/// sends nothing; `None` on a machine without a route.
+fn outbound_ip() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    // TEST-NET-1: never answered, only used to pick the interface of the default route.
+    socket.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 #[cfg(test)]

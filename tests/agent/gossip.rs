@@ -49,12 +49,18 @@ fn serf_join_command_joins_a_running_agent_both_ways() {
     let go = GoNode::start(net, 1, "go1", &[]);
     let ours = Node::builder(net, 2).start();
     let text = stdout_ok(&ours.cli(&["join", &go.bind.to_string()]));
-    assert!(text.contains("Successfully joined cluster by contacting 1 nodes."), "{text}");
+    assert!(
+        text.contains("Successfully joined cluster by contacting 1 nodes."),
+        "{text}"
+    );
     assert_all_alive(&[&go, &ours]);
     let ours3 = Node::builder(net, 3).start();
     // Serf's CLI asks our agent to join over RPC.
     let text = stdout_ok(&ours3.go_cli(&["join", &ours.bind.to_string()]));
-    assert!(text.contains("Successfully joined cluster by contacting 1 nodes."), "{text}");
+    assert!(
+        text.contains("Successfully joined cluster by contacting 1 nodes."),
+        "{text}"
+    );
     assert_all_alive(&[&go, &ours, &ours3]);
 }
 
@@ -81,7 +87,11 @@ fn kill_9_is_seen_as_failed_by_the_other_kind() {
 
     go4.kill_9();
     for agent in [&go1 as &dyn Agent, &ours2, &ours3] {
-        wait_statuses(agent.rpc(), &[("go4", "failed"), ("node2", "alive")], DETECT);
+        wait_statuses(
+            agent.rpc(),
+            &[("go4", "failed"), ("node2", "alive")],
+            DETECT,
+        );
     }
     ours3.kill_9();
     for agent in [&go1 as &dyn Agent, &ours2] {
@@ -104,7 +114,11 @@ fn graceful_leave_shows_as_left_on_the_other_kind() {
 
     // Ours leaves through the RPC, as `serf leave` asks.
     stdout_ok(&ours2.cli(&["leave"]));
-    assert!(ours2.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    assert!(
+        ours2
+            .wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
     for agent in [&go1 as &dyn Agent, &ours3, &go4] {
         wait_statuses(agent.rpc(), &[("node2", "left")], DETECT);
     }

@@ -55,11 +55,19 @@ impl GoNode {
             if let Some(child) = node.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("go agent {} exited with {status}: {}", node.name, node.log());
+                panic!(
+                    "go agent {} exited with {status}: {}",
+                    node.name,
+                    node.log()
+                );
             }
             TcpStream::connect(node.rpc).ok()
         });
-        assert!(up.is_some(), "go agent {name} never opened RPC: {}", node.log());
+        assert!(
+            up.is_some(),
+            "go agent {name} never opened RPC: {}",
+            node.log()
+        );
         node
     }
 
@@ -80,7 +88,10 @@ impl GoNode {
     pub fn signal(&mut self, signal: &str) {
         if let Some(child) = self.child.as_mut() {
             let pid = child.id().to_string();
-            let _ = Command::new("kill").arg(format!("-{signal}")).arg(&pid).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(&pid)
+                .status();
             let child = self.child.as_mut().expect("child");
             eventually(Duration::from_secs(20), || child.try_wait().ok().flatten());
         }
@@ -144,9 +155,9 @@ pub fn wait_statuses(rpc: SocketAddr, expected: &[(&str, &str)], timeout: Durati
     let ok = eventually(timeout, || {
         for cli in [serf_bin(), go_serf()] {
             let seen = members(&cli, rpc)?;
-            let matches = expected.iter().all(|(name, status)| {
-                seen.get(*name).is_some_and(|m| m.status == *status)
-            });
+            let matches = expected
+                .iter()
+                .all(|(name, status)| seen.get(*name).is_some_and(|m| m.status == *status));
             last = Some(seen);
             if !matches {
                 return None;

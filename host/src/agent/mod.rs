@@ -39,7 +39,7 @@ const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 const QUERY_OUTPUT_QUEUE: usize = 1024;
 /// How long a graceful leave may take before the agent gives up waiting: Serf's broadcast
 /// timeout (5 s) plus its leave propagation delay (1 s). The core normally finishes sooner.
-pub const LEAVE_BOUND: Duration = Duration::from_secs(6);
+pub const LEAVE_BOUND: Duration = Duration::from_secs(12);
 
 pub use join::retry_join;
 pub use transport::{MAX_INBOUND_STREAMS, MAX_OUTBOUND_STREAMS, TransportStats};
@@ -130,6 +130,11 @@ enum Command {
     },
     SetTags {
         tags: Tags,
+        reply: oneshot::Sender<()>,
+    },
+    ForceLeave {
+        node: String,
+        prune: bool,
         reply: oneshot::Sender<()>,
     },
     Leave {
@@ -343,6 +348,12 @@ impl AgentHandle {
     /// Replaces this node's tags.
     pub async fn set_tags(&self, tags: Tags) -> Result<(), AgentError> {
         self.ask(|reply| Command::SetTags { tags, reply }).await
+    }
+
+    /// Removes a failed member (`prune`: at once), as `serf force-leave` asks.
+    pub async fn force_leave(&self, node: String, prune: bool) -> Result<(), AgentError> {
+        self.ask(|reply| Command::ForceLeave { node, prune, reply })
+            .await
     }
 
     /// Leaves the cluster gracefully: completes once the leave has been gossiped (or after
@@ -582,6 +593,11 @@ impl Shell {
             }
             Command::SetTags { tags, reply } => {
                 self.core.set_tags(now, tags);
+                let _ = reply.send(());
+            }
+            Command::ForceLeave { node, prune, reply } => {
+                tracing::info!(%node, prune, "force leave requested");
+                self.core.force_leave(now, &node, prune);
                 let _ = reply.send(());
             }
             Command::Leave { reply } => {

@@ -44,10 +44,10 @@ pub(super) async fn force_leave(
     seq: u64,
     request: protocol::ForceLeaveRequest,
 ) -> Result<Flow, protocol::FrameError> {
-    // Serf accepts a force-leave of any name (an unknown one is kept as an intent). With no
-    // other members there is nobody to remove; the membership layer acts on the name.
-    tracing::info!(node = %request.node, prune = request.prune, "force leave requested");
-    session.outbox.ok(seq).await;
+    // Serf accepts a force-leave of any name (an unknown one is kept as an intent).
+    let result = session.agent.force_leave(request.node, request.prune).await;
+    let error = result.err().map(|e| agent_error(&e)).unwrap_or_default();
+    session.outbox.error(seq, &error).await;
     Ok(Flow::Continue)
 }
 
@@ -333,9 +333,8 @@ pub(super) async fn leave(session: &mut Session, seq: u64) -> Result<Flow, proto
         .map(|e| agent_error(&e))
         .unwrap_or_default();
     session.outbox.error(seq, &error).await;
-    // As in Serf, a leave over RPC also stops the agent once the reply is on its way.
-    session.agent.request_shutdown();
-    Ok(Flow::Continue)
+    // As in Serf, a leave over RPC also stops the agent, once the reply is written.
+    Ok(Flow::CloseAndStop)
 }
 
 pub(super) async fn query(
@@ -482,9 +481,21 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
             ("member_time", serf.member_time.to_string()),
             ("event_time", serf.event_time.to_string()),
             ("query_time", serf.query_time.to_string()),
-            ("intent_queue", "0".into()),
-            ("event_queue", "0".into()),
-            ("query_queue", "0".into()),
+            ("intent_queue", serf.intent_queue.to_string()),
+            ("event_queue", serf.event_queue.to_string()),
+            ("query_queue", serf.query_queue.to_string()),
+            (
+                "serf_messages_dropped",
+                serf.counters.messages_dropped.to_string(),
+            ),
+            (
+                "events_deduplicated",
+                serf.counters.events_deduplicated.to_string(),
+            ),
+            (
+                "broadcasts_pruned",
+                serf.counters.broadcasts_pruned.to_string(),
+            ),
             ("encrypted", stats.encrypted.to_string()),
             ("coordinate_resets", "0".into()),
             ("event_streams", stats.num_streams.to_string()),

@@ -219,6 +219,9 @@ pub(super) enum Flow {
     Continue,
     /// Close the connection after the replies already queued.
     Close,
+    /// Close the connection once the replies already queued are written, then stop the agent
+    /// (an RPC `leave`).
+    CloseAndStop,
 }
 
 async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
@@ -250,10 +253,15 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
         pending_queries: Arc::default(),
     };
     let mut reader = FrameReader::new(read);
+    let mut stop_agent = false;
     loop {
         match read_request(&mut reader, &mut session).await {
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) => break,
+            Ok(Flow::CloseAndStop) => {
+                stop_agent = true;
+                break;
+            }
             Err(error) => {
                 tracing::debug!(%error, "rpc connection closed");
                 break;
@@ -263,8 +271,12 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
     for (_, task) in session.streams.drain() {
         task.abort();
     }
+    let agent = session.agent.clone();
     drop(session);
     let _ = writer.await;
+    if stop_agent {
+        agent.request_shutdown();
+    }
 }
 
 /// Reads one request (a header and, for most commands, a body) and handles it.

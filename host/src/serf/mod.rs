@@ -523,17 +523,15 @@ impl Serf {
                         return;
                     }
                 }
-                LocalState::LeavingMemberlist { deadline } => {
-                    if self.ml.is_leave_broadcast_done(now) || now >= deadline {
-                        if self.has_alive_peers() {
-                            LocalState::LeavingPropagate {
-                                until: now + LEAVE_PROPAGATE_DELAY,
-                            }
-                        } else {
-                            LocalState::Left
+                LocalState::LeavingMemberlist { deadline }
+                    if self.ml.is_leave_broadcast_done(now) || now >= deadline =>
+                {
+                    if self.has_alive_peers() {
+                        LocalState::LeavingPropagate {
+                            until: now + LEAVE_PROPAGATE_DELAY,
                         }
                     } else {
-                        return;
+                        LocalState::Left
                     }
                 }
                 LocalState::LeavingPropagate { until } if now >= until => LocalState::Left,
