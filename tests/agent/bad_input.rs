@@ -192,3 +192,49 @@ fn broken_plugins_get_clear_errors_and_the_rest_run() {
         "{info}"
     );
 }
+
+#[test]
+fn garbled_gossip_packets_and_streams_are_dropped_and_counted() {
+    use std::io::{Read, Write};
+
+    let node = Node::builder(next_net(), 1).start();
+    let socket = std::net::UdpSocket::bind((node.bind.ip(), 0)).expect("udp socket");
+    let garbage: [&[u8]; 7] = [
+        b"",
+        &[0x00, 0xc1, 0xc1],             // ping that does not decode (7.20)
+        &[0x0c, 0, 0, 0, 0, 0x00, 0x80], // wrong CRC
+        &[0xf4, 0x03, b'a', b'b', b'c'], // a label header 0.9.4 does not know
+        &[0x07, 0x05, 0x00],             // compound with a short length table
+        &[0x09, 0x82, 0xa4, b'A', b'l', b'g', b'o'], // truncated compress wrapper
+        &[0xff; 2000],                   // oversized nonsense
+    ];
+    for packet in garbage {
+        socket.send_to(packet, node.bind).expect("send");
+    }
+    // Streams: a type that is not allowed, an encrypted frame to a plaintext agent, garbage.
+    for stream in [
+        &[0x03, 0x81, 0xa1, b'x', 0x01][..],
+        &[0x0a, 0, 0, 0, 0x10],
+        &[0x06, 0xc1],
+    ] {
+        let mut tcp = std::net::TcpStream::connect(node.bind).expect("tcp");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut frame = stream.to_vec();
+        if stream[0] == 0x0a {
+            frame.extend_from_slice(&[0; 16]);
+        }
+        tcp.write_all(&frame).expect("write");
+        let _ = tcp.shutdown(std::net::Shutdown::Write);
+        let mut reply = Vec::new();
+        let _ = tcp.read_to_end(&mut reply);
+    }
+    let dropped = serf_tests::eventually(Duration::from_secs(10), || {
+        let info = node.info();
+        let dropped: u64 = info["gossip"]["packets_dropped"].as_str()?.parse().ok()?;
+        (dropped >= 6).then_some(dropped)
+    });
+    assert!(dropped.is_some(), "{}", node.info());
+    still_answers(&node);
+    let members = stdout_ok(&node.cli(&["members"]));
+    assert_eq!(members.lines().count(), 1, "{members}");
+}

@@ -1259,3 +1259,50 @@ mod cluster_tests {
         assert_eq!(cluster.statuses(0), all(2, MemberStatus::Alive));
     }
 }
+
+#[cfg(test)]
+mod bad_input_tests {
+    use std::time::Instant;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn node(encrypted: bool) -> Serf {
+        let mut config = Config::lan("a".into(), "127.0.0.10:7946".parse().unwrap(), Tags::new());
+        if encrypted {
+            config.memberlist.keyring = Some(gossip::Keyring::new(vec![vec![1u8; 16]]).unwrap());
+        }
+        Serf::new(config, 1, Instant::now())
+    }
+
+    proptest! {
+        /// Nothing a peer sends, as a packet or a stream, panics the node or makes it believe
+        /// in members that do not exist.
+        #[test]
+        fn arbitrary_packets_and_streams_never_panic(
+            packets in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..300),
+                    // Plausible prefixes: every message type, compound and compress headers.
+                    (0u8..16, proptest::collection::vec(any::<u8>(), 0..200))
+                        .prop_map(|(t, rest)| [vec![t], rest].concat()),
+                ],
+                1..8,
+            ),
+            encrypted in any::<bool>(),
+        ) {
+            let mut serf = node(encrypted);
+            let now = Instant::now();
+            let from: SocketAddr = "127.0.0.99:7946".parse().unwrap();
+            for packet in &packets {
+                let _ = serf.handle_packet(now, from, packet);
+                let _ = serf.handle_stream(now, from, packet);
+                while serf.poll_transmit().is_some() {}
+                while serf.poll_stream().is_some() {}
+            }
+            serf.handle_timeout(now + Duration::from_secs(5));
+            prop_assert_eq!(serf.members().count(), 1);
+        }
+    }
+}
