@@ -161,11 +161,12 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or("?")
     );
     println!(
-        "serf: {}",
+        "serf: `{SERF} version` prints {}, package {}",
         command_line(Path::new(SERF), &["version"])
             .lines()
             .next()
-            .unwrap_or("?")
+            .unwrap_or("?"),
+        command_line(Path::new("dpkg-query"), &["-W", "-f=${Version}", "serf"])
     );
     println!(
         "logs of failed runs are kept under {}",
@@ -521,7 +522,7 @@ impl Cluster {
                     if let Some(members) = &members {
                         note_false(&mut false_statuses, i, members, None);
                     }
-                    if members.as_ref().map(|m| alive(m)) != Some(n) {
+                    if members.as_ref().map(alive) != Some(n) {
                         pending.push(i);
                     }
                     last[i] = members;

@@ -409,6 +409,10 @@ impl<D: Delegate> Memberlist<D> {
             }
         };
         let mut first_error = None;
+        for error in unpacked.errors {
+            self.stats.packets_dropped += 1;
+            first_error.get_or_insert(error);
+        }
         for raw in unpacked.messages {
             match Message::decode(&raw) {
                 Ok(message) => {
