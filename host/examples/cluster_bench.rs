@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo build --release -p serf-host --bins --examples
 //! target/release/examples/cluster_bench [--reps 3] [--sizes 10,50] [--fail-size 10] \
-//!     [--settle-secs 10] [--idle-secs 20]
+//!     [--settle-secs 10] [--idle-secs 20] [--converge-only]
 //! ```
 //!
 //! Every agent is a real process on loopback with an address of its own (`127.<net>.0.<n>`,
@@ -45,6 +45,8 @@ const DETECT_LIMIT: Duration = Duration::from_secs(60);
 const RPC_UP_LIMIT: Duration = Duration::from_secs(30);
 const RPC_CALL_LIMIT: Duration = Duration::from_secs(2);
 const SETTLE_BEFORE_KILL: Duration = Duration::from_secs(2);
+/// Agents still not converged this long after the first joiner started are reported.
+const SLOW_CONVERGENCE: Duration = Duration::from_secs(3);
 const SERF: &str = "/usr/bin/serf";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -77,6 +79,8 @@ struct Options {
     fail_size: usize,
     settle: Duration,
     idle: Duration,
+    /// Only the convergence measurement (no failure detection, no footprint).
+    converge_only: bool,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -86,9 +90,14 @@ fn parse_options() -> anyhow::Result<Options> {
         fail_size: 10,
         settle: Duration::from_secs(10),
         idle: Duration::from_secs(20),
+        converge_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg.trim_start_matches('-') == "converge-only" {
+            options.converge_only = true;
+            continue;
+        }
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
             None => (arg.clone(), None),
@@ -112,7 +121,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "idle-secs" => options.idle = Duration::from_secs(value()?.parse()?),
             _ => anyhow::bail!(
                 "usage: cluster_bench [--reps N] [--sizes 10,50] [--fail-size 10] \
-                 [--settle-secs 10] [--idle-secs 20]"
+                 [--settle-secs 10] [--idle-secs 20] [--converge-only]"
             ),
         }
     }
@@ -225,6 +234,9 @@ async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
     for rep in 1..=options.reps {
         println!("== repetition {rep} of {}", options.reps);
         for kind in Kind::BOTH {
+            if options.converge_only {
+                break;
+            }
             let mut lone = Cluster::new(&mut bench, kind, 1)?;
             lone.start_seed(&bench).await?;
             let footprint = lone.footprint(&bench, options).await?;
@@ -257,6 +269,9 @@ async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
                 }
                 if !converged {
                     cluster.keep_logs = true;
+                }
+                if options.converge_only {
+                    continue;
                 }
                 if size == options.fail_size {
                     let detection = if converged {
@@ -490,16 +505,19 @@ impl Cluster {
 
     async fn converge(&mut self, bench: &Bench) -> anyhow::Result<Convergence> {
         self.start_seed(bench).await?;
+        let udp_errors = udp_receive_errors();
         let started = Instant::now();
         for _ in 1..self.size {
             self.spawn_next(bench)?;
         }
         let spawned = started.elapsed();
         let n = self.size;
+        let names: Vec<String> = self.nodes.iter().map(|node| node.name.clone()).collect();
         let mut pending: Vec<usize> = (0..n).collect();
         let mut last: Vec<Option<Listing>> = vec![None; n];
+        let mut done_at: Vec<Option<Duration>> = vec![None; n];
         let mut false_statuses = BTreeSet::new();
-        let mut converged_at = started;
+        let mut late: Option<Vec<(usize, String)>> = None;
         let deadline = started + CONVERGE_LIMIT;
         let mut rounds = 0_u32;
         loop {
@@ -512,9 +530,17 @@ impl Cluster {
                 note_false(&mut false_statuses, i, &members, None);
                 if alive(&members) == n {
                     pending.retain(|&j| j != i);
-                    converged_at = now;
+                    done_at[i] = Some(now - started);
                 }
                 last[i] = Some(members);
+            }
+            if late.is_none() && now - started >= SLOW_CONVERGENCE {
+                late = Some(
+                    pending
+                        .iter()
+                        .map(|&i| (i, lacking(&names, last[i].as_ref())))
+                        .collect(),
+                );
             }
             if pending.is_empty() {
                 let all: Vec<usize> = (0..n).collect();
@@ -524,16 +550,31 @@ impl Cluster {
                     }
                     if members.as_ref().map(alive) != Some(n) {
                         pending.push(i);
+                        done_at[i] = None;
                     }
                     last[i] = members;
                 }
                 if pending.is_empty() {
+                    let mut slow = String::new();
+                    for (i, lacked) in late.iter().flatten() {
+                        slow.push_str(&format!(
+                            "\n   {} listed all {n} alive only after {:.3} s; at {:.0} s it \
+                             lacked {lacked}",
+                            names[*i],
+                            done_at[*i].unwrap_or_default().as_secs_f64(),
+                            SLOW_CONVERGENCE.as_secs_f64()
+                        ));
+                    }
+                    if !slow.is_empty() {
+                        self.keep_logs = true;
+                    }
                     return Ok(Convergence {
-                        elapsed: Some(converged_at - started),
+                        elapsed: done_at.iter().flatten().max().copied(),
                         spawned,
                         rounds,
                         false_statuses: false_statuses.len(),
-                        failure: String::new(),
+                        udp_errors: udp_receive_errors().saturating_sub(udp_errors),
+                        details: slow,
                     });
                 }
             }
@@ -547,15 +588,25 @@ impl Cluster {
                 } else {
                     format!("agents exited: {}", exits.join("; "))
                 };
-                for &i in pending.iter().take(5) {
-                    let listing = last[i].as_ref().map_or_else(
-                        || "no RPC answer".to_owned(),
-                        |m| format!("{} listed, {} alive", m.len(), alive(m)),
-                    );
+                for &i in &pending {
                     failure.push_str(&format!(
-                        "\n   {} (pid {}): {listing}; log tail:\n{}",
-                        self.nodes[i].name,
+                        "\n   {} (pid {}) lacks {}",
+                        names[i],
                         self.nodes[i].pid(),
+                        lacking(&names, last[i].as_ref())
+                    ));
+                }
+                for (i, lacked) in late.iter().flatten() {
+                    failure.push_str(&format!(
+                        "\n   at {:.0} s {} lacked {lacked}",
+                        SLOW_CONVERGENCE.as_secs_f64(),
+                        names[*i]
+                    ));
+                }
+                if let Some(&i) = pending.first() {
+                    failure.push_str(&format!(
+                        "\n   log tail of {}:\n{}",
+                        names[i],
                         log_tail(&self.nodes[i].log)
                     ));
                 }
@@ -565,7 +616,8 @@ impl Cluster {
                     spawned,
                     rounds,
                     false_statuses: false_statuses.len(),
-                    failure,
+                    udp_errors: udp_receive_errors().saturating_sub(udp_errors),
+                    details: failure,
                 });
             }
             tokio::time::sleep_until((round + POLL_INTERVAL).into()).await;
@@ -685,6 +737,22 @@ impl Cluster {
     }
 }
 
+/// The expected members that `listing` does not show as alive, with the status it shows.
+fn lacking(names: &[String], listing: Option<&Listing>) -> String {
+    let Some(listing) = listing else {
+        return "everything (no RPC answer)".to_owned();
+    };
+    let lacked: Vec<String> = names
+        .iter()
+        .filter_map(|name| match listing.iter().find(|(n, _)| n == name) {
+            Some((_, status)) if status == "alive" => None,
+            Some((_, status)) => Some(format!("{name} ({status})")),
+            None => Some(format!("{name} (absent)")),
+        })
+        .collect();
+    lacked.join(", ")
+}
+
 fn alive(members: &Listing) -> usize {
     members
         .iter()
@@ -753,7 +821,10 @@ struct Convergence {
     spawned: Duration,
     rounds: u32,
     false_statuses: usize,
-    failure: String,
+    /// Datagrams the kernel dropped on receipt during the run (whole machine).
+    udp_errors: u64,
+    /// Why it failed, or which agents were slow.
+    details: String,
 }
 
 impl Convergence {
@@ -761,13 +832,18 @@ impl Convergence {
         match self.elapsed {
             Some(elapsed) => format!(
                 "converged in {:.3} s (joiners spawned in {:.3} s, {} poll rounds, \
-                 false statuses: {})",
+                 false statuses: {}, UDP receive errors: {}){}",
                 elapsed.as_secs_f64(),
                 self.spawned.as_secs_f64(),
                 self.rounds,
-                self.false_statuses
+                self.false_statuses,
+                self.udp_errors,
+                self.details
             ),
-            None => format!("FAILED: {}", self.failure),
+            None => format!(
+                "FAILED (UDP receive errors: {}): {}",
+                self.udp_errors, self.details
+            ),
         }
     }
 }
@@ -854,6 +930,21 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
+/// `InErrors` + `RcvbufErrors` of the machine's UDP counters.
+fn udp_receive_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(header), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    header
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(name, _)| matches!(*name, "InErrors" | "RcvbufErrors"))
+        .filter_map(|(_, value)| value.parse::<u64>().ok())
+        .sum()
+}
+
 fn clock_ticks() -> f64 {
     command_line(Path::new("getconf"), &["CLK_TCK"])
         .trim()
@@ -932,6 +1023,14 @@ fn seconds(value: Option<f64>) -> String {
     value.map_or_else(|| "—".to_owned(), |s| format!("{s:.3} s"))
 }
 
+fn converge_cell(secs: f64) -> String {
+    if secs.is_finite() {
+        format!("{secs:.3} s")
+    } else {
+        format!("> {} s", CONVERGE_LIMIT.as_secs())
+    }
+}
+
 fn run_header(reps: usize) -> (String, String) {
     let runs: String = (1..=reps).map(|r| format!(" run {r} |")).collect();
     let align: String = (1..=reps).map(|_| "---:|").collect();
@@ -942,31 +1041,26 @@ fn print_tables(options: &Options, results: &Results) {
     let (runs, align) = run_header(options.reps);
     println!("Convergence: from spawning the first joiner until every agent lists N alive members");
     println!();
-    println!("| agents | agent |{runs} median | false statuses |");
-    println!("|---:|---|{align}---:|---:|");
+    println!("| agents | agent |{runs} median | stragglers (> 3 s) | false statuses |");
+    println!("|---:|---|{align}---:|---:|---:|");
+    // A run that did not converge counts as infinitely long.
+    let secs = |c: &Convergence| c.elapsed.map_or(f64::INFINITY, |e| e.as_secs_f64());
     for (size, kind, reps) in &results.convergence {
         let cells: String = reps
             .iter()
-            .map(|c| {
-                format!(
-                    " {} |",
-                    seconds(c.elapsed.map(|elapsed| elapsed.as_secs_f64()))
-                )
-            })
+            .map(|c| format!(" {} |", converge_cell(secs(c))))
             .collect();
-        let times: Vec<f64> = reps
+        let times: Vec<f64> = reps.iter().map(secs).collect();
+        let slow = times
             .iter()
-            .filter_map(|c| c.elapsed.map(|elapsed| elapsed.as_secs_f64()))
-            .collect();
+            .filter(|&&t| t > SLOW_CONVERGENCE.as_secs_f64())
+            .count();
         let false_statuses: usize = reps.iter().map(|c| c.false_statuses).sum();
         println!(
-            "| {size} | {} |{cells} {} | {false_statuses} |",
+            "| {size} | {} |{cells} {} | {slow} of {} | {false_statuses} |",
             kind.label(),
-            seconds(if times.len() == reps.len() {
-                median(&times)
-            } else {
-                None
-            })
+            median(&times).map_or_else(|| "—".to_owned(), converge_cell),
+            reps.len()
         );
     }
     println!();
