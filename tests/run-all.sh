@@ -30,7 +30,7 @@ if [ ! -x /usr/bin/serf ]; then
     fi
     $SUDO apt-get install -y -qq serf >/dev/null
 fi
-/usr/bin/serf version | head -1
+/usr/bin/serf version | sed -n 1p
 
 # Python tools in a venv of our own (Debian's pip refuses system-wide installs): serfclient,
 # the third-party RPC client the tests drive our agent with.

@@ -185,7 +185,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let logs = bench.logs.clone();
     let results = runtime.block_on(run(bench, &options))?;
+    // Only removed when no failed run kept its logs there.
+    let _ = std::fs::remove_dir(&logs);
     println!();
     print_tables(&options, &results);
     println!();
