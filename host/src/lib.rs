@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+mod go_text;
 pub mod gossip;
 pub mod logging;
 pub mod plugin;

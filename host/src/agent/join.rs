@@ -76,7 +76,7 @@ pub(crate) async fn resolve_join_addr(
     }
     let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map_err(|error| format!("lookup {host}: {}", super::transport::go_error_text(&error)))?
+        .map_err(|error| format!("lookup {host}: {}", crate::go_text::io_error(&error)))?
         .collect();
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(found.len());
     for addr in found {

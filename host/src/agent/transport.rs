@@ -295,7 +295,7 @@ async fn serve_inbound(
         stream
             .write_all(&bytes)
             .await
-            .map_err(|error| format!("write tcp {peer}: {}", go_error_text(&error)))?;
+            .map_err(|error| format!("write tcp {peer}: {}", crate::go_text::io_error(&error)))?;
     }
     let _ = stream.shutdown().await;
     Ok(())
@@ -309,14 +309,19 @@ async fn run_outbound(request: StreamRequest) -> Result<Vec<u8>, String> {
     let deadline = Instant::from_std(request.deadline);
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(to)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(format!("dial tcp {to}: connect: {}", go_error_text(&error))),
+        Ok(Err(error)) => {
+            return Err(format!(
+                "dial tcp {to}: connect: {}",
+                crate::go_text::io_error(&error)
+            ));
+        }
         Err(_) => return Err(format!("dial tcp {to}: i/o timeout")),
     };
     let exchange = async {
         stream
             .write_all(&request.payload)
             .await
-            .map_err(|error| format!("write tcp {to}: {}", go_error_text(&error)))?;
+            .map_err(|error| format!("write tcp {to}: {}", crate::go_text::io_error(&error)))?;
         if !request.expects_reply {
             return Ok(Vec::new());
         }
@@ -342,7 +347,7 @@ pub(crate) enum StreamReadError {
     #[error("malformed stream message: {0}")]
     Decode(#[from] DecodeError),
     /// Reading failed.
-    #[error("{}", go_error_text(.0))]
+    #[error("{}", crate::go_text::io_error(.0))]
     Io(#[from] std::io::Error),
 }
 
@@ -428,20 +433,6 @@ fn read_ready<R: AsyncRead + Unpin>(
         std::task::Poll::Ready(Ok(())) => Some(Ok(read_buf.filled().len())),
         std::task::Poll::Ready(Err(error)) => Some(Err(error)),
         std::task::Poll::Pending => None,
-    }
-}
-
-/// An OS error as Go prints it: `connection refused`, not `Connection refused (os error 111)`.
-pub(super) fn go_error_text(error: &std::io::Error) -> String {
-    let text = error.to_string();
-    let text = match text.find(" (os error") {
-        Some(end) => &text[..end],
-        None => &text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
     }
 }
 
@@ -666,8 +657,8 @@ mod tests {
     #[test]
     fn os_errors_print_like_go() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(go_error_text(&refused), "connection refused");
+        assert_eq!(crate::go_text::io_error(&refused), "connection refused");
         let raw = std::io::Error::from_raw_os_error(111);
-        assert_eq!(go_error_text(&raw), "connection refused");
+        assert_eq!(crate::go_text::io_error(&raw), "connection refused");
     }
 }

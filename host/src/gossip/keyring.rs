@@ -288,6 +288,7 @@ pub fn encode_key(key: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gossip::msgpack::hex;
     use rand::{SeedableRng, rngs::StdRng};
 
     fn key(byte: u8, len: usize) -> Vec<u8> {
@@ -296,14 +297,6 @@ mod tests {
 
     fn rng() -> StdRng {
         StdRng::seed_from_u64(7)
-    }
-
-    fn hex(text: &str) -> Vec<u8> {
-        let text: String = text.split_whitespace().collect();
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
     }
 
     #[test]

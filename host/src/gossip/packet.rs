@@ -600,17 +600,9 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gossip::msgpack::hex;
     use proptest::prelude::*;
     use rand::{SeedableRng, rngs::StdRng};
-
-    fn hex(text: &str) -> Vec<u8> {
-        let text: String = text.split_whitespace().collect();
-        assert!(text.len().is_multiple_of(2), "odd hex");
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     fn rng() -> StdRng {
         StdRng::seed_from_u64(42)

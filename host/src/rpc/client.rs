@@ -798,7 +798,7 @@ async fn dial(addr: &str, timeout: Duration) -> Result<TcpStream, RpcError> {
             .map_err(|_| timed_out())?
             .map_err(|error| RpcError::Lookup {
                 host: host.to_owned(),
-                reason: go_error_text(&error),
+                reason: crate::go_text::io_error(&error),
             })?
             .collect();
     let mut last_error = RpcError::Lookup {
@@ -811,7 +811,7 @@ async fn dial(addr: &str, timeout: Duration) -> Result<TcpStream, RpcError> {
             Ok(Err(error)) => {
                 last_error = RpcError::Dial {
                     addr: candidate.to_string(),
-                    reason: format!("connect: {}", go_error_text(&error)),
+                    reason: format!("connect: {}", crate::go_text::io_error(&error)),
                 };
             }
             Err(_) => {
@@ -846,20 +846,6 @@ fn split_host_port(addr: &str) -> Result<(&str, &str), RpcError> {
         return Err(error("too many colons in address"));
     }
     Ok((host, port))
-}
-
-/// An OS error as Go prints it: `connection refused`, not `Connection refused (os error 111)`.
-fn go_error_text(error: &std::io::Error) -> String {
-    let text = error.to_string();
-    let text = match text.find(" (os error") {
-        Some(end) => &text[..end],
-        None => &text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
 }
 
 #[cfg(test)]
