@@ -228,6 +228,18 @@ impl<D: Delegate> Memberlist<D> {
             interval(config.push_pull_interval).map(|d| now + stagger(&mut rng, d) + d);
         let mut broadcasts = BroadcastQueue::new(config.retransmit_mult);
         broadcasts.set_num_nodes(1);
+        // Announce ourselves as memberlist does on start: once a join gives us peers, our own
+        // alive is gossiped beside the one the seed re-broadcasts, so a burst of joins does not
+        // leave a node known only to its seed.
+        let own_alive = Message::Alive(Alive {
+            incarnation: 1,
+            node: config.name.clone(),
+            addr: config.advertise.ip(),
+            port: config.advertise.port(),
+            meta: nodes[&config.name].node.meta.clone(),
+            vsn: Some(config.vsn),
+        });
+        broadcasts.queue(Some(config.name.clone()), own_alive.encode());
         Memberlist {
             order: vec![config.name.clone()],
             nodes,
