@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use super::error::DecodeError;
-use super::msgpack::{Encoder, Fields, Val, body_error};
+use super::msgpack::{Encoder, Fields, Val, body_error, decode_struct};
 
 /// The first byte of every memberlist message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -278,18 +278,6 @@ const PUSH_NODE_STATE_FIELDS: &[&str] = &[
     "Vsn",
 ];
 const USER_MSG_HEADER_FIELDS: &[&str] = &["UserMsgLen"];
-
-/// Reads the one msgpack struct that makes up a message body; trailing bytes are ignored.
-fn decode_struct<T>(
-    mut body: &[u8],
-    what: &'static str,
-    fields: &'static [&'static str],
-    read: impl FnOnce(&Fields<'_>) -> Result<T, DecodeError>,
-) -> Result<T, DecodeError> {
-    let mut slot = None;
-    let fields = Fields::read(&mut body, what, fields, &mut slot)?;
-    read(&fields)
-}
 
 /// `[8] {UserMsgLen} bytes` after the type byte: exactly `UserMsgLen` bytes must follow.
 fn decode_user_stream(mut body: &[u8]) -> Result<Vec<u8>, DecodeError> {

@@ -668,6 +668,19 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Reads the one msgpack struct that makes up a message body, as `fields` of `what`, and
+/// hands it to `read`; trailing bytes are ignored.
+pub fn decode_struct<T>(
+    mut body: &[u8],
+    what: &'static str,
+    fields: &'static [&'static str],
+    read: impl FnOnce(&Fields<'_>) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let mut slot = None;
+    let fields = Fields::read(&mut body, what, fields, &mut slot)?;
+    read(&fields)
+}
+
 /// Hex as the protocol reference prints it (whitespace ignored), for tests.
 #[cfg(test)]
 pub(crate) fn hex(text: &str) -> Vec<u8> {

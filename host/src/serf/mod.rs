@@ -575,7 +575,8 @@ impl Serf {
         self.join_outcomes.pop_front()
     }
 
-    /// A UDP packet arrived on the gossip port. An error means it was dropped, nothing changed.
+    /// A UDP packet arrived on the gossip port. An error means it (or some of its parts) was
+    /// dropped; parts before a bad one have been applied.
     pub fn handle_packet(
         &mut self,
         now: Instant,
@@ -683,9 +684,6 @@ impl Serf {
     /// Moves what the core left for others: point-to-point sends go to memberlist, join
     /// outcomes are sorted, a graceful leave advances.
     fn flush(&mut self, now: Instant) {
-        while let Some((to, message)) = self.core_mut().outbox.pop_front() {
-            self.ml.send_user(now, to, &message);
-        }
         while let Some(outcome) = self.ml.poll_join_outcome() {
             match self.joins.remove(&outcome.id) {
                 Some(JoinKind::Requested) => {
@@ -702,7 +700,7 @@ impl Serf {
                 }
             }
         }
-        // Sends above may have queued more (e.g. a relayed response to ourselves).
+        // `send_user` never calls back into the core, so one pass empties the outbox.
         while let Some((to, message)) = self.core_mut().outbox.pop_front() {
             self.ml.send_user(now, to, &message);
         }

@@ -14,7 +14,9 @@ use rmpv::Value;
 
 use super::{LamportTime, Member, MemberStatus, NodeName, ProtocolVersions, Tags};
 use crate::gossip::DecodeError;
-use crate::gossip::msgpack::{Encoder, Fields, Val, body_error, read_map_len, read_value};
+use crate::gossip::msgpack::{
+    Encoder, Fields, Val, body_error, decode_struct, read_map_len, read_value,
+};
 
 /// The first byte of a Serf message (reference 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -262,18 +264,6 @@ fn expect_type(bytes: &[u8], kind: MessageType) -> Result<&[u8], DecodeError> {
         return Err(DecodeError::UnknownType(byte));
     }
     Ok(body)
-}
-
-/// Reads the one msgpack struct that makes up a body; trailing bytes are ignored.
-fn decode_struct<T>(
-    mut body: &[u8],
-    what: &'static str,
-    fields: &'static [&'static str],
-    read: impl FnOnce(&Fields<'_>) -> Result<T, DecodeError>,
-) -> Result<T, DecodeError> {
-    let mut slot = None;
-    let fields = Fields::read(&mut body, what, fields, &mut slot)?;
-    read(&fields)
 }
 
 /// A `map[string]string` with keys sorted (Go's order is random; any order decodes).
