@@ -4,7 +4,9 @@
 //! ```sh
 //! cargo build --release -p serf-host --bins --examples
 //! target/release/examples/cluster_bench [--reps 3] [--sizes 10,50] [--fail-size 10] \
-//!     [--settle-secs 10] [--idle-secs 20] [--converge-only]
+//!     [--settle-secs 10] [--idle-secs 20] [--converge-only | --detect-only] [--seed N]
+//! cargo build --profile plugin --target wasm32-wasip1 -p upcase
+//! target/release/examples/cluster_bench --serf-layer [--reps 3] [--sizes 10,50]
 //! ```
 //!
 //! Every agent is a real process on loopback with an address of its own (`127.<net>.0.<n>`,
@@ -17,11 +19,20 @@
 //!   all N members as alive (RPC `members`, polled every 20 ms; agents already converged are
 //!   polled again once at the end to confirm).
 //! - *Failure detection*: in the cluster of `--fail-size` agents, after convergence and a short
-//!   settling time, one agent is killed with SIGKILL; the time runs until every other agent
-//!   lists it as `failed`. Any other member seen as anything but alive counts as a false
-//!   failure.
+//!   settling time and a random part of a probe interval (so that the kill lands at any
+//!   phase of the agents' probe ticks; `--seed` replays the choice), one agent is killed with
+//!   SIGKILL; the time runs until every other agent lists it as `failed`. Any other member
+//!   seen as anything but alive counts as a false failure.
 //! - *Idle footprint*: VmRSS and CPU time (utime + stime) over an idle window, for one agent
 //!   alone and per agent in the largest cluster, after `--settle-secs` of idling.
+//!
+//! - *Serf layer* (`--serf-layer`, a run of its own): clusters whose agents answer the query
+//!   `upcase` (ours with the `upcase` plugin, Serf's with the handler `tr a-z A-Z`); after
+//!   convergence, the bench subscribes to every agent's user events over RPC `stream`, fires
+//!   [`EVENT_TRIALS`] user events (`-coalesce=false`) at the seed one second apart, and times
+//!   each one's arrival at every agent (p50, p99 and max over agents). Then [`QUERY_TRIALS`]
+//!   queries `upcase` with the default timeout, timing the last of the N responses and the end
+//!   of the query (`done`).
 //!
 //! Children are killed by PID when their cluster is dropped (also on errors and panics).
 #![allow(clippy::print_stdout)]
@@ -34,6 +45,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use serf_host::rpc::client::Client;
 
 const GOSSIP_PORT: u16 = 7946;
@@ -81,6 +94,12 @@ struct Options {
     idle: Duration,
     /// Only the convergence measurement (no failure detection, no footprint).
     converge_only: bool,
+    /// Only failure detection (in clusters of `fail_size`; no footprint).
+    detect_only: bool,
+    /// Seeds the kill phases.
+    seed: u64,
+    /// Only the Serf-layer measurements: user-event fan-out and query collection.
+    serf_layer: bool,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -91,11 +110,24 @@ fn parse_options() -> anyhow::Result<Options> {
         settle: Duration::from_secs(10),
         idle: Duration::from_secs(20),
         converge_only: false,
+        detect_only: false,
+        serf_layer: false,
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg.trim_start_matches('-') == "converge-only" {
             options.converge_only = true;
+            continue;
+        }
+        if arg.trim_start_matches('-') == "detect-only" {
+            options.detect_only = true;
+            continue;
+        }
+        if arg.trim_start_matches('-') == "serf-layer" {
+            options.serf_layer = true;
             continue;
         }
         let (flag, inline) = match arg.split_once('=') {
@@ -119,13 +151,22 @@ fn parse_options() -> anyhow::Result<Options> {
             "fail-size" => options.fail_size = value()?.parse()?,
             "settle-secs" => options.settle = Duration::from_secs(value()?.parse()?),
             "idle-secs" => options.idle = Duration::from_secs(value()?.parse()?),
+            "seed" => options.seed = value()?.parse()?,
             _ => anyhow::bail!(
                 "usage: cluster_bench [--reps N] [--sizes 10,50] [--fail-size 10] \
-                 [--settle-secs 10] [--idle-secs 20] [--converge-only]"
+                 [--settle-secs 10] [--idle-secs 20] [--converge-only | --detect-only | --serf-layer] [--seed N]"
             ),
         }
     }
     anyhow::ensure!(options.reps >= 1, "--reps must be at least 1");
+    anyhow::ensure!(
+        [options.converge_only, options.detect_only, options.serf_layer]
+            .iter()
+            .filter(|&&on| on)
+            .count()
+            <= 1,
+        "--converge-only, --detect-only and --serf-layer exclude each other"
+    );
     anyhow::ensure!(
         options.sizes.iter().all(|&n| (2..=250).contains(&n)),
         "cluster sizes must be between 2 and 250"
@@ -186,6 +227,21 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let logs = bench.logs.clone();
+    if options.serf_layer {
+        let upcase = root.join("target/wasm32-wasip1/plugin/upcase.wasm");
+        anyhow::ensure!(
+            upcase.exists(),
+            "{} is missing: run `cargo build --profile plugin --target wasm32-wasip1 -p upcase`",
+            upcase.display()
+        );
+        let results = runtime.block_on(run_serf_layer(bench, &options, &upcase))?;
+        let _ = std::fs::remove_dir(&logs);
+        println!();
+        print_serf_layer(&options, &results);
+        println!();
+        println!("load average at the end: {}", load_average());
+        return Ok(());
+    }
     let results = runtime.block_on(run(bench, &options))?;
     // Only removed when no failed run kept its logs there.
     let _ = std::fs::remove_dir(&logs);
@@ -234,10 +290,14 @@ async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
         results.cluster.push((kind, Vec::new()));
     }
     let largest = options.sizes.iter().copied().max().unwrap_or(0);
+    println!("kill phases seeded with --seed {}", options.seed);
+    let mut phases = StdRng::seed_from_u64(options.seed);
     for rep in 1..=options.reps {
         println!("== repetition {rep} of {}", options.reps);
+        // Where in a probe interval the kill lands: the same for both kinds in one repetition.
+        let kill_phase = Duration::from_millis(phases.random_range(0..1000));
         for kind in Kind::BOTH {
-            if options.converge_only {
+            if options.converge_only || options.detect_only {
                 break;
             }
             let mut lone = Cluster::new(&mut bench, kind, 1)?;
@@ -253,6 +313,9 @@ async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
             push(&mut results.lone, kind, footprint);
         }
         for &size in &options.sizes {
+            if options.detect_only && size != options.fail_size {
+                continue;
+            }
             for kind in Kind::BOTH {
                 let mut cluster = Cluster::new(&mut bench, kind, size)?;
                 let convergence = cluster.converge(&bench).await?;
@@ -278,7 +341,7 @@ async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
                 }
                 if size == options.fail_size {
                     let detection = if converged {
-                        let detection = cluster.detect_failure().await?;
+                        let detection = cluster.detect_failure(kill_phase).await?;
                         println!(
                             "{} agents, {}, one killed: {}",
                             size,
@@ -294,7 +357,7 @@ async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
                     };
                     push(&mut results.detection, kind, detection);
                 }
-                if size == largest && size != options.fail_size {
+                if size == largest && size != options.fail_size && !options.detect_only {
                     let footprint = if converged {
                         let footprint = cluster.footprint(&bench, options).await?;
                         println!(
@@ -405,6 +468,8 @@ struct Cluster {
     dir: PathBuf,
     nodes: Vec<Node>,
     keep_logs: bool,
+    /// Extra `serf agent` arguments for every agent.
+    extra_args: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -434,6 +499,7 @@ impl Cluster {
             dir,
             nodes: Vec::with_capacity(size),
             keep_logs: false,
+            extra_args: Vec::new(),
         })
     }
 
@@ -459,6 +525,7 @@ impl Cluster {
         if n > 1 {
             args.push(format!("-join={}:{GOSSIP_PORT}", self.ip(1)));
         }
+        args.extend(self.extra_args.iter().cloned());
         let out = File::create(&log)?;
         let child = Command::new(bench.binary(self.kind))
             .args(&args)
@@ -627,8 +694,9 @@ impl Cluster {
         }
     }
 
-    /// Kills the last agent and waits until every other one lists it as failed.
-    async fn detect_failure(&mut self) -> anyhow::Result<Detection> {
+    /// Kills the last agent, `kill_phase` after the settling time, and waits until every
+    /// other one lists it as failed.
+    async fn detect_failure(&mut self, kill_phase: Duration) -> anyhow::Result<Detection> {
         let n = self.nodes.len();
         let victim = n - 1;
         let victim_name = self.nodes[victim].name.clone();
@@ -644,6 +712,7 @@ impl Cluster {
             }
             tokio::time::sleep_until((round + POLL_INTERVAL).into()).await;
         }
+        tokio::time::sleep(kill_phase).await;
         let node = &mut self.nodes[victim];
         node.client = None;
         node.killed = true;
@@ -817,6 +886,275 @@ async fn poll(nodes: &mut [Node], which: &[usize]) -> Vec<(usize, Option<Listing
         }
     }
     replies
+}
+
+// ---- the Serf layer: user-event fan-out and query collection ----
+
+/// User events timed per cluster.
+const EVENT_TRIALS: usize = 5;
+/// Queries timed per cluster.
+const QUERY_TRIALS: usize = 3;
+/// How long one event or query may take before it counts as lost.
+const TRIAL_LIMIT: Duration = Duration::from_secs(30);
+
+/// One user event: its arrival time at each agent that got it, sorted, and how many never did.
+struct EventTrial {
+    arrivals: Vec<Duration>,
+    missing: usize,
+}
+
+/// One query: when the last of the N responses came in, and when the query ended.
+struct QueryTrial {
+    all_responses: Option<Duration>,
+    done: Option<Duration>,
+    responses: usize,
+}
+
+#[derive(Default)]
+struct LayerRun {
+    events: Vec<EventTrial>,
+    queries: Vec<QueryTrial>,
+}
+
+/// (size, kind) → the trials of every repetition.
+type LayerResults = Vec<(usize, Kind, LayerRun)>;
+
+async fn run_serf_layer(
+    mut bench: Bench,
+    options: &Options,
+    upcase: &Path,
+) -> anyhow::Result<LayerResults> {
+    let mut results: LayerResults = Vec::new();
+    for &size in &options.sizes {
+        for kind in Kind::BOTH {
+            results.push((size, kind, LayerRun::default()));
+        }
+    }
+    for rep in 1..=options.reps {
+        println!("== repetition {rep} of {}", options.reps);
+        for &size in &options.sizes {
+            for kind in Kind::BOTH {
+                let mut cluster = Cluster::new(&mut bench, kind, size)?;
+                cluster.extra_args = match kind {
+                    Kind::Serf => vec!["-event-handler=query:upcase=tr a-z A-Z".to_owned()],
+                    Kind::Ours => {
+                        let config = cluster.dir.join("serf.toml");
+                        std::fs::write(
+                            &config,
+                            format!(
+                                "plugin_cache_dir = \"{}\"\n\n[plugins.upcase]\npath = \"{}\"\n\
+                                 events = \"query:upcase\"\n",
+                                cluster.dir.join("plugin-cache").display(),
+                                upcase.display()
+                            ),
+                        )?;
+                        vec![format!("-config-file={}", config.display())]
+                    }
+                };
+                let convergence = cluster.converge(&bench).await?;
+                if convergence.elapsed.is_none() {
+                    cluster.keep_logs = true;
+                    println!("{size} agents, {}: {}", kind.label(), convergence.describe());
+                    continue;
+                }
+                let run = cluster.serf_layer().await?;
+                for trial in &run.events {
+                    println!(
+                        "{size} agents, {}, user event: p50 {} p99 {} max {}, missing {}",
+                        kind.label(),
+                        seconds(quantile(&trial.arrivals, 0.5)),
+                        seconds(quantile(&trial.arrivals, 0.99)),
+                        seconds(trial.arrivals.last().map(Duration::as_secs_f64)),
+                        trial.missing
+                    );
+                }
+                for trial in &run.queries {
+                    println!(
+                        "{size} agents, {}, query: {} responses, all after {}, done after {}",
+                        kind.label(),
+                        trial.responses,
+                        seconds(trial.all_responses.map(|d| d.as_secs_f64())),
+                        seconds(trial.done.map(|d| d.as_secs_f64()))
+                    );
+                }
+                if run.events.iter().any(|t| t.missing > 0)
+                    || run.queries.iter().any(|t| t.all_responses.is_none())
+                {
+                    cluster.keep_logs = true;
+                }
+                if let Some((_, _, all)) = results
+                    .iter_mut()
+                    .find(|(s, k, _)| *s == size && *k == kind)
+                {
+                    all.events.extend(run.events);
+                    all.queries.extend(run.queries);
+                }
+            }
+        }
+    }
+    Ok(results)
+}
+
+impl Cluster {
+    /// Times [`EVENT_TRIALS`] user events and [`QUERY_TRIALS`] queries in the converged cluster.
+    async fn serf_layer(&mut self) -> anyhow::Result<LayerRun> {
+        let n = self.nodes.len();
+        let mut clients = Vec::with_capacity(n);
+        for node in &self.nodes {
+            let client = match &node.client {
+                Some(client) if !client.is_closed() => client.clone(),
+                _ => Arc::new(Client::connect(&node.rpc_addr()).await?),
+            };
+            clients.push(client);
+        }
+        // Every agent's user events, stamped on arrival, into one channel.
+        let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let mut listeners = tokio::task::JoinSet::new();
+        for (i, client) in clients.iter().enumerate() {
+            let mut stream = client.stream("user:bench").await?;
+            let arrived = arrived.clone();
+            listeners.spawn(async move {
+                while let Some(record) = stream.recv().await {
+                    if let serf_host::rpc::protocol::StreamRecord::User(user) = record {
+                        let _ = arrived.send((i, user.payload.unwrap_or_default(), Instant::now()));
+                    }
+                }
+            });
+        }
+        let mut run = LayerRun::default();
+        for trial in 0..EVENT_TRIALS {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let payload = format!("t{trial}").into_bytes();
+            let fired = Instant::now();
+            clients[0].user_event("bench", Some(&payload), false).await?;
+            let mut seen = vec![None; n];
+            let deadline = fired + TRIAL_LIMIT;
+            while seen.iter().any(Option::is_none) {
+                let Ok(Some((i, got, at))) =
+                    tokio::time::timeout_at(deadline.into(), arrivals.recv()).await
+                else {
+                    break;
+                };
+                if got == payload && seen[i].is_none() {
+                    seen[i] = Some(at - fired);
+                }
+            }
+            let mut times: Vec<Duration> = seen.iter().flatten().copied().collect();
+            times.sort();
+            run.events.push(EventTrial {
+                missing: n - times.len(),
+                arrivals: times,
+            });
+        }
+        listeners.abort_all();
+        for _ in 0..QUERY_TRIALS {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let request = serf_host::rpc::protocol::QueryRequest {
+                name: "upcase".to_owned(),
+                payload: Some(b"foo".to_vec()),
+                ..Default::default()
+            };
+            let sent = Instant::now();
+            let mut records = clients[0].query(request).await?;
+            let mut from = BTreeSet::new();
+            let mut trial = QueryTrial {
+                all_responses: None,
+                done: None,
+                responses: 0,
+            };
+            let deadline = sent + TRIAL_LIMIT;
+            while let Ok(Some(record)) =
+                tokio::time::timeout_at(deadline.into(), records.recv()).await
+            {
+                use serf_host::rpc::protocol::QueryRecordType;
+                match record.kind {
+                    QueryRecordType::Response if !record.from.is_empty() => {
+                        if record.payload.as_deref() == Some(b"FOO".as_slice()) {
+                            from.insert(record.from);
+                        }
+                        if from.len() == n && trial.all_responses.is_none() {
+                            trial.all_responses = Some(sent.elapsed());
+                        }
+                    }
+                    QueryRecordType::Done => {
+                        trial.done = Some(sent.elapsed());
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            trial.responses = from.len();
+            run.queries.push(trial);
+        }
+        Ok(run)
+    }
+}
+
+/// The `q` quantile (nearest rank) of sorted durations, in seconds.
+fn quantile(sorted: &[Duration], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1].as_secs_f64())
+}
+
+fn print_serf_layer(options: &Options, results: &LayerResults) {
+    println!(
+        "User events: from the `event` call on the seed until each agent's RPC stream has it \
+         (per event: p50, p99 and max over agents; medians over {} events per cluster size)",
+        EVENT_TRIALS * options.reps
+    );
+    println!();
+    println!("| agents | agent | p50 | p99 | max | worst max | events missing |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for (size, kind, run) in results {
+        let per = |q: f64| -> Vec<f64> {
+            run.events
+                .iter()
+                .filter_map(|t| quantile(&t.arrivals, q))
+                .collect()
+        };
+        let maxes = per(1.0);
+        let missing: usize = run.events.iter().map(|t| t.missing).sum();
+        println!(
+            "| {size} | {} | {} | {} | {} | {} | {missing} |",
+            kind.label(),
+            seconds(median(&per(0.5))),
+            seconds(median(&per(0.99))),
+            seconds(median(&maxes)),
+            seconds(maxes.iter().copied().reduce(f64::max)),
+        );
+    }
+    println!();
+    println!(
+        "Queries (`upcase`, default timeout): until all N responses are in, and until the query \
+         ends (medians over {} queries per cluster size)",
+        QUERY_TRIALS * options.reps
+    );
+    println!();
+    println!("| agents | agent | all responses | done | incomplete |");
+    println!("|---:|---|---:|---:|---:|");
+    for (size, kind, run) in results {
+        let all: Vec<f64> = run
+            .queries
+            .iter()
+            .filter_map(|t| t.all_responses.map(|d| d.as_secs_f64()))
+            .collect();
+        let done: Vec<f64> = run
+            .queries
+            .iter()
+            .filter_map(|t| t.done.map(|d| d.as_secs_f64()))
+            .collect();
+        println!(
+            "| {size} | {} | {} | {} | {} of {} |",
+            kind.label(),
+            seconds(median(&all)),
+            seconds(median(&done)),
+            run.queries.len() - all.len(),
+            run.queries.len()
+        );
+    }
 }
 
 struct Convergence {
@@ -1073,8 +1411,8 @@ fn print_tables(options: &Options, results: &Results) {
         options.fail_size
     );
     println!();
-    println!("| agent |{runs} median | median first | false failures |");
-    println!("|---|{align}---:|---:|---:|");
+    println!("| agent |{runs} median | mean | median first | false failures |");
+    println!("|---|{align}---:|---:|---:|---:|");
     for (kind, reps) in &results.detection {
         let cells: String = reps
             .iter()
@@ -1100,9 +1438,10 @@ fn print_tables(options: &Options, results: &Results) {
         let false_failures: usize = reps.iter().flatten().map(Detection::false_failures).sum();
         let complete = all.len() == reps.len();
         println!(
-            "| {} |{cells} {} | {} | {false_failures} |",
+            "| {} |{cells} {} | {} | {} | {false_failures} |",
             kind.label(),
             seconds(if complete { median(&all) } else { None }),
+            seconds((complete && !all.is_empty()).then(|| all.iter().sum::<f64>() / all.len() as f64)),
             seconds(median(&first))
         );
     }

@@ -130,17 +130,17 @@ async fn measure(
     let mut compiles = Vec::new();
     for _ in 0..compile_reps.max(1) {
         let begin = Instant::now();
-        let engine = new_engine(None)?;
+        let engine = new_engine(None);
         engine.load(file, &bytes)?;
         compiles.push(begin.elapsed());
     }
 
     let cache = tempfile::tempdir()?;
     let cache_dir = cache.path().join("plugin-cache");
-    let loaded = new_engine(Some(cache_dir.clone()))?.load(file, &bytes)?;
+    let loaded = new_engine(Some(cache_dir.clone())).load(file, &bytes)?;
     let mut cached_loads = Vec::new();
     for _ in 0..10 {
-        let engine = new_engine(Some(cache_dir.clone()))?;
+        let engine = new_engine(Some(cache_dir.clone()));
         let begin = Instant::now();
         let again = engine.load(file, &bytes)?;
         cached_loads.push(begin.elapsed());
@@ -258,8 +258,8 @@ async fn measure(
 }
 
 /// The agent's engine (fuel metering on, as in production).
-fn new_engine(cache_dir: Option<PathBuf>) -> anyhow::Result<Engine> {
-    Engine::new(cache_dir).map_err(|error| anyhow::anyhow!("cannot create the engine: {error:#}"))
+fn new_engine(cache_dir: Option<PathBuf>) -> Engine {
+    Engine::new(cache_dir)
 }
 
 /// The `q` quantile of sorted values (nearest rank).

@@ -69,6 +69,10 @@ enum Command {
     Join(JoinArgs),
     /// Forces a member of the cluster to enter the "left" state
     ForceLeave(ForceLeaveArgs),
+    /// Estimates network round trip time between nodes
+    Rtt(RttArgs),
+    /// Manipulate the internal encryption keyring used by Serf
+    Keys(KeysArgs),
     /// Modify tags of a running Serf agent
     Tags(TagsArgs),
     /// Prints the Serf version
@@ -258,6 +262,56 @@ struct ForceLeaveArgs {
     nodes: Vec<String>,
 }
 
+/// Estimates the round trip time between two nodes: NODE1 [NODE2].
+#[derive(Debug, clap::Args)]
+struct RttArgs {
+    #[command(flatten)]
+    rpc: RpcFlags,
+    /// Node names as `serf members` shows them; the second defaults to the agent's own.
+    #[arg(value_name = "NODE")]
+    nodes: Vec<String>,
+}
+
+/// Manages the gossip encryption keyring of every member: one of -install, -use, -remove or
+/// -list.
+#[derive(Debug, clap::Args)]
+struct KeysArgs {
+    /// Installs a key on every member; it decrypts at once and encrypts once made primary.
+    #[arg(
+        long,
+        default_value = "",
+        value_name = "KEY",
+        hide_default_value = true
+    )]
+    install: String,
+    /// Makes an installed key the primary (encrypting) key on every member.
+    #[arg(
+        long = "use",
+        default_value = "",
+        value_name = "KEY",
+        hide_default_value = true
+    )]
+    use_key: String,
+    /// Removes a key from every member; the primary key cannot be removed.
+    #[arg(
+        long,
+        default_value = "",
+        value_name = "KEY",
+        hide_default_value = true
+    )]
+    remove: String,
+    /// Lists the keys installed across the cluster and how many members hold each.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_name = "BOOL",
+          value_parser = parse_go_bool)]
+    list: bool,
+    #[command(flatten)]
+    rpc: RpcFlags,
+    /// Ignored, as by Serf.
+    #[arg(hide = true)]
+    extra: Vec<OsString>,
+}
+
 /// Modifies tags on a running Serf agent.
 #[derive(Debug, clap::Args)]
 struct TagsArgs {
@@ -359,6 +413,22 @@ fn subcommand_synopsis(name: &str) -> Option<(&'static str, &'static str)> {
              is still alive rejoins eventually; this is for cleaning out failed\n  \
              nodes that are never coming back.",
         ),
+        "rtt" => (
+            "serf rtt [options] node1 [node2]",
+            "Estimates the round trip time between two nodes using Serf's network\n  \
+             coordinate model of the cluster.\n\n  \
+             At least one node name is required. If the second node name isn't given, it\n  \
+             is set to the agent's node name. Note that these are node names as known to\n  \
+             Serf as \"serf members\" would show, not IP addresses.",
+        ),
+        "keys" => (
+            "serf keys [options]...",
+            "Manages the encryption keyring of every member of the cluster: the change\n  \
+             is sent to all members and applied on each; every operation is idempotent.\n  \
+             Only the primary key encrypts; the others decrypt, so a new key can be rolled\n  \
+             out before it is used.\n\n  \
+             Exits 0 when every member answered without a failure, 1 otherwise.",
+        ),
         "tags" => (
             "serf tags [options] ...",
             "Modifies tags on a running Serf agent.",
@@ -383,6 +453,8 @@ fn execute(command: Command) -> u8 {
         Command::Leave(args) => block_on(leave(args)),
         Command::Join(args) => block_on(join(args)),
         Command::ForceLeave(args) => block_on(force_leave(args)),
+        Command::Rtt(args) => block_on(rtt(args)),
+        Command::Keys(args) => block_on(keys(args)),
         Command::Tags(args) => block_on(tags(args)),
     }
 }
@@ -1038,6 +1110,129 @@ async fn force_leave(args: ForceLeaveArgs) -> u8 {
     0
 }
 
+async fn rtt(args: RttArgs) -> u8 {
+    // Serf connects before it looks at the arguments.
+    let client = match connect(&args.rpc).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let mut nodes = args.nodes;
+    match nodes.len() {
+        1 => match client.stats().await {
+            Ok(stats) => {
+                let name = stats.get("agent").and_then(|agent| agent.get("name"));
+                nodes.push(name.cloned().unwrap_or_default());
+            }
+            Err(error) => {
+                out(&format!("Error querying agent: {error}"));
+                return 1;
+            }
+        },
+        2 => {}
+        _ => return usage_error("One or two node names must be specified", "rtt"),
+    }
+    let mut coordinates = Vec::new();
+    for node in &nodes {
+        match client.get_coordinate(node).await {
+            Ok(Some(coordinate)) => coordinates.push(coordinate),
+            Ok(None) => {
+                out(&format!(
+                    "Could not find a coordinate for node {}",
+                    go_quote(node)
+                ));
+                return 1;
+            }
+            Err(error) => {
+                out(&format!("Error getting coordinates: {error}"));
+                return 1;
+            }
+        }
+    }
+    match format_rtt(&nodes[0], &nodes[1], &coordinates[0], &coordinates[1]) {
+        Some(line) => {
+            out(&line);
+            0
+        }
+        None => {
+            out("Error estimating the round trip time: coordinate dimensionality does not match");
+            1
+        }
+    }
+}
+
+async fn keys(args: KeysArgs) -> u8 {
+    let mut found = args.list;
+    for key in [&args.install, &args.use_key, &args.remove] {
+        if found && !key.is_empty() {
+            out("Only one of -install, -use, -remove, or -list allowed");
+            return 1;
+        }
+        found |= !key.is_empty();
+    }
+    if !found {
+        out(&subcommand_help("keys"));
+        return 1;
+    }
+    let client = match connect(&args.rpc).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    if args.list {
+        out("==> Asking all members for installed keys...");
+        return match client.list_keys().await {
+            Ok(response) => {
+                out("==> Keys gathered, listing cluster keys...");
+                out("");
+                let keys = response.keys.unwrap_or_default();
+                out(&format_key_list(&keys, response.num_nodes));
+                0
+            }
+            Err(error) => key_failure("Failed to gather member keys", &error),
+        };
+    }
+    let (result, failure, success) = if !args.install.is_empty() {
+        out("==> Installing key on all members...");
+        (
+            client.install_key(&args.install).await,
+            "Error installing key",
+            "==> Successfully installed key!",
+        )
+    } else if !args.use_key.is_empty() {
+        out("==> Changing primary key on all members...");
+        (
+            client.use_key(&args.use_key).await,
+            "Error changing primary key",
+            "==> Successfully changed primary key!",
+        )
+    } else {
+        out("==> Removing key on all members...");
+        (
+            client.remove_key(&args.remove).await,
+            "Error removing key",
+            "==> Successfully removed key!",
+        )
+    };
+    match result {
+        Ok(_) => {
+            out(success);
+            0
+        }
+        Err(error) => key_failure(failure, &error),
+    }
+}
+
+/// Prints what each node reported, then the error; returns the exit code.
+fn key_failure(what: &str, error: &client::RpcError) -> u8 {
+    if let client::RpcError::Key { response, .. } = error
+        && !response.messages.is_empty()
+    {
+        out(&format_key_failures(&response.messages));
+    }
+    out("");
+    out(&format!("{what}: {error}"));
+    1
+}
+
 async fn tags(args: TagsArgs) -> u8 {
     if args.set.is_empty() && args.delete.is_empty() {
         out(&subcommand_help("tags"));
@@ -1064,6 +1259,42 @@ async fn tags(args: TagsArgs) -> u8 {
 
 // ---------------------------------------------------------------------------------------------
 // Output formats (pure)
+
+/// `serf rtt`'s line for two nodes' coordinates; `None` if their dimensions differ.
+pub fn format_rtt(
+    a: &str,
+    b: &str,
+    coordinate_a: &crate::rpc::protocol::Coordinate,
+    coordinate_b: &crate::rpc::protocol::Coordinate,
+) -> Option<String> {
+    let vivaldi = |c: &crate::rpc::protocol::Coordinate| crate::serf::wire::Coordinate {
+        vec: c.vec.clone(),
+        error: c.error,
+        adjustment: c.adjustment,
+        height: c.height,
+    };
+    let rtt = crate::serf::coordinate::distance(&vivaldi(coordinate_a), &vivaldi(coordinate_b))?;
+    let millis = rtt.as_secs_f64() * 1000.0;
+    Some(format!("Estimated {a} <-> {b} rtt: {millis:.3} ms"))
+}
+
+/// `serf keys` failures: `failed:  NODE  MESSAGE` per node, aligned, in name order.
+pub fn format_key_failures(messages: &BTreeMap<String, String>) -> String {
+    let lines: Vec<String> = messages
+        .iter()
+        .map(|(node, message)| format!("failed: | {node} | {message}"))
+        .collect();
+    columnize(&lines)
+}
+
+/// `serf keys -list`: `KEY  [holders/members]` per key, aligned, in key order.
+pub fn format_key_list(keys: &BTreeMap<String, i64>, num_nodes: i64) -> String {
+    let lines: Vec<String> = keys
+        .iter()
+        .map(|(key, holders)| format!("{key} | [{holders}/{num_nodes}]"))
+        .collect();
+    columnize(&lines)
+}
 
 /// `serf members` text: aligned columns name, address, status, tags (`k=v,...`), and with
 /// `detailed` the Serf protocol version and range.
@@ -1893,6 +2124,92 @@ mod tests {
         assert_eq!(go_payload(Some(&[])), "[]byte{}");
         assert_eq!(go_uint(200), "0xc8");
         assert_eq!(go_quote("a\"b\n\u{1}"), "\"a\\\"b\\n\\x01\"");
+    }
+
+    #[test]
+    fn rtt_line_matches_serf() {
+        use crate::rpc::protocol::Coordinate;
+        let bits = [
+            0xbef5500cfbdf3166_u64,
+            0xbf081404ccb0b7c4,
+            0xbef7b188c0734b2e,
+            0xbf06d9cc2b3d971d,
+            0x3f0567ba0b398670,
+            0xbf08a70c8000b1c7,
+            0x3ea9fc2ecf537f39,
+            0x3f06a45afaeaf865,
+        ];
+        // A coordinate a Serf agent reported, and a fresh one.
+        let moved = Coordinate {
+            adjustment: f64::from_bits(0x3efae94a223f9f90),
+            error: f64::from_bits(0x3fd766f41fbd04c6),
+            height: f64::from_bits(0x3f12e14c8dbfd61f),
+            vec: bits.map(f64::from_bits).to_vec(),
+        };
+        let fresh = Coordinate {
+            adjustment: 0.0,
+            error: 1.5,
+            height: 1.0e-5,
+            vec: vec![0.0; 8],
+        };
+        let negative = Coordinate {
+            adjustment: -0.5,
+            ..fresh.clone()
+        };
+        // Serf 0.9.4's own arithmetic printed these.
+        for (a, b, expected) in [
+            (&moved, &fresh, "0.211"),
+            (&moved, &moved, "0.195"),
+            (&fresh, &fresh, "0.020"),
+            (&moved, &negative, "0.185"),
+        ] {
+            assert_eq!(
+                format_rtt("a", "b", a, b).as_deref(),
+                Some(format!("Estimated a <-> b rtt: {expected} ms").as_str())
+            );
+        }
+        let short = Coordinate {
+            vec: vec![0.0; 2],
+            ..fresh.clone()
+        };
+        assert_eq!(format_rtt("a", "b", &fresh, &short), None);
+    }
+
+    #[test]
+    fn key_output_is_aligned_like_serf() {
+        let messages = BTreeMap::from([
+            ("node2".to_owned(), "key size must be 16, 24 or 32 bytes".to_owned()),
+            ("g1".to_owned(), "Removing the primary key is not allowed".to_owned()),
+        ]);
+        assert_eq!(
+            format_key_failures(&messages),
+            "failed:  g1     Removing the primary key is not allowed\n\
+             failed:  node2  key size must be 16, 24 or 32 bytes"
+        );
+        let keys = BTreeMap::from([
+            ("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(), 2),
+            ("ERESEhISEhISEhISEhISEg==".to_owned(), 1),
+        ]);
+        assert_eq!(
+            format_key_list(&keys, 2),
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=  [2/2]\n\
+             ERESEhISEhISEhISEhISEg==                      [1/2]"
+        );
+    }
+
+    #[test]
+    fn keys_takes_exactly_one_action() {
+        let Command::Keys(args) = parse(&["serf", "keys", "-install", "K", "-rpc-addr=x:1"]) else {
+            panic!("not keys")
+        };
+        assert_eq!(
+            (args.install.as_str(), args.list, args.rpc.rpc_addr.as_str()),
+            ("K", false, "x:1")
+        );
+        let Command::Keys(args) = parse(&["serf", "keys", "-list"]) else {
+            panic!("not keys")
+        };
+        assert!(args.list && args.use_key.is_empty());
     }
 
     #[test]

@@ -77,6 +77,19 @@ pub struct AgentFlags {
     /// JSON file holding the keyring (an array of base64 keys, the first one primary).
     #[arg(long = "keyring-file", value_name = "PATH")]
     pub keyring_file: Option<PathBuf>,
+    /// Snapshot file (Serf's format): members and clocks survive a restart, and the agent
+    /// rejoins the members it knew.
+    #[arg(long, value_name = "PATH")]
+    pub snapshot: Option<PathBuf>,
+    /// Rejoin from the snapshot even after a graceful leave.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_name = "BOOL",
+          value_parser = parse_go_bool)]
+    pub rejoin: bool,
+    /// JSON file with this node's tags, loaded at start and rewritten when they change; not
+    /// allowed together with -tag or `tags`.
+    #[arg(long = "tags-file", value_name = "PATH")]
+    pub tags_file: Option<PathBuf>,
     /// Gossip timing profile: lan (default), wan or local.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
@@ -88,6 +101,10 @@ pub struct AgentFlags {
           require_equals = true, default_missing_value = "true", default_value = "false",
           value_name = "BOOL", value_parser = parse_go_bool)]
     pub disable_compression: bool,
+    /// Shell event handler, Serf's `[FILTERS=]script` (e.g. `member-join,user:deploy=./h.sh`);
+    /// repeatable.
+    #[arg(long = "event-handler", value_name = "SPEC")]
+    pub event_handlers: Vec<String>,
 }
 
 /// `serf.toml` exactly as written: every key optional, unknown keys rejected.
@@ -137,6 +154,12 @@ pub struct FileConfig {
     pub encrypt_key: Option<String>,
     /// JSON keyring file (array of base64 keys, first = primary).
     pub keyring_file: Option<PathBuf>,
+    /// Snapshot file (Serf's format).
+    pub snapshot_path: Option<PathBuf>,
+    /// Rejoin from the snapshot even after a graceful leave.
+    pub rejoin_after_leave: Option<bool>,
+    /// JSON tags file, rewritten when the tags change.
+    pub tags_file: Option<PathBuf>,
     /// Timing profile: `lan`, `wan` or `local`.
     pub profile: Option<String>,
     /// Serf protocol version, 2 to 5.
@@ -150,6 +173,11 @@ pub struct FileConfig {
     /// Plugins by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, FilePlugin>,
+    /// Shell event handlers as Serf's `event_handlers`: `[FILTERS=]script` strings.
+    pub event_handlers: Option<Vec<String>>,
+    /// Shell event handlers as `[[handlers]]` tables.
+    #[serde(default)]
+    pub handlers: Vec<FileHandler>,
 }
 
 /// Per-plugin limits as written in `serf.toml`.
@@ -211,6 +239,21 @@ impl FilePlugin {
     }
 }
 
+/// One `[[handlers]]` table: a shell event handler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHandler {
+    /// Shell command, run as `/bin/sh -c COMMAND` in the agent's working directory.
+    pub command: String,
+    /// Serf handler filter: `member-join,user:deploy`, `query:upcase`, `*` (the default).
+    pub events: Option<String>,
+    /// Kill the script's process group after this long (default: wait forever, as Serf).
+    #[serde(default, with = "humantime_serde")]
+    pub event_timeout: Option<Duration>,
+    /// Events waiting for the handler before new ones are dropped (default 1024).
+    pub queue_capacity: Option<usize>,
+}
+
 /// What the agent runs with: typed, defaulted, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -250,6 +293,12 @@ pub struct Config {
     pub keyring: Option<Keyring>,
     /// Where the keyring came from, if from a file.
     pub keyring_file: Option<PathBuf>,
+    /// The snapshot file, if any.
+    pub snapshot_path: Option<PathBuf>,
+    /// A graceful leave in the snapshot does not stop the rejoin.
+    pub rejoin_after_leave: bool,
+    /// The tags file the tags came from and are written back to.
+    pub tags_file: Option<PathBuf>,
     /// The gossip timing profile.
     pub profile: Profile,
     /// The Serf protocol version advertised (the last byte of the version vector), 2 to 5.
@@ -260,6 +309,8 @@ pub struct Config {
     pub leave_on_terminate: bool,
     /// SIGINT stops without leaving.
     pub skip_leave_on_interrupt: bool,
+    /// Shell event handlers: `event_handlers`, then `[[handlers]]`, then `-event-handler`.
+    pub handlers: Vec<crate::plugin::HandlerSpec>,
 }
 
 /// The shortest pause between background join attempts (Serf raises shorter ones to this).
@@ -401,6 +452,12 @@ pub enum ConfigError {
     /// The keyring file is missing, unreadable or malformed.
     #[error("cannot load keyring file {}: {reason}", path.display())]
     Keyring { path: PathBuf, reason: String },
+    /// Tags were configured beside a tags file, which Serf refuses too.
+    #[error("tags config not allowed while using tag files ({})", .0.display())]
+    TagsWithTagsFile(PathBuf),
+    /// The tags file exists but cannot be read or is not a JSON object of strings.
+    #[error("cannot load tags file {}: {reason}", path.display())]
+    TagsFile { path: PathBuf, reason: String },
 }
 
 impl FileConfig {
@@ -561,6 +618,16 @@ impl Config {
             (None, Some(path)) => Some(load_keyring(path)?),
             (None, None) => None,
         };
+        let tags_file = flags
+            .tags_file
+            .clone()
+            .or_else(|| file.tags_file.map(|path| base.join(path)));
+        if let Some(path) = &tags_file {
+            if !tags.is_empty() {
+                return Err(ConfigError::TagsWithTagsFile(path.clone()));
+            }
+            tags = load_tags_file(path)?;
+        }
         Ok(Config {
             node_name,
             bind,
@@ -580,6 +647,12 @@ impl Config {
             replay_on_join: flags.replay || file.replay_on_join.unwrap_or(false),
             keyring,
             keyring_file,
+            snapshot_path: flags
+                .snapshot
+                .clone()
+                .or_else(|| file.snapshot_path.map(|path| base.join(path))),
+            rejoin_after_leave: flags.rejoin || file.rejoin_after_leave.unwrap_or(false),
+            tags_file,
             profile,
             protocol,
             // `-disable-compression` can only turn compression off, as a Go boolean flag can.
@@ -587,6 +660,7 @@ impl Config {
                 && file.enable_compression.unwrap_or(true),
             leave_on_terminate: file.leave_on_terminate.unwrap_or(false),
             skip_leave_on_interrupt: file.skip_leave_on_interrupt.unwrap_or(false),
+            handlers: resolve_handlers(file.event_handlers, file.handlers, &flags.event_handlers)?,
         })
     }
 }
@@ -617,6 +691,23 @@ fn load_keyring(path: &Path) -> Result<Keyring, ConfigError> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
     Keyring::load_file_contents(&text).map_err(|e| error(e.to_string()))
+}
+
+/// Reads the tags file (a JSON object of strings, as Serf writes it); a missing file means no
+/// tags yet, as in Serf.
+fn load_tags_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let error = |reason: String| ConfigError::TagsFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(error(e.to_string())),
+    };
+    let tags: Option<BTreeMap<String, String>> =
+        serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+    Ok(tags.unwrap_or_default())
 }
 
 /// A Go boolean flag value: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
@@ -822,6 +913,46 @@ fn resolve_plugins(
     Ok(specs)
 }
 
+/// Shell handlers in Serf's order: the file's specs, its tables, then the flags' specs.
+fn resolve_handlers(
+    file_specs: Option<Vec<String>>,
+    tables: Vec<FileHandler>,
+    flag_specs: &[String],
+) -> Result<Vec<crate::plugin::HandlerSpec>, ConfigError> {
+    use crate::plugin::HandlerSpec;
+    let refuse = |value: &str, reason: &str| invalid("event handler", value, reason);
+    let parse = |spec: &String| HandlerSpec::parse(spec).map_err(|e| refuse(spec, &e.to_string()));
+    let mut handlers: Vec<HandlerSpec> = file_specs
+        .iter()
+        .flatten()
+        .map(parse)
+        .collect::<Result<_, _>>()?;
+    for table in tables {
+        let command = table.command.as_str();
+        if command.trim().is_empty() {
+            return Err(refuse(command, "command must not be empty"));
+        }
+        let events = table.events.as_deref().unwrap_or("*");
+        let mut handler =
+            HandlerSpec::new(events, command).map_err(|e| refuse(events, &e.to_string()))?;
+        if let Some(timeout) = table.event_timeout {
+            if timeout.is_zero() {
+                return Err(refuse(command, "event_timeout must be greater than zero"));
+            }
+            handler.timeout = Some(timeout);
+        }
+        if let Some(capacity) = table.queue_capacity {
+            handler.queue_capacity = NonZeroUsize::new(capacity)
+                .ok_or_else(|| refuse(command, "queue_capacity must be greater than zero"))?;
+        }
+        handlers.push(handler);
+    }
+    for spec in flag_specs {
+        handlers.push(parse(spec)?);
+    }
+    Ok(handlers)
+}
+
 /// The address this machine sends from toward other hosts: what peers should use when the
 /// agent binds every interface and no `-advertise` is given (Serf picks a private interface
 /// address there). Asks the routing table through an unconnected-until-now UDP socket, which
@@ -977,6 +1108,77 @@ mod tests {
         assert_eq!(memresponse.filter.to_string(), "user:memresponse");
         assert_eq!(memresponse.dirs["/data"], base.join("data"));
         assert_eq!(config.rpc_addr, DEFAULT_RPC_ADDR);
+    }
+
+    #[test]
+    fn shell_handlers_come_from_specs_tables_and_flags_in_order() {
+        let flags = AgentFlags {
+            event_handlers: vec!["query:upcase=tr a-z A-Z".into()],
+            ..AgentFlags::default()
+        };
+        let config = resolve(
+            "event_handlers = [\"./all.sh\", \"member-join,member-leave=./members.sh\"]\n\
+             [[handlers]]\ncommand = \"./deploy.sh\"\nevents = \"user:deploy\"\n\
+             event_timeout = \"30s\"\nqueue_capacity = 8\n",
+            &flags,
+        )
+        .unwrap();
+        let handlers: Vec<_> = config
+            .handlers
+            .iter()
+            .map(|h| {
+                (
+                    h.events(),
+                    h.script.as_str(),
+                    h.timeout,
+                    h.queue_capacity.get(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            handlers,
+            [
+                ("*".into(), "./all.sh", None, 1024),
+                (
+                    "member-join,member-leave".into(),
+                    "./members.sh",
+                    None,
+                    1024
+                ),
+                (
+                    "user:deploy".into(),
+                    "./deploy.sh",
+                    Some(Duration::from_secs(30)),
+                    8
+                ),
+                ("query:upcase".into(), "tr a-z A-Z", None, 1024),
+            ]
+        );
+        for (text, needle) in [
+            (
+                "event_handlers = [\"bogus=x.sh\"]",
+                "invalid event filter \"bogus\"",
+            ),
+            (
+                "[[handlers]]\ncommand = \"x\"\nevents = \"user, query\"",
+                "\" query\"",
+            ),
+            ("[[handlers]]\ncommand = \" \"", "must not be empty"),
+            (
+                "[[handlers]]\ncommand = \"x\"\nevent_timeout = \"0s\"",
+                "greater than zero",
+            ),
+            (
+                "[[handlers]]\ncommand = \"x\"\nqueue_capacity = 0",
+                "greater than zero",
+            ),
+            ("[[handlers]]\nevents = \"*\"", "missing field `command`"),
+        ] {
+            let error = resolve(text, &AgentFlags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
     }
 
     /// 32 bytes, 0x00..0x1f, as in the reference's encryption vectors.
@@ -1253,5 +1455,74 @@ mod tests {
         let keyring = config.keyring.expect("a keyring");
         assert_eq!(keyring.keys(), [decode_key(KEY_32).unwrap()]);
         assert_eq!(config.keyring_file, None);
+    }
+
+    #[test]
+    fn snapshot_and_rejoin_come_from_flags_or_the_file_relative_to_it() {
+        let config = resolve("", &AgentFlags::default()).unwrap();
+        assert_eq!(config.snapshot_path, None);
+        assert!(!config.rejoin_after_leave);
+        let file = FileConfig::parse(
+            "snapshot_path = \"serf.snapshot\"\nrejoin_after_leave = true",
+            Path::new("x"),
+        )
+        .unwrap();
+        let config = Config::resolve(file, Path::new("/etc/serf"), &AgentFlags::default()).unwrap();
+        assert_eq!(
+            config.snapshot_path,
+            Some(PathBuf::from("/etc/serf/serf.snapshot"))
+        );
+        assert!(config.rejoin_after_leave);
+        let flags = AgentFlags {
+            snapshot: Some("here.snap".into()),
+            rejoin: true,
+            ..AgentFlags::default()
+        };
+        let config = resolve("snapshot_path = \"there.snap\"", &flags).unwrap();
+        assert_eq!(config.snapshot_path, Some(PathBuf::from("here.snap")));
+        assert!(config.rejoin_after_leave);
+    }
+
+    #[test]
+    fn tags_come_from_the_tags_file_and_may_not_be_configured_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tags.json");
+        let flags = AgentFlags {
+            tags_file: Some(path.clone()),
+            ..AgentFlags::default()
+        };
+        let missing = resolve("", &flags).unwrap();
+        assert!(missing.tags.is_empty(), "a missing file means no tags yet");
+        assert_eq!(missing.tags_file, Some(path.clone()));
+        std::fs::write(&path, "{\n  \"dc\": \"east\",\n  \"role\": \"web\"\n}").unwrap();
+        let config = resolve("", &flags).unwrap();
+        assert_eq!(config.tags["role"], "web");
+        assert_eq!(config.tags["dc"], "east");
+        let error = resolve("[tags]\nrole = \"db\"", &flags).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "tags config not allowed while using tag files ({})",
+                path.display()
+            )
+        );
+        let tagged = AgentFlags {
+            tags: vec!["role=db".into()],
+            ..flags.clone()
+        };
+        assert!(matches!(
+            resolve("", &tagged),
+            Err(ConfigError::TagsWithTagsFile(_))
+        ));
+        for bad in ["[\"a\"]", "{\"a\": 1}", "{"] {
+            std::fs::write(&path, bad).unwrap();
+            let error = resolve("", &flags).unwrap_err().to_string();
+            assert!(error.starts_with("cannot load tags file "), "{bad}: {error}");
+        }
+        let file = FileConfig::parse("tags_file = \"tags.json\"", Path::new("x")).unwrap();
+        std::fs::write(&path, "null").unwrap();
+        let config = Config::resolve(file, dir.path(), &AgentFlags::default()).unwrap();
+        assert_eq!(config.tags_file, Some(path));
+        assert!(config.tags.is_empty());
     }
 }

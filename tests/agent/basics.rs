@@ -59,6 +59,36 @@ fn memresponse_event_lands_in_mem_txt() {
 }
 
 #[test]
+fn coalesced_events_of_one_name_reach_a_plugin_once() {
+    use serf_tests::{RawRpc, eventually, field, map};
+
+    let node = Node::builder(next_net(), 1)
+        .plugin("memresponse", "memresponse")
+        .config(MEMRESPONSE_CONFIG)
+        .start();
+    // Within one quiet second: the newest coalescible event wins; an uncoalesced one passes
+    // straight through, ahead of it.
+    let mut rpc = RawRpc::handshake(node.rpc);
+    for (seq, payload, coalesce) in [(1, "old", true), (2, "new", true), (3, "direct", false)] {
+        let body = map(&[
+            ("Name", "memresponse".into()),
+            ("Payload", rmpv::Value::Binary(payload.into())),
+            ("Coalesce", coalesce.into()),
+        ]);
+        rpc.request("event", seq, Some(body));
+        let header = rpc.read().expect("event answer");
+        assert_eq!(field(&header, "Error"), Some(&"".into()), "{header}");
+    }
+    let file = node.dir.path().join("data/mem.txt");
+    let written = eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|text| text.contains("new"))
+    });
+    assert_eq!(written.as_deref(), Some("direct\nnew\n"), "{}", node.log());
+}
+
+#[test]
 fn upcase_query_answers_foo() {
     let node = Node::builder(next_net(), 1)
         .plugin("upcase", "upcase")

@@ -95,10 +95,14 @@ fn go_and_rust_hello_log_the_same_lines() {
             (lines.len() == events.len()).then_some(lines)
         })
     };
-    let from_rust = user_lines(&rust).unwrap_or_else(|| panic!("rust hello:\n{}", rust.log()));
-    let from_go = user_lines(&go).unwrap_or_else(|| panic!("go hello:\n{}", go.log()));
+    let mut from_rust = user_lines(&rust).unwrap_or_else(|| panic!("rust hello:\n{}", rust.log()));
+    let mut from_go = user_lines(&go).unwrap_or_else(|| panic!("go hello:\n{}", go.log()));
+    // Coalescing holds `deploy` and `empty` back while `-coalesce=false` passes at once, and
+    // how long depends on each node's timing: compare the lines, not their order.
+    from_rust.sort();
+    from_go.sort();
     assert_eq!(from_go, from_rust);
-    assert_eq!(from_go[0], "user event deploy payload=\"v1\"");
+    assert!(from_go.contains(&"user event deploy payload=\"v1\"".to_string()));
     // Each node logs its own join the same way, up to its address.
     for (node, lines) in [
         (&rust, plugin_lines(&rust, "hello")),

@@ -209,8 +209,15 @@ fn events_and_queries_cross_between_serf_and_our_plugins() {
         std::process::Command::new(go_serf()).args(["event", &go_rpc, "memresponse", "from-go"]),
         Duration::from_secs(20),
     ));
-    stdout_ok(&ours.cli(&["event", "memresponse", "from-ours"]));
     let file = ours.dir.path().join("data/mem.txt");
+    // Both agents coalesce user events of one name: the second waits for the first to land.
+    let first = eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|text| !text.is_empty())
+    });
+    assert!(first.is_some(), "from-go never arrived: {}", ours.log());
+    stdout_ok(&ours.cli(&["event", "memresponse", "from-ours"]));
     let written = eventually(Duration::from_secs(20), || {
         std::fs::read_to_string(&file)
             .ok()

@@ -458,25 +458,30 @@ pub const MEMRESPONSE_CONFIG: &str = "[plugins.memresponse]\nevents = \"user:mem
 pub const UPCASE_CONFIG: &str = "[plugins.upcase]\nevents = \"query:upcase\"\n";
 
 /// The tour's memresponse step, for either SDK's plugin: `event memresponse xcxx` from Serf's
-/// CLI and `yy` from ours land in the node's `data/mem.txt`, in order.
+/// CLI and `yy` from ours land in the node's `data/mem.txt`, in order. The agent coalesces
+/// user events of one name (reference 3.11), so each is awaited before the next is sent, as
+/// someone typing them would.
 pub fn assert_memresponse_scenario(node: &Node, timeout: Duration) {
+    let file = node.dir.path().join("data/mem.txt");
+    let mut expected = String::new();
     for (cli, payload) in [(go_serf(), "xcxx"), (serf_bin(), "yy")] {
         let output = node.cli_with(&cli, &["event", "memresponse", payload]);
         let text = stdout_ok(&output);
         assert!(text.contains("Event 'memresponse' dispatched!"), "{text}");
+        expected.push_str(payload);
+        expected.push('\n');
+        let written = eventually(timeout, || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .filter(|text| *text == expected)
+        });
+        assert!(
+            written.is_some(),
+            "mem.txt: {:?}\n{}",
+            std::fs::read_to_string(&file),
+            node.log()
+        );
     }
-    let file = node.dir.path().join("data/mem.txt");
-    let written = eventually(timeout, || {
-        std::fs::read_to_string(&file)
-            .ok()
-            .filter(|text| text == "xcxx\nyy\n")
-    });
-    assert!(
-        written.is_some(),
-        "mem.txt: {:?}\n{}",
-        std::fs::read_to_string(&file),
-        node.log()
-    );
 }
 
 /// The tour's upcase step, for either SDK's plugin: `query upcase foo` answers FOO through both

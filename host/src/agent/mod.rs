@@ -9,6 +9,7 @@
 //! for joins happens on the caller's task (`join`).
 
 mod join;
+pub mod snapshot;
 mod transport;
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Profile};
 use crate::gossip::{self, JoinId, JoinOutcome};
 use crate::logging::LogHub;
-use crate::plugin::{Engine, EventFilter, HostServices, PluginHost};
+use crate::plugin::{Engine, EventFilter, HostServices, PluginHost, ShellHandlers};
 use crate::serf::{
     self, Event, LamportTime, Member, QueryError, QueryKey, QueryOutput, QueryParams, RespondError,
     Serf, Tags, UserEventError,
@@ -62,6 +63,9 @@ pub enum AgentError {
     /// The graceful leave did not finish within [`LEAVE_BOUND`]; the agent may still stop.
     #[error("timeout while waiting for graceful leave")]
     LeaveTimeout,
+    /// The tags file could not be written; the tags were not changed.
+    #[error("Failed to write tags file: {0}")]
+    TagsFile(String),
 }
 
 /// Counters and clocks for `serf info`.
@@ -87,6 +91,8 @@ pub struct AgentStats {
     pub encrypted: bool,
     /// Joins waiting for their outcome.
     pub pending_joins: usize,
+    /// The snapshot file's counters, when there is one.
+    pub snapshot: Option<snapshot::SnapshotStats>,
 }
 
 /// An event stream: events matching `filter`, until the receiver is dropped.
@@ -125,6 +131,10 @@ enum Command {
     Members {
         reply: oneshot::Sender<Vec<Member>>,
     },
+    Coordinate {
+        node: String,
+        reply: oneshot::Sender<Option<serf::wire::Coordinate>>,
+    },
     Stats {
         reply: oneshot::Sender<AgentStats>,
     },
@@ -145,10 +155,26 @@ enum Command {
         replay: bool,
         reply: oneshot::Sender<JoinOutcome>,
     },
+    /// A node from the snapshot file (memberlist's join alone).
+    Rejoin {
+        addrs: Vec<SocketAddr>,
+        reply: oneshot::Sender<JoinOutcome>,
+    },
     Subscribe {
         filter: EventFilter,
         capacity: usize,
         reply: oneshot::Sender<Subscription>,
+    },
+    /// A key query (`serf keys`): its answers and how many members should answer.
+    KeyQuery {
+        command: serf::keys::KeyCommand,
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<(QueryStream, usize), QueryError>>,
+    },
+    /// The keyring file for a key query was written (or not, with Serf's message).
+    KeyringWritten {
+        query: QueryKey,
+        result: Result<(), String>,
     },
 }
 
@@ -157,6 +183,7 @@ enum Command {
 pub struct AgentHandle {
     commands: mpsc::Sender<Command>,
     plugins: Arc<PluginHost>,
+    handlers: Arc<ShellHandlers>,
     logs: LogHub,
     config: Arc<Config>,
     shutdown_requested: CancellationToken,
@@ -183,9 +210,7 @@ impl Agent {
             .enable_all()
             .build()
             .context("cannot start the plugin runtime")?;
-        let engine = Engine::new(config.plugin_cache_dir.clone())
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .context("cannot create the WebAssembly engine")?;
+        let engine = Engine::new(config.plugin_cache_dir.clone());
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let respond_drops = Arc::new(AtomicU64::new(0));
         let services = Arc::new(Services {
@@ -197,11 +222,16 @@ impl Agent {
             config.plugins.clone(),
             &config.node_name,
             config.serf_limits,
-            services,
+            services.clone(),
             plugin_runtime.handle(),
         )
         .await;
         let plugins = Arc::new(plugins);
+        let handlers = Arc::new(ShellHandlers::start(
+            config.handlers.clone(),
+            services,
+            plugin_runtime.handle(),
+        ));
         let tcp_timeout = serf_config(&config, config.advertise)
             .memberlist
             .tcp_timeout;
@@ -212,17 +242,30 @@ impl Agent {
         if advertise.port() == 0 {
             advertise.set_port(gossip_addr.port());
         }
-        let core = Serf::new(
-            serf_config(&config, advertise),
-            rand::random(),
-            Instant::now().into_std(),
-        );
+        let mut core_config = serf_config(&config, advertise);
+        let (snapshot, previous) = match &config.snapshot_path {
+            Some(path) => {
+                let (snapshot, state) =
+                    snapshot::Snapshotter::open(path, config.rejoin_after_leave)?;
+                core_config.restored_clocks = Some(state.clocks());
+                core_config.raw_member_events = true;
+                (Some(snapshot), state.previous_nodes(&config.node_name))
+            }
+            None => (None, Vec::new()),
+        };
+        let core = Serf::new(core_config, rand::random(), Instant::now().into_std());
         tracing::info!(addr = %gossip_addr, %advertise, "gossip listening");
         let stop = CancellationToken::new();
+        let shutdown_requested = CancellationToken::new();
+        let keyring_writer = config
+            .keyring_file
+            .clone()
+            .map(|path| spawn_keyring_writer(path, commands.clone()));
         let shell = Shell {
             core,
             transport,
             plugins: Arc::clone(&plugins),
+            handlers: Arc::clone(&handlers),
             streams: Vec::new(),
             queries: HashMap::new(),
             joins: HashMap::new(),
@@ -232,6 +275,9 @@ impl Agent {
             query_output_drops: 0,
             respond_drops: Arc::clone(&respond_drops),
             encrypted: config.keyring.is_some(),
+            snapshot,
+            keyring_writer,
+            shutdown_requested: shutdown_requested.clone(),
         };
         let span = tracing::info_span!("agent", node = %config.node_name);
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -241,12 +287,16 @@ impl Agent {
         let handle = AgentHandle {
             commands,
             plugins,
+            handlers,
             logs,
             config: Arc::new(config),
-            shutdown_requested: CancellationToken::new(),
+            shutdown_requested,
             respond_drops,
             gossip_addr,
         };
+        if !previous.is_empty() {
+            tokio::spawn(snapshot::rejoin(handle.clone(), previous));
+        }
         Ok(Agent {
             handle,
             task,
@@ -265,6 +315,7 @@ impl Agent {
         self.stop.cancel();
         let _ = (&mut self.task).await;
         self.handle.plugins.shutdown().await;
+        self.handle.handlers.shutdown().await;
         if let Some(runtime) = self.plugin_runtime.take() {
             runtime.shutdown_background();
         }
@@ -297,6 +348,11 @@ impl AgentHandle {
     /// The plugins.
     pub fn plugins(&self) -> &PluginHost {
         &self.plugins
+    }
+
+    /// The shell event handlers.
+    pub fn handlers(&self) -> &ShellHandlers {
+        &self.handlers
     }
 
     /// Fires a user event; returns its Lamport time.
@@ -340,13 +396,24 @@ impl AgentHandle {
         self.ask(|reply| Command::Members { reply }).await
     }
 
+    /// The network coordinate of `node` (ours included), `None` if none is known.
+    pub async fn coordinate(
+        &self,
+        node: String,
+    ) -> Result<Option<serf::wire::Coordinate>, AgentError> {
+        self.ask(|reply| Command::Coordinate { node, reply }).await
+    }
+
     /// Counters and clocks.
     pub async fn stats(&self) -> Result<AgentStats, AgentError> {
         self.ask(|reply| Command::Stats { reply }).await
     }
 
-    /// Replaces this node's tags.
+    /// Replaces this node's tags (writing the tags file first, if there is one).
     pub async fn set_tags(&self, tags: Tags) -> Result<(), AgentError> {
+        if let Some(path) = &self.config.tags_file {
+            snapshot::write_tags_file(path, &tags).await?;
+        }
         self.ask(|reply| Command::SetTags { tags, reply }).await
     }
 
@@ -401,6 +468,24 @@ impl AgentHandle {
             reply,
         })
         .await
+    }
+
+    /// Asks every member to run a key command (`key` is raw bytes, ignored for `list`);
+    /// returns the answers and how many members should answer.
+    pub async fn key_query(
+        &self,
+        command: serf::keys::KeyCommand,
+        key: Vec<u8>,
+    ) -> Result<(QueryStream, usize), AgentError> {
+        tracing::info!("{}", command.initiating());
+        let (stream, num_nodes) = self
+            .ask(|reply| Command::KeyQuery {
+                command,
+                key,
+                reply,
+            })
+            .await??;
+        Ok((stream, num_nodes))
     }
 
     /// Asks whoever runs the agent to stop it (after the RPC `leave`).
@@ -458,6 +543,7 @@ struct Shell {
     core: Serf,
     transport: transport::Transport,
     plugins: Arc<PluginHost>,
+    handlers: Arc<ShellHandlers>,
     streams: Vec<Stream>,
     queries: HashMap<QueryKey, mpsc::Sender<QueryOutput>>,
     /// Joins waiting for their outcome.
@@ -470,6 +556,12 @@ struct Shell {
     query_output_drops: u64,
     respond_drops: Arc<AtomicU64>,
     encrypted: bool,
+    /// The snapshot file's writer, with `-snapshot`.
+    snapshot: Option<snapshot::Snapshotter>,
+    /// Writes the keyring file after key queries, with `-keyring-file`.
+    keyring_writer: Option<mpsc::Sender<serf::keys::KeyringWrite>>,
+    /// Cancelled when the core shuts itself down (a lost name-conflict vote).
+    shutdown_requested: CancellationToken,
 }
 
 impl Shell {
@@ -478,6 +570,11 @@ impl Shell {
         let mut packet = vec![0u8; transport::UDP_RECEIVE_BYTES];
         loop {
             self.drain_outputs();
+            if self.core.is_shutdown() {
+                tracing::warn!("Serf shutdown detected, quitting");
+                self.shutdown_requested.cancel();
+                break;
+            }
             self.check_leave();
             let mut deadline = self
                 .core
@@ -516,6 +613,10 @@ impl Shell {
                     self.core.handle_stream_reply(now, reply.id, reply.result);
                 }
             }
+        }
+        self.feed_snapshot();
+        if let Some(snapshot) = self.snapshot.take() {
+            snapshot.close().await;
         }
         tracing::info!("agent stopped");
     }
@@ -576,6 +677,9 @@ impl Shell {
             Command::Members { reply } => {
                 let _ = reply.send(self.core.members().cloned().collect());
             }
+            Command::Coordinate { node, reply } => {
+                let _ = reply.send(self.core.coordinate(&node));
+            }
             Command::Stats { reply } => {
                 self.streams.retain(|stream| !stream.sender.is_closed());
                 let _ = reply.send(AgentStats {
@@ -589,6 +693,7 @@ impl Shell {
                     transport: self.transport.counters.snapshot(),
                     encrypted: self.encrypted,
                     pending_joins: self.joins.len(),
+                    snapshot: self.snapshot.as_ref().map(snapshot::Snapshotter::stats),
                 });
             }
             Command::SetTags { tags, reply } => {
@@ -602,6 +707,9 @@ impl Shell {
             }
             Command::Leave { reply } => {
                 tracing::info!("requesting graceful leave");
+                if let Some(snapshot) = &self.snapshot {
+                    snapshot.leave();
+                }
                 self.core.leave(now);
                 self.leave_waiters.push(reply);
                 if self.leave_deadline.is_none() {
@@ -616,6 +724,10 @@ impl Shell {
                 let id = self.core.join(now, addrs, replay);
                 self.joins.insert(id, reply);
             }
+            Command::Rejoin { addrs, reply } => {
+                let id = self.core.rejoin(now, addrs);
+                self.joins.insert(id, reply);
+            }
             Command::Subscribe {
                 filter,
                 capacity,
@@ -624,6 +736,16 @@ impl Shell {
                 let (sender, events) = mpsc::channel(capacity.max(1));
                 self.streams.push(Stream { filter, sender });
                 let _ = reply.send(Subscription { events });
+            }
+            Command::KeyQuery {
+                command,
+                key,
+                reply,
+            } => {
+                let _ = reply.send(self.start_key_query(now, command, &key));
+            }
+            Command::KeyringWritten { query, result } => {
+                self.core.keyring_written(now, query, result);
             }
         }
     }
@@ -651,6 +773,7 @@ impl Shell {
                     None => tracing::debug!(join = outcome.id.0, "join outcome without a caller"),
                 }
             }
+            self.drain_keyring_writes();
             self.drain_events();
             if refused.is_empty() {
                 return;
@@ -664,9 +787,11 @@ impl Shell {
 
     /// Hands every pending event and query answer to its consumers, without waiting.
     fn drain_events(&mut self) {
+        self.feed_snapshot();
         while let Some(event) = self.core.poll_event() {
             log_event(&event);
             self.plugins.dispatch(&event);
+            self.handlers.dispatch(&event, self.core.local_member());
             if self.streams.is_empty() {
                 continue;
             }
@@ -710,6 +835,91 @@ impl Shell {
     }
 }
 
+impl Shell {
+    fn start_key_query(
+        &mut self,
+        now: std::time::Instant,
+        command: serf::keys::KeyCommand,
+        key: &[u8],
+    ) -> Result<(QueryStream, usize), QueryError> {
+        let query = self.core.key_query(now, command, key)?;
+        let (sender, outputs) = mpsc::channel(QUERY_OUTPUT_QUEUE);
+        self.queries.insert(query.key, sender);
+        let stream = QueryStream {
+            key: query.key,
+            outputs,
+        };
+        Ok((stream, query.num_nodes))
+    }
+
+    /// Hands keyring files to the writer task; without one (or when it is swamped) the key
+    /// query is answered at once.
+    fn drain_keyring_writes(&mut self) {
+        while let Some(write) = self.core.poll_keyring_write() {
+            let query = write.query;
+            let sent = match &self.keyring_writer {
+                Some(writer) => writer.try_send(write).is_ok(),
+                None => false,
+            };
+            if !sent {
+                let error = "Failed to write keyring file: writer unavailable".to_owned();
+                self.core
+                    .keyring_written(Instant::now().into_std(), query, Err(error));
+            }
+        }
+    }
+}
+
+/// Keyring files waiting for the writer task.
+const KEYRING_WRITE_QUEUE: usize = 16;
+
+/// Starts the task that writes the keyring file (mode 0600), in order, and reports each write
+/// back to the agent task.
+fn spawn_keyring_writer(
+    path: std::path::PathBuf,
+    commands: mpsc::Sender<Command>,
+) -> mpsc::Sender<serf::keys::KeyringWrite> {
+    let (sender, mut writes) = mpsc::channel::<serf::keys::KeyringWrite>(KEYRING_WRITE_QUEUE);
+    tokio::spawn(async move {
+        while let Some(write) = writes.recv().await {
+            let result = write_keyring_file(&path, &write.contents).await;
+            let query = write.query;
+            if commands
+                .send(Command::KeyringWritten { query, result })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    sender
+}
+
+/// Writes the keyring file; the error is Serf's message.
+async fn write_keyring_file(path: &std::path::Path, contents: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let failed = |op: &str, error: std::io::Error| {
+        format!(
+            "Failed to write keyring file: {op} {}: {}",
+            path.display(),
+            crate::go_text::io_error(&error)
+        )
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(|error| failed("open", error))?;
+    file.write_all(contents.as_bytes())
+        .await
+        .map_err(|error| failed("write", error))?;
+    file.flush().await.map_err(|error| failed("write", error))
+}
+
 /// The core's settings for this agent: the profile's timings with the agent's keyring,
 /// compression and Serf protocol version (the last byte of the version vector).
 pub fn serf_config(config: &Config, advertise: SocketAddr) -> serf::Config {
@@ -732,6 +942,9 @@ pub fn serf_config(config: &Config, advertise: SocketAddr) -> serf::Config {
         // Serf's default query timeout scales with the profile's gossip interval.
         gossip_interval: memberlist.gossip_interval,
         memberlist,
+        // Serf's agent always coalesces, with fixed periods, whatever the profile.
+        coalesce: serf::coalesce::Config::AGENT,
+        persist_keyring: config.keyring_file.is_some(),
         ..serf::Config::lan(name, advertise, config.tags.clone())
     }
 }
@@ -923,6 +1136,64 @@ mod tests {
                 (u64::from(i) + 1, &[i][..])
             );
         }
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn streams_see_a_burst_of_joins_coalesced() {
+        let a = named_agent("a").await;
+        let handle = a.handle();
+        let mut joins = handle
+            .subscribe(EventFilter::parse("member-join").unwrap(), 16)
+            .await
+            .unwrap();
+        let (b, c) = (named_agent("b").await, named_agent("c").await);
+        for other in [&b, &c] {
+            let seed = handle.gossip_addr().to_string();
+            assert_eq!(other.handle().join(vec![seed], false).await, Ok(1));
+        }
+        let mut events = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        while seen.len() < 3 {
+            let next = tokio::time::timeout(Duration::from_secs(10), joins.events.recv()).await;
+            let Ok(Some(event)) = next else {
+                panic!("joins missing; saw {events:?}")
+            };
+            let Event::Member(member_event) = &*event else {
+                panic!("{event:?}")
+            };
+            seen.extend(member_event.members.iter().map(|m| m.name.clone()));
+            events.push(event);
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"], "each join once");
+        assert!(events.len() < 3, "joins not coalesced: {events:?}");
+        for agent in [a, b, c] {
+            agent.shutdown().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalesced_user_events_reach_streams_once_per_name() {
+        let agent = agent().await;
+        let handle = agent.handle();
+        let mut stream = handle
+            .subscribe(EventFilter::parse("user").unwrap(), 16)
+            .await
+            .unwrap();
+        for payload in [b"v1", b"v2"] {
+            handle
+                .user_event("deploy".into(), payload.to_vec(), true)
+                .await
+                .unwrap();
+        }
+        let event = stream.events.recv().await.unwrap();
+        let Event::User(user) = &*event else {
+            panic!("{event:?}")
+        };
+        assert_eq!((user.ltime, user.payload.as_slice()), (2, &b"v2"[..]));
+        let more = tokio::time::timeout(Duration::from_secs(10), stream.events.recv()).await;
+        assert!(more.is_err(), "only the newest deploy: {more:?}");
         agent.shutdown().await;
     }
 

@@ -79,7 +79,10 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
         "                      Encrypted: {}",
         config.keyring.is_some()
     );
-    println!("                       Snapshot: false");
+    println!(
+        "                       Snapshot: {}",
+        config.snapshot_path.is_some()
+    );
     println!(
         "                        Profile: {}",
         config.profile.as_str()

@@ -265,19 +265,25 @@ fn strip_pkcs7(mut plain: Vec<u8>) -> Option<Vec<u8>> {
 
 /// Decodes a base64 key (standard alphabet, padded; line breaks ignored) and checks its size.
 pub fn parse_key(text: &str) -> Result<Vec<u8>, KeyringError> {
+    let key = decode_base64(text)?;
+    match key.len() {
+        16 | 24 | 32 => Ok(key),
+        len => Err(KeyringError::KeySize(len)),
+    }
+}
+
+/// Decodes standard padded base64 (line breaks ignored) without checking the length: key
+/// commands send whatever decodes and let every node judge the size.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, KeyringError> {
     let cleaned: String = text.chars().filter(|c| *c != '\r' && *c != '\n').collect();
-    let key = BASE64.decode(cleaned.as_bytes()).map_err(|error| {
+    BASE64.decode(cleaned.as_bytes()).map_err(|error| {
         KeyringError::Base64(match error {
             base64::DecodeError::InvalidByte(offset, _)
             | base64::DecodeError::InvalidLastSymbol(offset, _) => offset,
             base64::DecodeError::InvalidLength(len) => len,
             base64::DecodeError::InvalidPadding => cleaned.len(),
         })
-    })?;
-    match key.len() {
-        16 | 24 | 32 => Ok(key),
-        len => Err(KeyringError::KeySize(len)),
-    }
+    })
 }
 
 /// Standard base64 with padding, as `serf keys -list` and keyring files show keys.

@@ -834,10 +834,15 @@ impl<D: Delegate> Memberlist<D> {
                     state_change: now,
                 };
                 self.nodes.insert(alive.node.clone(), entry);
-                let offset = self.rng.random_range(0..=self.order.len());
+                // At a random place before the end: the node that was there moves to the end.
+                let len = self.order.len();
+                let offset = if len == 0 {
+                    0
+                } else {
+                    self.rng.random_range(0..len)
+                };
                 self.order.push(alive.node.clone());
-                let last = self.order.len() - 1;
-                self.order.swap(offset, last);
+                self.order.swap(offset, len);
                 self.broadcasts.set_num_nodes(self.order.len());
             }
             Some(entry) if entry.node.addr != addr => {

@@ -7,7 +7,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serf_plugin_sdk::abi;
@@ -37,20 +37,25 @@ impl std::fmt::Debug for LoadedModule {
     }
 }
 
-/// One wasmtime engine and linker for every plugin.
+/// One wasmtime engine and linker for every plugin, built on first use: an agent without
+/// plugins never starts the compiler, which keeps its code out of memory.
 #[derive(Clone)]
 pub struct Engine {
-    engine: wasmtime::Engine,
-    linker: Arc<Linker<StoreState>>,
+    wasm: Arc<OnceLock<Result<Wasm, String>>>,
     cache_dir: Option<PathBuf>,
-    settings_hash: u64,
     cache_hits: Arc<AtomicU64>,
     cache_misses: Arc<AtomicU64>,
 }
 
-impl Engine {
-    /// An engine with fuel metering; `cache_dir` holds compiled modules (none: always compile).
-    pub fn new(cache_dir: Option<PathBuf>) -> wasmtime::Result<Engine> {
+/// The parts of [`Engine`] that exist once the first plugin is loaded.
+struct Wasm {
+    engine: wasmtime::Engine,
+    linker: Linker<StoreState>,
+    settings_hash: u64,
+}
+
+impl Wasm {
+    fn new() -> wasmtime::Result<Wasm> {
         let mut config = wasmtime::Config::new();
         config.consume_fuel(true);
         let engine = wasmtime::Engine::new(&config)?;
@@ -61,19 +66,40 @@ impl Engine {
         instance::add_host_functions(&mut linker)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Engine {
+        Ok(Wasm {
             engine,
-            linker: Arc::new(linker),
-            cache_dir,
+            linker,
             settings_hash: hasher.finish(),
-            cache_hits: Arc::default(),
-            cache_misses: Arc::default(),
         })
     }
+}
 
-    /// The wasmtime engine.
-    pub fn wasmtime(&self) -> &wasmtime::Engine {
-        &self.engine
+impl Engine {
+    /// An engine with fuel metering; `cache_dir` holds compiled modules (none: always compile).
+    /// wasmtime itself starts when the first module is loaded.
+    pub fn new(cache_dir: Option<PathBuf>) -> Engine {
+        Engine {
+            wasm: Arc::default(),
+            cache_dir,
+            cache_hits: Arc::default(),
+            cache_misses: Arc::default(),
+        }
+    }
+
+    /// The wasmtime engine and linker, started on the first call.
+    fn wasm(&self, path: &Path) -> Result<&Wasm, LoadError> {
+        self.wasm
+            .get_or_init(|| Wasm::new().map_err(|error| format!("{error:#}")))
+            .as_ref()
+            .map_err(|message| LoadError::Compile {
+                path: path.to_path_buf(),
+                message: format!("the wasm engine cannot start: {message}"),
+            })
+    }
+
+    /// Whether wasmtime has been started (a plugin was loaded).
+    pub fn is_started(&self) -> bool {
+        self.wasm.get().is_some()
     }
 
     /// (cache hits, cache misses) since start.
@@ -108,6 +134,7 @@ impl Engine {
             reason,
         })?;
         let pre = self
+            .wasm(path)?
             .linker
             .instantiate_pre(&module)
             .map_err(|error| LoadError::Abi {
@@ -127,12 +154,13 @@ impl Engine {
         bytes: &[u8],
         sha256: &str,
     ) -> Result<(Module, bool), LoadError> {
+        let wasm = self.wasm(path)?;
         let cached = self
             .cache_dir
             .as_ref()
-            .map(|dir| dir.join(format!("{sha256}-{:016x}.cwasm", self.settings_hash)));
+            .map(|dir| dir.join(format!("{sha256}-{:016x}.cwasm", wasm.settings_hash)));
         if let Some(file) = cached.as_deref().filter(|file| file.exists()) {
-            match deserialize_cached(&self.engine, file) {
+            match deserialize_cached(&wasm.engine, file) {
                 Ok(module) => {
                     self.cache_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok((module, true));
@@ -143,7 +171,7 @@ impl Engine {
             }
         }
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let module = Module::new(&self.engine, bytes).map_err(|error| LoadError::Compile {
+        let module = Module::new(&wasm.engine, bytes).map_err(|error| LoadError::Compile {
             path: path.to_path_buf(),
             message: format!("{error:#}"),
         })?;
@@ -294,15 +322,17 @@ mod tests {
 
     #[test]
     fn accepts_a_minimal_plugin() {
-        let engine = Engine::new(None).unwrap();
+        let engine = Engine::new(None);
+        assert!(!engine.is_started(), "wasmtime waits for the first plugin");
         let loaded = load(&engine, GOOD).unwrap();
+        assert!(engine.is_started());
         assert!(!loaded.from_cache);
         assert_eq!(loaded.sha256.len(), 64);
     }
 
     #[test]
     fn refuses_non_wasm_with_a_clear_error() {
-        let engine = Engine::new(None).unwrap();
+        let engine = Engine::new(None);
         let error = engine
             .load(Path::new("notes.wasm"), b"#!/bin/sh\n")
             .unwrap_err();
@@ -318,7 +348,7 @@ mod tests {
 
     #[test]
     fn refuses_modules_with_the_wrong_abi() {
-        let engine = Engine::new(None).unwrap();
+        let engine = Engine::new(None);
         let cases = [
             (
                 GOOD.replace("serf_plugin_abi_v1", "serf_plugin_abi_v2"),
@@ -362,16 +392,16 @@ mod tests {
     fn compiled_modules_are_cached_per_engine_settings() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("plugin-cache");
-        let engine = Engine::new(Some(cache.clone())).unwrap();
+        let engine = Engine::new(Some(cache.clone()));
         assert!(!load(&engine, GOOD).unwrap().from_cache);
-        let restarted = Engine::new(Some(cache.clone())).unwrap();
+        let restarted = Engine::new(Some(cache.clone()));
         assert!(load(&restarted, GOOD).unwrap().from_cache);
         assert_eq!(restarted.cache_counts(), (1, 0));
         // A damaged artifact is recompiled, not trusted.
         for entry in std::fs::read_dir(&cache).unwrap() {
             std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
         }
-        let third = Engine::new(Some(cache)).unwrap();
+        let third = Engine::new(Some(cache));
         assert!(!load(&third, GOOD).unwrap().from_cache);
     }
 }

@@ -5,11 +5,13 @@
 //! every plugin one bounded, ordered queue and one task on the plugin runtime. The agent only
 //! ever calls [`dispatch::PluginHost::dispatch`], which never waits: no plugin runs on the
 //! agent's own task, and a plugin that traps, spins or bloats costs a log line and a counter.
+//! [`shell`] runs Serf-style shell handler scripts the same way: a queue and a task each.
 
 pub mod dispatch;
 pub mod engine;
 pub mod filter;
 pub mod instance;
+pub mod shell;
 mod stdio;
 
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use std::time::Duration;
 pub use dispatch::{PluginHost, PluginStatsSnapshot};
 pub use engine::Engine;
 pub use filter::{EventFilter, FilterError};
+pub use shell::{HandlerSpec, ShellHandlers};
 
 use crate::serf::QueryKey;
 use serf_plugin_sdk::abi::Status;

@@ -402,29 +402,69 @@ pub(super) async fn respond(
     Ok(Flow::Continue)
 }
 
-/// Key management: this agent has no keyring (no encryption), and says so as Serf does.
+/// Key management (`install-key`, `use-key`, `remove-key`, `list-keys`): a key query to every
+/// member, answered once all alive members replied or the query timed out. The body goes out
+/// even with an error, as in Serf.
 pub(super) async fn keys(
     session: &mut Session,
     seq: u64,
     command: &str,
+    key: Option<String>,
 ) -> Result<Flow, protocol::FrameError> {
-    let node = session.agent.config().node_name.clone();
-    let message = if command == protocol::command::LIST_KEYS {
-        "Keyring is empty (encryption not enabled)"
-    } else {
-        "No keyring to modify (encryption not enabled)"
+    let Some(command) = serf::keys::KeyCommand::from_rpc(command) else {
+        session.outbox.error(seq, errors::UNSUPPORTED_COMMAND).await;
+        return Ok(Flow::Close);
     };
+    let list = command == serf::keys::KeyCommand::List;
+    let empty = protocol::KeyResponse {
+        keys: list.then(BTreeMap::new),
+        ..protocol::KeyResponse::default()
+    };
+    let raw = match key.as_deref().map(crate::gossip::keyring::decode_base64) {
+        None => Vec::new(),
+        Some(Ok(raw)) => raw,
+        Some(Err(error)) => {
+            session
+                .outbox
+                .reply(seq, &error.to_string(), Some(&empty))
+                .await;
+            return Ok(Flow::Continue);
+        }
+    };
+    let (mut stream, num_nodes) = match session.agent.key_query(command, raw).await {
+        Ok(started) => started,
+        Err(error) => {
+            session
+                .outbox
+                .reply(seq, &agent_error(&error), Some(&empty))
+                .await;
+            return Ok(Flow::Continue);
+        }
+    };
+    let mut collector = serf::keys::KeyCollector::new(command, num_nodes);
+    while !collector.is_complete() {
+        match stream.outputs.recv().await {
+            Some(output) => {
+                collector.handle_output(&output);
+            }
+            None => break,
+        }
+    }
+    let summary = collector.finish();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let body = protocol::KeyResponse {
-        keys: (command == protocol::command::LIST_KEYS).then(BTreeMap::new),
-        messages: [(node, message.to_owned())].into(),
-        num_err: 1,
-        num_nodes: 1,
-        num_resp: 1,
+        keys: summary.keys.as_ref().map(|keys| {
+            keys.iter()
+                .map(|(key, n)| (key.clone(), count(*n)))
+                .collect()
+        }),
+        messages: summary.messages.clone(),
+        num_err: count(summary.num_err),
+        num_nodes: count(summary.num_nodes),
+        num_resp: count(summary.num_resp),
     };
-    session
-        .outbox
-        .reply(seq, "1/1 nodes reported failure", Some(&body))
-        .await;
+    let error = summary.error().unwrap_or_default();
+    session.outbox.reply(seq, &error, Some(&body)).await;
     Ok(Flow::Continue)
 }
 
@@ -493,11 +533,18 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
                 serf.counters.events_deduplicated.to_string(),
             ),
             (
+                "events_too_old",
+                serf.counters.events_too_old.to_string(),
+            ),
+            (
                 "broadcasts_pruned",
                 serf.counters.broadcasts_pruned.to_string(),
             ),
             ("encrypted", stats.encrypted.to_string()),
-            ("coordinate_resets", "0".into()),
+            (
+                "coordinate_resets",
+                serf.counters.coordinate_resets.to_string(),
+            ),
             ("event_streams", stats.num_streams.to_string()),
             ("event_stream_drops", stats.stream_drops.to_string()),
             ("query_answer_drops", stats.query_output_drops.to_string()),
@@ -548,7 +595,22 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
         ]),
     );
     sections.insert("tags".into(), stats.local.tags.clone());
-    sections.insert("event_handlers".into(), BTreeMap::new());
+    if let Some(snapshot) = &stats.snapshot {
+        sections.insert(
+            "snapshot".into(),
+            section(vec![
+                ("path", snapshot.path.display().to_string()),
+                ("records_written", snapshot.records.to_string()),
+                ("compactions", snapshot.compactions.to_string()),
+                ("write_errors", snapshot.errors.to_string()),
+                ("queue_drops", snapshot.dropped.to_string()),
+            ]),
+        );
+    }
+    sections.insert(
+        "event_handlers".into(),
+        session.agent.handlers().serf_stats(),
+    );
     let plugins = session.agent.plugins();
     let (hits, misses) = plugins.cache_counts();
     sections.insert(
@@ -587,16 +649,54 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
             ]),
         );
     }
+    for handler in session.agent.handlers().stats() {
+        let timeout = handler
+            .timeout
+            .map_or_else(String::new, |t| format!("{t:?}"));
+        sections.insert(
+            handler.name,
+            section(vec![
+                ("script", handler.script),
+                ("events", handler.events),
+                ("timeout", timeout),
+                ("offered", handler.offered.to_string()),
+                ("succeeded", handler.succeeded.to_string()),
+                ("failed", handler.failed.to_string()),
+                ("timeouts", handler.timeouts.to_string()),
+                ("dropped", handler.dropped.to_string()),
+                ("responses", handler.responses.to_string()),
+                ("truncated", handler.truncated.to_string()),
+                ("queue_depth", handler.queue_depth.to_string()),
+                ("queue_capacity", handler.queue_capacity.to_string()),
+            ]),
+        );
+    }
     sections
 }
 
-/// Network coordinates come with the gossip layer; until then no node has one.
+/// The coordinate the agent holds for a node (its own included); for an unknown node `Ok` is
+/// false and the coordinate all zero, as Serf answers.
 pub(super) async fn get_coordinate(
     session: &mut Session,
     seq: u64,
-    _request: protocol::CoordinateRequest,
+    request: protocol::CoordinateRequest,
 ) -> Result<Flow, protocol::FrameError> {
-    let body = protocol::CoordinateResponse::default();
-    session.outbox.reply(seq, "", Some(&body)).await;
+    let (found, error) = match session.agent.coordinate(request.node).await {
+        Ok(found) => (found, String::new()),
+        Err(error) => (None, agent_error(&error)),
+    };
+    let body = match found {
+        Some(coordinate) => protocol::CoordinateResponse {
+            coord: protocol::Coordinate {
+                adjustment: coordinate.adjustment,
+                error: coordinate.error,
+                height: coordinate.height,
+                vec: coordinate.vec,
+            },
+            ok: true,
+        },
+        None => protocol::CoordinateResponse::default(),
+    };
+    session.outbox.reply(seq, &error, Some(&body)).await;
     Ok(Flow::Continue)
 }

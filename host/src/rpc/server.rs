@@ -351,10 +351,10 @@ async fn read_request(
         command::QUERY => handlers::query(session, seq, body(reader).await?).await,
         command::RESPOND => handlers::respond(session, seq, body(reader).await?).await,
         command::INSTALL_KEY | command::USE_KEY | command::REMOVE_KEY => {
-            let _: protocol::KeyRequest = body(reader).await?;
-            handlers::keys(session, seq, name).await
+            let request: protocol::KeyRequest = body(reader).await?;
+            handlers::keys(session, seq, name, Some(request.key)).await
         }
-        command::LIST_KEYS => handlers::keys(session, seq, name).await,
+        command::LIST_KEYS => handlers::keys(session, seq, name, None).await,
         command::STATS => handlers::stats(session, seq).await,
         command::GET_COORDINATE => {
             handlers::get_coordinate(session, seq, body(reader).await?).await

@@ -11,6 +11,7 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 use regex::Regex;
 
+use super::coordinate::Coordinates;
 use super::wire::{
     self, JoinIntent, LeaveIntent, PushPullState, QueryFilter, QueryMsg, QueryResponseMsg,
     RelayHeader, SerfMessage, UserEventEntry, UserEventMsg, UserEvents,
@@ -23,8 +24,15 @@ use super::{
 use crate::gossip::broadcast::{BroadcastId, BroadcastQueue};
 use crate::gossip::{Delegate, Node, NodeState};
 
-/// Slots in the user-event and query de-duplication rings.
+/// Slots in the query de-duplication ring, and the Lamport window of user events that push/pull
+/// carries (Serf's 512).
 pub(super) const BUFFER_SLOTS: u64 = 512;
+
+/// Slots in the user-event de-duplication ring: the Lamport window in which an event is still
+/// taken. Serf's 512 loses most of a burst: gossip hands out the newest events first, so a node
+/// that has seen event 1000 refuses 1–488 as too old when they arrive later. 4096 matches the
+/// depth of a broadcast queue, so an event that can still be in some node's queue is taken.
+pub(super) const EVENT_BUFFER_SLOTS: u64 = 4096;
 
 /// How long an intent about an unknown node is remembered.
 const RECENT_INTENT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -80,10 +88,14 @@ pub(super) struct InboundQuery {
 pub struct SerfCounters {
     /// Serf messages that failed to decode.
     pub messages_dropped: u64,
-    /// User events dropped as duplicates or too old.
+    /// User events dropped as duplicates (or older than the replay start).
     pub events_deduplicated: u64,
+    /// User events dropped because their Lamport time fell out of the event window.
+    pub events_too_old: u64,
     /// Broadcasts pruned from Serf's queues because they grew too long.
     pub broadcasts_pruned: u64,
+    /// Times this node's network coordinate went bad and was reset.
+    pub coordinate_resets: u64,
 }
 
 /// Serf's queues never hold more than this many messages each (Serf's `MaxQueueDepth`).
@@ -101,6 +113,10 @@ pub(super) struct Core {
     pub(super) query_clock: LamportClock,
     pub(super) event_min_time: LamportTime,
     pub(super) query_min_time: LamportTime,
+    /// The highest Lamport times of a user event and a query processed here (for the
+    /// snapshot file, which records them before any coalescing).
+    pub(super) last_event_ltime: LamportTime,
+    pub(super) last_query_ltime: LamportTime,
     event_buffer: Vec<Option<UserEvents>>,
     query_buffer: Vec<Option<(LamportTime, Vec<u32>)>>,
     pub(super) intents: BroadcastQueue,
@@ -118,6 +134,10 @@ pub(super) struct Core {
     pub(super) leaving: bool,
     pub(super) next_reap: Instant,
     pub(super) counters: SerfCounters,
+    /// This node's network coordinate and the ones peers sent.
+    pub(super) coordinates: Coordinates,
+    /// Serf's own queries (key management, name conflicts) for `keys.rs`.
+    pub(super) internal: super::keys::Internal,
 }
 
 impl Core {
@@ -149,7 +169,9 @@ impl Core {
             query_clock: LamportClock::new(),
             event_min_time: 0,
             query_min_time: 0,
-            event_buffer: vec![None; BUFFER_SLOTS as usize],
+            last_event_ltime: 0,
+            last_query_ltime: 0,
+            event_buffer: vec![None; EVENT_BUFFER_SLOTS as usize],
             query_buffer: vec![None; BUFFER_SLOTS as usize],
             intents: BroadcastQueue::new(retransmit_mult),
             queries: BroadcastQueue::new(retransmit_mult),
@@ -163,12 +185,32 @@ impl Core {
             leaving: false,
             next_reap: now + REAP_INTERVAL,
             counters: SerfCounters::default(),
+            coordinates: Coordinates::new(local.name.clone()),
+            internal: Default::default(),
         };
+        if let Some(restored) = core.config.restored_clocks {
+            core.restore(restored);
+        }
         core.events.push_back(Event::Member(MemberEvent {
             kind: MemberEventKind::Join,
             members: vec![local],
         }));
         core
+    }
+
+    /// Starts past a snapshot's clocks; user events and queries at or before them are not
+    /// handed out again (Serf's eventMinTime/queryMinTime, reference 3.14).
+    fn restore(&mut self, restored: super::RestoredClocks) {
+        // A damaged file may hold absurd times; the clocks must still be able to tick.
+        let [member, event, query] =
+            [restored.member, restored.event, restored.query].map(|t| t.min(LamportTime::MAX / 2));
+        self.member_clock.witness(member);
+        self.event_clock.witness(event);
+        self.query_clock.witness(query);
+        self.event_min_time = event + 1;
+        self.query_min_time = query + 1;
+        self.last_event_ltime = event;
+        self.last_query_ltime = query;
     }
 
     pub(super) fn local_member(&self) -> &Member {
@@ -256,6 +298,7 @@ impl Core {
             && matches!(state.member.status, MemberStatus::Left)
         {
             let member = self.members.remove(&intent.node).expect("checked").member;
+            self.coordinates.forget(&intent.node);
             self.emit(MemberEventKind::Reap, member);
             self.update_queue_sizes();
         }
@@ -312,17 +355,17 @@ impl Core {
             return false;
         }
         let current = self.event_clock.time();
-        if current > BUFFER_SLOTS && message.ltime < current - BUFFER_SLOTS {
+        if current > EVENT_BUFFER_SLOTS && message.ltime < current - EVENT_BUFFER_SLOTS {
             tracing::warn!(
                 "received old event {} from time {} (current: {})",
                 message.name,
                 message.ltime,
                 current
             );
-            self.counters.events_deduplicated += 1;
+            self.counters.events_too_old += 1;
             return false;
         }
-        let slot = (message.ltime % BUFFER_SLOTS) as usize;
+        let slot = (message.ltime % EVENT_BUFFER_SLOTS) as usize;
         let entry = UserEventEntry {
             name: message.name.clone(),
             payload: message.payload.clone(),
@@ -342,6 +385,7 @@ impl Core {
                 });
             }
         }
+        self.last_event_ltime = self.last_event_ltime.max(message.ltime);
         self.events.push_back(Event::User(super::UserEvent {
             ltime: message.ltime,
             name: message.name.clone(),
@@ -383,6 +427,7 @@ impl Core {
         if !self.matches_filters(&query.filters) {
             return rebroadcast;
         }
+        self.last_query_ltime = self.last_query_ltime.max(query.ltime);
         let key = QueryKey {
             ltime: query.ltime,
             id: query.id,
@@ -399,7 +444,8 @@ impl Core {
             self.send_response(querier, query.relay_factor, ack);
         }
         if query.name.starts_with(INTERNAL_QUERY_PREFIX) {
-            // `_serf_ping` wants only the ack; the others are answered by the Serf layer.
+            // `_serf_ping` wants only the ack; the Serf layer answers the others (keys.rs).
+            self.internal.take_query(now, query, querier);
             return rebroadcast;
         }
         let deadline = now + query.timeout;
@@ -546,9 +592,22 @@ impl Core {
                 .map(|(name, _)| name.clone())
                 .collect(),
             event_ltime: self.event_clock.time(),
-            events: self.event_buffer.clone(),
+            events: self.recent_events(),
             query_ltime: self.query_clock.time(),
         }
+    }
+
+    /// The events of the last [`BUFFER_SLOTS`] Lamport times, in Serf's 512-slot layout (the
+    /// window push/pull has always carried).
+    fn recent_events(&self) -> Vec<Option<UserEvents>> {
+        let mut recent = vec![None; BUFFER_SLOTS as usize];
+        let current = self.event_clock.time();
+        for seen in self.event_buffer.iter().flatten() {
+            if seen.ltime + BUFFER_SLOTS > current {
+                recent[(seen.ltime % BUFFER_SLOTS) as usize] = Some(seen.clone());
+            }
+        }
+        recent
     }
 
     fn merge(&mut self, now: Instant, state: PushPullState, join: bool) {
@@ -626,6 +685,7 @@ impl Core {
             .collect();
         for name in expired {
             if let Some(state) = self.members.remove(&name) {
+                self.coordinates.forget(&name);
                 tracing::info!("EventMemberReap: {}", name);
                 self.emit(MemberEventKind::Reap, state.member);
             }
@@ -854,6 +914,10 @@ impl Delegate for Core {
     }
 
     fn notify_conflict(&mut self, _now: Instant, existing: &Node, other: &Node) {
+        if existing.name == self.config.node_name {
+            self.internal.conflict_detected(other.addr);
+            return;
+        }
         tracing::warn!(
             "Name conflict for '{}' both {} and {} are claiming",
             existing.name,
@@ -863,6 +927,12 @@ impl Delegate for Core {
     }
 
     fn ack_payload(&mut self) -> Vec<u8> {
-        wire::encode_ping_payload(&wire::Coordinate::new())
+        self.coordinates.ack_payload()
+    }
+
+    fn notify_ping_complete(&mut self, _now: Instant, node: &Node, rtt: Duration, payload: &[u8]) {
+        self.coordinates
+            .handle_ping_complete(&node.name, rtt, payload, &mut self.rng);
+        self.counters.coordinate_resets = self.coordinates.num_resets();
     }
 }

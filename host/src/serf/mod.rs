@@ -6,7 +6,10 @@
 //! `gossip::Memberlist` owned by `Serf`) slots in behind the same verbs, and until then the
 //! cluster is this node alone.
 
+pub mod coalesce;
+pub mod coordinate;
 mod core;
+pub mod keys;
 mod size;
 mod types;
 pub mod wire;
@@ -63,6 +66,29 @@ pub struct Config {
     pub reconnect_timeout: Duration,
     /// Left members are forgotten after this long (Serf's `tombstone_timeout`).
     pub tombstone_timeout: Duration,
+    /// Clocks restored from a snapshot file; `None` without one (reference 3.14).
+    pub restored_clocks: Option<RestoredClocks>,
+    /// Also hand out member events as they happen, before coalescing, through
+    /// [`Serf::poll_raw_member_event`] (the snapshot file records them so).
+    pub raw_member_events: bool,
+    /// Which events wait to be merged before `poll_event` hands them out (reference 3.11):
+    /// off in the library, as in Serf; the agent turns it on.
+    pub coalesce: coalesce::Config,
+    /// A keyring file is configured: answers to key queries that change the keyring wait for
+    /// the agent to write it ([`Serf::poll_keyring_write`]).
+    pub persist_keyring: bool,
+}
+
+/// The last Lamport times a snapshot recorded. The core starts past them and drops user
+/// events and queries at or before them, so handlers never see those twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoredClocks {
+    /// Member clock (intents).
+    pub member: LamportTime,
+    /// Event clock: the last user event handed out.
+    pub event: LamportTime,
+    /// Query clock: the last query handed out.
+    pub query: LamportTime,
 }
 
 impl Config {
@@ -78,6 +104,10 @@ impl Config {
             memberlist: crate::gossip::Config::lan(node_name.clone(), advertise),
             reconnect_timeout: Duration::from_secs(24 * 3600),
             tombstone_timeout: Duration::from_secs(24 * 3600),
+            restored_clocks: None,
+            raw_member_events: false,
+            coalesce: coalesce::Config::OFF,
+            persist_keyring: false,
         }
     }
 }
@@ -224,6 +254,8 @@ enum JoinKind {
     Requested,
     /// Serf's reconnector trying a failed member; nobody waits for it.
     Reconnect,
+    /// A node from the snapshot file: memberlist's join alone, the outcome is reported.
+    Rejoin,
 }
 
 /// The Serf state machine: Serf's layer over a memberlist.
@@ -234,6 +266,10 @@ pub struct Serf {
     joins: HashMap<JoinId, JoinKind>,
     join_outcomes: VecDeque<JoinOutcome>,
     next_reconnect: Instant,
+    /// Between the core's events and `poll_event`.
+    coalescer: coalesce::Coalescer,
+    /// Member events before coalescing, with [`Config::raw_member_events`].
+    raw_member_events: Option<VecDeque<MemberEvent>>,
 }
 
 impl Serf {
@@ -244,15 +280,21 @@ impl Serf {
         let mut ml_config = config.memberlist.clone();
         ml_config.name = config.node_name.clone();
         ml_config.advertise = config.advertise;
+        let coalescer = coalesce::Coalescer::new(config.coalesce, now);
+        let raw_member_events = config.raw_member_events.then(VecDeque::new);
         let core = Core::new(config, seed, now);
         let ml = Memberlist::new(ml_config, core, seed.wrapping_add(1), now);
-        Serf {
+        let mut serf = Serf {
             ml,
             state: LocalState::Alive,
             joins: HashMap::new(),
             join_outcomes: VecDeque::new(),
             next_reconnect: now + core::RECONNECT_INTERVAL,
-        }
+            coalescer,
+            raw_member_events,
+        };
+        serf.coalesce_events(now);
+        serf
     }
 
     fn core(&self) -> &Core {
@@ -281,6 +323,17 @@ impl Serf {
     /// The cluster size Serf uses for query timeouts: memberlist's nodes not dead or left.
     pub fn num_alive(&self) -> usize {
         self.ml.num_alive()
+    }
+
+    /// The network coordinate of `node` as it last arrived in an ack (ours for our own name);
+    /// `None` until a probe of it completed, and again once the member is erased.
+    pub fn coordinate(&self, node: &str) -> Option<wire::Coordinate> {
+        self.core().coordinates.get(node).cloned()
+    }
+
+    /// This node's network coordinate.
+    pub fn local_coordinate(&self) -> wire::Coordinate {
+        self.core().coordinates.local().clone()
     }
 
     /// Counters and clocks.
@@ -352,6 +405,13 @@ impl Serf {
         {
             return Err(QueryError::InternalName);
         }
+        let key = self.send_query(now, params)?;
+        self.flush(now);
+        Ok(key)
+    }
+
+    /// Sends a query of any name (Serf's own included); the caller flushes.
+    fn send_query(&mut self, now: Instant, params: QueryParams) -> Result<QueryKey, QueryError> {
         compile_tag_filters(&params.filter_tags)?;
         let timeout = params
             .timeout
@@ -408,7 +468,6 @@ impl Serf {
         if core.handle_query(now, &message) {
             core.queries.queue(None, encoded);
         }
-        self.flush(now);
         Ok(key)
     }
 
@@ -570,6 +629,44 @@ impl Serf {
         id
     }
 
+    /// Joins a node remembered in the snapshot file, as Serf's rejoin does: memberlist's join
+    /// alone, so no join intent goes out and the event floor is left to the restored clocks.
+    /// The outcome comes out of [`Serf::poll_join_outcome`].
+    pub fn rejoin(&mut self, now: Instant, addrs: Vec<SocketAddr>) -> JoinId {
+        let id = self.ml.join(now, addrs);
+        self.joins.insert(id, JoinKind::Rejoin);
+        self.flush(now);
+        id
+    }
+
+    /// The member clock now (the snapshot records it).
+    pub fn member_time(&self) -> LamportTime {
+        self.core().member_clock.time()
+    }
+
+    /// The next member event as it happened, before coalescing; only with
+    /// [`Config::raw_member_events`].
+    pub fn poll_raw_member_event(&mut self) -> Option<MemberEvent> {
+        self.coalesce_events(self.coalescer.clock());
+        self.raw_member_events.as_mut()?.pop_front()
+    }
+
+    fn tap_member_event(&mut self, event: &Event) {
+        if let (Some(raw), Event::Member(member_event)) = (&mut self.raw_member_events, event) {
+            raw.push_back(member_event.clone());
+        }
+    }
+
+    /// The highest Lamport time of a user event this node handed out (before coalescing).
+    pub fn last_event_time(&self) -> LamportTime {
+        self.core().last_event_ltime
+    }
+
+    /// The highest Lamport time of a query this node processed, Serf's own included.
+    pub fn last_query_time(&self) -> LamportTime {
+        self.core().last_query_ltime
+    }
+
     /// How a requested join ended.
     pub fn poll_join_outcome(&mut self) -> Option<JoinOutcome> {
         self.join_outcomes.pop_front()
@@ -678,6 +775,7 @@ impl Serf {
             .chain(leave)
             .chain(self.ml.poll_timeout())
             .chain([core.next_reap, self.next_reconnect])
+            .chain(self.coalescer.poll_timeout())
             .min()
     }
 
@@ -693,6 +791,7 @@ impl Serf {
                     self.core_mut().ignore_old_events = false;
                     self.join_outcomes.push_back(outcome);
                 }
+                Some(JoinKind::Rejoin) => self.join_outcomes.push_back(outcome),
                 Some(JoinKind::Reconnect) | None => {
                     for (addr, error) in &outcome.errors {
                         tracing::debug!(%addr, %error, "reconnect failed");
@@ -700,6 +799,7 @@ impl Serf {
                 }
             }
         }
+        self.handle_internal(now);
         // `send_user` never calls back into the core, so one pass empties the outbox.
         while let Some((to, message)) = self.core_mut().outbox.pop_front() {
             self.ml.send_user(now, to, &message);
@@ -707,11 +807,24 @@ impl Serf {
         if self.state != LocalState::Alive {
             self.advance_leave(now);
         }
+        self.coalesce_events(now);
     }
 
-    /// The next event for handlers and event streams.
+    /// Moves the core's new events, which happened at `now`, into the coalescer and lets it
+    /// hand out what is due.
+    fn coalesce_events(&mut self, now: Instant) {
+        while let Some(event) = self.core_mut().events.pop_front() {
+            self.tap_member_event(&event);
+            self.coalescer.handle_event(now, event);
+        }
+        self.coalescer.handle_timeout(now);
+    }
+
+    /// The next event for handlers and event streams, once coalesced (`Config::coalesce`).
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.core_mut().events.pop_front()
+        // Events queued outside a `handle_*` call count as happening at the latest time seen.
+        self.coalesce_events(self.coalescer.clock());
+        self.coalescer.poll_event()
     }
 
     /// The next answer to a query this node sent.
@@ -960,6 +1073,60 @@ mod tests {
         assert_eq!(event.kind, MemberEventKind::Update);
         assert_eq!(event.members[0].tags["role"], "db");
     }
+
+    #[test]
+    fn gossip_at_or_before_the_restored_clocks_is_not_handed_out_again() {
+        let now = Instant::now();
+        let mut config = Config::lan("a".into(), "127.0.0.10:7946".parse().unwrap(), Tags::new());
+        config.restored_clocks = Some(RestoredClocks {
+            member: 7,
+            event: 2,
+            query: 5,
+        });
+        let mut serf = Serf::new(config, 7, now);
+        assert!(matches!(serf.poll_event(), Some(Event::Member(_))));
+        let stats = serf.stats();
+        assert_eq!(
+            (stats.member_time, stats.event_time, stats.query_time),
+            (8, 3, 6)
+        );
+        let from: SocketAddr = "127.0.0.11:7946".parse().unwrap();
+        // memberlist's user message (8) carries the Serf message as it is.
+        let deliver = |serf: &mut Serf, message: Vec<u8>| {
+            serf.handle_packet(now, from, &[vec![8], message].concat())
+                .unwrap();
+            serf.poll_event()
+        };
+        for (ltime, delivered) in [(2, false), (3, true)] {
+            let event = UserEventMsg {
+                ltime,
+                name: "deploy".into(),
+                payload: vec![],
+                cc: false,
+            };
+            let out = deliver(&mut serf, event.encode());
+            assert_eq!(out.is_some(), delivered, "user event at {ltime}");
+        }
+        for (ltime, delivered) in [(5, false), (6, true)] {
+            let query = QueryMsg {
+                ltime,
+                id: 1,
+                addr: from.ip(),
+                port: from.port(),
+                source_node: "b".into(),
+                filters: vec![],
+                flags: 0,
+                relay_factor: 0,
+                timeout: Duration::from_secs(5),
+                name: "q".into(),
+                payload: vec![],
+            };
+            let out = deliver(&mut serf, query.encode());
+            assert_eq!(out.is_some(), delivered, "query at {ltime}");
+        }
+        assert_eq!((serf.last_event_time(), serf.last_query_time()), (3, 6));
+        assert_eq!(serf.user_event(now, "mine", b"", false), Ok(4));
+    }
 }
 
 /// Several `Serf` cores wired together in memory: packets and streams are delivered at once,
@@ -1129,6 +1296,27 @@ mod cluster_tests {
     }
 
     #[test]
+    fn a_burst_of_a_thousand_user_events_reaches_every_node_exactly_once() {
+        let mut cluster = Cluster::new(10, |_| {});
+        cluster.join_all();
+        let now = cluster.now;
+        for k in 0..1000 {
+            cluster.nodes[0]
+                .user_event(now, &format!("e{k}"), b"payload", false)
+                .unwrap();
+        }
+        cluster.run_for(Duration::from_secs(60));
+        let expected: Vec<String> = (0..1000).map(|k| format!("e{k}")).collect();
+        for i in 0..10 {
+            let mut names: Vec<String> = cluster.user_events(i).into_iter().map(|e| e.1).collect();
+            names.sort_by_key(|name| name[1..].parse::<u32>().unwrap_or(u32::MAX));
+            let missing = expected.iter().filter(|e| !names.contains(e)).count();
+            assert_eq!(names.len(), 1000, "node {i}: {missing} missing");
+            assert_eq!(names, expected, "node {i}");
+        }
+    }
+
+    #[test]
     fn a_query_is_answered_by_every_matching_node() {
         let mut cluster = Cluster::new(4, |_| {});
         cluster.join_all();
@@ -1239,6 +1427,45 @@ mod cluster_tests {
     }
 
     #[test]
+    fn with_the_agents_coalescing_bursts_reach_handlers_merged() {
+        let mut cluster = Cluster::new(4, |config| config.coalesce = coalesce::Config::AGENT);
+        cluster.join_all();
+        let joins: Vec<Vec<String>> = cluster.events[0]
+            .iter()
+            .filter_map(|event| match event {
+                Event::Member(m) if m.kind == MemberEventKind::Join => {
+                    Some(m.members.iter().map(|m| m.name.clone()).collect())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            joins,
+            [["n0", "n1", "n2", "n3"]],
+            "one member-join for the burst"
+        );
+
+        let now = cluster.now;
+        cluster.nodes[1]
+            .user_event(now, "deploy", b"v1", true)
+            .unwrap();
+        cluster.nodes[1]
+            .user_event(now, "deploy", b"v2", true)
+            .unwrap();
+        cluster.nodes[1]
+            .user_event(now, "restart", b"", false)
+            .unwrap();
+        cluster.run_for(Duration::from_secs(3));
+        for i in 0..4 {
+            assert_eq!(
+                cluster.user_events(i),
+                [(3, "restart".to_string()), (2, "deploy".to_string())],
+                "node {i}: uncoalesced first, then only the newest deploy"
+            );
+        }
+    }
+
+    #[test]
     fn encrypted_nodes_talk_and_a_wrong_key_cannot_join() {
         let key = vec![7u8; 32];
         let mut cluster = Cluster::new(3, |config| {
@@ -1255,6 +1482,38 @@ mod cluster_tests {
         assert_eq!(cluster.nodes[2].poll_join_outcome().unwrap().joined, 0);
         cluster.run_for(Duration::from_secs(3));
         assert_eq!(cluster.statuses(0), all(2, MemberStatus::Alive));
+    }
+
+    #[test]
+    fn a_rejoin_hands_out_only_the_events_newer_than_the_snapshot() {
+        let mut cluster = Cluster::new(2, |config| {
+            if config.node_name == "n1" {
+                config.restored_clocks = Some(RestoredClocks {
+                    member: 0,
+                    event: 2,
+                    query: 0,
+                });
+            }
+        });
+        for name in ["e1", "e2", "e3"] {
+            let now = cluster.now;
+            cluster.nodes[0].user_event(now, name, b"", false).unwrap();
+        }
+        let intents_before = cluster.nodes[0].stats().member_time;
+        let now = cluster.now;
+        cluster.nodes[1].rejoin(now, vec![addr(0)]);
+        cluster.pump();
+        let outcome = cluster.nodes[1].poll_join_outcome().expect("rejoin finished");
+        assert_eq!(outcome.joined, 1);
+        cluster.run_for(Duration::from_secs(2));
+        assert_eq!(cluster.statuses(0), all(2, MemberStatus::Alive));
+        // Push/pull replayed n0's event buffer: only e3 is newer than the snapshot.
+        assert_eq!(cluster.user_events(1), [(3, "e3".to_string())]);
+        assert_eq!(
+            cluster.nodes[0].stats().member_time,
+            intents_before,
+            "a rejoin sends no join intent"
+        );
     }
 }
 
