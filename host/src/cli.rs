@@ -2178,8 +2178,14 @@ mod tests {
     #[test]
     fn key_output_is_aligned_like_serf() {
         let messages = BTreeMap::from([
-            ("node2".to_owned(), "key size must be 16, 24 or 32 bytes".to_owned()),
-            ("g1".to_owned(), "Removing the primary key is not allowed".to_owned()),
+            (
+                "node2".to_owned(),
+                "key size must be 16, 24 or 32 bytes".to_owned(),
+            ),
+            (
+                "g1".to_owned(),
+                "Removing the primary key is not allowed".to_owned(),
+            ),
         ]);
         assert_eq!(
             format_key_failures(&messages),

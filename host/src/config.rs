@@ -1517,7 +1517,10 @@ mod tests {
         for bad in ["[\"a\"]", "{\"a\": 1}", "{"] {
             std::fs::write(&path, bad).unwrap();
             let error = resolve("", &flags).unwrap_err().to_string();
-            assert!(error.starts_with("cannot load tags file "), "{bad}: {error}");
+            assert!(
+                error.starts_with("cannot load tags file "),
+                "{bad}: {error}"
+            );
         }
         let file = FileConfig::parse("tags_file = \"tags.json\"", Path::new("x")).unwrap();
         std::fs::write(&path, "null").unwrap();

@@ -65,11 +65,19 @@ impl Restarted {
         };
         let up = eventually(Duration::from_secs(60), || {
             if let Ok(Some(status)) = restarted.child.try_wait() {
-                panic!("restarted {} exited with {status}: {}", restarted.name, restarted.log());
+                panic!(
+                    "restarted {} exited with {status}: {}",
+                    restarted.name,
+                    restarted.log()
+                );
             }
             TcpStream::connect(restarted.rpc).ok()
         });
-        assert!(up.is_some(), "restarted {} never opened RPC", restarted.name);
+        assert!(
+            up.is_some(),
+            "restarted {} never opened RPC",
+            restarted.name
+        );
         restarted
     }
 

@@ -196,7 +196,28 @@ pub struct Agent {
     handle: AgentHandle,
     task: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
-    plugin_runtime: Option<tokio::runtime::Runtime>,
+    plugin_runtime: PluginRuntime,
+}
+
+/// The plugins' runtime, shut down without waiting when dropped: dropping a runtime inside
+/// async code would panic, and a start-up that fails half way drops it there.
+struct PluginRuntime(Option<tokio::runtime::Runtime>);
+
+impl PluginRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the plugin runtime exists until dropped")
+            .handle()
+    }
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Agent {
@@ -204,12 +225,14 @@ impl Agent {
     /// a runtime of their own.
     pub async fn start(config: Config, logs: LogHub) -> anyhow::Result<Agent> {
         use anyhow::Context as _;
-        let plugin_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("serf-plugin")
-            .enable_all()
-            .build()
-            .context("cannot start the plugin runtime")?;
+        let plugin_runtime = PluginRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("serf-plugin")
+                .enable_all()
+                .build()
+                .context("cannot start the plugin runtime")?,
+        ));
         let engine = Engine::new(config.plugin_cache_dir.clone());
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let respond_drops = Arc::new(AtomicU64::new(0));
@@ -301,7 +324,7 @@ impl Agent {
             handle,
             task,
             stop,
-            plugin_runtime: Some(plugin_runtime),
+            plugin_runtime,
         })
     }
 
@@ -316,9 +339,7 @@ impl Agent {
         let _ = (&mut self.task).await;
         self.handle.plugins.shutdown().await;
         self.handle.handlers.shutdown().await;
-        if let Some(runtime) = self.plugin_runtime.take() {
-            runtime.shutdown_background();
-        }
+        drop(self.plugin_runtime);
     }
 }
 
@@ -996,6 +1017,21 @@ mod tests {
             ..AgentFlags::default()
         });
         Agent::start(config, LogHub::new()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_start_that_fails_half_way_is_an_error_not_a_panic() {
+        let first = agent().await;
+        let taken = first.handle().gossip_addr();
+        let config = config(AgentFlags {
+            node: Some("second".into()),
+            bind: Some(taken.to_string()),
+            profile: Some("local".into()),
+            ..AgentFlags::default()
+        });
+        let error = Agent::start(config, LogHub::new()).await.err();
+        assert!(error.is_some(), "the gossip port is taken");
+        first.shutdown().await;
     }
 
     /// Polls `check` every 50 ms until it holds or `timeout` passes.

@@ -104,7 +104,11 @@ impl Record {
             }));
         }
         for (prefix, kind, make) in [
-            ("clock: ", "clock", Record::Clock as fn(LamportTime) -> Record),
+            (
+                "clock: ",
+                "clock",
+                Record::Clock as fn(LamportTime) -> Record,
+            ),
             ("event-clock: ", "event clock", Record::EventClock),
             ("query-clock: ", "query clock", Record::QueryClock),
         ] {
@@ -577,7 +581,10 @@ impl Snapshotter {
             Err(TrySendError::Disconnected(_)) => {
                 let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
-                    tracing::error!(dropped, "snapshot writer stopped; member change not recorded");
+                    tracing::error!(
+                        dropped,
+                        "snapshot writer stopped; member change not recorded"
+                    );
                 }
             }
         }
@@ -648,9 +655,7 @@ impl Writer {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match receiver.recv_timeout(wait) {
                 Ok(Message::Member(change)) => {
-                    let records = self
-                        .recorder
-                        .member_change(change, self.shared.clocks());
+                    let records = self.recorder.member_change(change, self.shared.clocks());
                     self.append(&records);
                 }
                 Ok(Message::Leave) => self.leave(),
@@ -689,9 +694,7 @@ impl Writer {
         while Instant::now() < deadline {
             match receiver.try_recv() {
                 Ok(Message::Member(change)) => {
-                    let records = self
-                        .recorder
-                        .member_change(change, self.shared.clocks());
+                    let records = self.recorder.member_change(change, self.shared.clocks());
                     self.append(&records);
                 }
                 Ok(Message::Leave) => self.leave(),
@@ -759,9 +762,13 @@ impl Writer {
             return;
         };
         self.last_flush = Instant::now();
-        let result = file
-            .flush()
-            .and_then(|()| if sync { file.get_ref().sync_all() } else { Ok(()) });
+        let result = file.flush().and_then(|()| {
+            if sync {
+                file.get_ref().sync_all()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(error) = result {
             self.shared.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, "failed to flush snapshot");
@@ -958,22 +965,28 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         // The leave forgot everything before it; only the clock written after it counts.
         assert!(state.alive.is_empty());
-        assert_eq!(state.clocks(), RestoredClocks {
-            member: 3,
-            event: 0,
-            query: 0
-        });
+        assert_eq!(
+            state.clocks(),
+            RestoredClocks {
+                member: 3,
+                event: 0,
+                query: 0
+            }
+        );
         assert!(state.left);
 
         let (state, errors) = SnapshotState::replay(SERF_FILE.as_bytes(), true);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(state.alive.len(), 1);
         assert_eq!(state.alive["a"], "127.77.0.1:7946");
-        assert_eq!(state.clocks(), RestoredClocks {
-            member: 3,
-            event: 2,
-            query: 1
-        });
+        assert_eq!(
+            state.clocks(),
+            RestoredClocks {
+                member: 3,
+                event: 2,
+                query: 1
+            }
+        );
         assert_eq!(state.previous_nodes("a"), []);
         assert_eq!(
             state.previous_nodes("b"),
@@ -1105,7 +1118,10 @@ mod tests {
         assert!(recorder.appended(1));
         let mut state = SnapshotState::default();
         for i in 0..1000 {
-            state.alive.insert(format!("n{i}"), format!("10.0.{}.{}:7946", i / 256, i % 256));
+            state.alive.insert(
+                format!("n{i}"),
+                format!("10.0.{}.{}:7946", i / 256, i % 256),
+            );
         }
         let big = Recorder::new(state, 0, false);
         assert_eq!(big.max_bytes(), 1000 * 128 * 2);
@@ -1225,7 +1241,10 @@ mod tests {
         let stats = snapshot.stats();
         snapshot.close().await;
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.ends_with("event-clock: 6\nleave\nclock: 4\n"), "{text}");
+        assert!(
+            text.ends_with("event-clock: 6\nleave\nclock: 4\n"),
+            "{text}"
+        );
         assert_eq!(stats.dropped, 0);
         assert_eq!(stats.errors, 0);
         let (state, _) = SnapshotState::replay(text.as_bytes(), false);
@@ -1353,7 +1372,10 @@ mod tests {
                 .await,
                 "the restarted agent never rejoined"
             );
-            assert_eq!(a_handle.user_event("next".into(), vec![], false).await, Ok(4));
+            assert_eq!(
+                a_handle.user_event("next".into(), vec![], false).await,
+                Ok(4)
+            );
 
             // A graceful leave ends the file with `leave`: the next start rejoins nobody...
             a_handle.leave().await.unwrap();
@@ -1398,9 +1420,10 @@ mod tests {
             std::fs::create_dir(&path).unwrap();
             let error = handle.set_tags(Tags::new()).await.unwrap_err();
             assert!(
-                error
-                    .to_string()
-                    .starts_with(&format!("Failed to write tags file: open {}: ", path.display())),
+                error.to_string().starts_with(&format!(
+                    "Failed to write tags file: open {}: ",
+                    path.display()
+                )),
                 "{error}"
             );
             assert_eq!(handle.stats().await.unwrap().local.tags, tags);

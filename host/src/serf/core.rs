@@ -72,6 +72,20 @@ pub(super) struct OutboundQuery {
     pub(super) deadline: Instant,
     pub(super) acked: Vec<NodeName>,
     pub(super) responded: Vec<NodeName>,
+    /// The alive members that match the filters when the query was sent: once every one has
+    /// responded (and acked, if acks were asked for), the query ends before its deadline.
+    pub(super) expected: Vec<NodeName>,
+    pub(super) request_ack: bool,
+}
+
+impl OutboundQuery {
+    /// Whether every expected node has answered.
+    fn complete(&self) -> bool {
+        !self.expected.is_empty()
+            && self.expected.iter().all(|node| {
+                self.responded.contains(node) && (!self.request_ack || self.acked.contains(node))
+            })
+    }
 }
 
 /// A query this node received and may answer once.
@@ -572,7 +586,12 @@ impl Core {
             return;
         }
         seen.push(from.clone());
+        let complete = query.complete();
         self.query_outputs.push_back((key, output));
+        if complete {
+            self.outbound.remove(&key);
+            self.query_outputs.push_back((key, QueryOutput::Done));
+        }
     }
 
     // ---- push/pull -----------------------------------------------------------------------

@@ -397,7 +397,8 @@ impl Serf {
     }
 
     /// Sends a query; answers come out of [`Serf::poll_query_output`] under the returned key
-    /// until a final [`QueryOutput::Done`] at the deadline.
+    /// until a final [`QueryOutput::Done`]: at the deadline, or as soon as every alive member
+    /// that matched the filters when it was sent has responded (and acked, if asked to).
     pub fn query(&mut self, now: Instant, params: QueryParams) -> Result<QueryKey, QueryError> {
         self.check_alive().map_err(QueryError::NotAlive)?;
         if params.name.starts_with(INTERNAL_QUERY_PREFIX)
@@ -412,7 +413,20 @@ impl Serf {
 
     /// Sends a query of any name (Serf's own included); the caller flushes.
     fn send_query(&mut self, now: Instant, params: QueryParams) -> Result<QueryKey, QueryError> {
-        compile_tag_filters(&params.filter_tags)?;
+        let tag_filters = compile_tag_filters(&params.filter_tags)?;
+        let expected: Vec<NodeName> = self
+            .members()
+            .filter(|member| member.status == MemberStatus::Alive)
+            .filter(|member| {
+                params.filter_nodes.is_empty() || params.filter_nodes.contains(&member.name)
+            })
+            .filter(|member| {
+                tag_filters.iter().all(|(tag, regex)| {
+                    regex.is_match(member.tags.get(tag).map(String::as_str).unwrap_or(""))
+                })
+            })
+            .map(|member| member.name.clone())
+            .collect();
         let timeout = params
             .timeout
             .unwrap_or_else(|| self.default_query_timeout());
@@ -462,6 +476,8 @@ impl Serf {
                 deadline: now + timeout,
                 acked: Vec::new(),
                 responded: Vec::new(),
+                expected,
+                request_ack: params.request_ack,
             },
         );
         // Serf processes its own query as if it had been gossiped to it.
@@ -1380,6 +1396,59 @@ mod cluster_tests {
         assert_eq!(outputs.last(), Some(&QueryOutput::Done));
     }
 
+    /// Sends query `q` from n0 to n1..n3 (n0's tag does not match) with a 10 s timeout, has
+    /// the nodes in `answering` respond, and returns when n0 saw `Done` (if within 10 s).
+    fn query_done_after(answering: &[usize], request_ack: bool) -> Option<Duration> {
+        let mut cluster = Cluster::new(4, |_| {});
+        cluster.join_all();
+        let sent = cluster.now;
+        let mut tags = BTreeMap::new();
+        tags.insert("role".to_string(), "r[123]".to_string());
+        let key = cluster.nodes[0]
+            .query(
+                sent,
+                QueryParams {
+                    name: "q".into(),
+                    request_ack,
+                    filter_tags: tags,
+                    timeout: Some(Duration::from_secs(10)),
+                    ..QueryParams::default()
+                },
+            )
+            .unwrap();
+        cluster.run_for(Duration::from_millis(300));
+        for &i in answering {
+            let now = cluster.now;
+            cluster.nodes[i].respond(now, key, b"ok").unwrap();
+        }
+        for _ in 0..1100 {
+            while let Some((_, output)) = cluster.nodes[0].poll_query_output() {
+                if output == QueryOutput::Done {
+                    return Some(cluster.now - sent);
+                }
+            }
+            cluster.run_for(Duration::from_millis(10));
+        }
+        None
+    }
+
+    #[test]
+    fn a_query_ends_as_soon_as_every_matching_node_has_answered() {
+        for request_ack in [false, true] {
+            let done = query_done_after(&[1, 2, 3], request_ack).expect("done");
+            assert!(
+                done < Duration::from_secs(1),
+                "ack {request_ack}: done after {done:?}, not at the 10 s deadline"
+            );
+        }
+    }
+
+    #[test]
+    fn a_query_with_a_silent_matching_node_runs_to_its_deadline() {
+        let done = query_done_after(&[1, 2], true).expect("done");
+        assert!(done >= Duration::from_secs(10), "done after {done:?}");
+    }
+
     #[test]
     fn graceful_leave_is_left_and_a_crash_is_failed() {
         let mut cluster = Cluster::new(4, |_| {});
@@ -1503,7 +1572,9 @@ mod cluster_tests {
         let now = cluster.now;
         cluster.nodes[1].rejoin(now, vec![addr(0)]);
         cluster.pump();
-        let outcome = cluster.nodes[1].poll_join_outcome().expect("rejoin finished");
+        let outcome = cluster.nodes[1]
+            .poll_join_outcome()
+            .expect("rejoin finished");
         assert_eq!(outcome.joined, 1);
         cluster.run_for(Duration::from_secs(2));
         assert_eq!(cluster.statuses(0), all(2, MemberStatus::Alive));
