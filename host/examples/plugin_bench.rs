@@ -157,6 +157,7 @@ async fn measure(
         limits: Limits::DEFAULT,
         dirs: Default::default(),
         config: toml::Table::new(),
+        grants: Default::default(),
     };
     let services = Arc::new(AcceptResponses::default());
     let context = Arc::new(InstanceContext {

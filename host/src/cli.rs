@@ -11,6 +11,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod agent;
+mod plugin;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -75,6 +76,12 @@ enum Command {
     Keys(KeysArgs),
     /// Modify tags of a running Serf agent
     Tags(TagsArgs),
+    /// Reload the agent's configuration and plugins (an extension; SIGHUP does the same)
+    Reload(ReloadArgs),
+    /// List, show, kill or reap the plugins' long jobs (an extension)
+    Jobs(JobsArgs),
+    /// Checks a plugin module or runs it against a synthetic event, with no agent (an extension)
+    Plugin(plugin::PluginArgs),
     /// Prints the Serf version
     Version,
 }
@@ -231,6 +238,13 @@ struct LeaveArgs {
     extra: Vec<OsString>,
 }
 
+/// Asks the agent to read serf.toml and its plugin files again and apply the plugin changes.
+#[derive(Debug, clap::Args)]
+struct ReloadArgs {
+    #[command(flatten)]
+    rpc: RpcFlags,
+}
+
 /// Tells a running agent to join a cluster through one or more existing members: ADDRESS...
 #[derive(Debug, clap::Args)]
 struct JoinArgs {
@@ -326,6 +340,36 @@ struct TagsArgs {
     /// Ignored, as by Serf.
     #[arg(hide = true)]
     extra: Vec<OsString>,
+}
+
+/// Lists, shows, kills or reaps the long jobs plugins started on one agent: at most one of
+/// -list (the default), -show, -kill or -reap.
+#[derive(Debug, clap::Args)]
+struct JobsArgs {
+    /// Lists every job the agent keeps a record of.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_name = "BOOL",
+          value_parser = parse_go_bool)]
+    list: bool,
+    /// Shows one job, with the last lines it logged.
+    #[arg(long, value_name = "ID")]
+    show: Option<u64>,
+    /// Kills a job that has not ended, and shows how it ended.
+    #[arg(long, value_name = "ID")]
+    kill: Option<u64>,
+    /// Deletes the records of ended jobs: the ID given after it, or every one.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_name = "BOOL",
+          value_parser = parse_go_bool)]
+    reap: bool,
+    /// Output format: text or json.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    format: String,
+    #[command(flatten)]
+    rpc: RpcFlags,
+    /// The job to reap (with -reap).
+    #[arg(value_name = "ID")]
+    ids: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,6 +477,13 @@ fn subcommand_synopsis(name: &str) -> Option<(&'static str, &'static str)> {
             "serf tags [options] ...",
             "Modifies tags on a running Serf agent.",
         ),
+        "jobs" => (
+            "serf jobs [options] [-list | -show ID | -kill ID | -reap [ID]]",
+            "Lists, shows, kills or reaps the long jobs that plugins started on the\n  \
+             agent (an extension of this agent; Serf has no jobs). -reap deletes the\n  \
+             records of ended jobs: the one named, or every one. Flags end at the\n  \
+             first argument, so put -format before -reap ID.",
+        ),
         "version" => ("serf version", "Prints the Serf version."),
         _ => return None,
     })
@@ -456,6 +507,9 @@ fn execute(command: Command) -> u8 {
         Command::Rtt(args) => block_on(rtt(args)),
         Command::Keys(args) => block_on(keys(args)),
         Command::Tags(args) => block_on(tags(args)),
+        Command::Reload(args) => block_on(reload(args)),
+        Command::Jobs(args) => block_on(jobs(args)),
+        Command::Plugin(args) => plugin::run(args),
     }
 }
 
@@ -586,6 +640,10 @@ pub fn normalize_args(command: &clap::Command, args: Vec<OsString>) -> Vec<OsStr
     let Some(sub) = command.find_subcommand(&name) else {
         return args;
     };
+    // Subcommands with subcommands of their own (`serf plugin run`) take clap's own flags.
+    if sub.has_subcommands() {
+        return args;
+    }
     let mut sub = sub.clone();
     sub.build();
     let mut rest = args.into_iter();
@@ -1070,6 +1128,41 @@ async fn leave(args: LeaveArgs) -> u8 {
     0
 }
 
+async fn reload(args: ReloadArgs) -> u8 {
+    let client = match connect(&args.rpc).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let response = match client.reload().await {
+        Ok(response) => response,
+        Err(error) => {
+            out(&format!("Error reloading: {error}"));
+            return 1;
+        }
+    };
+    out("Configuration reloaded");
+    for plugin in &response.plugins {
+        let error = Some(plugin.error.as_str()).filter(|error| !error.is_empty());
+        out(&crate::plugin::reload::describe_outcome(
+            &plugin.name,
+            &plugin.change,
+            &plugin.detail,
+            error,
+        ));
+    }
+    if !response.restart.is_empty() {
+        out(&format!(
+            "needs a restart to apply: {}",
+            response.restart.join(", ")
+        ));
+    }
+    let failed = response
+        .plugins
+        .iter()
+        .any(|plugin| !plugin.error.is_empty());
+    u8::from(failed)
+}
+
 async fn join(args: JoinArgs) -> u8 {
     if args.addrs.is_empty() {
         return usage_error("At least one address to join must be specified.", "join");
@@ -1257,8 +1350,208 @@ async fn tags(args: TagsArgs) -> u8 {
     0
 }
 
+async fn jobs(args: JobsArgs) -> u8 {
+    let chosen = [args.list, args.show.is_some(), args.kill.is_some(), args.reap];
+    if chosen.iter().filter(|&&chosen| chosen).count() > 1 {
+        return usage_error("Only one of -list, -show, -kill or -reap allowed", "jobs");
+    }
+    let json = match args.format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => {
+            out(&format!("Invalid format: {other}"));
+            return 1;
+        }
+    };
+    let reap_id = match (args.reap, args.ids.as_slice()) {
+        (_, []) => None,
+        (true, [id]) => match id.parse::<u64>() {
+            Ok(id) if id > 0 => Some(id),
+            _ => return usage_error(&format!("Invalid job ID: {id}"), "jobs"),
+        },
+        _ => return usage_error("Too many arguments", "jobs"),
+    };
+    let client = match connect(&args.rpc).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if let Some(id) = args.show {
+        return match client.job_show(id).await {
+            Ok(job) if json => print_json(&job_json(&job)),
+            Ok(job) => {
+                out(&format_job_text(&job, now_ms));
+                0
+            }
+            Err(error) => {
+                out(&format!("Error showing job: {error}"));
+                1
+            }
+        };
+    }
+    if let Some(id) = args.kill {
+        return match client.job_kill(id).await {
+            Ok(job) if json => print_json(&job_json(&job)),
+            Ok(job) => {
+                out(&match job.state.as_str() {
+                    "killed" => format!("Job {id} killed"),
+                    "starting" | "running" => format!("Job {id} is being killed ({})", job.state),
+                    state => format!("Job {id} had already ended: {state}"),
+                });
+                0
+            }
+            Err(error) => {
+                out(&format!("Error killing job: {error}"));
+                1
+            }
+        };
+    }
+    if args.reap {
+        return match client.job_reap(reap_id).await {
+            Ok(ids) if json => print_json(&serde_json::json!({ "reaped": ids })),
+            Ok(ids) => {
+                out(&match ids.as_slice() {
+                    [] => "No ended jobs to reap".to_owned(),
+                    [id] => format!("Reaped job {id}"),
+                    ids => format!(
+                        "Reaped {} jobs: {}",
+                        ids.len(),
+                        ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+                0
+            }
+            Err(error) => {
+                out(&format!("Error reaping jobs: {error}"));
+                1
+            }
+        };
+    }
+    match client.jobs_list().await {
+        Ok(jobs) if json => print_json(&serde_json::Value::Array(
+            jobs.iter().map(job_json).collect(),
+        )),
+        Ok(jobs) => {
+            out(&format_jobs_text(&jobs, now_ms));
+            0
+        }
+        Err(error) => {
+            out(&format!("Error listing jobs: {error}"));
+            1
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> u8 {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            out(&text);
+            0
+        }
+        Err(error) => {
+            out(&format!("Encoding error: {error}"));
+            1
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output formats (pure)
+
+/// A time in milliseconds since the Unix epoch as RFC 3339 UTC text; `-` for 0.
+fn format_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "-".to_owned();
+    }
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(|| ms.to_string(), |ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+/// How long a job ran (or has been running, at `now_ms`), to the second.
+fn job_elapsed(job: &crate::rpc::protocol::Job, now_ms: u64) -> String {
+    let end = if job.ended_ms == 0 { now_ms } else { job.ended_ms };
+    let seconds = end.saturating_sub(job.started_ms) / 1000;
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
+/// `serf jobs`: one line per job, in columns.
+pub fn format_jobs_text(jobs: &[crate::rpc::protocol::Job], now_ms: u64) -> String {
+    if jobs.is_empty() {
+        return "No jobs".to_owned();
+    }
+    let cell = |text: &str| text.replace('|', "/");
+    let mut lines = vec!["ID|PLUGIN|NAME|STATE|EXIT|STARTED|ELAPSED".to_owned()];
+    for job in jobs {
+        let exit = if job.state == "finished" {
+            job.exit_status.to_string()
+        } else {
+            "-".to_owned()
+        };
+        lines.push(format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            job.id,
+            cell(&job.plugin),
+            cell(&job.name),
+            job.state,
+            exit,
+            format_ms(job.started_ms),
+            job_elapsed(job, now_ms)
+        ));
+    }
+    columnize(&lines)
+}
+
+/// `serf jobs -show ID`: every field, then the output tail.
+pub fn format_job_text(job: &crate::rpc::protocol::Job, now_ms: u64) -> String {
+    let exit = if job.state == "finished" {
+        job.exit_status.to_string()
+    } else {
+        "-".to_owned()
+    };
+    let mut text = format!(
+        "ID:          {}\nPlugin:      {}\nName:        {}\nArgument:    {:?}\n\
+         State:       {}\nExit status: {exit}\nError:       {}\nStarted:     {}\n\
+         Ended:       {}\nElapsed:     {}\nOutput:",
+        job.id,
+        job.plugin,
+        job.name,
+        String::from_utf8_lossy(&job.arg),
+        job.state,
+        job.error,
+        format_ms(job.started_ms),
+        format_ms(job.ended_ms),
+        job_elapsed(job, now_ms),
+    );
+    if job.output.is_empty() {
+        text.push_str(" (none)");
+    }
+    for line in &job.output {
+        text.push_str("\n    ");
+        text.push_str(line);
+    }
+    text
+}
+
+/// A job for `-format json`.
+fn job_json(job: &crate::rpc::protocol::Job) -> serde_json::Value {
+    let time = |ms: u64| (ms != 0).then(|| format_ms(ms));
+    serde_json::json!({
+        "id": job.id,
+        "plugin": job.plugin,
+        "name": job.name,
+        "arg": String::from_utf8_lossy(&job.arg),
+        "state": job.state,
+        "exit_status": job.exit_status,
+        "error": job.error,
+        "started": time(job.started_ms),
+        "ended": time(job.ended_ms),
+        "output": job.output,
+    })
+}
 
 /// `serf rtt`'s line for two nodes' coordinates; `None` if their dimensions differ.
 pub fn format_rtt(

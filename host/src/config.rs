@@ -178,6 +178,10 @@ pub struct FileConfig {
     /// Shell event handlers as `[[handlers]]` tables.
     #[serde(default)]
     pub handlers: Vec<FileHandler>,
+    /// Reload when serf.toml or a plugin file changes (default true).
+    pub auto_reload: Option<bool>,
+    /// Threads that run plugins' long jobs (default 2).
+    pub job_workers: Option<usize>,
 }
 
 /// Per-plugin limits as written in `serf.toml`.
@@ -195,6 +199,16 @@ pub struct FileLimits {
     pub event_timeout: Option<Duration>,
     /// Events waiting for the plugin before new ones are dropped.
     pub queue_capacity: Option<usize>,
+    // Jobs (ABI v1.1).
+    /// Fuel for one job (about 10^10 per CPU-second).
+    pub job_fuel: Option<u64>,
+    /// Wall-clock deadline for one job, e.g. `"15m"`.
+    #[serde(default, with = "humantime_serde")]
+    pub job_timeout: Option<Duration>,
+    /// Linear memory cap of a job's instance, in MiB.
+    pub job_max_memory_mib: Option<usize>,
+    /// Jobs that may not have ended at once; 0 forbids jobs.
+    pub max_jobs: Option<usize>,
 }
 
 /// One `[plugins.NAME]` table.
@@ -224,6 +238,22 @@ pub struct FilePlugin {
     pub event_timeout: Option<Duration>,
     /// Events waiting for the plugin before new ones are dropped.
     pub queue_capacity: Option<usize>,
+    // Jobs (ABI v1.1).
+    /// Fuel for one job.
+    pub job_fuel: Option<u64>,
+    /// Wall-clock deadline for one job.
+    #[serde(default, with = "humantime_serde")]
+    pub job_timeout: Option<Duration>,
+    /// Linear memory cap of a job's instance, in MiB.
+    pub job_max_memory_mib: Option<usize>,
+    /// Jobs that may not have ended at once; 0 forbids jobs.
+    pub max_jobs: Option<usize>,
+    /// Capabilities granted: `members`, `events`, `queries` (default: none).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The environment variables the plugin sees (default: none).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 impl FilePlugin {
@@ -235,6 +265,10 @@ impl FilePlugin {
             max_memory_mib: self.max_memory_mib,
             event_timeout: self.event_timeout,
             queue_capacity: self.queue_capacity,
+            job_fuel: self.job_fuel,
+            job_timeout: self.job_timeout,
+            job_max_memory_mib: self.job_max_memory_mib,
+            max_jobs: self.max_jobs,
         }
     }
 }
@@ -311,7 +345,19 @@ pub struct Config {
     pub skip_leave_on_interrupt: bool,
     /// Shell event handlers: `event_handlers`, then `[[handlers]]`, then `-event-handler`.
     pub handlers: Vec<crate::plugin::HandlerSpec>,
+    /// The flags this was resolved from: a reload resolves them again with the file re-read.
+    pub flags: AgentFlags,
+    /// The plugin directory (`-plugins` or `plugin_dir`), whose new `.wasm` files a reload
+    /// picks up.
+    pub plugin_dir: Option<PathBuf>,
+    /// Watch serf.toml and the plugin files, and reload when they change.
+    pub auto_reload: bool,
+    /// Threads that run plugins' long jobs, started with the first job.
+    pub job_workers: NonZeroUsize,
 }
+
+/// Threads that run plugins' long jobs unless `job_workers` says otherwise.
+pub const DEFAULT_JOB_WORKERS: usize = 2;
 
 /// The shortest pause between background join attempts (Serf raises shorter ones to this).
 pub const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -661,6 +707,11 @@ impl Config {
             leave_on_terminate: file.leave_on_terminate.unwrap_or(false),
             skip_leave_on_interrupt: file.skip_leave_on_interrupt.unwrap_or(false),
             handlers: resolve_handlers(file.event_handlers, file.handlers, &flags.event_handlers)?,
+            flags: flags.clone(),
+            plugin_dir,
+            auto_reload: file.auto_reload.unwrap_or(true),
+            job_workers: NonZeroUsize::new(file.job_workers.unwrap_or(DEFAULT_JOB_WORKERS))
+                .ok_or_else(|| invalid("job_workers", "0", "must be greater than zero"))?,
         })
     }
 }
@@ -822,6 +873,25 @@ fn apply_limits(base: Limits, file: Option<&FileLimits>) -> Result<Limits, (&'st
         limits.queue_capacity =
             NonZeroUsize::new(capacity).ok_or(("queue_capacity", "0".to_owned()))?;
     }
+    // Jobs (ABI v1.1); `max_jobs = 0` is allowed: it forbids jobs.
+    if let Some(fuel) = file.job_fuel {
+        limits.job_fuel = nonzero_u64("job_fuel", fuel)?;
+    }
+    if let Some(timeout) = file.job_timeout {
+        if timeout.is_zero() {
+            return Err(("job_timeout", "0s".into()));
+        }
+        limits.job_timeout = timeout;
+    }
+    if let Some(mib) = file.job_max_memory_mib {
+        if mib == 0 {
+            return Err(("job_max_memory_mib", "0".into()));
+        }
+        limits.job_max_memory_bytes = mib.saturating_mul(1 << 20);
+    }
+    if let Some(max) = file.max_jobs {
+        limits.max_jobs = max;
+    }
     Ok(limits)
 }
 
@@ -888,6 +958,7 @@ fn resolve_plugins(
             .iter()
             .map(|(guest, host)| (guest.clone(), base.join(host)))
             .collect();
+        let grants = resolve_grants(name, table)?;
         specs.push(PluginSpec {
             name: name.clone(),
             path,
@@ -895,6 +966,7 @@ fn resolve_plugins(
             limits,
             dirs,
             config: table.config.clone(),
+            grants,
         });
     }
     for (name, path) in found {
@@ -906,11 +978,33 @@ fn resolve_plugins(
                 limits: defaults,
                 dirs: BTreeMap::new(),
                 config: toml::Table::new(),
+                grants: crate::plugin::Grants::default(),
             });
         }
     }
     specs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(specs)
+}
+
+/// A plugin table's `capabilities` and `env`; an unknown capability is an error.
+fn resolve_grants(name: &str, table: &FilePlugin) -> Result<crate::plugin::Grants, ConfigError> {
+    use crate::plugin::{Capabilities, grants};
+    let capabilities = Capabilities::from_names(&table.capabilities).map_err(|unknown| {
+        invalid(
+            "capabilities",
+            &unknown,
+            &format!("plugin {name}: unknown capability (known: members, events, queries)"),
+        )
+    })?;
+    for key in table.env.keys() {
+        grants::check_env_name(key)
+            .map_err(|reason| invalid("env", key, &format!("plugin {name}: {reason}")))?;
+    }
+    Ok(crate::plugin::Grants {
+        capabilities,
+        env: table.env.clone(),
+        ..Default::default()
+    })
 }
 
 /// Shell handlers in Serf's order: the file's specs, its tables, then the flags' specs.

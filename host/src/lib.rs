@@ -16,4 +16,6 @@ pub mod serf;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
+mod sim_serf;
+#[cfg(test)]
 mod tidy;

@@ -1,7 +1,8 @@
-//! A deterministic many-node simulator for the gossip core (STYLE.md section 8.2).
+//! A deterministic many-node simulator for the gossip and Serf cores (STYLE.md section 8.2).
 //!
-//! Every node is a [`Memberlist`] in this one thread, on virtual time that starts at one
-//! `Instant` and only moves forward by `Duration`s. The network delivers each packet after a
+//! Every node is a [`SimPeer`] (a [`Memberlist`] here, a full `Serf` in `sim_serf`) in this
+//! one thread, on virtual time that starts at one `Instant` and only moves forward by
+//! `Duration`s. The network delivers each packet after a
 //! random latency, may lose it, and drops everything between nodes in different partition
 //! groups or to crashed nodes; streams (TCP) are never lost but fail between partitions and
 //! toward crashed nodes. All randomness comes from one seed: a failing test prints it and
@@ -15,7 +16,112 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::gossip::{Config, Delegate, JoinOutcome, Memberlist, Node, NodeState, StreamId};
+use crate::gossip::{
+    Config, DecodeError, Delegate, JoinOutcome, Memberlist, Node, NodeState, StreamId,
+    StreamRequest, Transmit,
+};
+
+/// What the simulator needs from a node: the sans-I/O verbs shared by [`Memberlist`] and
+/// `Serf`, plus a way to see its members and drain what it hands to its user.
+pub(crate) trait SimPeer {
+    /// What [`SimPeer::poll_event`] hands out; the simulator keeps every one, with its time.
+    type Event;
+
+    fn join(&mut self, now: Instant, addrs: Vec<SocketAddr>);
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), DecodeError>;
+    fn handle_stream(&mut self, now: Instant, from: SocketAddr, message: &[u8]) -> Option<Vec<u8>>;
+    fn handle_stream_reply(&mut self, now: Instant, id: StreamId, reply: Result<Vec<u8>, String>);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    fn poll_stream(&mut self) -> Option<StreamRequest>;
+    fn poll_join_outcome(&mut self) -> Option<JoinOutcome>;
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    /// Names of the members this node holds alive, itself included.
+    fn alive_names(&self) -> impl Iterator<Item = &str>;
+    /// Runs one tick of [`Sim::enable_reconnect`]'s emulated reconnect timer; returns whether
+    /// it started a join. Peers with a reconnect timer of their own do nothing.
+    fn emulate_reconnect(&mut self, _now: Instant, _rng: &mut StdRng) -> bool {
+        false
+    }
+}
+
+impl SimPeer for Memberlist<SimDelegate> {
+    /// Memberlist's notifications stay in its [`SimDelegate`].
+    type Event = std::convert::Infallible;
+
+    fn join(&mut self, now: Instant, addrs: Vec<SocketAddr>) {
+        Memberlist::join(self, now, addrs);
+    }
+
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), DecodeError> {
+        Memberlist::handle_packet(self, now, from, payload)
+    }
+
+    fn handle_stream(&mut self, now: Instant, from: SocketAddr, message: &[u8]) -> Option<Vec<u8>> {
+        Memberlist::handle_stream(self, now, from, message)
+    }
+
+    fn handle_stream_reply(&mut self, now: Instant, id: StreamId, reply: Result<Vec<u8>, String>) {
+        Memberlist::handle_stream_reply(self, now, id, reply);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Memberlist::handle_timeout(self, now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Memberlist::poll_timeout(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Memberlist::poll_transmit(self)
+    }
+
+    fn poll_stream(&mut self) -> Option<StreamRequest> {
+        Memberlist::poll_stream(self)
+    }
+
+    fn poll_join_outcome(&mut self) -> Option<JoinOutcome> {
+        Memberlist::poll_join_outcome(self)
+    }
+
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
+    fn alive_names(&self) -> impl Iterator<Item = &str> {
+        self.members()
+            .filter(|node| node.state == NodeState::Alive)
+            .map(|node| node.name.as_str())
+    }
+
+    /// With probability failed / alive, joins one random member this node saw fail.
+    fn emulate_reconnect(&mut self, now: Instant, rng: &mut StdRng) -> bool {
+        let failed: Vec<SocketAddr> = self.delegate().failed.values().copied().collect();
+        if failed.is_empty() {
+            return false;
+        }
+        let alive = self.num_alive().max(1);
+        let probability = (failed.len() as f64 / alive as f64).min(1.0);
+        if !rng.random_bool(probability) {
+            return false;
+        }
+        let addr = failed[rng.random_range(0..failed.len())];
+        Memberlist::join(self, now, vec![addr]);
+        true
+    }
+}
 
 /// Records what a node's memberlist reported, and keeps Serf's list of failed members.
 #[derive(Debug, Default)]
@@ -75,20 +181,22 @@ enum Event {
     Reconnect,
 }
 
-pub(crate) struct SimNode {
-    pub(crate) memberlist: Memberlist<SimDelegate>,
+pub(crate) struct SimNode<P: SimPeer> {
+    pub(crate) peer: P,
     pub(crate) crashed: bool,
     /// The timer currently scheduled for this node.
     wake: Option<Instant>,
     pub(crate) join_outcomes: Vec<JoinOutcome>,
+    /// Everything the peer handed out, with the virtual time it was drained at.
+    pub(crate) events: Vec<(Instant, P::Event)>,
 }
 
 /// The simulated cluster and network.
-pub(crate) struct Sim {
+pub(crate) struct Sim<P: SimPeer> {
     rng: StdRng,
     pub(crate) start: Instant,
     pub(crate) now: Instant,
-    pub(crate) nodes: Vec<SimNode>,
+    pub(crate) nodes: Vec<SimNode<P>>,
     by_addr: HashMap<SocketAddr, usize>,
     events: BTreeMap<(Instant, u64), Event>,
     next_event: u64,
@@ -132,24 +240,46 @@ pub(crate) fn sim_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), 7946)
 }
 
-impl Sim {
-    /// `n` nodes named `node<i>` at [`sim_addr`]`(i)`, each with the config `config` makes.
-    pub(crate) fn new(seed: u64, n: usize, config: impl Fn(String, SocketAddr) -> Config) -> Sim {
+impl Sim<Memberlist<SimDelegate>> {
+    /// `n` memberlists named `node<i>` at [`sim_addr`]`(i)`, each with the config `config`
+    /// makes.
+    pub(crate) fn new(seed: u64, n: usize, config: impl Fn(String, SocketAddr) -> Config) -> Self {
+        Sim::with_peers(seed, n, |i, seed, start| {
+            let delegate = SimDelegate {
+                meta: format!("role=node{i}").into_bytes(),
+                ..SimDelegate::default()
+            };
+            let config = config(format!("node{i}"), sim_addr(i));
+            Memberlist::new(config, delegate, seed, start)
+        })
+    }
+
+    /// Names of nodes node `i` has reported dead (not left) at some point.
+    pub(crate) fn declared_dead_by(&self, i: usize) -> Vec<String> {
+        self.nodes[i]
+            .peer
+            .delegate()
+            .leaves
+            .iter()
+            .filter(|(_, node)| node.state == NodeState::Dead)
+            .map(|(_, node)| node.name.clone())
+            .collect()
+    }
+}
+
+impl<P: SimPeer> Sim<P> {
+    /// `n` nodes, node `i` made by `make(i, seed, start)` (named `node<i>`, at
+    /// [`sim_addr`]`(i)`), with a seed drawn from the simulation's.
+    pub(crate) fn with_peers(seed: u64, n: usize, make: impl Fn(usize, u64, Instant) -> P) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let start = Instant::now();
         let nodes = (0..n)
-            .map(|i| {
-                let delegate = SimDelegate {
-                    meta: format!("role=node{i}").into_bytes(),
-                    ..SimDelegate::default()
-                };
-                let config = config(format!("node{i}"), sim_addr(i));
-                SimNode {
-                    memberlist: Memberlist::new(config, delegate, rng.random(), start),
-                    crashed: false,
-                    wake: None,
-                    join_outcomes: Vec::new(),
-                }
+            .map(|i| SimNode {
+                peer: make(i, rng.random(), start),
+                crashed: false,
+                wake: None,
+                join_outcomes: Vec::new(),
+                events: Vec::new(),
             })
             .collect();
         let mut sim = Sim {
@@ -180,8 +310,17 @@ impl Sim {
     /// Node `i` joins through node `j`.
     pub(crate) fn join(&mut self, i: usize, j: usize) {
         let now = self.now;
-        self.nodes[i].memberlist.join(now, vec![sim_addr(j)]);
+        self.nodes[i].peer.join(now, vec![sim_addr(j)]);
         self.flush(i);
+    }
+
+    /// Lets the caller act on node `i` (send an event, a query...) at the current time, then
+    /// moves what that produced onto the network.
+    pub(crate) fn act<R>(&mut self, i: usize, action: impl FnOnce(&mut P, Instant) -> R) -> R {
+        let now = self.now;
+        let result = action(&mut self.nodes[i].peer, now);
+        self.flush(i);
+        result
     }
 
     /// Node `i` stops processing and sending for good.
@@ -200,7 +339,7 @@ impl Sim {
 
     /// Emulates Serf's reconnect timer (a Serf-layer feature, not memberlist's): every
     /// `interval`, each live node, with probability failed / alive, joins one random member
-    /// it saw fail. The agent's Serf layer provides this for real.
+    /// it saw fail. `Serf` peers run their own, so this does nothing for them.
     pub(crate) fn enable_reconnect(&mut self, interval: Duration) {
         self.reconnect_interval = Some(interval);
         let at = self.now + interval;
@@ -237,7 +376,7 @@ impl Sim {
             return;
         }
         let from = sim_addr(i);
-        while let Some(transmit) = self.nodes[i].memberlist.poll_transmit() {
+        while let Some(transmit) = self.nodes[i].peer.poll_transmit() {
             let Some(&to) = self.by_addr.get(&transmit.to) else {
                 continue;
             };
@@ -248,7 +387,7 @@ impl Sim {
             let payload = transmit.payload;
             self.schedule(at, Event::Packet { to, from, payload });
         }
-        while let Some(stream) = self.nodes[i].memberlist.poll_stream() {
+        while let Some(stream) = self.nodes[i].peer.poll_stream() {
             let target = self.by_addr.get(&stream.to).copied();
             match target {
                 Some(to) if self.reachable(i, to) => {
@@ -285,10 +424,15 @@ impl Sim {
                 }
             }
         }
-        while let Some(outcome) = self.nodes[i].memberlist.poll_join_outcome() {
-            self.nodes[i].join_outcomes.push(outcome);
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        while let Some(outcome) = node.peer.poll_join_outcome() {
+            node.join_outcomes.push(outcome);
         }
-        let wake = self.nodes[i].memberlist.poll_timeout();
+        while let Some(event) = node.peer.poll_event() {
+            node.events.push((now, event));
+        }
+        let wake = self.nodes[i].peer.poll_timeout();
         if wake != self.nodes[i].wake {
             self.nodes[i].wake = wake;
             if let Some(at) = wake {
@@ -328,7 +472,7 @@ impl Sim {
         &mut self,
         limit: Duration,
         check_every: Duration,
-        done: impl Fn(&Sim) -> bool,
+        done: impl Fn(&Self) -> bool,
     ) -> Option<Duration> {
         let started = self.now;
         let until = self.now + limit;
@@ -349,8 +493,8 @@ impl Sim {
                 if self.nodes[to].crashed {
                     return;
                 }
-                // Garbage is impossible here: every packet was built by a memberlist.
-                if let Err(error) = self.nodes[to].memberlist.handle_packet(now, from, &payload) {
+                // Garbage is impossible here: every packet was built by a peer.
+                if let Err(error) = self.nodes[to].peer.handle_packet(now, from, &payload) {
                     panic!("node{to} refused a packet from {from}: {error}");
                 }
                 self.flush(to);
@@ -376,7 +520,7 @@ impl Sim {
                     return;
                 }
                 let reply = self.nodes[to]
-                    .memberlist
+                    .peer
                     .handle_stream(now, sim_addr(from), &payload);
                 self.flush(to);
                 if !expects_reply {
@@ -402,9 +546,7 @@ impl Sim {
                 if self.nodes[to].crashed {
                     return;
                 }
-                self.nodes[to]
-                    .memberlist
-                    .handle_stream_reply(now, id, reply);
+                self.nodes[to].peer.handle_stream_reply(now, id, reply);
                 self.flush(to);
             }
             Event::Timer { node, at } => {
@@ -412,8 +554,8 @@ impl Sim {
                     return;
                 }
                 self.nodes[node].wake = None;
-                self.nodes[node].memberlist.handle_timeout(now);
-                let next = self.nodes[node].memberlist.poll_timeout();
+                self.nodes[node].peer.handle_timeout(now);
+                let next = self.nodes[node].peer.poll_timeout();
                 assert!(
                     next.is_some_and(|t| t > now),
                     "node{node}'s timer stuck at {next:?}"
@@ -425,20 +567,9 @@ impl Sim {
                     if self.nodes[i].crashed {
                         continue;
                     }
-                    let memberlist = &self.nodes[i].memberlist;
-                    let failed: Vec<SocketAddr> =
-                        memberlist.delegate().failed.values().copied().collect();
-                    if failed.is_empty() {
-                        continue;
+                    if self.nodes[i].peer.emulate_reconnect(now, &mut self.rng) {
+                        self.flush(i);
                     }
-                    let alive = memberlist.num_alive().max(1);
-                    let probability = (failed.len() as f64 / alive as f64).min(1.0);
-                    if !self.rng.random_bool(probability) {
-                        continue;
-                    }
-                    let addr = failed[self.rng.random_range(0..failed.len())];
-                    self.nodes[i].memberlist.join(now, vec![addr]);
-                    self.flush(i);
                 }
                 if let Some(interval) = self.reconnect_interval {
                     self.schedule(now + interval, Event::Reconnect);
@@ -454,28 +585,14 @@ impl Sim {
             live.iter().map(|j| format!("node{j}")).collect();
         live.iter().all(|&i| {
             let mut alive = 0;
-            for node in self.nodes[i].memberlist.members() {
-                if node.state == NodeState::Alive {
-                    if !names.contains(&node.name) {
-                        return false;
-                    }
-                    alive += 1;
+            for name in self.nodes[i].peer.alive_names() {
+                if !names.contains(name) {
+                    return false;
                 }
+                alive += 1;
             }
             alive == names.len()
         })
-    }
-
-    /// Names of nodes node `i` has reported dead (not left) at some point.
-    pub(crate) fn declared_dead_by(&self, i: usize) -> Vec<String> {
-        self.nodes[i]
-            .memberlist
-            .delegate()
-            .leaves
-            .iter()
-            .filter(|(_, node)| node.state == NodeState::Dead)
-            .map(|(_, node)| node.name.clone())
-            .collect()
     }
 }
 
@@ -488,7 +605,7 @@ mod tests {
     }
 
     /// Every node joins node 0 at once; returns how long convergence took.
-    fn started(seed: u64, n: usize) -> Sim {
+    fn started(seed: u64, n: usize) -> Sim<Memberlist<SimDelegate>> {
         let mut sim = Sim::new(seed, n, lan);
         for i in 1..n {
             sim.join(i, 0);
@@ -504,7 +621,7 @@ mod tests {
             sim.run_for(Duration::from_secs(20));
             (0..5)
                 .map(|i| {
-                    let stats = sim.nodes[i].memberlist.stats();
+                    let stats = sim.nodes[i].peer.stats();
                     (
                         stats.packets_sent,
                         stats.packets_received,
@@ -582,14 +699,14 @@ mod tests {
         sim.loss = 0.1;
         sim.run_for(Duration::from_secs(600));
         for i in 0..n {
-            let leaves = &sim.nodes[i].memberlist.delegate().leaves;
+            let leaves = &sim.nodes[i].peer.delegate().leaves;
             assert!(leaves.is_empty(), "node{i} saw {leaves:?}");
         }
         sim.loss = 0.0;
         sim.run_for(Duration::from_secs(5));
         assert!(sim.converged());
         (0..n)
-            .map(|i| sim.nodes[i].memberlist.local_node().incarnation)
+            .map(|i| sim.nodes[i].peer.local_node().incarnation)
             .collect()
     }
 
@@ -629,7 +746,7 @@ mod tests {
             let split =
                 sim.run_until_true(Duration::from_secs(120), Duration::from_secs(1), |sim| {
                     (0..n).all(|i| {
-                        let failed = &sim.nodes[i].memberlist.delegate().failed;
+                        let failed = &sim.nodes[i].peer.delegate().failed;
                         (0..n)
                             .filter(|&j| side(j) != side(i))
                             .all(|j| failed.contains_key(&format!("node{j}")))

@@ -27,6 +27,16 @@ const (
 	ImportSetError = "set_error"
 	// ImportRespond is (ptr i32, len i32) -> i32.
 	ImportRespond = "respond"
+
+	// Capability imports (ABI v1.1); each needs its capability granted in serf.toml.
+
+	// ImportMembers is (outPtr i32, outCap i32) -> i32: writes the member list if it fits,
+	// returns its length either way. Needs CapabilityMembers.
+	ImportMembers = "members"
+	// ImportFireEvent is (ptr i32, len i32) -> i32. Needs CapabilityEvents.
+	ImportFireEvent = "fire_event"
+	// ImportQuery is (ptr i32, len i32) -> i32: a query handle >= 1. Needs CapabilityQueries.
+	ImportQuery = "query"
 )
 
 // Status is what a host call returns: 0 or more is success, a negative value one of the
@@ -51,6 +61,9 @@ const (
 	StatusNotFound Status = -6
 	// StatusUnavailable means the host cannot take it now, for example while shutting down.
 	StatusUnavailable Status = -7
+	// StatusDenied means the plugin's serf.toml table does not grant the capability the call
+	// needs (ABI v1.1).
+	StatusDenied Status = -8
 )
 
 // HostError is a host call's refusal: the negative Status code it returned.
@@ -77,6 +90,9 @@ const (
 	ErrNotFound = HostError(StatusNotFound)
 	// ErrUnavailable: the host cannot take it now (shutting down, a queue is full).
 	ErrUnavailable = HostError(StatusUnavailable)
+	// ErrDenied: the plugin's serf.toml table does not grant the capability the call needs
+	// (capabilities = ["members", "events", "queries"]).
+	ErrDenied = HostError(StatusDenied)
 )
 
 // CheckStatus returns nil for a success code (>= 0) and the HostError otherwise.
@@ -94,7 +110,7 @@ func (e HostError) Code() int32 {
 
 // Known reports whether the code is one of ABI v1's statuses.
 func (e HostError) Known() bool {
-	return e >= ErrUnavailable && e <= ErrBadArgument
+	return e >= ErrDenied && e <= ErrBadArgument
 }
 
 // Error says which call failed and why, in the words the Rust SDK uses for the same code,
@@ -119,6 +135,8 @@ func (e HostError) reason() string {
 		return "not found"
 	case ErrUnavailable:
 		return "host unavailable"
+	case ErrDenied:
+		return "capability not granted"
 	}
 	return "unknown host status " + strconv.Itoa(int(e))
 }

@@ -132,14 +132,15 @@ func decodeEnvelope(payload []byte) (Envelope, error) {
 	return Envelope{V: uint32(v), Seq: seq, Event: decoded}, nil
 }
 
-// knownKind reports whether kind is one of ABI v1.0's event kinds.
+// knownKind reports whether kind is one of the event kinds this SDK decodes: ABI v1.0's,
+// then later additions.
 func knownKind(kind string) bool {
 	switch kind {
 	case "member-join", "member-leave", "member-failed", "member-update", "member-reap",
 		"user", "query", "dropped":
 		return true
 	}
-	return false
+	return isQueryAnswerKind(kind)
 }
 
 // eventKind finds the event map's kind, wherever it is in the map.
@@ -168,6 +169,9 @@ func eventKind(r *reader) (string, error) {
 }
 
 func decodeEvent(r *reader, kind string) (Event, error) {
+	if isQueryAnswerKind(kind) {
+		return decodeQueryAnswer(r, kind)
+	}
 	n, err := r.mapLen()
 	if err != nil {
 		return nil, err

@@ -81,7 +81,10 @@ func (w *writer) event(event Event) {
 		w.str("count")
 		w.uint(e.Count)
 	default:
-		// Only the four event types exist (Event is sealed); a nil Event has no kind.
+		if w.queryAnswerEvent(event) {
+			return
+		}
+		// Every event type is handled above (Event is sealed); a nil Event has no kind.
 		w.mapHeader(0)
 	}
 }

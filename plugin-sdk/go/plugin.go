@@ -64,6 +64,27 @@ type Host interface {
 	Warn(message string)
 	// Error is Log at LogError.
 	Error(message string)
+
+	// Capabilities (ABI v1.1). Each needs a grant in the plugin's serf.toml table, such as
+	// capabilities = ["members", "events", "queries"]; without it the call returns ErrDenied.
+
+	// Members is every member this node knows, the local node included, in name order. Needs
+	// CapabilityMembers. The list is a snapshot the agent refreshes about once a second and on
+	// every membership event, so it may lag the cluster slightly.
+	Members() ([]Member, error)
+
+	// FireEvent fires a user event across the cluster, as serf event does. Needs
+	// CapabilityEvents. Name and payload together must fit the agent's user event size limit
+	// (512 bytes by default, else ErrTooLarge), and a plugin may send about ten events and
+	// queries per second (ErrRateLimited beyond). A plugin that fires the events it handles
+	// keeps the cluster busy.
+	FireEvent(name string, payload []byte, coalesce bool) error
+
+	// Query sends a query across the cluster, as serf query does, and returns its handle.
+	// Needs CapabilityQueries. The answers arrive later as QueryResponse events carrying the
+	// handle, then one QueryDone, whatever the plugin's events filter says. The size and rate
+	// limits of FireEvent apply (the query size limit is 1024 bytes by default).
+	Query(request QueryRequest) (uint32, error)
 }
 
 // Register makes p this module's plugin. Call it once, from an init function of package main:

@@ -39,6 +39,50 @@ pub const IMPORT_SET_ERROR: &str = "set_error";
 /// `(ptr: i32, len: i32) -> i32`: the response to the query being handled; at most once.
 pub const IMPORT_RESPOND: &str = "respond";
 
+// --- Capability imports (ABI v1.1). Each needs a grant in the plugin's `serf.toml` table
+// (`capabilities = [...]`); without it the call returns [`Status::Denied`].
+
+/// `(out_ptr: i32, out_cap: i32) -> i32`: writes the [`MemberList`] at `out_ptr` if it fits
+/// in `out_cap` bytes, and returns its length either way: a length over `out_cap` means
+/// nothing was written and the guest should call again with a buffer that large. Needs
+/// [`Capability::Members`].
+pub const IMPORT_MEMBERS: &str = "members";
+/// `(ptr: i32, len: i32) -> i32`: fires the user event described by a [`FireEvent`].
+/// Needs [`Capability::Events`].
+pub const IMPORT_FIRE_EVENT: &str = "fire_event";
+/// `(ptr: i32, len: i32) -> i32`: sends the query described by a [`QueryRequest`]; returns a
+/// handle `>= 1` that the [`Event::QueryResponse`] and [`Event::QueryDone`] events of this
+/// query carry. Needs [`Capability::Queries`].
+pub const IMPORT_QUERY: &str = "query";
+
+// --- Jobs (ABI v1.1): long work in a separate instance of the same module, off the plugin's
+// event queue. A module that neither imports these nor exports `serf_job` is unaffected.
+
+/// `(ptr: i32, len: i32) -> i32`, optional: runs one [`Job`] in a fresh instance of the module,
+/// after `_initialize` and `serf_init`. The return value is the job's exit status; text given
+/// to `set_error` during the call becomes the job's error. Required by [`IMPORT_JOB_START`].
+pub const EXPORT_JOB: &str = "serf_job";
+/// `(ptr: i32, len: i32) -> i32`: starts the job described by a [`JobStart`] and returns its
+/// id (`>= 1`) at once; the job's end arrives later as an [`Event::JobDone`]. Not allowed
+/// inside a job; [`Status::Unavailable`] when the plugin already has `max_jobs` jobs running.
+pub const IMPORT_JOB_START: &str = "job_start";
+/// `(id: i32, out_ptr: i32, out_cap: i32) -> i32`: writes the [`JobInfo`] of one of this
+/// plugin's jobs at `out_ptr` if it fits in `out_cap` bytes, and returns its length either
+/// way (a length over `out_cap` means nothing was written: call again with that much room).
+pub const IMPORT_JOB_STATUS: &str = "job_status";
+/// `(id: i32) -> i32`: kills one of this plugin's jobs that has not ended;
+/// [`Status::NotAllowed`] if it has.
+pub const IMPORT_JOB_KILL: &str = "job_kill";
+/// `(id: i32) -> i32`: deletes the record of one of this plugin's jobs that has ended;
+/// [`Status::NotAllowed`] while it runs.
+pub const IMPORT_JOB_REAP: &str = "job_reap";
+/// Longest job name, in bytes.
+pub const MAX_JOB_NAME_BYTES: usize = 128;
+/// Largest job argument, in bytes.
+pub const MAX_JOB_ARG_BYTES: usize = 64 * 1024;
+/// Log lines of a job that its record keeps (the last ones), each cut at 4096 bytes.
+pub const MAX_JOB_OUTPUT_LINES: usize = 64;
+
 /// What a host call returns: 0 or more is success, a negative value one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
@@ -59,6 +103,8 @@ pub enum Status {
     NotFound = -6,
     /// The host cannot take it now (shutting down, a queue is full).
     Unavailable = -7,
+    /// The plugin's `serf.toml` table does not grant the [`Capability`] this call needs.
+    Denied = -8,
 }
 
 impl Status {
@@ -73,6 +119,7 @@ impl Status {
             -5 => Status::RateLimited,
             -6 => Status::NotFound,
             -7 => Status::Unavailable,
+            -8 => Status::Denied,
             _ => return None,
         })
     }
@@ -171,6 +218,15 @@ pub enum Event {
         /// How many events were lost since the last envelope.
         count: u64,
     },
+    /// An answer to a query this plugin sent with the `query` import (ABI v1.1).
+    #[serde(rename = "query-response")]
+    QueryResponse(QueryResponse),
+    /// A query this plugin sent is over: no more [`Event::QueryResponse`]s follow (ABI v1.1).
+    #[serde(rename = "query-done")]
+    QueryDone(QueryDone),
+    /// A job this plugin started has ended (ABI v1.1, jobs).
+    #[serde(rename = "job-done")]
+    JobDone(JobDone),
 }
 
 impl Event {
@@ -185,6 +241,9 @@ impl Event {
             Event::User(_) => "user",
             Event::Query(_) => "query",
             Event::Dropped { .. } => "dropped",
+            Event::QueryResponse(_) => "query-response",
+            Event::QueryDone(_) => "query-done",
+            Event::JobDone(_) => "job-done",
         }
     }
 }
@@ -249,6 +308,256 @@ pub struct InitContext {
     pub plugin: String,
     /// The plugin's `config` table from `serf.toml`, as msgpack values.
     pub config: BTreeMap<String, rmpv::Value>,
+}
+
+// --- Capabilities (ABI v1.1): what a plugin may ask beyond logging and answering queries.
+
+/// A right a plugin's `serf.toml` table grants by name (`capabilities = ["members"]`). Every
+/// capability is denied by default; a call that needs one returns [`Status::Denied`].
+/// Directories (`dirs`) and environment variables (`env`) are granted by their own tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    /// Read the member list ([`IMPORT_MEMBERS`]).
+    Members,
+    /// Fire user events ([`IMPORT_FIRE_EVENT`]).
+    Events,
+    /// Send queries and receive their answers as events ([`IMPORT_QUERY`]).
+    Queries,
+}
+
+impl Capability {
+    /// Every capability, in the order they are documented.
+    pub const ALL: [Capability; 3] = [Capability::Members, Capability::Events, Capability::Queries];
+
+    /// The name used in `serf.toml`: `members`, `events`, `queries`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Members => "members",
+            Capability::Events => "events",
+            Capability::Queries => "queries",
+        }
+    }
+
+    /// The capability called `name` in `serf.toml`.
+    pub fn from_name(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The capability a `serf` import needs, `None` for imports every plugin may use.
+    pub fn of_import(import: &str) -> Option<Capability> {
+        match import {
+            IMPORT_MEMBERS => Some(Capability::Members),
+            IMPORT_FIRE_EVENT => Some(Capability::Events),
+            IMPORT_QUERY => Some(Capability::Queries),
+            _ => None,
+        }
+    }
+}
+
+/// What the `members` import writes: every member this node knows, in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberList {
+    /// The members, the local node included.
+    pub members: Vec<Member>,
+}
+
+/// What a plugin passes to the `fire_event` import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireEvent {
+    /// The event name.
+    pub name: String,
+    /// The opaque payload. Name and payload together must fit the agent's user event size
+    /// limit (512 bytes by default).
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Whether receivers may coalesce it with later events of the same name.
+    pub coalesce: bool,
+}
+
+/// What a plugin passes to the `query` import.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueryRequest {
+    /// The query name.
+    pub name: String,
+    /// The opaque payload.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Only these nodes answer (empty: every node).
+    pub filter_nodes: Vec<String>,
+    /// Only nodes whose tag matches each regular expression answer.
+    pub filter_tags: BTreeMap<String, String>,
+    /// How long to collect answers, in milliseconds; 0 for Serf's default for the cluster size.
+    pub timeout_ms: u64,
+}
+
+/// One answer to a query the plugin sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    /// The handle the `query` import returned.
+    pub query: u32,
+    /// The query name.
+    pub name: String,
+    /// The node that answered.
+    pub from: String,
+    /// Its answer.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// The end of a query the plugin sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryDone {
+    /// The handle the `query` import returned.
+    pub query: u32,
+    /// The query name.
+    pub name: String,
+    /// Empty when the query ran to its end; otherwise why the agent could not send it.
+    pub error: String,
+}
+
+// --- Jobs (ABI v1.1): the payloads of `job_start`, `serf_job`, `job_status` and `job-done`.
+
+/// What a plugin passes to the `job_start` import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStart {
+    /// What the job is, for the plugin and for `serf jobs`: 1 to [`MAX_JOB_NAME_BYTES`] bytes
+    /// of text without control characters.
+    pub name: String,
+    /// Opaque input for the job, at most [`MAX_JOB_ARG_BYTES`].
+    #[serde(with = "serde_bytes")]
+    pub arg: Vec<u8>,
+}
+
+impl JobStart {
+    /// Checks the request as the host does: [`Status::BadArgument`] for a name that is empty,
+    /// longer than [`MAX_JOB_NAME_BYTES`] or has control characters, [`Status::TooLarge`] for
+    /// an argument over [`MAX_JOB_ARG_BYTES`].
+    pub fn check(&self) -> Result<(), Status> {
+        if self.name.is_empty()
+            || self.name.len() > MAX_JOB_NAME_BYTES
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(Status::BadArgument);
+        }
+        if self.arg.len() > MAX_JOB_ARG_BYTES {
+            return Err(Status::TooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// What `serf_job` receives: the job to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// The id `job_start` returned.
+    pub id: u32,
+    /// The name given to `job_start`.
+    pub name: String,
+    /// The argument given to `job_start`.
+    #[serde(with = "serde_bytes")]
+    pub arg: Vec<u8>,
+}
+
+/// Where a job is in its life. A job only moves forward: `starting`, `running`, then one of
+/// the three ends. Encoded as its name, a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a worker, or its instance is starting.
+    Starting,
+    /// `serf_job` is running.
+    Running,
+    /// `serf_job` returned; its value is the exit status.
+    Finished,
+    /// The job could not start, trapped, ran out of fuel, time or memory, or the agent stopped
+    /// while it ran; the error says which.
+    Failed,
+    /// Killed through `job_kill` or `serf jobs -kill`.
+    Killed,
+}
+
+impl JobState {
+    /// The state's name: `starting`, `running`, `finished`, `failed`, `killed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Starting => "starting",
+            JobState::Running => "running",
+            JobState::Finished => "finished",
+            JobState::Failed => "failed",
+            JobState::Killed => "killed",
+        }
+    }
+
+    /// The state called `name`.
+    pub fn from_name(name: &str) -> Option<JobState> {
+        [
+            JobState::Starting,
+            JobState::Running,
+            JobState::Finished,
+            JobState::Failed,
+            JobState::Killed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == name)
+    }
+
+    /// Whether the job has ended (finished, failed or killed).
+    pub fn is_over(self) -> bool {
+        matches!(
+            self,
+            JobState::Finished | JobState::Failed | JobState::Killed
+        )
+    }
+}
+
+// By hand: a derived unit-variant decoder does not take a plain string from every msgpack
+// decoder (the guest's rmpv-based one refuses it).
+impl<'de> Deserialize<'de> for JobState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        JobState::from_name(&name).ok_or_else(|| {
+            serde::de::Error::unknown_variant(
+                &name,
+                &["starting", "running", "finished", "failed", "killed"],
+            )
+        })
+    }
+}
+
+/// A job as `job_status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// What `serf_job` returned when the state is `finished`; -1 otherwise.
+    pub exit_status: i32,
+    /// Why it failed, or the text the job gave `set_error`; empty otherwise.
+    pub error: String,
+    /// When it was started, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// When it ended, in milliseconds since the Unix epoch; 0 while it has not.
+    pub ended_ms: u64,
+    /// The last [`MAX_JOB_OUTPUT_LINES`] lines the job logged, oldest first.
+    pub output: Vec<String>,
+}
+
+/// A job of this plugin has ended: the payload of [`Event::JobDone`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDone {
+    /// The job's id.
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// How it ended: `finished`, `failed` or `killed`.
+    pub state: JobState,
+    /// What `serf_job` returned when the state is `finished`; -1 otherwise.
+    pub exit_status: i32,
+    /// Why it failed, or the text the job gave `set_error`; empty otherwise.
+    pub error: String,
 }
 
 /// Encodes an ABI payload as a msgpack map with named keys.
@@ -325,9 +634,22 @@ mod tests {
             Status::RateLimited,
             Status::NotFound,
             Status::Unavailable,
+            Status::Denied,
         ] {
             assert_eq!(Status::from_code(status.code()), Some(status));
         }
         assert_eq!(Status::from_code(-99), None);
+    }
+
+    #[test]
+    fn capabilities_round_trip_by_name_and_name_their_imports() {
+        for capability in Capability::ALL {
+            assert_eq!(Capability::from_name(capability.name()), Some(capability));
+        }
+        assert_eq!(Capability::from_name("Members"), None);
+        assert_eq!(Capability::of_import(IMPORT_MEMBERS), Some(Capability::Members));
+        assert_eq!(Capability::of_import(IMPORT_FIRE_EVENT), Some(Capability::Events));
+        assert_eq!(Capability::of_import(IMPORT_QUERY), Some(Capability::Queries));
+        assert_eq!(Capability::of_import(IMPORT_LOG), None);
     }
 }

@@ -72,7 +72,12 @@ impl Event {
             | Event::MemberFailed { members }
             | Event::MemberUpdate { members }
             | Event::MemberReap { members } => Some(members),
-            Event::User(_) | Event::Query(_) | Event::Dropped { .. } => None,
+            Event::User(_)
+            | Event::Query(_)
+            | Event::Dropped { .. }
+            | Event::QueryResponse(_)
+            | Event::QueryDone(_)
+            | Event::JobDone(_) => None,
         }
     }
 }

@@ -81,6 +81,9 @@ pub enum HostError {
     NotFound,
     /// [`Status::Unavailable`]: the host cannot take it now (shutting down, a queue is full).
     Unavailable,
+    /// [`Status::Denied`]: the plugin's `serf.toml` table does not grant the capability this
+    /// call needs (`capabilities = ["members", "events", "queries"]`).
+    Denied,
     /// A negative code this SDK does not know (from a newer host).
     Unknown(i32),
 }
@@ -97,6 +100,7 @@ impl HostError {
             Some(Status::RateLimited) => HostError::RateLimited,
             Some(Status::NotFound) => HostError::NotFound,
             Some(Status::Unavailable) => HostError::Unavailable,
+            Some(Status::Denied) => HostError::Denied,
             None => HostError::Unknown(code),
         })
     }
@@ -119,6 +123,7 @@ impl HostError {
             HostError::RateLimited => Some(Status::RateLimited),
             HostError::NotFound => Some(Status::NotFound),
             HostError::Unavailable => Some(Status::Unavailable),
+            HostError::Denied => Some(Status::Denied),
             HostError::Unknown(_) => None,
         }
     }
@@ -142,6 +147,7 @@ impl fmt::Display for HostError {
             HostError::RateLimited => f.write_str("rate limited"),
             HostError::NotFound => f.write_str("not found"),
             HostError::Unavailable => f.write_str("host unavailable"),
+            HostError::Denied => f.write_str("capability not granted"),
             HostError::Unknown(code) => write!(f, "unknown host status {code}"),
         }
     }
@@ -155,7 +161,7 @@ mod tests {
 
     #[test]
     fn every_negative_status_maps_to_a_host_error_and_back() {
-        for code in -7..=-1 {
+        for code in -8..=-1 {
             let error = HostError::from_code(code).unwrap();
             assert_eq!(error.code(), code);
             assert_eq!(error.status().map(Status::code), Some(code));

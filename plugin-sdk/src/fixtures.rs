@@ -10,7 +10,10 @@ use std::path::PathBuf;
 
 use rmpv::Value;
 
-use crate::abi::{self, ABI_VERSION, Envelope, Event, InitContext, Member, Query, UserEvent};
+use crate::abi::{
+    self, ABI_VERSION, Envelope, Event, FireEvent, InitContext, Member, MemberList, Query,
+    QueryDone, QueryRequest, QueryResponse, UserEvent,
+};
 use crate::input::{self, Input};
 
 fn path(name: &str) -> PathBuf {
@@ -81,33 +84,38 @@ fn envelope_query() {
     );
 }
 
-#[test]
-fn envelope_member_join() {
+/// The two members of `envelope-member-join.msgpack` and `members.msgpack`.
+fn two_members() -> Vec<Member> {
     let tags = BTreeMap::from([
         ("role".to_owned(), "web".to_owned()),
         ("dc".to_owned(), "east".to_owned()),
     ]);
+    vec![
+        Member {
+            name: "node-a".into(),
+            addr: "127.0.0.1".into(),
+            port: 7946,
+            tags,
+            status: "alive".into(),
+        },
+        Member {
+            name: "node-b".into(),
+            addr: "::1".into(),
+            port: 7947,
+            tags: BTreeMap::new(),
+            status: "alive".into(),
+        },
+    ]
+}
+
+#[test]
+fn envelope_member_join() {
     check_envelope(
         "envelope-member-join.msgpack",
         envelope(
             1,
             Event::MemberJoin {
-                members: vec![
-                    Member {
-                        name: "node-a".into(),
-                        addr: "127.0.0.1".into(),
-                        port: 7946,
-                        tags,
-                        status: "alive".into(),
-                    },
-                    Member {
-                        name: "node-b".into(),
-                        addr: "::1".into(),
-                        port: 7947,
-                        tags: BTreeMap::new(),
-                        status: "alive".into(),
-                    },
-                ],
+                members: two_members(),
             },
         ),
     );
@@ -159,4 +167,140 @@ fn init_context() {
         encoded, bytes,
         "init-context.msgpack no longer encodes to the same bytes"
     );
+}
+
+// --- Capabilities (ABI v1.1): the answers to a plugin's query, the member list the host
+// writes, and the requests a guest encodes (which must be these exact bytes in every SDK).
+
+#[test]
+fn envelope_query_response() {
+    check_envelope(
+        "envelope-query-response.msgpack",
+        envelope(
+            9,
+            Event::QueryResponse(QueryResponse {
+                query: 3,
+                name: "upcase".into(),
+                from: "node-b".into(),
+                payload: b"FOO".to_vec(),
+            }),
+        ),
+    );
+}
+
+#[test]
+fn envelope_query_done() {
+    check_envelope(
+        "envelope-query-done.msgpack",
+        envelope(
+            10,
+            Event::QueryDone(QueryDone {
+                query: 3,
+                name: "upcase".into(),
+                error: String::new(),
+            }),
+        ),
+    );
+}
+
+#[test]
+fn member_list() {
+    let expected = MemberList {
+        members: two_members(),
+    };
+    let encoded = abi::encode(&expected);
+    let bytes = golden("members.msgpack", &encoded);
+    assert_eq!(abi::decode::<MemberList>(&bytes).unwrap(), expected);
+    assert_eq!(input::decode_member_list(&bytes), Ok(expected.members));
+    assert_eq!(encoded, bytes, "members.msgpack no longer encodes to the same bytes");
+}
+
+#[test]
+fn fire_event() {
+    let expected = FireEvent {
+        name: "deploy".into(),
+        payload: b"v2".to_vec(),
+        coalesce: false,
+    };
+    let bytes = golden("fire-event.msgpack", &abi::encode(&expected));
+    assert_eq!(abi::decode::<FireEvent>(&bytes).unwrap(), expected);
+    assert_eq!(input::encode_fire_event("deploy", b"v2", false), bytes);
+}
+
+#[test]
+fn query_request() {
+    let expected = QueryRequest {
+        name: "upcase".into(),
+        payload: b"foo".to_vec(),
+        filter_nodes: vec!["node-b".into()],
+        filter_tags: BTreeMap::from([("role".to_owned(), "^web$".to_owned())]),
+        timeout_ms: 5000,
+    };
+    let bytes = golden("query-request.msgpack", &abi::encode(&expected));
+    assert_eq!(abi::decode::<QueryRequest>(&bytes).unwrap(), expected);
+    assert_eq!(input::encode_query_request(&expected), bytes);
+}
+
+// --- Jobs (ABI v1.1): the job-done event, the job `serf_job` runs, the status `job_status`
+// writes, and the request a guest encodes for `job_start`.
+
+#[test]
+fn envelope_job_done() {
+    check_envelope(
+        "envelope-job-done.msgpack",
+        envelope(
+            11,
+            Event::JobDone(abi::JobDone {
+                id: 7,
+                name: "deploy".into(),
+                state: abi::JobState::Finished,
+                exit_status: 3,
+                error: "2 hosts unreachable".into(),
+            }),
+        ),
+    );
+}
+
+#[test]
+fn job() {
+    let expected = abi::Job {
+        id: 7,
+        name: "deploy".into(),
+        arg: b"v2\x00\xff".to_vec(),
+    };
+    let encoded = abi::encode(&expected);
+    let bytes = golden("job.msgpack", &encoded);
+    assert_eq!(abi::decode::<abi::Job>(&bytes).unwrap(), expected);
+    assert_eq!(input::decode_job(&bytes), Ok(expected));
+    assert_eq!(encoded, bytes, "job.msgpack no longer encodes to the same bytes");
+}
+
+#[test]
+fn job_info() {
+    let expected = abi::JobInfo {
+        id: 7,
+        name: "deploy".into(),
+        state: abi::JobState::Running,
+        exit_status: -1,
+        error: String::new(),
+        started_ms: 1_767_225_600_000,
+        ended_ms: 0,
+        output: vec!["1/3 hosts".into(), "2/3 hosts".into()],
+    };
+    let encoded = abi::encode(&expected);
+    let bytes = golden("job-info.msgpack", &encoded);
+    assert_eq!(abi::decode::<abi::JobInfo>(&bytes).unwrap(), expected);
+    assert_eq!(input::decode_job_info(&bytes), Ok(expected));
+    assert_eq!(encoded, bytes, "job-info.msgpack no longer encodes to the same bytes");
+}
+
+#[test]
+fn job_start() {
+    let expected = abi::JobStart {
+        name: "deploy".into(),
+        arg: b"v2".to_vec(),
+    };
+    let bytes = golden("job-start.msgpack", &abi::encode(&expected));
+    assert_eq!(abi::decode::<abi::JobStart>(&bytes).unwrap(), expected);
+    assert_eq!(input::encode_job_start("deploy", b"v2"), bytes);
 }

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::sync::Once;
 
 use crate::Plugin;
-use crate::abi::LogLevel;
+use crate::abi::{LogLevel, Member, QueryRequest};
 use crate::error::HostError;
 use crate::host::Host;
 use crate::input::{self, Input};
@@ -44,6 +44,69 @@ pub mod sys {
         /// `serf.respond(ptr, len)`: the response to the query being handled.
         #[link_name = "respond"]
         pub safe fn respond(ptr: i32, len: i32) -> i32;
+
+        // Capability imports (ABI v1.1).
+
+        /// `serf.fire_event(ptr, len)`: fires the user event of a msgpack
+        /// [`FireEvent`](crate::abi::FireEvent). Needs the `events` capability.
+        #[link_name = "fire_event"]
+        pub safe fn fire_event(ptr: i32, len: i32) -> i32;
+
+        /// `serf.query(ptr, len)`: sends the query of a msgpack
+        /// [`QueryRequest`](crate::abi::QueryRequest); returns its handle. Needs the
+        /// `queries` capability.
+        #[link_name = "query"]
+        pub safe fn query(ptr: i32, len: i32) -> i32;
+    }
+
+    // SAFETY: as above, except that this call *writes* guest memory: up to `out_cap` bytes at
+    // `out_ptr`, after checking that range against the memory's size, and only when the
+    // whole member list fits. So it is `unsafe`: the caller must own those bytes.
+    #[link(wasm_import_module = "serf")]
+    unsafe extern "C" {
+        /// `serf.members(out_ptr, out_cap)`: writes the msgpack
+        /// [`MemberList`](crate::abi::MemberList) at `out_ptr` if it fits in `out_cap` bytes;
+        /// returns its length either way (or a negative status). Needs the `members`
+        /// capability.
+        ///
+        /// # Safety
+        ///
+        /// `out_ptr..out_ptr + out_cap` must be memory the caller may overwrite.
+        #[link_name = "members"]
+        pub fn members(out_ptr: i32, out_cap: i32) -> i32;
+    }
+
+    // Jobs (ABI v1.1). SAFETY: as for the first block: these only read guest memory, after
+    // the host has checked the range.
+    #[link(wasm_import_module = "serf")]
+    unsafe extern "C" {
+        /// `serf.job_start(ptr, len)`: starts the job of a msgpack
+        /// [`JobStart`](crate::abi::JobStart); returns its id (or a negative status).
+        #[link_name = "job_start"]
+        pub safe fn job_start(ptr: i32, len: i32) -> i32;
+
+        /// `serf.job_kill(id)`: kills one of this plugin's jobs.
+        #[link_name = "job_kill"]
+        pub safe fn job_kill(id: i32) -> i32;
+
+        /// `serf.job_reap(id)`: deletes the record of one of this plugin's ended jobs.
+        #[link_name = "job_reap"]
+        pub safe fn job_reap(id: i32) -> i32;
+    }
+
+    // SAFETY: as for `members`: this call writes up to `out_cap` bytes at `out_ptr`, after
+    // checking the range, and only when the whole status fits.
+    #[link(wasm_import_module = "serf")]
+    unsafe extern "C" {
+        /// `serf.job_status(id, out_ptr, out_cap)`: writes the msgpack
+        /// [`JobInfo`](crate::abi::JobInfo) of one of this plugin's jobs at `out_ptr` if it
+        /// fits in `out_cap` bytes; returns its length either way (or a negative status).
+        ///
+        /// # Safety
+        ///
+        /// `out_ptr..out_ptr + out_cap` must be memory the caller may overwrite.
+        #[link_name = "job_status"]
+        pub fn job_status(id: i32, out_ptr: i32, out_cap: i32) -> i32;
     }
 }
 
@@ -71,6 +134,137 @@ impl Host for WasmHost {
     fn log(&mut self, level: LogLevel, message: &str) {
         log(level, message);
     }
+
+    // Capabilities (ABI v1.1). Each import is linked only with its crate feature: `Host` is
+    // used as a trait object, so every method here ends up in the module, and a module that
+    // imports a function an older host lacks cannot load there.
+
+    #[cfg(feature = "members")]
+    fn members(&mut self) -> Result<Vec<Member>, HostError> {
+        members()
+    }
+
+    #[cfg(not(feature = "members"))]
+    fn members(&mut self) -> Result<Vec<Member>, HostError> {
+        Err(missing_feature("members", "members"))
+    }
+
+    #[cfg(feature = "events")]
+    fn fire_event(&mut self, name: &str, payload: &[u8], coalesce: bool) -> Result<(), HostError> {
+        let request = input::encode_fire_event(name, payload, coalesce);
+        let (ptr, len) = raw_parts(&request).ok_or(HostError::TooLarge)?;
+        HostError::check(sys::fire_event(ptr, len))
+    }
+
+    #[cfg(not(feature = "events"))]
+    fn fire_event(&mut self, name: &str, payload: &[u8], coalesce: bool) -> Result<(), HostError> {
+        let _ = (name, payload, coalesce);
+        Err(missing_feature("fire_event", "events"))
+    }
+
+    #[cfg(feature = "queries")]
+    fn query(&mut self, request: &QueryRequest) -> Result<u32, HostError> {
+        let request = input::encode_query_request(request);
+        let (ptr, len) = raw_parts(&request).ok_or(HostError::TooLarge)?;
+        let handle = sys::query(ptr, len);
+        HostError::check(handle)?;
+        Ok(handle as u32)
+    }
+
+    #[cfg(not(feature = "queries"))]
+    fn query(&mut self, request: &QueryRequest) -> Result<u32, HostError> {
+        let _ = request;
+        Err(missing_feature("query", "queries"))
+    }
+
+    // Jobs (ABI v1.1), linked only with the `jobs` crate feature, for the same reason.
+
+    #[cfg(feature = "jobs")]
+    fn start_job(&mut self, name: &str, arg: &[u8]) -> Result<u32, HostError> {
+        let request = input::encode_job_start(name, arg);
+        let (ptr, len) = raw_parts(&request).ok_or(HostError::TooLarge)?;
+        let id = sys::job_start(ptr, len);
+        HostError::check(id)?;
+        Ok(id as u32)
+    }
+
+    #[cfg(feature = "jobs")]
+    fn job_status(&mut self, id: u32) -> Result<crate::abi::JobInfo, HostError> {
+        job_status(id)
+    }
+
+    #[cfg(feature = "jobs")]
+    fn kill_job(&mut self, id: u32) -> Result<(), HostError> {
+        let id = i32::try_from(id).map_err(|_| HostError::NotFound)?;
+        HostError::check(sys::job_kill(id))
+    }
+
+    #[cfg(feature = "jobs")]
+    fn reap_job(&mut self, id: u32) -> Result<(), HostError> {
+        let id = i32::try_from(id).map_err(|_| HostError::NotFound)?;
+        HostError::check(sys::job_reap(id))
+    }
+
+    #[cfg(not(feature = "jobs"))]
+    fn start_job(&mut self, name: &str, arg: &[u8]) -> Result<u32, HostError> {
+        let _ = (name, arg);
+        Err(jobs_feature_missing("start_job"))
+    }
+
+    #[cfg(not(feature = "jobs"))]
+    fn job_status(&mut self, id: u32) -> Result<crate::abi::JobInfo, HostError> {
+        let _ = id;
+        Err(jobs_feature_missing("job_status"))
+    }
+
+    #[cfg(not(feature = "jobs"))]
+    fn kill_job(&mut self, id: u32) -> Result<(), HostError> {
+        let _ = id;
+        Err(jobs_feature_missing("kill_job"))
+    }
+
+    #[cfg(not(feature = "jobs"))]
+    fn reap_job(&mut self, id: u32) -> Result<(), HostError> {
+        let _ = id;
+        Err(jobs_feature_missing("reap_job"))
+    }
+}
+
+/// Says, at warn level, which crate feature a capability call needs, and denies the call.
+#[allow(dead_code, reason = "unused when every capability feature is on")]
+fn missing_feature(method: &str, feature: &str) -> HostError {
+    log(
+        LogLevel::Warn,
+        &format!(
+            "host.{method}() needs the serf-plugin-sdk crate feature \"{feature}\" \
+             (and capabilities = [\"{feature}\"] in serf.toml)"
+        ),
+    );
+    HostError::Denied
+}
+
+/// The member list through `serf.members`: asks with a buffer, and again with a larger one
+/// while the host says the list needs more room (it may grow between two calls).
+#[cfg(feature = "members")]
+fn members() -> Result<Vec<Member>, HostError> {
+    let mut buffer: Vec<u8> = Vec::with_capacity(4096);
+    for _ in 0..4 {
+        let capacity = i32::try_from(buffer.capacity()).map_err(|_| HostError::TooLarge)?;
+        let ptr = buffer.as_mut_ptr() as usize as u32 as i32;
+        // SAFETY: `ptr..ptr + capacity` is the spare capacity of `buffer`, which this function
+        // owns; the host writes nothing else.
+        let len = unsafe { sys::members(ptr, capacity) };
+        HostError::check(len)?;
+        let len = len as usize;
+        if len <= buffer.capacity() {
+            // SAFETY: the host wrote `len` bytes at the start of the buffer (it fit).
+            unsafe { buffer.set_len(len) };
+            // A list the SDK cannot read is the host's fault; report it as unavailable.
+            return input::decode_member_list(&buffer).map_err(|_| HostError::Unavailable);
+        }
+        buffer.reserve_exact(len + len / 8);
+    }
+    Err(HostError::Unavailable)
 }
 
 /// A guest slice as the ABI's `(ptr, len)` pair, or `None` if the length overflows `i32`.
@@ -205,6 +399,85 @@ pub fn shutdown() {
     }
 }
 
+// --- Jobs (ABI v1.1).
+
+/// Says, at warn level, that a job call needs the `jobs` crate feature, and refuses it.
+#[cfg(not(feature = "jobs"))]
+fn jobs_feature_missing(method: &str) -> HostError {
+    log(
+        LogLevel::Warn,
+        &format!("host.{method}() needs the serf-plugin-sdk crate feature \"jobs\""),
+    );
+    HostError::NotAllowed
+}
+
+/// A job's status through `serf.job_status`: asks with a buffer, and again with a larger one
+/// while the host says the status needs more room (its output tail may grow in between).
+#[cfg(feature = "jobs")]
+fn job_status(id: u32) -> Result<crate::abi::JobInfo, HostError> {
+    let id = i32::try_from(id).map_err(|_| HostError::NotFound)?;
+    let mut buffer: Vec<u8> = Vec::with_capacity(4096);
+    for _ in 0..4 {
+        let capacity = i32::try_from(buffer.capacity()).map_err(|_| HostError::TooLarge)?;
+        let ptr = buffer.as_mut_ptr() as usize as u32 as i32;
+        // SAFETY: `ptr..ptr + capacity` is the spare capacity of `buffer`, which this function
+        // owns; the host writes nothing else.
+        let len = unsafe { sys::job_status(id, ptr, capacity) };
+        HostError::check(len)?;
+        let len = len as usize;
+        if len <= buffer.capacity() {
+            // SAFETY: the host wrote `len` bytes at the start of the buffer (it fit).
+            unsafe { buffer.set_len(len) };
+            // A status the SDK cannot read is the host's fault; report it as unavailable.
+            return input::decode_job_info(&buffer).map_err(|_| HostError::Unavailable);
+        }
+        buffer.reserve_exact(len + len / 8);
+    }
+    Err(HostError::Unavailable)
+}
+
+/// Body of `serf_job`: decodes the job and runs [`Plugin::run_job`] on the plugin that
+/// `serf_init` built in this instance. The return value is the job's exit status.
+#[cfg(feature = "jobs")]
+pub fn job(ptr: i32, len: i32) -> i32 {
+    install_panic_hook();
+    let job = match read_input(ptr, len, input::decode_job) {
+        Ok(Ok(job)) => job,
+        Ok(Err(message)) | Err(message) => return fail(&message),
+    };
+    PLUGIN.with_borrow_mut(|plugin| match plugin {
+        None => fail("serf_job called before a successful serf_init"),
+        Some(plugin) => match plugin.run_job(job, &mut WasmHost) {
+            Ok(status) => status,
+            Err(error) => fail(error.message()),
+        },
+    })
+}
+
+/// The `serf_job` export, emitted only with the `jobs` crate feature.
+#[cfg(feature = "jobs")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_job {
+    ($plugin:ty) => {
+        const _: () = {
+            // SAFETY: as for the exports of `__export_plugin!`.
+            #[unsafe(export_name = "serf_job")]
+            extern "C" fn serf_job(ptr: i32, len: i32) -> i32 {
+                $crate::guest::job(ptr, len)
+            }
+        };
+    };
+}
+
+/// Without the `jobs` crate feature the module exports no `serf_job`.
+#[cfg(not(feature = "jobs"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_job {
+    ($plugin:ty) => {};
+}
+
 /// The exports of [`register_plugin!`](crate::register_plugin) for wasm builds.
 #[doc(hidden)]
 #[macro_export]
@@ -238,5 +511,7 @@ macro_rules! __export_plugin {
                 $crate::guest::shutdown()
             }
         };
+        // Jobs (ABI v1.1).
+        $crate::__export_job!($plugin);
     };
 }

@@ -4,7 +4,7 @@
 //! native tests [`MockHost`](crate::testing::MockHost) records the calls instead. Plugin code
 //! takes `&mut dyn Host` and never knows which one it has.
 
-use crate::abi::LogLevel;
+use crate::abi::{JobInfo, LogLevel, Member, QueryRequest};
 use crate::error::HostError;
 
 /// The agent, as seen from inside a plugin call.
@@ -49,5 +49,82 @@ pub trait Host {
     /// [`Host::log`] at [`LogLevel::Error`].
     fn error(&mut self, message: &str) {
         self.log(LogLevel::Error, message);
+    }
+
+    // --- Capabilities (ABI v1.1). Each needs a grant in the plugin's `serf.toml` table, such
+    // as `capabilities = ["members", "events", "queries"]`; without it the call fails with
+    // [`HostError::Denied`]. The defaults here deny, for hosts written before them.
+
+    /// Every member this node knows, the local node included, in name order.
+    ///
+    /// Needs the `members` capability. The list is a snapshot the agent refreshes about once a
+    /// second and on every membership event, so it may lag the cluster slightly.
+    fn members(&mut self) -> Result<Vec<Member>, HostError> {
+        Err(HostError::Denied)
+    }
+
+    /// Fires a user event across the cluster, as `serf event` does.
+    ///
+    /// Needs the `events` capability. The agent queues it and returns at once; name and
+    /// payload together must fit its user event size limit (512 bytes by default, else
+    /// [`HostError::TooLarge`]), and a plugin may send about ten events and queries per second
+    /// ([`HostError::RateLimited`] beyond). Careful: a plugin that fires the events it handles
+    /// keeps the cluster busy.
+    fn fire_event(&mut self, name: &str, payload: &[u8], coalesce: bool) -> Result<(), HostError> {
+        let _ = (name, payload, coalesce);
+        Err(HostError::Denied)
+    }
+
+    /// Sends a query across the cluster, as `serf query` does, and returns its handle.
+    ///
+    /// Needs the `queries` capability. The answers arrive later, as
+    /// [`Event::QueryResponse`](crate::Event::QueryResponse) events carrying the handle, then
+    /// one [`Event::QueryDone`](crate::Event::QueryDone); they come through this plugin's queue
+    /// whatever its `events` filter says. The same size and rate limits as
+    /// [`Host::fire_event`] apply (the query size limit is 1024 bytes by default).
+    fn query(&mut self, request: &QueryRequest) -> Result<u32, HostError> {
+        let _ = request;
+        Err(HostError::Denied)
+    }
+
+    // --- Jobs (ABI v1.1). They need the SDK's `jobs` crate feature (which also makes the
+    // module export `serf_job`, run by `Plugin::run_job`). The defaults here refuse, for hosts
+    // written before them.
+
+    /// Starts a job: the agent runs [`Plugin::run_job`](crate::Plugin::run_job) in a separate
+    /// instance of this plugin, on a worker, and this call returns its id at once, so the
+    /// plugin's next event does not wait for it.
+    ///
+    /// `name` (1 to 128 bytes of text, no control characters, else [`HostError::BadArgument`])
+    /// says what the job is; `arg` (at most 64 KiB, else [`HostError::TooLarge`]) is its input.
+    /// The end arrives later as an [`Event::JobDone`](crate::Event::JobDone) through this
+    /// plugin's queue, whatever its `events` filter says. [`HostError::Unavailable`] when the
+    /// plugin already has `max_jobs` jobs that have not ended (or the agent is stopping);
+    /// [`HostError::NotAllowed`] inside a job, or when `max_jobs = 0`.
+    fn start_job(&mut self, name: &str, arg: &[u8]) -> Result<u32, HostError> {
+        let _ = (name, arg);
+        Err(HostError::NotAllowed)
+    }
+
+    /// The state, exit status and output tail of one of this plugin's jobs;
+    /// [`HostError::NotFound`] for an id it does not own (or that was reaped).
+    fn job_status(&mut self, id: u32) -> Result<JobInfo, HostError> {
+        let _ = id;
+        Err(HostError::NotAllowed)
+    }
+
+    /// Kills one of this plugin's jobs that has not ended. The job ends as `killed` almost at
+    /// once (its instance is interrupted, even in a sleep) and a job-done event follows.
+    /// [`HostError::NotAllowed`] if it has already ended.
+    fn kill_job(&mut self, id: u32) -> Result<(), HostError> {
+        let _ = id;
+        Err(HostError::NotAllowed)
+    }
+
+    /// Deletes the record of one of this plugin's jobs that has ended, on disk too.
+    /// [`HostError::NotAllowed`] while it has not ended.
+    fn reap_job(&mut self, id: u32) -> Result<(), HostError> {
+        let _ = id;
+        Err(HostError::NotAllowed)
     }
 }

@@ -1,4 +1,5 @@
-//! Decoding what the host writes into the input buffer: the init context and the envelopes.
+//! Decoding what the host writes into the input buffer: the init context and the envelopes;
+//! for the capability imports, also the member list and the requests the guest sends.
 //!
 //! Payloads are read into an [`rmpv::Value`] first and deserialized from that, instead of with
 //! `rmp_serde` directly: rmpv's reader is not generic over the target type, which keeps every
@@ -18,8 +19,8 @@ pub(crate) enum Input {
     UnknownKind(String),
 }
 
-/// The `kind` values of ABI v1.0, the ones [`abi::Event`] can hold.
-const KNOWN_KINDS: [&str; 8] = [
+/// The `kind` values [`abi::Event`] can hold: those of ABI v1.0, then later additions.
+const KNOWN_KINDS: [&str; 11] = [
     "member-join",
     "member-leave",
     "member-failed",
@@ -28,6 +29,11 @@ const KNOWN_KINDS: [&str; 8] = [
     "user",
     "query",
     "dropped",
+    // Capabilities (ABI v1.1).
+    "query-response",
+    "query-done",
+    // Jobs (ABI v1.1).
+    "job-done",
 ];
 
 /// How deep the decoder recurses; each array, map or string level counts twice. ABI payloads
@@ -83,6 +89,88 @@ pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Input, String> {
         .map_err(|error| format!("cannot decode envelope: {error}"))
 }
 
+// --- Capabilities (ABI v1.1): the member list the host writes, and what the guest sends.
+
+/// Decodes what the `members` import wrote.
+#[cfg(any(test, feature = "members"))]
+pub(crate) fn decode_member_list(bytes: &[u8]) -> Result<Vec<crate::abi::Member>, String> {
+    let list: crate::abi::MemberList = rmpv::ext::from_value(read(bytes, "member list")?)
+        .map_err(|error| format!("cannot decode member list: {error}"))?;
+    Ok(list.members)
+}
+
+#[cfg(any(test, feature = "events", feature = "queries"))]
+fn write(value: &Value) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut bytes, value);
+    bytes
+}
+
+#[cfg(any(test, feature = "events", feature = "queries"))]
+fn str_key(key: &str) -> Value {
+    Value::from(key)
+}
+
+/// A [`FireEvent`](crate::abi::FireEvent) as the `fire_event` import reads it; the same bytes
+/// as `abi::encode`, without serde's encoder in the module.
+#[cfg(any(test, feature = "events"))]
+pub(crate) fn encode_fire_event(name: &str, payload: &[u8], coalesce: bool) -> Vec<u8> {
+    write(&Value::Map(vec![
+        (str_key("name"), Value::from(name)),
+        (str_key("payload"), Value::Binary(payload.to_vec())),
+        (str_key("coalesce"), Value::from(coalesce)),
+    ]))
+}
+
+/// A [`QueryRequest`](crate::abi::QueryRequest) as the `query` import reads it; the same
+/// bytes as `abi::encode`.
+#[cfg(any(test, feature = "queries"))]
+pub(crate) fn encode_query_request(request: &crate::abi::QueryRequest) -> Vec<u8> {
+    let nodes = request.filter_nodes.iter().map(|node| Value::from(node.as_str()));
+    let tags = request
+        .filter_tags
+        .iter()
+        .map(|(tag, expr)| (Value::from(tag.as_str()), Value::from(expr.as_str())));
+    write(&Value::Map(vec![
+        (str_key("name"), Value::from(request.name.as_str())),
+        (str_key("payload"), Value::Binary(request.payload.clone())),
+        (str_key("filter_nodes"), Value::Array(nodes.collect())),
+        (str_key("filter_tags"), Value::Map(tags.collect())),
+        (str_key("timeout_ms"), Value::from(request.timeout_ms)),
+    ]))
+}
+
+// --- Jobs (ABI v1.1): the job `serf_job` runs, the status `job_status` writes, and the
+// request the guest sends to `job_start`.
+
+/// Decodes `serf_job`'s payload.
+#[cfg_attr(not(feature = "jobs"), allow(dead_code))]
+pub(crate) fn decode_job(bytes: &[u8]) -> Result<crate::abi::Job, String> {
+    rmpv::ext::from_value(read(bytes, "job")?).map_err(|error| format!("cannot decode job: {error}"))
+}
+
+/// Decodes what the `job_status` import wrote.
+#[cfg_attr(not(feature = "jobs"), allow(dead_code))]
+pub(crate) fn decode_job_info(bytes: &[u8]) -> Result<crate::abi::JobInfo, String> {
+    rmpv::ext::from_value(read(bytes, "job status")?)
+        .map_err(|error| format!("cannot decode job status: {error}"))
+}
+
+/// A [`JobStart`](crate::abi::JobStart) as the `job_start` import reads it; the same bytes as
+/// `abi::encode`, without serde's encoder in the module.
+#[cfg_attr(not(feature = "jobs"), allow(dead_code))]
+pub(crate) fn encode_job_start(name: &str, arg: &[u8]) -> Vec<u8> {
+    let value = Value::Map(vec![
+        (Value::from("name"), Value::from(name)),
+        (Value::from("arg"), Value::Binary(arg.to_vec())),
+    ]);
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut bytes, &value);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +205,32 @@ mod tests {
     }
 
     #[test]
+    fn job_payloads_decode_like_abi_decode() {
+        let job = abi::Job {
+            id: 3,
+            name: "deploy".into(),
+            arg: vec![0, 0xff],
+        };
+        assert_eq!(decode_job(&abi::encode(&job)), Ok(job));
+        let info = abi::JobInfo {
+            id: 3,
+            name: "deploy".into(),
+            state: abi::JobState::Running,
+            exit_status: -1,
+            error: String::new(),
+            started_ms: 1_767_225_600_000,
+            ended_ms: 0,
+            output: vec!["1/10".into()],
+        };
+        assert_eq!(decode_job_info(&abi::encode(&info)), Ok(info));
+        let start = abi::JobStart {
+            name: "deploy".into(),
+            arg: b"10".to_vec(),
+        };
+        assert_eq!(encode_job_start(&start.name, &start.arg), abi::encode(&start));
+    }
+
+    #[test]
     fn unknown_event_kinds_are_skipped() {
         let value = Value::Map(vec![
             ("v".into(), 1.into()),
@@ -124,14 +238,14 @@ mod tests {
             (
                 "event".into(),
                 Value::Map(vec![
-                    ("kind".into(), "job-done".into()),
-                    ("job_id".into(), 9.into()),
+                    ("kind".into(), "from-the-future".into()),
+                    ("id".into(), 9.into()),
                 ]),
             ),
         ]);
         assert_eq!(
             decode_envelope(&encode_value(&value)),
-            Ok(Input::UnknownKind("job-done".into()))
+            Ok(Input::UnknownKind("from-the-future".into()))
         );
     }
 
@@ -193,7 +307,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::super::*;
-        use crate::abi::{self, Event, Member, Query, UserEvent};
+        use crate::abi::{self, Event, Member, Query, QueryDone, QueryResponse, UserEvent};
 
         fn member() -> impl Strategy<Value = Member> {
             (
@@ -255,6 +369,44 @@ mod tests {
                         }
                     ),
                 any::<u64>().prop_map(|count| Event::Dropped { count }),
+                (
+                    any::<u32>(),
+                    ".{0,16}",
+                    ".{0,16}",
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                )
+                    .prop_map(|(query, name, from, payload)| {
+                        Event::QueryResponse(QueryResponse {
+                            query,
+                            name,
+                            from,
+                            payload,
+                        })
+                    }),
+                (any::<u32>(), ".{0,16}", ".{0,16}").prop_map(|(query, name, error)| {
+                    Event::QueryDone(QueryDone { query, name, error })
+                }),
+                // Jobs (ABI v1.1).
+                (
+                    any::<u32>(),
+                    ".{0,16}",
+                    prop_oneof![
+                        Just(abi::JobState::Finished),
+                        Just(abi::JobState::Failed),
+                        Just(abi::JobState::Killed)
+                    ],
+                    any::<i32>(),
+                    ".{0,16}",
+                )
+                    .prop_map(|(id, name, state, exit_status, error)| {
+                        Event::JobDone(abi::JobDone {
+                            id,
+                            name,
+                            state,
+                            exit_status,
+                            error,
+                        })
+                    }),
             ]
         }
 

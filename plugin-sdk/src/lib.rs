@@ -60,6 +60,10 @@ mod input;
 pub mod testing;
 
 pub use abi::{Envelope, Event, InitContext, LogLevel, Member, Query, Status, UserEvent};
+// Capabilities (ABI v1.1).
+pub use abi::{Capability, QueryDone, QueryRequest, QueryResponse};
+// Jobs (ABI v1.1).
+pub use abi::{Job, JobDone, JobInfo, JobState};
 pub use error::{Error, HostError};
 #[cfg(target_family = "wasm")]
 pub use guest::sys;
@@ -92,6 +96,26 @@ pub trait Plugin {
     fn shutdown(&mut self, host: &mut dyn Host) {
         let _ = host;
     }
+
+    // --- Jobs (ABI v1.1).
+
+    /// Runs one job that [`Host::start_job`] started, in an instance of its own: the agent
+    /// builds a fresh value (`Default`, then [`Plugin::init`]) on a worker, away from the
+    /// plugin's events, under the plugin's job budget (`job_fuel`, `job_timeout`,
+    /// `job_max_memory_mib`).
+    ///
+    /// `Ok(status)` is the job's exit status (0 for success, by convention); an error ends it
+    /// with status 1 and the error's message. Lines logged through `host` also go to the job's
+    /// output tail (`serf jobs -show ID`). The plugin learns of the end through an
+    /// [`Event::JobDone`]. Blocking here is fine (`std::thread::sleep` works): only this job
+    /// waits. Needs the SDK's `jobs` crate feature; the default refuses every job.
+    fn run_job(&mut self, job: Job, host: &mut dyn Host) -> Result<i32, Error> {
+        let _ = host;
+        Err(Error::new(format!(
+            "this plugin runs no jobs (asked to run job {} {:?})",
+            job.id, job.name
+        )))
+    }
 }
 
 /// Makes `$plugin` this crate's plugin: `register_plugin!(MyPlugin);` at the crate root.
@@ -99,7 +123,7 @@ pub trait Plugin {
 /// `$plugin` must implement [`Plugin`] + `Default` + `'static`; that is checked on every
 /// target. Only when compiling for `target_family = "wasm"` does the macro emit the ABI's
 /// exports (`serf_plugin_abi_v1`, `serf_input_buffer`, `serf_init`, `serf_handle`,
-/// `serf_shutdown`) and install, on the first call, a panic hook that sends the panic message
+/// `serf_shutdown`, and `serf_job` with the `jobs` feature) and install, on the first call, a panic hook that sends the panic message
 /// to the agent's log at error level before the module aborts. Use it once per crate: the
 /// export names are fixed, so a second use fails to build for wasm.
 #[macro_export]

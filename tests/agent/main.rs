@@ -2,12 +2,16 @@
 
 mod bad_input;
 mod basics;
+mod capabilities;
 mod go_plugins;
 mod gossip;
+mod jobs;
 mod keys;
 mod python_client;
 mod reliability;
+mod reload;
 mod rtt;
 mod sandbox;
+mod serf_layer;
 mod shell_handlers;
 mod snapshot;

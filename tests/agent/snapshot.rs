@@ -203,6 +203,8 @@ fn a_restarted_agent_rejoins_from_its_snapshot_without_replaying_old_events() {
     // No -join: the snapshot names the members to rejoin.
     let node2_again = Restarted::start(&node2, &[&format!("-snapshot={SNAPSHOT}"), "-rejoin"]);
     assert_all_alive(&[go1.rpc, node2_again.rpc, node3.rpc], &names);
+    let log = node2_again.log();
+    assert!(log.contains("re-joined to previously known node"), "{log}");
     wait_handled(&node2, &["three"], || node2_again.log());
     fire(&go_serf(), go1.rpc, "four");
     wait_handled(&node2, &["four"], || node2_again.log());
@@ -264,6 +266,8 @@ fn snapshots_pass_between_serf_and_our_agent_both_ways() {
     // And we read Serf's: our agent rejoins go1 the same way and starts past its clock.
     let ours_again = Restarted::start(&ours, &[&snapshot_arg]);
     assert_all_alive(&[go1.rpc, ours_again.rpc], &["go1", "node2"]);
+    let log = ours_again.log();
+    assert!(log.contains("re-joined to previously known node"), "{log}");
     assert!(event_time(&serf_bin(), ours_again.rpc) > go_last);
     let seen = members(&go_serf(), go1.rpc).expect("members");
     assert_eq!(seen["node2"].addr, ours.bind.to_string(), "{seen:?}");

@@ -15,10 +15,10 @@ mod transport;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serf_plugin_sdk::abi::Status;
+use serf_plugin_sdk::abi::{self, Status};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Profile};
 use crate::gossip::{self, JoinId, JoinOutcome};
 use crate::logging::LogHub;
+use crate::plugin::reload::{self, ReloadError, ReloadReport, Reloader, Trigger};
+use crate::plugin::jobs::Jobs;
 use crate::plugin::{Engine, EventFilter, HostServices, PluginHost, ShellHandlers};
 use crate::serf::{
     self, Event, LamportTime, Member, QueryError, QueryKey, QueryOutput, QueryParams, RespondError,
@@ -176,11 +178,23 @@ enum Command {
         query: QueryKey,
         result: Result<(), String>,
     },
+    /// A user event from a plugin granted `events`.
+    PluginUserEvent {
+        plugin: Arc<str>,
+        event: abi::FireEvent,
+    },
+    /// A query from a plugin granted `queries`; its answers go back to it as events.
+    PluginQuery {
+        plugin: Arc<str>,
+        handle: u32,
+        request: abi::QueryRequest,
+    },
 }
 
 /// What the rest of the program holds to talk to the agent. Cheap to clone.
 #[derive(Clone)]
 pub struct AgentHandle {
+    jobs: Jobs,
     commands: mpsc::Sender<Command>,
     plugins: Arc<PluginHost>,
     handlers: Arc<ShellHandlers>,
@@ -189,6 +203,7 @@ pub struct AgentHandle {
     shutdown_requested: CancellationToken,
     respond_drops: Arc<AtomicU64>,
     gossip_addr: SocketAddr,
+    reloader: Arc<Reloader>,
 }
 
 /// A running agent; [`Agent::shutdown`] stops it.
@@ -197,6 +212,8 @@ pub struct Agent {
     task: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     plugin_runtime: PluginRuntime,
+    /// Reloads when serf.toml or a plugin file changes (`auto_reload`).
+    watcher: Option<reload::Watcher>,
 }
 
 /// The plugins' runtime, shut down without waiting when dropped: dropping a runtime inside
@@ -236,9 +253,20 @@ impl Agent {
         let engine = Engine::new(config.plugin_cache_dir.clone());
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let respond_drops = Arc::new(AtomicU64::new(0));
+        let member_snapshot = Arc::new(MemberSnapshot::for_plugins(&config.plugins));
+        // Jobs (ABI v1.1): records under `<data_dir>/jobs`, read back before any plugin runs.
+        let jobs = Jobs::open(
+            config.data_dir.as_ref().map(|dir| dir.join("jobs")),
+            config.job_workers.get(),
+        )
+        .context("cannot read the job records")?;
         let services = Arc::new(Services {
+            jobs: jobs.clone(),
             commands: commands.clone(),
             drops: Arc::clone(&respond_drops),
+            members: Arc::clone(&member_snapshot),
+            limits: config.serf_limits,
+            next_query_handle: AtomicU32::new(0),
         });
         let plugins = PluginHost::start(
             engine,
@@ -250,6 +278,7 @@ impl Agent {
         )
         .await;
         let plugins = Arc::new(plugins);
+        jobs.attach(&plugins);
         let handlers = Arc::new(ShellHandlers::start(
             config.handlers.clone(),
             services,
@@ -301,21 +330,29 @@ impl Agent {
             snapshot,
             keyring_writer,
             shutdown_requested: shutdown_requested.clone(),
+            members_for_plugins: MemberSnapshotWriter::new(member_snapshot),
         };
         let span = tracing::info_span!("agent", node = %config.node_name);
         let task = tokio::spawn(tracing::Instrument::instrument(
             shell.run(receiver, stop.clone()),
             span,
         ));
+        let config = Arc::new(config);
+        let reloader = Arc::new(Reloader::new(Arc::clone(&plugins), Arc::clone(&config)));
+        let watcher = config
+            .auto_reload
+            .then(|| reload::spawn_watcher(Arc::clone(&reloader)));
         let handle = AgentHandle {
+            jobs,
             commands,
             plugins,
             handlers,
             logs,
-            config: Arc::new(config),
+            config,
             shutdown_requested,
             respond_drops,
             gossip_addr,
+            reloader,
         };
         if !previous.is_empty() {
             tokio::spawn(snapshot::rejoin(handle.clone(), previous));
@@ -325,6 +362,7 @@ impl Agent {
             task,
             stop,
             plugin_runtime,
+            watcher,
         })
     }
 
@@ -337,6 +375,8 @@ impl Agent {
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         let _ = (&mut self.task).await;
+        self.handle.jobs.shutdown().await;
+        drop(self.watcher.take());
         self.handle.plugins.shutdown().await;
         self.handle.handlers.shutdown().await;
         drop(self.plugin_runtime);
@@ -371,9 +411,20 @@ impl AgentHandle {
         &self.plugins
     }
 
+    /// The plugins' long jobs (ABI v1.1).
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
     /// The shell event handlers.
     pub fn handlers(&self) -> &ShellHandlers {
         &self.handlers
+    }
+
+    /// Reads the configuration again and applies its plugin changes (see
+    /// [`crate::plugin::reload`]); completes once every new version handles events.
+    pub async fn reload(&self, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
+        self.reloader.reload(trigger).await
     }
 
     /// Fires a user event; returns its Lamport time.
@@ -527,11 +578,23 @@ impl AgentHandle {
 
 /// What plugins may ask of the agent: never waits, fails when the agent is overloaded.
 struct Services {
+    /// The job pool (ABI v1.1).
+    jobs: Jobs,
     commands: mpsc::Sender<Command>,
     drops: Arc<AtomicU64>,
+    /// The member list for plugins granted `members`.
+    members: Arc<MemberSnapshot>,
+    /// Serf's size limits, checked before a plugin's event or query is queued.
+    limits: crate::config::SerfLimits,
+    /// The last query handle handed out.
+    next_query_handle: AtomicU32,
 }
 
 impl HostServices for Services {
+    fn jobs(&self) -> Option<&Jobs> {
+        Some(&self.jobs)
+    }
+
     fn respond(&self, plugin: &str, query: QueryKey, payload: Vec<u8>) -> Result<(), Status> {
         let command = Command::Respond {
             key: query,
@@ -550,6 +613,36 @@ impl HostServices for Services {
             }
             Status::Unavailable
         })
+    }
+
+    fn members(&self) -> Option<Arc<[u8]>> {
+        self.members.read()
+    }
+
+    fn fire_event(&self, plugin: &str, event: abi::FireEvent) -> Result<(), Status> {
+        if event.name.len() + event.payload.len() > self.limits.user_event_size_limit {
+            return Err(Status::TooLarge);
+        }
+        let plugin = Arc::from(plugin);
+        self.try_command(Command::PluginUserEvent { plugin, event })
+    }
+
+    fn query(&self, plugin: &str, request: abi::QueryRequest) -> Result<u32, Status> {
+        if request.name.starts_with(serf::INTERNAL_QUERY_PREFIX) {
+            return Err(Status::BadArgument);
+        }
+        if request.name.len() + request.payload.len() > self.limits.query_size_limit {
+            return Err(Status::TooLarge);
+        }
+        // 1, 2, ... 2^31 - 1, then 1 again: always a positive i32 for the guest.
+        let handle = self.next_query_handle.fetch_add(1, Ordering::Relaxed) % (i32::MAX as u32) + 1;
+        let plugin = Arc::from(plugin);
+        self.try_command(Command::PluginQuery {
+            plugin,
+            handle,
+            request,
+        })?;
+        Ok(handle)
     }
 }
 
@@ -583,6 +676,8 @@ struct Shell {
     keyring_writer: Option<mpsc::Sender<serf::keys::KeyringWrite>>,
     /// Cancelled when the core shuts itself down (a lost name-conflict vote).
     shutdown_requested: CancellationToken,
+    /// The member list plugins granted `members` read.
+    members_for_plugins: MemberSnapshotWriter,
 }
 
 impl Shell {
@@ -591,6 +686,8 @@ impl Shell {
         let mut packet = vec![0u8; transport::UDP_RECEIVE_BYTES];
         loop {
             self.drain_outputs();
+            self.members_for_plugins
+                .refresh(Instant::now(), &self.core);
             if self.core.is_shutdown() {
                 tracing::warn!("Serf shutdown detected, quitting");
                 self.shutdown_requested.cancel();
@@ -768,6 +865,14 @@ impl Shell {
             Command::KeyringWritten { query, result } => {
                 self.core.keyring_written(now, query, result);
             }
+            Command::PluginUserEvent { plugin, event } => {
+                self.plugin_user_event(now, &plugin, &event);
+            }
+            Command::PluginQuery {
+                plugin,
+                handle,
+                request,
+            } => self.plugin_query(now, plugin, handle, request),
         }
     }
 
@@ -811,6 +916,9 @@ impl Shell {
         self.feed_snapshot();
         while let Some(event) = self.core.poll_event() {
             log_event(&event);
+            if matches!(event, Event::Member(_)) {
+                self.members_for_plugins.mark_stale();
+            }
             self.plugins.dispatch(&event);
             self.handlers.dispatch(&event, self.core.local_member());
             if self.streams.is_empty() {
@@ -988,6 +1096,209 @@ fn log_event(event: &Event) {
         Event::Query(query) => {
             tracing::debug!(query = %query.name, ltime = query.key.ltime, query_id = query.key.id, "query");
         }
+    }
+}
+
+// --- Capabilities (ABI v1.1): what plugins granted `members`, `events` or `queries` ask of the
+// agent. Host functions never wait on the agent task: they read a member list the task keeps
+// up to date, and queue events and queries with `try_send`; query answers go back to the
+// plugin's own queue as `query-response` and `query-done` events.
+
+/// How often the member list for plugins is rebuilt when no member event asked for it sooner.
+const MEMBER_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The member list plugins read: an encoded `abi::MemberList`, replaced whole by the agent task.
+struct MemberSnapshot {
+    encoded: std::sync::RwLock<Option<Arc<[u8]>>>,
+    /// Whether anyone reads it; until then the agent task does not build it.
+    wanted: AtomicBool,
+}
+
+impl MemberSnapshot {
+    /// Wanted from the start if a configured plugin is granted `members`; otherwise from the
+    /// first read (a reload may grant it later).
+    fn for_plugins(plugins: &[crate::plugin::PluginSpec]) -> MemberSnapshot {
+        let wanted = plugins
+            .iter()
+            .any(|spec| spec.grants.capabilities.contains(abi::Capability::Members));
+        MemberSnapshot {
+            encoded: std::sync::RwLock::new(None),
+            wanted: AtomicBool::new(wanted),
+        }
+    }
+
+    /// The latest list; `None` until the agent task built one.
+    fn read(&self) -> Option<Arc<[u8]>> {
+        self.wanted.store(true, Ordering::Relaxed);
+        self.encoded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The agent task's side of [`MemberSnapshot`].
+struct MemberSnapshotWriter {
+    snapshot: Arc<MemberSnapshot>,
+    /// A member event was seen since the last build.
+    stale: bool,
+    /// When the list is rebuilt anyway.
+    due: Instant,
+}
+
+impl MemberSnapshotWriter {
+    fn new(snapshot: Arc<MemberSnapshot>) -> MemberSnapshotWriter {
+        MemberSnapshotWriter {
+            snapshot,
+            stale: true,
+            due: Instant::now(),
+        }
+    }
+
+    fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// Rebuilds the list from the core's members if someone reads it and it is stale or due.
+    /// Bounded work: one pass over the members, one encoding.
+    fn refresh(&mut self, now: Instant, core: &Serf) {
+        if !self.snapshot.wanted.load(Ordering::Relaxed) || (!self.stale && now < self.due) {
+            return;
+        }
+        let list = abi::MemberList {
+            members: core.members().map(plugin_member).collect(),
+        };
+        let encoded: Arc<[u8]> = Arc::from(abi::encode(&list));
+        *self
+            .snapshot
+            .encoded
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(encoded);
+        self.stale = false;
+        self.due = now + MEMBER_SNAPSHOT_INTERVAL;
+    }
+}
+
+/// A member as plugins see it.
+fn plugin_member(member: &Member) -> abi::Member {
+    abi::Member {
+        name: member.name.clone(),
+        addr: member.addr.ip().to_string(),
+        port: member.addr.port(),
+        tags: member.tags.clone(),
+        status: member.status.as_str().to_owned(),
+    }
+}
+
+impl Services {
+    /// Queues a command for the agent task; a full queue is `Unavailable` to the plugin.
+    fn try_command(&self, command: Command) -> Result<(), Status> {
+        self.commands.try_send(command).map_err(|error| {
+            if let mpsc::error::TrySendError::Full(command) = error {
+                let plugin = match &command {
+                    Command::PluginUserEvent { plugin, .. } | Command::PluginQuery { plugin, .. } => {
+                        Some(Arc::clone(plugin))
+                    }
+                    _ => None,
+                };
+                tracing::warn!(plugin = ?plugin, "agent command queue full; plugin request refused");
+            }
+            Status::Unavailable
+        })
+    }
+}
+
+impl Shell {
+    /// Fires a plugin's user event; a refusal (the agent is leaving, the encoded event is too
+    /// large) is logged, since the plugin's call returned already.
+    fn plugin_user_event(&mut self, now: std::time::Instant, plugin: &str, event: &abi::FireEvent) {
+        match self
+            .core
+            .user_event(now, &event.name, &event.payload, event.coalesce)
+        {
+            Ok(ltime) => tracing::debug!(plugin, event = %event.name, ltime, "plugin fired user event"),
+            Err(error) => {
+                tracing::warn!(plugin, event = %event.name, %error, "plugin user event refused");
+            }
+        }
+    }
+
+    /// Sends a plugin's query and forwards its answers to the plugin's queue; a query the core
+    /// refuses ends at once with a `query-done` carrying the reason.
+    fn plugin_query(
+        &mut self,
+        now: std::time::Instant,
+        plugin: Arc<str>,
+        handle: u32,
+        request: abi::QueryRequest,
+    ) {
+        let name = request.name.clone();
+        let params = QueryParams {
+            name: request.name,
+            payload: request.payload,
+            filter_nodes: request.filter_nodes,
+            filter_tags: request.filter_tags,
+            request_ack: false,
+            relay_factor: 0,
+            timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+        };
+        match self.core.query(now, params) {
+            Ok(key) => {
+                tracing::debug!(%plugin, query = %name, query_id = key.id, "plugin sent query");
+                let (sender, outputs) = mpsc::channel(QUERY_OUTPUT_QUEUE);
+                self.queries.insert(key, sender);
+                let plugins = Arc::clone(&self.plugins);
+                tokio::spawn(forward_query_answers(plugins, plugin, handle, name, outputs));
+            }
+            Err(error) => {
+                tracing::warn!(%plugin, query = %name, %error, "plugin query refused");
+                let done = abi::Event::QueryDone(abi::QueryDone {
+                    query: handle,
+                    name,
+                    error: error.to_string(),
+                });
+                deliver_to_plugin(&self.plugins, &plugin, &done);
+            }
+        }
+    }
+}
+
+/// Hands the answers of a plugin's query to the plugin, as events, until the query is done.
+async fn forward_query_answers(
+    plugins: Arc<PluginHost>,
+    plugin: Arc<str>,
+    handle: u32,
+    name: String,
+    mut outputs: mpsc::Receiver<QueryOutput>,
+) {
+    while let Some(output) = outputs.recv().await {
+        let event = match output {
+            QueryOutput::Ack { .. } => continue,
+            QueryOutput::Response { from, payload } => {
+                abi::Event::QueryResponse(abi::QueryResponse {
+                    query: handle,
+                    name: name.clone(),
+                    from,
+                    payload,
+                })
+            }
+            QueryOutput::Done => break,
+        };
+        deliver_to_plugin(&plugins, &plugin, &event);
+    }
+    let done = abi::Event::QueryDone(abi::QueryDone {
+        query: handle,
+        name,
+        error: String::new(),
+    });
+    deliver_to_plugin(&plugins, &plugin, &done);
+}
+
+/// Queues an event for one plugin; a full queue is counted there (and the plugin later gets
+/// a `dropped` notice), a plugin removed meanwhile just misses it.
+fn deliver_to_plugin(plugins: &PluginHost, plugin: &str, event: &abi::Event) {
+    if let Err(error) = plugins.deliver_to(plugin, event) {
+        tracing::debug!(plugin, kind = event.kind(), %error, "query answer not delivered to plugin");
     }
 }
 

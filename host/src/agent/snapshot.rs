@@ -436,11 +436,8 @@ impl Recorder {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// The file could not be opened, created or read.
-    #[error("failed to open snapshot {}: {source}", path.display())]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("failed to open snapshot: open {}: {reason}", path.display())]
+    Open { path: PathBuf, reason: String },
     /// The writer thread could not start.
     #[error("failed to start the snapshot writer: {0}")]
     Thread(std::io::Error),
@@ -508,9 +505,9 @@ impl Snapshotter {
         path: &Path,
         rejoin_after_leave: bool,
     ) -> Result<(Snapshotter, SnapshotState), SnapshotError> {
-        let open_error = |source| SnapshotError::Open {
+        let open_error = |error: std::io::Error| SnapshotError::Open {
             path: path.to_path_buf(),
-            source,
+            reason: crate::go_text::io_error(&error),
         };
         let mut file = open_append(path).map_err(open_error)?;
         let mut bytes = Vec::new();
@@ -1438,11 +1435,12 @@ mod tests {
         let Err(error) = Snapshotter::open(&path, false) else {
             panic!("opened a file in a missing directory");
         };
-        assert!(
-            error
-                .to_string()
-                .starts_with(&format!("failed to open snapshot {}: ", path.display())),
-            "{error}"
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "failed to open snapshot: open {}: no such file or directory",
+                path.display()
+            )
         );
     }
 }

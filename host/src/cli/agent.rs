@@ -3,10 +3,11 @@
 //! Startup joins (`-join`) happen before the log starts streaming and stop the agent when no
 //! seed answers; background joins (`-retry-join`) run beside it and stop it (exit 1) when
 //! `-retry-max` attempts have failed. SIGINT leaves gracefully unless
-//! `skip_leave_on_interrupt`; SIGTERM leaves only with `leave_on_terminate`.
+//! `skip_leave_on_interrupt`; SIGTERM leaves only with `leave_on_terminate`. SIGHUP reloads
+//! the configuration's plugins, as `serf reload` does.
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -56,6 +57,7 @@ pub(super) fn run(flags: &AgentFlags) -> u8 {
 async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     println!("==> Starting Serf agent...");
     tracing::info!(target: "serf_host::agent", "Serf agent starting");
     let agent = Agent::start(config.clone(), logs).await?;
@@ -69,6 +71,7 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
         }
     };
     let handle = agent.handle();
+    let reloads = reload_on_hangup(hangup, handle.clone());
     let plugins = handle.plugins().stats();
     let running = plugins.iter().filter(|p| p.state == "running").count();
     println!("==> Serf agent running!");
@@ -146,6 +149,7 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     if let Some(abort) = retry_abort {
         abort.abort();
     }
+    reloads.abort();
     // A second signal while shutting down forces the exit, as in Serf.
     tokio::spawn(async move {
         tokio::select! {
@@ -166,6 +170,24 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     agent.shutdown().await;
     tracing::info!(target: "serf_host::agent", "shutdown complete");
     Ok(0)
+}
+
+/// Reloads the configuration on every SIGHUP, as Serf does, printing what changed.
+fn reload_on_hangup(mut hangup: Signal, handle: AgentHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            println!("==> Caught signal: hangup");
+            println!("==> Reloading configuration...");
+            match handle.reload(crate::plugin::reload::Trigger::Signal).await {
+                Ok(report) => {
+                    for line in report.lines() {
+                        println!("    {line}");
+                    }
+                }
+                Err(error) => eprintln!("==> Failed to reload configs: {error}"),
+            }
+        }
+    })
 }
 
 /// Starts the `-retry-join` loop, if there are seeds; it ends with `None` when it gave up.

@@ -1,22 +1,27 @@
-//! One bounded, ordered queue and one task per plugin, and the fan-out that fills them.
+//! One bounded, ordered queue and one task per plugin, the fan-out that fills them, and the
+//! hand-over of a new plugin version between two events.
 //!
 //! [`PluginHost::dispatch`] is called by the agent's task for every event: it filters, encodes
-//! the event once and `try_send`s it to each plugin's queue. It never waits; a full queue is a
+//! the event once and offers it to each plugin's queue. It never waits; a full queue is a
 //! counted, logged drop that the plugin later learns of through a `dropped` envelope. Each
 //! plugin's task, on the plugin runtime, takes its events in order and owns its [`Instance`],
-//! replacing it after a trap.
+//! replacing it after a trap, or with a new version that a reload compiled and initialised off
+//! to the side. The queue, the `seq` numbers and the counters belong to the plugin, not to a
+//! version, so a reload loses and reorders nothing. [`super::reload`] decides what changes;
+//! this module only applies it.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serf_plugin_sdk::abi;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, LoadedModule};
 use super::instance::{CallError, Instance, InstanceContext};
-use super::{EventFilter, HostServices, PluginSpec};
+use super::{EventFilter, HostServices, LoadError, PluginSpec};
 use crate::serf::{self, QueryKey};
 
 /// An event encoded once for every plugin that takes it.
@@ -35,7 +40,85 @@ struct Queued {
     event: Arc<Encoded>,
 }
 
-/// Counters of one plugin, written by its task and by the dispatcher.
+/// A plugin's FIFO. It outlives the plugin's versions, and a reload may change its capacity
+/// at any time: events already queued stay, new ones are refused while it is over capacity.
+struct EventQueue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+}
+
+struct QueueState {
+    items: VecDeque<Queued>,
+    capacity: usize,
+    /// No more events: the plugin was removed. Those queued are still handed out.
+    closed: bool,
+}
+
+impl EventQueue {
+    fn new(capacity: usize) -> EventQueue {
+        EventQueue {
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                capacity,
+                closed: false,
+            }),
+            ready: Notify::new(),
+        }
+    }
+
+    /// Numbers the event with the plugin's next `seq` (counting it in `offered`) and queues
+    /// it; `false` if the queue is full or closed. The number is taken under the queue's lock,
+    /// so events from several threads still queue in `seq` order. Never waits.
+    fn push(&self, offered: &AtomicU64, event: Arc<Encoded>) -> bool {
+        let mut state = lock(&self.state);
+        let seq = offered.fetch_add(1, Ordering::Relaxed) + 1;
+        if state.closed || state.items.len() >= state.capacity {
+            return false;
+        }
+        state.items.push_back(Queued { seq, event });
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next event, in order; `None` once the queue is closed and empty.
+    async fn next(&self) -> Option<Queued> {
+        loop {
+            {
+                let mut state = lock(&self.state);
+                if let Some(queued) = state.items.pop_front() {
+                    return Some(queued);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            // `notify_one` keeps a permit when nobody waits, so a push between the check
+            // above and this await is not missed.
+            self.ready.notified().await;
+        }
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.state).items.len()
+    }
+
+    fn capacity(&self) -> usize {
+        lock(&self.state).capacity
+    }
+
+    fn set_capacity(&self, capacity: usize) {
+        lock(&self.state).capacity = capacity;
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.ready.notify_one();
+    }
+}
+
+/// Counters of one plugin, written by its task, by the dispatcher and by reloads. They
+/// survive reloads.
 #[derive(Default)]
 struct Counters {
     offered: AtomicU64,
@@ -52,28 +135,54 @@ struct Counters {
     starts: AtomicU64,
     start_failures: AtomicU64,
     fuel_used: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+    jobs: AtomicU64,
     latency: Histogram,
 }
 
-/// A plugin as the dispatcher sees it.
+/// A configured plugin, running or not, as long as the configuration names it.
 struct Slot {
     name: Arc<str>,
-    filter: EventFilter,
-    capacity: usize,
-    /// `None` when the plugin failed to load.
-    queue: Option<mpsc::Sender<Queued>>,
+    queue: EventQueue,
     counters: Counters,
-    /// Why the plugin is not running, if it is not.
-    failure: Mutex<Option<String>>,
-    sha256: String,
+    status: Mutex<Status>,
 }
 
-/// Every loaded plugin, and the tasks that run them.
+/// What a reload compares with, and what `serf info` shows besides the counters.
+struct Status {
+    /// The settings of the version running (or of the last attempt, if none runs).
+    spec: PluginSpec,
+    /// The module running; `None` if the plugin never loaded.
+    loaded: Option<LoadedModule>,
+    /// Why the plugin is not running (it failed to load, or cannot start), if it is not.
+    failure: Option<String>,
+    /// Why the last reload could not apply a new version; cleared by one that could.
+    last_reload_error: Option<String>,
+    /// The plugin task's inbox for new versions; `None` when no task runs.
+    swaps: Option<mpsc::Sender<Swap>>,
+}
+
+/// A plugin that has a task, as the dispatcher sees it.
+struct Route {
+    slot: Arc<Slot>,
+    filter: EventFilter,
+}
+
+/// Every configured plugin, and the tasks that run them.
 pub struct PluginHost {
-    slots: Vec<Arc<Slot>>,
+    /// The running plugins, in name order; replaced whole when the set or a filter changes,
+    /// so that [`PluginHost::dispatch`] takes one read lock per event.
+    routes: RwLock<Arc<[Route]>>,
+    /// Every configured plugin by name, loaded or not.
+    slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutdown: CancellationToken,
     engine: Engine,
+    runtime: tokio::runtime::Handle,
+    node: Arc<str>,
+    limits: crate::config::SerfLimits,
+    services: Arc<dyn HostServices>,
 }
 
 /// A plugin's counters at one moment, for `serf info` and the RPC `stats`.
@@ -85,7 +194,7 @@ pub struct PluginStatsSnapshot {
     pub state: String,
     /// Its event filter.
     pub filter: String,
-    /// SHA-256 of its module (empty if it could not be read).
+    /// SHA-256 of the module running (empty if none loaded).
     pub sha256: String,
     /// Events offered to it (its last `seq`).
     pub offered: u64,
@@ -107,7 +216,7 @@ pub struct PluginStatsSnapshot {
     pub expired: u64,
     /// Events skipped while the plugin could not start.
     pub skipped: u64,
-    /// Instances started.
+    /// Instances started (reloads included).
     pub starts: u64,
     /// Instances that failed to start.
     pub start_failures: u64,
@@ -121,6 +230,70 @@ pub struct PluginStatsSnapshot {
     pub latency_p50: Duration,
     /// 99th percentile of the same.
     pub latency_p99: Duration,
+    /// Reloads that changed this plugin (a new version, filter or queue size).
+    pub reloads: u64,
+    /// Reloads whose new version failed to compile or initialise (the old one kept running).
+    pub reload_failures: u64,
+    /// Why the last reload of this plugin failed; empty if it did not.
+    pub last_reload_error: String,
+    /// Long jobs the plugin started.
+    pub jobs: u64,
+}
+
+/// Why [`PluginHost::deliver_to`] did not queue an event. Nothing was queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// No plugin of that name is configured.
+    #[error("no plugin named {0}")]
+    UnknownPlugin(String),
+    /// The plugin is configured but not running (it failed to load).
+    #[error("plugin {0} is not running")]
+    NotRunning(String),
+    /// Its queue is full; the event was counted as dropped.
+    #[error("plugin {0} has a full queue")]
+    QueueFull(String),
+}
+
+/// A plugin as a reload finds it.
+pub(super) struct Applied {
+    /// The settings it runs with (or failed to load with).
+    pub(super) spec: PluginSpec,
+    /// The module it runs; `None` if it never loaded.
+    pub(super) loaded: Option<LoadedModule>,
+}
+
+/// A version of a plugin: a module and the settings to run it with.
+struct Version {
+    loaded: LoadedModule,
+    spec: PluginSpec,
+    context: Arc<InstanceContext>,
+    /// The encoded `InitContext`.
+    init: Vec<u8>,
+}
+
+/// A new version with an instance already initialised, ready to be swapped in.
+pub(super) struct Prepared {
+    version: Version,
+    instance: Instance,
+}
+
+/// A new version on its way to a plugin's task.
+struct Swap {
+    prepared: Prepared,
+    /// Answered once the new version handles the plugin's events.
+    done: oneshot::Sender<()>,
+}
+
+/// Why a prepared version was not swapped in; the old one runs on, if there was one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum SwapError {
+    /// The plugin was removed, never ran, or its task has stopped (the agent is stopping).
+    #[error("plugin {0} is not running")]
+    NotRunning(String),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl PluginHost {
@@ -139,113 +312,98 @@ impl PluginHost {
             .map(|spec| {
                 let engine = engine.clone();
                 runtime.spawn_blocking(move || {
-                    let loaded = prepare_dirs(&spec).and_then(|()| engine.load_file(&spec.path));
+                    let loaded = std::fs::read(&spec.path)
+                        .map_err(|source| LoadError::Read {
+                            path: spec.path.clone(),
+                            source,
+                        })
+                        .and_then(|bytes| PluginHost::compile(&engine, &spec, &bytes));
                     (spec, loaded)
                 })
             })
             .collect();
-        let shutdown = CancellationToken::new();
-        let mut slots = Vec::new();
-        let mut tasks = Vec::new();
+        let host = PluginHost {
+            routes: RwLock::new(Arc::from(Vec::new())),
+            slots: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            shutdown: CancellationToken::new(),
+            engine,
+            runtime: runtime.clone(),
+            node: Arc::from(node),
+            limits,
+            services,
+        };
         for load in loads {
             let (spec, loaded) = load.await.expect("plugin loading never panics");
-            let name: Arc<str> = Arc::from(spec.name.as_str());
-            let loaded = match loaded {
-                Ok(loaded) => loaded,
-                Err(error) => {
-                    tracing::error!(plugin = %name, %error, "plugin failed to load");
-                    slots.push(Arc::new(Slot {
-                        name,
-                        filter: spec.filter.clone(),
-                        capacity: 0,
-                        queue: None,
-                        counters: Counters::default(),
-                        failure: Mutex::new(Some(error.to_string())),
-                        sha256: String::new(),
-                    }));
-                    continue;
-                }
-            };
-            tracing::info!(
-                plugin = %name,
-                path = %spec.path.display(),
-                events = %spec.filter,
-                cached = loaded.from_cache,
-                "plugin loaded"
-            );
-            let capacity = spec.limits.queue_capacity.get();
-            let (sender, receiver) = mpsc::channel(capacity);
-            let slot = Arc::new(Slot {
-                name: Arc::clone(&name),
-                filter: spec.filter.clone(),
-                capacity,
-                queue: Some(sender),
-                counters: Counters::default(),
-                failure: Mutex::new(None),
-                sha256: loaded.sha256.clone(),
-            });
-            let context = Arc::new(InstanceContext {
-                plugin: name,
-                node: Arc::from(node),
-                services: Arc::clone(&services),
-                response_limit: limits.query_response_size_limit,
-            });
-            let init = abi::encode(&abi::InitContext {
-                abi: abi::ABI_VERSION,
-                host: format!("serf/{}", env!("CARGO_PKG_VERSION")),
-                node: node.to_owned(),
-                plugin: spec.name.clone(),
-                config: spec
-                    .config
-                    .iter()
-                    .map(|(key, value)| (key.clone(), toml_to_msgpack(value)))
-                    .collect(),
-            });
-            let runner = Runner {
-                slot: Arc::clone(&slot),
-                loaded,
-                spec,
-                context,
-                init,
-                instance: None,
-                backoff: Backoff::default(),
-            };
-            tasks.push(runtime.spawn(runner.run(receiver, shutdown.clone())));
-            slots.push(slot);
+            host.add(spec, loaded);
         }
-        PluginHost {
-            slots,
-            tasks: Mutex::new(tasks),
-            shutdown,
-            engine,
-        }
+        host
     }
 
-    /// Hands an event to every plugin whose filter takes it. Never waits.
+    /// Hands an event to every running plugin whose filter takes it. Never waits.
     pub fn dispatch(&self, event: &serf::Event) {
+        let routes = Arc::clone(&*self.routes.read().unwrap_or_else(PoisonError::into_inner));
         let mut encoded: Option<Arc<Encoded>> = None;
-        for slot in &self.slots {
-            let Some(queue) = &slot.queue else { continue };
-            if !slot.filter.matches(event) {
+        for route in routes.iter() {
+            if !route.filter.matches(event) {
                 continue;
             }
             let event = Arc::clone(encoded.get_or_insert_with(|| Arc::new(encode_event(event))));
-            let seq = slot.counters.offered.fetch_add(1, Ordering::Relaxed) + 1;
-            if queue.try_send(Queued { seq, event }).is_err() {
-                let dropped = slot.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                slot.counters
-                    .dropped_unreported
-                    .fetch_add(1, Ordering::Relaxed);
-                if dropped.is_power_of_two() {
-                    tracing::warn!(plugin = %slot.name, dropped, "plugin queue full; event dropped");
-                }
-            }
+            route.slot.offer(event);
         }
     }
 
-    /// Every plugin's counters.
+    /// Queues `event` for one plugin alone, whatever its filter, behind the events already
+    /// queued for it: for events that concern that plugin only, such as the end of a job it
+    /// started. Returns the event's `seq`. Never waits.
+    pub fn deliver_to(&self, plugin: &str, event: &abi::Event) -> Result<u64, DeliverError> {
+        let slot = self
+            .slot(plugin)
+            .ok_or_else(|| DeliverError::UnknownPlugin(plugin.to_owned()))?;
+        if lock(&slot.status).swaps.is_none() {
+            return Err(DeliverError::NotRunning(plugin.to_owned()));
+        }
+        let encoded = Arc::new(Encoded {
+            body: abi::encode(event),
+            query: None,
+            received: Instant::now(),
+        });
+        if slot.offer(encoded) {
+            Ok(slot.counters.offered.load(Ordering::Relaxed))
+        } else {
+            Err(DeliverError::QueueFull(plugin.to_owned()))
+        }
+    }
+
+    /// Counts a long job started by `plugin` (shown as `jobs` in `serf info`).
+    pub fn count_job(&self, plugin: &str) {
+        if let Some(slot) = self.slot(plugin) {
+            slot.counters.jobs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What a job of `plugin` needs to start an instance of the version running now; `None`
+    /// if the plugin does not run. (For `super::jobs`.)
+    pub(super) fn job_source(&self, plugin: &str) -> Option<super::jobs::JobSource> {
+        let slot = self.slot(plugin)?;
+        let (spec, loaded) = {
+            let status = lock(&slot.status);
+            status.swaps.as_ref()?;
+            (status.spec.clone(), status.loaded.clone()?)
+        };
+        let version = self.version(spec, loaded);
+        Some(super::jobs::JobSource {
+            loaded: version.loaded,
+            spec: version.spec,
+            context: version.context,
+            init: version.init,
+        })
+    }
+
+    /// Every configured plugin's counters, in name order.
     pub fn stats(&self) -> Vec<PluginStatsSnapshot> {
-        self.slots.iter().map(|slot| slot.snapshot()).collect()
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        slots.iter().map(|slot| slot.snapshot()).collect()
     }
 
     /// (cache hits, cache misses) of compiled modules.
@@ -257,7 +415,7 @@ impl PluginHost {
     /// runs `serf_shutdown`, and drops the events still queued.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
         for task in tasks {
             let _ = task.await;
         }
@@ -265,31 +423,286 @@ impl PluginHost {
 
     /// The number of plugins configured, loaded or not.
     pub fn num_plugins(&self) -> usize {
-        self.slots.len()
+        lock(&self.slots).len()
+    }
+
+    fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+        lock(&self.slots).get(name).cloned()
+    }
+
+    /// Rebuilds the dispatcher's list after a plugin started, stopped or changed its filter.
+    fn publish(&self) {
+        let routes: Vec<Route> = lock(&self.slots)
+            .values()
+            .filter_map(|slot| {
+                let status = lock(&slot.status);
+                status.swaps.as_ref().map(|_| Route {
+                    slot: Arc::clone(slot),
+                    filter: status.spec.filter.clone(),
+                })
+            })
+            .collect();
+        *self.routes.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(routes);
+    }
+
+    fn version(&self, spec: PluginSpec, loaded: LoadedModule) -> Version {
+        let context = Arc::new(InstanceContext {
+            plugin: Arc::from(spec.name.as_str()),
+            node: Arc::clone(&self.node),
+            services: Arc::clone(&self.services),
+            response_limit: self.limits.query_response_size_limit,
+        });
+        let init = abi::encode(&abi::InitContext {
+            abi: abi::ABI_VERSION,
+            host: format!("serf/{}", env!("CARGO_PKG_VERSION")),
+            node: self.node.to_string(),
+            plugin: spec.name.clone(),
+            config: spec
+                .config
+                .iter()
+                .map(|(key, value)| (key.clone(), toml_to_msgpack(value)))
+                .collect(),
+        });
+        Version {
+            loaded,
+            spec,
+            context,
+            init,
+        }
+    }
+
+    // --- What a reload uses (`super::reload`). -------------------------------------------
+
+    /// The runtime plugins run on; reloads run there too.
+    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// The engine, for [`PluginHost::compile`] on a blocking thread.
+    pub(super) fn engine(&self) -> Engine {
+        self.engine.clone()
+    }
+
+    /// Every configured plugin as it is now, by name.
+    pub(super) fn applied(&self) -> BTreeMap<String, Applied> {
+        lock(&self.slots)
+            .iter()
+            .map(|(name, slot)| {
+                let status = lock(&slot.status);
+                let applied = Applied {
+                    spec: status.spec.clone(),
+                    loaded: status.loaded.clone(),
+                };
+                (name.clone(), applied)
+            })
+            .collect()
+    }
+
+    /// Creates the plugin's granted directories, then compiles (or takes from the cache) and
+    /// validates its module. Blocking.
+    pub(super) fn compile(
+        engine: &Engine,
+        spec: &PluginSpec,
+        bytes: &[u8],
+    ) -> Result<LoadedModule, LoadError> {
+        prepare_dirs(spec)?;
+        engine.load(&spec.path, bytes)
+    }
+
+    /// Starts an instance of a new version off to the side: instantiation, `_initialize` and
+    /// `serf_init` under the version's own limits. Must run on the plugin runtime.
+    pub(super) async fn prepare(
+        &self,
+        spec: PluginSpec,
+        loaded: LoadedModule,
+    ) -> Result<Prepared, CallError> {
+        let version = self.version(spec, loaded);
+        let instance = Instance::start(
+            &version.loaded,
+            &version.spec,
+            Arc::clone(&version.context),
+            &version.init,
+        )
+        .await?;
+        Ok(Prepared { version, instance })
+    }
+
+    /// Hands a prepared version to the plugin's task, which swaps it in between two events
+    /// (after the call in progress, before the next queued event), and waits until it has.
+    pub(super) async fn swap(&self, name: &str, prepared: Prepared) -> Result<(), SwapError> {
+        let not_running = || SwapError::NotRunning(name.to_owned());
+        let slot = self.slot(name).ok_or_else(not_running)?;
+        let swaps = lock(&slot.status).swaps.clone().ok_or_else(not_running)?;
+        let spec = prepared.version.spec.clone();
+        let loaded = prepared.version.loaded.clone();
+        let (done, swapped) = oneshot::channel();
+        swaps
+            .send(Swap { prepared, done })
+            .await
+            .map_err(|_| not_running())?;
+        swapped.await.map_err(|_| not_running())?;
+        slot.counters.starts.fetch_add(1, Ordering::Relaxed);
+        slot.counters.reloads.fetch_add(1, Ordering::Relaxed);
+        slot.queue.set_capacity(spec.limits.queue_capacity.get());
+        {
+            let mut status = lock(&slot.status);
+            status.spec = spec;
+            status.loaded = Some(loaded);
+            status.failure = None;
+            status.last_reload_error = None;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Applies settings that need no new instance (the filter, the queue's capacity).
+    pub(super) fn retune(&self, spec: PluginSpec) {
+        let Some(slot) = self.slot(&spec.name) else {
+            return;
+        };
+        slot.queue.set_capacity(spec.limits.queue_capacity.get());
+        slot.counters.reloads.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut status = lock(&slot.status);
+            status.spec = spec;
+            status.last_reload_error = None;
+        }
+        self.publish();
+    }
+
+    /// Starts a plugin (a new one, or one that had failed to load) with its own queue and
+    /// task; a load error leaves it configured but not running, as at start-up.
+    pub(super) fn add(&self, spec: PluginSpec, loaded: Result<LoadedModule, LoadError>) {
+        let slot = Arc::clone(
+            lock(&self.slots)
+                .entry(spec.name.clone())
+                .or_insert_with(|| Arc::new(Slot::new(&spec))),
+        );
+        match loaded {
+            Err(error) => {
+                tracing::error!(plugin = %slot.name, %error, "plugin failed to load");
+                let mut status = lock(&slot.status);
+                status.spec = spec;
+                status.failure = Some(error.to_string());
+            }
+            Ok(loaded) => {
+                tracing::info!(
+                    plugin = %slot.name,
+                    path = %spec.path.display(),
+                    events = %spec.filter,
+                    cached = loaded.from_cache,
+                    "plugin loaded"
+                );
+                slot.queue.set_capacity(spec.limits.queue_capacity.get());
+                let (swaps, inbox) = mpsc::channel(1);
+                {
+                    let mut status = lock(&slot.status);
+                    status.spec = spec.clone();
+                    status.loaded = Some(loaded.clone());
+                    status.failure = None;
+                    status.last_reload_error = None;
+                    status.swaps = Some(swaps);
+                }
+                let runner = Runner {
+                    slot: Arc::clone(&slot),
+                    version: self.version(spec, loaded),
+                    instance: None,
+                    backoff: Backoff::default(),
+                };
+                let task = self.runtime.spawn(runner.run(inbox, self.shutdown.clone()));
+                let mut tasks = lock(&self.tasks);
+                tasks.retain(|task| !task.is_finished());
+                tasks.push(task);
+            }
+        }
+        self.publish();
+    }
+
+    /// Stops routing events to a plugin and forgets it. Its task still handles the events
+    /// already queued (each under its deadline), runs `serf_shutdown`, and ends.
+    pub(super) fn remove(&self, name: &str) {
+        let Some(slot) = lock(&self.slots).remove(name) else {
+            return;
+        };
+        self.publish();
+        lock(&slot.status).swaps = None;
+        slot.queue.close();
+        tracing::info!(plugin = %name, queued = slot.queue.len(), "plugin removed; draining its queue");
+    }
+
+    /// Records that a reload could not apply a new version of `name`.
+    pub(super) fn reload_failed(&self, name: &str, error: &str) {
+        if let Some(slot) = self.slot(name) {
+            slot.counters
+                .reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            lock(&slot.status).last_reload_error = Some(error.to_owned());
+        }
+    }
+
+    /// Records that a reload found `name` as configured: an earlier failure no longer holds.
+    pub(super) fn reload_unchanged(&self, name: &str) {
+        if let Some(slot) = self.slot(name) {
+            lock(&slot.status).last_reload_error = None;
+        }
     }
 }
 
 impl Slot {
+    fn new(spec: &PluginSpec) -> Slot {
+        Slot {
+            name: Arc::from(spec.name.as_str()),
+            queue: EventQueue::new(spec.limits.queue_capacity.get()),
+            counters: Counters::default(),
+            status: Mutex::new(Status {
+                spec: spec.clone(),
+                loaded: None,
+                failure: None,
+                last_reload_error: None,
+                swaps: None,
+            }),
+        }
+    }
+
+    /// Queues an event, or counts and (now and then) logs its drop.
+    fn offer(&self, event: Arc<Encoded>) -> bool {
+        if self.queue.push(&self.counters.offered, event) {
+            return true;
+        }
+        let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        self.counters
+            .dropped_unreported
+            .fetch_add(1, Ordering::Relaxed);
+        if dropped.is_power_of_two() {
+            tracing::warn!(plugin = %self.name, dropped, "plugin queue full; event dropped");
+        }
+        false
+    }
+
     fn snapshot(&self) -> PluginStatsSnapshot {
         let c = &self.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let failure = self
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let queue_depth = self
-            .queue
-            .as_ref()
-            .map_or(0, |queue| queue.max_capacity() - queue.capacity());
+        let (failure, filter, sha256, last_reload_error) = {
+            let status = lock(&self.status);
+            (
+                status.failure.clone(),
+                status.spec.filter.to_string(),
+                status
+                    .loaded
+                    .as_ref()
+                    .map(|loaded| loaded.sha256.clone())
+                    .unwrap_or_default(),
+                status.last_reload_error.clone().unwrap_or_default(),
+            )
+        };
         PluginStatsSnapshot {
             name: self.name.to_string(),
             state: failure.map_or_else(
                 || "running".to_owned(),
                 |reason| format!("failed: {reason}"),
             ),
-            filter: self.filter.to_string(),
-            sha256: self.sha256.clone(),
+            filter,
+            sha256,
             offered: load(&c.offered),
             handled: load(&c.handled),
             errors: load(&c.errors),
@@ -302,19 +715,23 @@ impl Slot {
             skipped: load(&c.skipped),
             starts: load(&c.starts),
             start_failures: load(&c.start_failures),
-            queue_depth,
-            queue_capacity: self.capacity,
+            queue_depth: self.queue.len(),
+            queue_capacity: self.queue.capacity(),
             fuel_used: load(&c.fuel_used),
             latency_p50: c.latency.quantile(0.50),
             latency_p99: c.latency.quantile(0.99),
+            reloads: load(&c.reloads),
+            reload_failures: load(&c.reload_failures),
+            last_reload_error,
+            jobs: load(&c.jobs),
         }
     }
 }
 
 /// Creates missing granted directories, so that a fresh checkout runs. Blocking.
-fn prepare_dirs(spec: &PluginSpec) -> Result<(), super::LoadError> {
+pub(super) fn prepare_dirs(spec: &PluginSpec) -> Result<(), LoadError> {
     for (guest, host) in &spec.dirs {
-        std::fs::create_dir_all(host).map_err(|error| super::LoadError::Dir {
+        std::fs::create_dir_all(host).map_err(|error| LoadError::Dir {
             guest: guest.clone(),
             host: host.clone(),
             message: error.to_string(),
@@ -352,30 +769,32 @@ impl Backoff {
 /// One plugin's task state.
 struct Runner {
     slot: Arc<Slot>,
-    loaded: LoadedModule,
-    spec: PluginSpec,
-    context: Arc<InstanceContext>,
-    init: Vec<u8>,
+    version: Version,
     instance: Option<Instance>,
     backoff: Backoff,
 }
 
 impl Runner {
-    async fn run(mut self, mut queue: mpsc::Receiver<Queued>, shutdown: CancellationToken) {
+    async fn run(mut self, mut swaps: mpsc::Receiver<Swap>, shutdown: CancellationToken) {
+        let slot = Arc::clone(&self.slot);
         loop {
+            // A new version goes in before the next event, never during one.
             let queued = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                queued = queue.recv() => match queued {
+                Some(swap) = swaps.recv() => {
+                    self.swap(swap).await;
+                    continue;
+                }
+                queued = slot.queue.next() => match queued {
                     Some(queued) => queued,
-                    None => break,
+                    None => {
+                        tracing::info!(plugin = %slot.name, "plugin stopped");
+                        break;
+                    }
                 },
             };
-            let dropped = self
-                .slot
-                .counters
-                .dropped_unreported
-                .swap(0, Ordering::Relaxed);
+            let dropped = slot.counters.dropped_unreported.swap(0, Ordering::Relaxed);
             if dropped > 0 {
                 let notice = Encoded {
                     body: abi::encode(&abi::Event::Dropped { count: dropped }),
@@ -389,6 +808,22 @@ impl Runner {
         if let Some(instance) = self.instance.take() {
             instance.shutdown().await;
         }
+    }
+
+    /// Puts a new version in place of the old, whose instance gets its `serf_shutdown`.
+    async fn swap(&mut self, swap: Swap) {
+        let Prepared { version, instance } = swap.prepared;
+        tracing::info!(
+            plugin = %self.slot.name,
+            sha256 = %version.loaded.sha256,
+            "plugin version swapped in"
+        );
+        self.version = version;
+        self.backoff.reset();
+        if let Some(old) = self.instance.replace(instance) {
+            old.shutdown().await;
+        }
+        let _ = swap.done.send(());
     }
 
     async fn deliver(&mut self, seq: u64, event: &Encoded) {
@@ -405,18 +840,19 @@ impl Runner {
                 counters.skipped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            let version = &self.version;
             match Instance::start(
-                &self.loaded,
-                &self.spec,
-                Arc::clone(&self.context),
-                &self.init,
+                &version.loaded,
+                &version.spec,
+                Arc::clone(&version.context),
+                &version.init,
             )
             .await
             {
                 Ok(instance) => {
                     counters.starts.fetch_add(1, Ordering::Relaxed);
                     self.backoff.reset();
-                    *self.slot.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    lock(&self.slot.status).failure = None;
                     self.instance = Some(instance);
                 }
                 Err(error) => {
@@ -424,8 +860,7 @@ impl Runner {
                     counters.skipped.fetch_add(1, Ordering::Relaxed);
                     let retry_in = self.backoff.fail(now);
                     tracing::warn!(plugin = %self.slot.name, %error, ?retry_in, "plugin failed to start");
-                    *self.slot.failure.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(format!("cannot start: {error}"));
+                    lock(&self.slot.status).failure = Some(format!("cannot start: {error}"));
                     return;
                 }
             }

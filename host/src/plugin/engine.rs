@@ -64,6 +64,8 @@ impl Wasm {
             &mut state.wasi
         })?;
         instance::add_host_functions(&mut linker)?;
+        instance::add_job_functions(&mut linker)?;
+        instance::add_capability_functions(&mut linker)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Wasm {
@@ -247,12 +249,13 @@ fn validate(module: &Module) -> Result<(), String> {
                 .into(),
         );
     }
-    let required: [(&str, &str, bool); 5] = [
+    let required: [(&str, &str, bool); 6] = [
         (abi::EXPORT_INPUT_BUFFER, "(i32) -> (i32)", true),
         (abi::EXPORT_INIT, "(i32, i32) -> (i32)", true),
         (abi::EXPORT_HANDLE, "(i32, i32) -> (i32)", true),
         (abi::EXPORT_SHUTDOWN, "() -> ()", false),
         (abi::EXPORT_INITIALIZE, "() -> ()", false),
+        (abi::EXPORT_JOB, "(i32, i32) -> (i32)", false),
     ];
     for (name, expected, required) in required {
         match export(name) {
@@ -273,6 +276,8 @@ fn validate(module: &Module) -> Result<(), String> {
             abi::IMPORT_MODULE => {
                 let known = instance::HOST_FUNCTIONS
                     .iter()
+                    .chain(&instance::JOB_HOST_FUNCTIONS)
+                    .chain(&instance::CAPABILITY_FUNCTIONS)
                     .find(|(name, _)| *name == import.name());
                 let Some((_, expected)) = known else {
                     return Err(format!(
@@ -300,6 +305,17 @@ fn validate(module: &Module) -> Result<(), String> {
                 ));
             }
         }
+    }
+    // Jobs (ABI v1.1): a job runs in `serf_job`, so a module that starts jobs must export it.
+    let starts_jobs = module
+        .imports()
+        .any(|i| i.module() == abi::IMPORT_MODULE && i.name() == abi::IMPORT_JOB_START);
+    if starts_jobs && export(abi::EXPORT_JOB).is_none() {
+        return Err(format!(
+            "it imports serf.{} but does not export {} (Rust: the SDK's jobs feature)",
+            abi::IMPORT_JOB_START,
+            abi::EXPORT_JOB
+        ));
     }
     Ok(())
 }

@@ -15,7 +15,9 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::engine::LoadedModule;
+use super::grants::Grants;
 use super::stdio::LogPipe;
+use super::jobs::{JobCall, JobId};
 use super::{HostServices, Limits, PluginSpec};
 use crate::serf::QueryKey;
 
@@ -26,6 +28,8 @@ pub(crate) const HOST_FUNCTIONS: [(&str, &str); 3] = [
     (abi::IMPORT_RESPOND, "(i32, i32) -> (i32)"),
 ];
 
+/// The error of a refused call whose guest gave no text to `set_error`.
+const NO_ERROR_TEXT: &str = "no error text given";
 /// Longest log line or error text taken from a plugin, in bytes.
 const MAX_TEXT_BYTES: usize = 4096;
 /// Log lines a plugin may write per second before the rest are dropped (and counted).
@@ -52,6 +56,11 @@ pub struct StoreState {
     context: Arc<InstanceContext>,
     call: CallState,
     log_window: (Instant, u32),
+    /// Set in a job's instance (ABI v1.1, jobs).
+    job: Option<JobCall>,
+    /// What the plugin is granted, and its rate window for events and queries (ABI v1.1,
+    /// capabilities).
+    capabilities: CapabilityState,
 }
 
 /// What the export call in progress may do and has done.
@@ -147,6 +156,8 @@ pub struct Instance {
     handle: TypedFunc<(i32, i32), i32>,
     shutdown: Option<TypedFunc<(), ()>>,
     limits: Limits,
+    /// `serf_job`, looked up in a job's instance only (ABI v1.1, jobs).
+    job: Option<TypedFunc<(i32, i32), i32>>,
 }
 
 /// What a successful event call cost.
@@ -164,9 +175,23 @@ impl Instance {
         context: Arc<InstanceContext>,
         init: &[u8],
     ) -> Result<Instance, CallError> {
+        Instance::start_as(loaded, spec, context, init, None).await
+    }
+
+    /// [`Instance::start`], for a job's instance when `job` is set.
+    async fn start_as(
+        loaded: &LoadedModule,
+        spec: &PluginSpec,
+        context: Arc<InstanceContext>,
+        init: &[u8],
+        job: Option<JobCall>,
+    ) -> Result<Instance, CallError> {
         let mut wasi = WasiCtxBuilder::new();
         let (stdout, stderr) = LogPipe::pair(Arc::clone(&context.plugin));
         wasi.stdout(stdout).stderr(stderr);
+        for (key, value) in &spec.grants.env {
+            wasi.env(key, value);
+        }
         for (guest, host) in &spec.dirs {
             // The directory was checked when the plugin loaded; it may vanish since.
             if let Err(error) = wasi.preopened_dir(host, guest, FsPerms::ReadWrite) {
@@ -185,6 +210,8 @@ impl Instance {
             context,
             call: CallState::default(),
             log_window: (Instant::now(), 0),
+            job,
+            capabilities: CapabilityState::new(spec.grants.clone()),
         };
         let mut store = Store::new(loaded.pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -224,6 +251,11 @@ impl Instance {
         };
         let (memory, input_buffer, handle, init_func, shutdown) =
             lookup(&mut store).map_err(|error| CallError::Crashed(format!("{error:#}")))?;
+        // Jobs (ABI v1.1): a job's instance also calls `serf_job`.
+        let job = match store.data().job {
+            Some(_) => instance.get_typed_func(&mut store, abi::EXPORT_JOB).ok(),
+            None => None,
+        };
         let mut instance = Instance {
             store,
             memory,
@@ -231,6 +263,7 @@ impl Instance {
             handle,
             shutdown,
             limits,
+            job,
         };
         let budget = instance.store.get_fuel().unwrap_or(0);
         instance
@@ -319,7 +352,7 @@ impl Instance {
             Ok(Ok(Ok(0))) => Ok(()),
             Ok(Ok(Ok(code))) => Err(CallError::Refused {
                 code,
-                message: call.error.unwrap_or_else(|| "no error text given".into()),
+                message: call.error.unwrap_or_else(|| NO_ERROR_TEXT.into()),
             }),
         }
     }
@@ -390,6 +423,10 @@ pub(crate) fn add_host_functions(linker: &mut Linker<StoreState>) -> wasmtime::R
             if state.log_window.1 > MAX_LOG_LINES_PER_SECOND {
                 return Status::RateLimited.code();
             }
+            // Jobs (ABI v1.1): a job's lines also go to its output tail.
+            if let Some(job) = &state.job {
+                job.jobs.append_output(job.id, &text);
+            }
             let plugin = &*state.context.plugin;
             match level {
                 LogLevel::Trace => tracing::trace!(target: "plugin", plugin, "{text}"),
@@ -442,6 +479,328 @@ pub(crate) fn add_host_functions(linker: &mut Linker<StoreState>) -> wasmtime::R
                     caller.data_mut().call.responded = true;
                     Status::Ok.code()
                 }
+                Err(status) => status.code(),
+            }
+        },
+    )?;
+    Ok(())
+}
+
+// --- Jobs (ABI v1.1): a job's own instance, and the `serf.job_*` host calls. -----------------
+
+/// The job host functions and their signatures, as [`super::engine`] checks imports.
+pub(crate) const JOB_HOST_FUNCTIONS: [(&str, &str); 4] = [
+    (abi::IMPORT_JOB_START, "(i32, i32) -> (i32)"),
+    (abi::IMPORT_JOB_STATUS, "(i32, i32, i32) -> (i32)"),
+    (abi::IMPORT_JOB_KILL, "(i32) -> (i32)"),
+    (abi::IMPORT_JOB_REAP, "(i32) -> (i32)"),
+];
+
+/// How a job's `serf_job` call returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobExit {
+    /// What it returned: the job's exit status.
+    pub status: i32,
+    /// What it gave `set_error`; empty if nothing.
+    pub error: String,
+}
+
+impl Instance {
+    /// Starts the instance a job runs in: as [`Instance::start`], marked as `job`'s.
+    pub async fn start_job(
+        loaded: &LoadedModule,
+        spec: &PluginSpec,
+        context: Arc<InstanceContext>,
+        init: &[u8],
+        job: JobCall,
+    ) -> Result<Instance, CallError> {
+        Instance::start_as(loaded, spec, context, init, Some(job)).await
+    }
+
+    /// Runs `serf_job` with the encoded [`abi::Job`] under `fuel` and `timeout`. Any return
+    /// value is an exit status; only traps and exceeded budgets are errors.
+    pub async fn run_job(
+        &mut self,
+        job: &[u8],
+        fuel: u64,
+        timeout: Duration,
+    ) -> Result<JobExit, CallError> {
+        let Some(func) = self.job.clone() else {
+            return Err(CallError::Crashed(format!(
+                "no {} export in a job's instance",
+                abi::EXPORT_JOB
+            )));
+        };
+        self.limits.event_timeout = timeout;
+        self.store
+            .set_fuel(fuel)
+            .map_err(|error| CallError::Crashed(format!("{error:#}")))?;
+        match self.call_with_input(func, &[], job, None, fuel).await {
+            Ok(()) => Ok(JobExit {
+                status: 0,
+                error: String::new(),
+            }),
+            Err(CallError::Refused { code, message }) => Ok(JobExit {
+                status: code,
+                error: if message == NO_ERROR_TEXT {
+                    String::new()
+                } else {
+                    message
+                },
+            }),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The plugin's name and the agent's job pool, or the status to return without one.
+fn job_pool(caller: &Caller<'_, StoreState>) -> Result<(Arc<InstanceContext>, super::jobs::Jobs), Status> {
+    let context = Arc::clone(&caller.data().context);
+    let jobs = context.services.jobs().cloned().ok_or(Status::Unavailable)?;
+    Ok((context, jobs))
+}
+
+/// A job id from the guest; negative ids name no job.
+fn job_id(id: i32) -> Result<JobId, Status> {
+    JobId::try_from(id).map_err(|_| Status::NotFound)
+}
+
+/// Defines the `serf.job_*` imports on the linker.
+pub(crate) fn add_job_functions(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_JOB_START,
+        |mut caller: Caller<'_, StoreState>, ptr: i32, len: i32| -> i32 {
+            if caller.data().job.is_some() {
+                return Status::NotAllowed.code();
+            }
+            // Room for the largest argument, a name and the msgpack around them.
+            let max = abi::MAX_JOB_ARG_BYTES + abi::MAX_JOB_NAME_BYTES + 64;
+            if usize::try_from(len).is_ok_and(|len| len > max) {
+                return Status::TooLarge.code();
+            }
+            let bytes = match read_guest(&mut caller, ptr, len) {
+                Ok(bytes) => bytes,
+                Err(status) => return status.code(),
+            };
+            let Ok(request) = abi::decode::<abi::JobStart>(&bytes) else {
+                return Status::BadArgument.code();
+            };
+            let (context, jobs) = match job_pool(&caller) {
+                Ok(pool) => pool,
+                Err(status) => return status.code(),
+            };
+            match jobs.start(&context.plugin, request) {
+                // Ids fit an i32: the table gives out no more.
+                Ok(id) => i32::try_from(id).unwrap_or(Status::Unavailable.code()),
+                Err(error) => {
+                    tracing::debug!(plugin = %context.plugin, %error, "job not started");
+                    error.status().code()
+                }
+            }
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_JOB_STATUS,
+        |mut caller: Caller<'_, StoreState>, id: i32, out_ptr: i32, out_cap: i32| -> i32 {
+            let (context, jobs) = match job_pool(&caller) {
+                Ok(pool) => pool,
+                Err(status) => return status.code(),
+            };
+            let record = match job_id(id).and_then(|id| {
+                jobs.get(id, Some(&context.plugin))
+                    .map_err(|error| error.status())
+            }) {
+                Ok(record) => record,
+                Err(status) => return status.code(),
+            };
+            let bytes = abi::encode(&record.info());
+            let Ok(len) = i32::try_from(bytes.len()) else {
+                return Status::TooLarge.code();
+            };
+            if len > out_cap {
+                return len;
+            }
+            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+                return Status::InvalidMemory.code();
+            };
+            // Guest pointers are u32 bit patterns carried in i32s.
+            match memory.write(&mut caller, out_ptr as u32 as usize, &bytes) {
+                Ok(()) => len,
+                Err(_) => Status::InvalidMemory.code(),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_JOB_KILL,
+        |caller: Caller<'_, StoreState>, id: i32| -> i32 {
+            let outcome = job_pool(&caller).and_then(|(context, jobs)| {
+                jobs.kill(job_id(id)?, Some(&context.plugin))
+                    .map_err(|error| error.status())
+            });
+            outcome.map_or_else(Status::code, |()| Status::Ok.code())
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_JOB_REAP,
+        |caller: Caller<'_, StoreState>, id: i32| -> i32 {
+            let outcome = job_pool(&caller).and_then(|(context, jobs)| {
+                jobs.reap(Some(job_id(id)?), Some(&context.plugin))
+                    .map_err(|error| error.status())
+            });
+            outcome.map_or_else(Status::code, |_| Status::Ok.code())
+        },
+    )?;
+    Ok(())
+}
+
+// --- Capabilities (ABI v1.1): `members`, `fire_event` and `query`, each denied unless the
+// plugin's table grants it. None waits: the member list is a snapshot the agent keeps, events
+// and queries are queued for the agent task, and query answers come back later as events.
+
+/// The capability host functions and their signatures, checked like [`HOST_FUNCTIONS`].
+pub(crate) const CAPABILITY_FUNCTIONS: [(&str, &str); 3] = [
+    (abi::IMPORT_MEMBERS, "(i32, i32) -> (i32)"),
+    (abi::IMPORT_FIRE_EVENT, "(i32, i32) -> (i32)"),
+    (abi::IMPORT_QUERY, "(i32, i32) -> (i32)"),
+];
+
+/// User events and queries one plugin may send per second, together; the rest get
+/// `RateLimited`. It bounds a plugin that answers events with events.
+pub const MAX_CLUSTER_MESSAGES_PER_SECOND: u32 = 10;
+/// Longest `fire_event` or `query` request read from a guest; Serf's own limits are far lower.
+const MAX_REQUEST_BYTES: usize = 64 << 10;
+
+/// One instance's grants and its rate window.
+struct CapabilityState {
+    grants: Grants,
+    window: (Instant, u32),
+}
+
+impl CapabilityState {
+    fn new(grants: Grants) -> CapabilityState {
+        CapabilityState {
+            grants,
+            window: (Instant::now(), 0),
+        }
+    }
+
+    /// Counts one user event or query; false once the second's allowance is spent.
+    fn take_message(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0);
+        }
+        self.window.1 = self.window.1.saturating_add(1);
+        self.window.1 <= MAX_CLUSTER_MESSAGES_PER_SECOND
+    }
+}
+
+/// Whether the plugin holds `capability` (a denial is logged once per plugin).
+fn granted(caller: &Caller<'_, StoreState>, capability: abi::Capability) -> bool {
+    let state = caller.data();
+    state
+        .capabilities
+        .grants
+        .check(&state.context.plugin, capability)
+}
+
+/// Checks the grant, reads and decodes a request of the guest, then counts it against the
+/// rate limit.
+fn read_request<T: serde::de::DeserializeOwned>(
+    caller: &mut Caller<'_, StoreState>,
+    capability: abi::Capability,
+    ptr: i32,
+    len: i32,
+) -> Result<T, Status> {
+    if !granted(caller, capability) {
+        return Err(Status::Denied);
+    }
+    if len as u32 as usize > MAX_REQUEST_BYTES {
+        return Err(Status::TooLarge);
+    }
+    let bytes = read_guest(caller, ptr, len)?;
+    let request = abi::decode(&bytes).map_err(|_| Status::BadArgument)?;
+    let state = &mut caller.data_mut().capabilities;
+    if !state.take_message(Instant::now()) {
+        return Err(Status::RateLimited);
+    }
+    Ok(request)
+}
+
+/// Copies `bytes` to `ptr` in the guest's memory, or says why not.
+fn write_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+    let start = ptr as u32 as usize;
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return Err(Status::InvalidMemory);
+    };
+    memory
+        .data_mut(&mut *caller)
+        .get_mut(start..start.saturating_add(bytes.len()))
+        .ok_or(Status::InvalidMemory)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+/// `members`: writes the encoded member list at `out_ptr` if it fits in `out_cap` bytes;
+/// returns its length either way.
+fn members(caller: &mut Caller<'_, StoreState>, out_ptr: i32, out_cap: i32) -> Result<i32, Status> {
+    if !granted(caller, abi::Capability::Members) {
+        return Err(Status::Denied);
+    }
+    let list = caller
+        .data()
+        .context
+        .services
+        .members()
+        .ok_or(Status::Unavailable)?;
+    let len = i32::try_from(list.len()).map_err(|_| Status::TooLarge)?;
+    if list.len() <= out_cap as u32 as usize {
+        write_guest(caller, out_ptr, &list)?;
+    }
+    Ok(len)
+}
+
+/// Defines the capability imports on the linker.
+pub(crate) fn add_capability_functions(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_MEMBERS,
+        |mut caller: Caller<'_, StoreState>, out_ptr: i32, out_cap: i32| -> i32 {
+            members(&mut caller, out_ptr, out_cap).unwrap_or_else(Status::code)
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_FIRE_EVENT,
+        |mut caller: Caller<'_, StoreState>, ptr: i32, len: i32| -> i32 {
+            let event: abi::FireEvent =
+                match read_request(&mut caller, abi::Capability::Events, ptr, len) {
+                    Ok(event) => event,
+                    Err(status) => return status.code(),
+                };
+            let context = &caller.data().context;
+            match context.services.fire_event(&context.plugin, event) {
+                Ok(()) => Status::Ok.code(),
+                Err(status) => status.code(),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_QUERY,
+        |mut caller: Caller<'_, StoreState>, ptr: i32, len: i32| -> i32 {
+            let request: abi::QueryRequest =
+                match read_request(&mut caller, abi::Capability::Queries, ptr, len) {
+                    Ok(request) => request,
+                    Err(status) => return status.code(),
+                };
+            let context = &caller.data().context;
+            match context.services.query(&context.plugin, request) {
+                // The agent hands out handles below 2^31, so they read as positive i32s.
+                Ok(handle) => i32::try_from(handle).unwrap_or(Status::Unavailable.code()),
                 Err(status) => status.code(),
             }
         },

@@ -6,26 +6,33 @@
 //! ever calls [`dispatch::PluginHost::dispatch`], which never waits: no plugin runs on the
 //! agent's own task, and a plugin that traps, spins or bloats costs a log line and a counter.
 //! [`shell`] runs Serf-style shell handler scripts the same way: a queue and a task each.
+//! [`reload`] applies a changed configuration or plugin file to the running plugins.
 
 pub mod dispatch;
 pub mod engine;
 pub mod filter;
+pub mod grants;
 pub mod instance;
+pub mod jobs;
+pub mod reload;
 pub mod shell;
 mod stdio;
+pub mod tool;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use dispatch::{PluginHost, PluginStatsSnapshot};
+pub use dispatch::{DeliverError, PluginHost, PluginStatsSnapshot};
 pub use engine::Engine;
 pub use filter::{EventFilter, FilterError};
+pub use grants::{Capabilities, Grants};
 pub use shell::{HandlerSpec, ShellHandlers};
 
 use crate::serf::QueryKey;
-use serf_plugin_sdk::abi::Status;
+use serf_plugin_sdk::abi::{self, Status};
 
 /// The budgets one plugin runs under, per event unless named otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +47,15 @@ pub struct Limits {
     pub event_timeout: Duration,
     /// Events queued for the plugin before new ones are dropped (and counted).
     pub queue_capacity: NonZeroUsize,
+    // Jobs (ABI v1.1): the budget of each long job, which runs in an instance of its own.
+    /// Fuel for one job's `serf_job` call: 10^12 ≈ 100 s of CPU.
+    pub job_fuel: u64,
+    /// Wall-clock deadline for one job, sleeps included.
+    pub job_timeout: Duration,
+    /// Cap on a job instance's linear memory, in bytes.
+    pub job_max_memory_bytes: usize,
+    /// Jobs of the plugin that may not have ended at once; 0 forbids jobs.
+    pub max_jobs: usize,
 }
 
 impl Limits {
@@ -50,6 +66,11 @@ impl Limits {
         max_memory_bytes: 64 << 20,
         event_timeout: Duration::from_secs(2),
         queue_capacity: NonZeroUsize::new(1024).expect("1024 is not zero"),
+        // Jobs: minutes of work (a deploy, a backup), mostly waiting.
+        job_fuel: 1_000_000_000_000,
+        job_timeout: Duration::from_secs(15 * 60),
+        job_max_memory_bytes: 128 << 20,
+        max_jobs: 4,
     };
 }
 
@@ -68,12 +89,41 @@ pub struct PluginSpec {
     pub dirs: BTreeMap<String, PathBuf>,
     /// Its `config` table, handed to `serf_init`.
     pub config: toml::Table,
+    /// Its capabilities and environment variables; nothing by default.
+    pub grants: Grants,
 }
 
 /// What a plugin can ask of the agent while it runs. Every method returns at once.
 pub trait HostServices: Send + Sync + 'static {
     /// Sends the plugin's answer to a query this node received.
     fn respond(&self, plugin: &str, query: QueryKey, payload: Vec<u8>) -> Result<(), Status>;
+
+    /// The agent's job pool (ABI v1.1); without one, a plugin's `job_*` calls are refused.
+    fn jobs(&self) -> Option<&jobs::Jobs> {
+        None
+    }
+
+    // --- Capabilities (ABI v1.1). The host function checked the plugin's grant already. The
+    // defaults refuse, for services that offer none.
+
+    /// The member list as the `members` import writes it (an encoded `abi::MemberList`), from
+    /// a snapshot the agent refreshes; `None` while there is none yet.
+    fn members(&self) -> Option<Arc<[u8]>> {
+        None
+    }
+
+    /// Fires a user event for `plugin`.
+    fn fire_event(&self, plugin: &str, event: abi::FireEvent) -> Result<(), Status> {
+        let _ = (plugin, event);
+        Err(Status::Unavailable)
+    }
+
+    /// Sends a query for `plugin`; returns the handle its `query-response` and `query-done`
+    /// events will carry.
+    fn query(&self, plugin: &str, request: abi::QueryRequest) -> Result<u32, Status> {
+        let _ = (plugin, request);
+        Err(Status::Unavailable)
+    }
 }
 
 /// Why a plugin could not be loaded. The agent runs on without it.

@@ -26,9 +26,9 @@ use super::protocol::{
     self, AuthRequest, Coordinate, CoordinateRequest, CoordinateResponse, EncodeError,
     EventRequest, ForceLeaveRequest, FrameError, FrameReader, HandshakeRequest, JoinRequest,
     JoinResponse, KeyRequest, KeyResponse, LogRecord, Member, MembersFilteredRequest,
-    MembersResponse, MonitorRequest, QueryRecord, QueryRecordType, QueryRequest, RequestHeader,
-    RespondRequest, ResponseHeader, Stats, StopRequest, StreamRecord, StreamRequest, TagsRequest,
-    command,
+    MembersResponse, MonitorRequest, QueryRecord, QueryRecordType, QueryRequest, ReloadResponse,
+    RequestHeader, RespondRequest, ResponseHeader, Stats, StopRequest, StreamRecord, StreamRequest,
+    TagsRequest, command,
 };
 
 /// Dial timeout, per-write timeout and handshake timeout, as in Serf's Go client.
@@ -458,6 +458,48 @@ impl Client {
     pub async fn stats(&self) -> Result<Stats, RpcError> {
         let reply = self.call::<()>(command::STATS, None).await?;
         reply.body(command::STATS)
+    }
+
+    /// Asks the agent to read its configuration again and apply the plugin changes (our
+    /// extension; Serf's agents answer "Unsupported command").
+    pub async fn reload(&self) -> Result<ReloadResponse, RpcError> {
+        let reply = self.call::<()>(command::RELOAD, None).await?;
+        reply.body(command::RELOAD)
+    }
+
+    // Jobs (our extension; Serf's agents answer "Unsupported command").
+
+    /// Every job record of the agent, by id.
+    pub async fn jobs_list(&self) -> Result<Vec<protocol::Job>, RpcError> {
+        let reply = self.call::<()>(command::JOBS_LIST, None).await?;
+        Ok(reply.body::<protocol::JobsResponse>(command::JOBS_LIST)?.jobs)
+    }
+
+    /// One job's record.
+    pub async fn job_show(&self, id: u64) -> Result<protocol::Job, RpcError> {
+        self.job_command(command::JOB_SHOW, id).await
+    }
+
+    /// Kills a job that has not ended; returns its record once it has (or after a few
+    /// seconds, if it has not yet).
+    pub async fn job_kill(&self, id: u64) -> Result<protocol::Job, RpcError> {
+        self.job_command(command::JOB_KILL, id).await
+    }
+
+    /// Deletes the record of job `id`, which must have ended, or with `None` of every job
+    /// that has; returns the ids deleted.
+    pub async fn job_reap(&self, id: Option<u64>) -> Result<Vec<u64>, RpcError> {
+        let request = protocol::JobRequest {
+            id: id.unwrap_or(0),
+        };
+        let reply = self.call(command::JOB_REAP, Some(&request)).await?;
+        Ok(reply.body::<protocol::JobReapResponse>(command::JOB_REAP)?.reaped)
+    }
+
+    async fn job_command(&self, command: &'static str, id: u64) -> Result<protocol::Job, RpcError> {
+        let request = protocol::JobRequest { id };
+        let reply = self.call(command, Some(&request)).await?;
+        Ok(reply.body::<protocol::JobResponse>(command)?.job)
     }
 
     /// The cached network coordinate of `node`, `None` if the agent has none.

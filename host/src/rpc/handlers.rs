@@ -646,6 +646,10 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
                 ("fuel_used", plugin.fuel_used.to_string()),
                 ("latency_p50", duration(plugin.latency_p50)),
                 ("latency_p99", duration(plugin.latency_p99)),
+                ("reloads", plugin.reloads.to_string()),
+                ("reload_failures", plugin.reload_failures.to_string()),
+                ("last_reload_error", plugin.last_reload_error),
+                ("jobs", plugin.jobs.to_string()),
             ]),
         );
     }
@@ -672,6 +676,104 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
         );
     }
     sections
+}
+
+/// `reload` (our extension): reads the configuration again and applies its plugin changes;
+/// replies once every new version handles events.
+pub(super) async fn reload(session: &mut Session, seq: u64) -> Result<Flow, protocol::FrameError> {
+    let trigger = crate::plugin::reload::Trigger::Rpc;
+    let (body, error) = match session.agent.reload(trigger).await {
+        Ok(report) => {
+            let plugins = report
+                .plugins
+                .into_iter()
+                .map(|outcome| protocol::ReloadedPlugin {
+                    change: outcome.change.to_owned(),
+                    detail: outcome.detail,
+                    error: outcome.error.unwrap_or_default(),
+                    name: outcome.plugin,
+                })
+                .collect();
+            let restart = report
+                .restart_needed
+                .iter()
+                .map(|key| (*key).to_owned())
+                .collect();
+            (protocol::ReloadResponse { plugins, restart }, String::new())
+        }
+        Err(error) => (protocol::ReloadResponse::default(), error.to_string()),
+    };
+    session.outbox.reply(seq, &error, Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
+// --- Jobs (our extension): the plugins' long jobs on this agent.
+
+/// How long `job-kill` waits for the killed job to end before replying with its record.
+const JOB_KILL_WAIT: Duration = Duration::from_secs(5);
+
+fn job_record(record: crate::plugin::jobs::JobRecord) -> protocol::Job {
+    protocol::Job {
+        arg: record.arg,
+        ended_ms: record.ended_ms,
+        error: record.error,
+        exit_status: record.exit_status,
+        id: u64::from(record.id),
+        name: record.name,
+        output: record.output.into(),
+        plugin: record.plugin,
+        started_ms: record.started_ms,
+        state: record.state.as_str().to_owned(),
+    }
+}
+
+/// `jobs-list`: every job record, by id.
+pub(super) async fn jobs_list(
+    session: &mut Session,
+    seq: u64,
+) -> Result<Flow, protocol::FrameError> {
+    let jobs = session.agent.jobs().list().into_iter().map(job_record).collect();
+    let body = protocol::JobsResponse { jobs };
+    session.outbox.reply(seq, "", Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
+/// `job-show`, `job-kill` (replies once the job has ended, or after [`JOB_KILL_WAIT`]) and
+/// `job-reap` (`ID` 0: every ended job).
+pub(super) async fn job(
+    session: &mut Session,
+    seq: u64,
+    command: &str,
+    request: protocol::JobRequest,
+) -> Result<Flow, protocol::FrameError> {
+    let jobs = session.agent.jobs().clone();
+    // Ids above u32 name no job.
+    let id = u32::try_from(request.id).unwrap_or(u32::MAX);
+    if command == protocol::command::JOB_REAP {
+        let reaped = jobs.reap((request.id != 0).then_some(id), None);
+        let (reaped, error) = match reaped {
+            Ok(ids) => (ids.into_iter().map(u64::from).collect(), String::new()),
+            Err(error) => (Vec::new(), error.to_string()),
+        };
+        let body = protocol::JobReapResponse { reaped };
+        session.outbox.reply(seq, &error, Some(&body)).await;
+        return Ok(Flow::Continue);
+    }
+    let record = if command == protocol::command::JOB_KILL {
+        match jobs.kill(id, None) {
+            Ok(()) => jobs.wait_ended(id, JOB_KILL_WAIT).await,
+            Err(error) => Err(error),
+        }
+    } else {
+        jobs.get(id, None)
+    };
+    let (body, error) = match record {
+        Ok(record) => (job_record(record), String::new()),
+        Err(error) => (protocol::Job::default(), error.to_string()),
+    };
+    let body = protocol::JobResponse { job: body };
+    session.outbox.reply(seq, &error, Some(&body)).await;
+    Ok(Flow::Continue)
 }
 
 /// The coordinate the agent holds for a node (its own included); for an unknown node `Ok` is

@@ -97,9 +97,21 @@ pub mod command {
     pub const STATS: &str = "stats";
     /// Body [`super::CoordinateRequest`], reply [`super::CoordinateResponse`].
     pub const GET_COORDINATE: &str = "get-coordinate";
+    /// No body, reply [`super::ReloadResponse`]. Our extension: Serf reloads on SIGHUP only.
+    pub const RELOAD: &str = "reload";
+    // Jobs (our extension): the plugins' long jobs on this agent.
+    /// No body, reply [`super::JobsResponse`]: every job record of the agent.
+    pub const JOBS_LIST: &str = "jobs-list";
+    /// Body [`super::JobRequest`], reply [`super::JobResponse`].
+    pub const JOB_SHOW: &str = "job-show";
+    /// Body [`super::JobRequest`], reply [`super::JobResponse`]: the record once the job has
+    /// ended (or after a few seconds, if it has not).
+    pub const JOB_KILL: &str = "job-kill";
+    /// Body [`super::JobRequest`] (`ID` 0: every ended job), reply [`super::JobReapResponse`].
+    pub const JOB_REAP: &str = "job-reap";
 
-    /// Every command Serf 0.9.4 understands.
-    pub const ALL: [&str; 20] = [
+    /// Every command the agent understands: Serf 0.9.4's, then our extensions.
+    pub const ALL: [&str; 25] = [
         HANDSHAKE,
         AUTH,
         EVENT,
@@ -120,6 +132,11 @@ pub mod command {
         RESPOND,
         STATS,
         GET_COORDINATE,
+        RELOAD,
+        JOBS_LIST,
+        JOB_SHOW,
+        JOB_KILL,
+        JOB_REAP,
     ];
 }
 
@@ -158,7 +175,12 @@ pub mod errors {
 pub fn command_has_request_body(command: &str) -> bool {
     !matches!(
         command,
-        command::MEMBERS | command::LEAVE | command::LIST_KEYS | command::STATS
+        command::MEMBERS
+            | command::LEAVE
+            | command::LIST_KEYS
+            | command::STATS
+            | command::RELOAD
+            | command::JOBS_LIST
     ) && command::ALL.contains(&command)
 }
 
@@ -177,6 +199,11 @@ pub fn command_has_response_body(command: &str) -> bool {
             | command::LIST_KEYS
             | command::STATS
             | command::GET_COORDINATE
+            | command::RELOAD
+            | command::JOBS_LIST
+            | command::JOB_SHOW
+            | command::JOB_KILL
+            | command::JOB_REAP
     )
 }
 
@@ -557,6 +584,108 @@ pub struct CoordinateResponse {
     pub coord: Coordinate,
     #[serde(rename = "Ok", deserialize_with = "go::bool")]
     pub ok: bool,
+}
+
+/// Reply body of `reload` (our extension), sent on error too.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReloadResponse {
+    /// The plugins the reload changed or failed to change, in name order.
+    #[serde(rename = "Plugins", deserialize_with = "go::nil_default")]
+    pub plugins: Vec<ReloadedPlugin>,
+    /// Settings that changed but apply only after a restart.
+    #[serde(rename = "Restart", deserialize_with = "go::string_vec")]
+    pub restart: Vec<String>,
+}
+
+/// One plugin in a [`ReloadResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReloadedPlugin {
+    /// `added`, `loaded`, `removed`, `replaced` or `updated`.
+    #[serde(rename = "Change", deserialize_with = "go::string")]
+    pub change: String,
+    /// What differed, e.g. `module, config`.
+    #[serde(rename = "Detail", deserialize_with = "go::string")]
+    pub detail: String,
+    /// Why the change did not apply; empty if it did.
+    #[serde(rename = "Error", deserialize_with = "go::string")]
+    pub error: String,
+    #[serde(rename = "Name", deserialize_with = "go::string")]
+    pub name: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs (our extension): `jobs-list`, `job-show`, `job-kill`, `job-reap`
+
+/// Request body of `job-show`, `job-kill` and `job-reap`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobRequest {
+    /// The job's id; for `job-reap`, 0 means every job that has ended.
+    #[serde(rename = "ID")]
+    pub id: u64,
+}
+
+/// One job's record, as `serf jobs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Job {
+    /// The argument the plugin started it with.
+    #[serde(rename = "Arg", deserialize_with = "go::bytes", serialize_with = "go::ser_bytes")]
+    pub arg: Vec<u8>,
+    /// When it ended, in milliseconds since the Unix epoch; 0 until then.
+    #[serde(rename = "EndedMs")]
+    pub ended_ms: u64,
+    /// Why it failed or was killed, or the text the job gave `set_error`.
+    #[serde(rename = "Error", deserialize_with = "go::string")]
+    pub error: String,
+    /// What the job returned when `State` is `finished`; -1 otherwise.
+    #[serde(rename = "ExitStatus")]
+    pub exit_status: i32,
+    #[serde(rename = "ID")]
+    pub id: u64,
+    /// The name the plugin gave it.
+    #[serde(rename = "Name", deserialize_with = "go::string")]
+    pub name: String,
+    /// The last lines it logged, oldest first.
+    #[serde(rename = "Output", deserialize_with = "go::string_vec")]
+    pub output: Vec<String>,
+    /// The plugin that started it.
+    #[serde(rename = "Plugin", deserialize_with = "go::string")]
+    pub plugin: String,
+    /// When it started, in milliseconds since the Unix epoch.
+    #[serde(rename = "StartedMs")]
+    pub started_ms: u64,
+    /// `starting`, `running`, `finished`, `failed` or `killed`.
+    #[serde(rename = "State", deserialize_with = "go::string")]
+    pub state: String,
+}
+
+/// Reply body of `jobs-list`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobsResponse {
+    /// Every job record, by id.
+    #[serde(rename = "Jobs", deserialize_with = "go::nil_default")]
+    pub jobs: Vec<Job>,
+}
+
+/// Reply body of `job-show` and `job-kill`, sent on error too (then all zero).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobResponse {
+    #[serde(rename = "Job", deserialize_with = "go::nil_default")]
+    pub job: Job,
+}
+
+/// Reply body of `job-reap`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobReapResponse {
+    /// The ids whose records were deleted.
+    #[serde(rename = "Reaped", deserialize_with = "go::nil_default")]
+    pub reaped: Vec<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1756,7 +1885,10 @@ mod tests {
     fn body_presence_rules_match_serf() {
         for command in command::ALL {
             let request = command_has_request_body(command);
-            let expected = !matches!(command, "members" | "leave" | "list-keys" | "stats");
+            let expected = !matches!(
+                command,
+                "members" | "leave" | "list-keys" | "stats" | "reload" | "jobs-list"
+            );
             assert_eq!(request, expected, "{command}");
         }
         assert!(!command_has_request_body("nosuch"));

@@ -356,6 +356,11 @@ async fn read_request(
         }
         command::LIST_KEYS => handlers::keys(session, seq, name, None).await,
         command::STATS => handlers::stats(session, seq).await,
+        command::RELOAD => handlers::reload(session, seq).await,
+        command::JOBS_LIST => handlers::jobs_list(session, seq).await,
+        command::JOB_SHOW | command::JOB_KILL | command::JOB_REAP => {
+            handlers::job(session, seq, name, body(reader).await?).await
+        }
         command::GET_COORDINATE => {
             handlers::get_coordinate(session, seq, body(reader).await?).await
         }

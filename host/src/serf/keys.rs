@@ -1020,6 +1020,7 @@ mod cluster_tests {
             panic!("no answer after the write")
         };
         assert!(KeyResponse::decode(&payload).unwrap().result);
+        while serf.poll_query_output().is_some() {}
 
         let query = serf.key_query(now, KeyCommand::Use, &NEW).unwrap();
         let write = serf.poll_keyring_write().unwrap();

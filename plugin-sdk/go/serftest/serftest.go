@@ -66,6 +66,19 @@ type MockHost struct {
 	// DefaultMaxResponseBytes.
 	MaxResponseBytes int
 	respond          respondState
+
+	// Capabilities (ABI v1.1); see capabilities.go.
+
+	// Granted are the capabilities granted, none by default as in the agent: calls that need
+	// another one get serf.ErrDenied. See Grant.
+	Granted map[serf.Capability]bool
+	// MemberList is what Members returns (when CapabilityMembers is granted).
+	MemberList []serf.Member
+	// Fired are the user events fired through FireEvent, oldest first.
+	Fired []FiredEvent
+	// Queries are the queries sent through Query, oldest first; the handle of each is its
+	// index plus one.
+	Queries []serf.QueryRequest
 }
 
 // NewMockHost is a host with no calls recorded, which allows one response until told

@@ -1,0 +1,304 @@
+//! `serf plugin check` and `serf plugin run`: tools for plugin authors that need no agent.
+//!
+//! The work is in [`crate::plugin::tool`]; this module parses the flags and prints the
+//! reports. Unlike Serf's subcommands, these take GNU-style flags anywhere on the line
+//! (`serf plugin run upcase.wasm --event query:upcase --payload foo`). Exit code 0 when the
+//! plugin loaded (check) or handled the event (run), 1 otherwise.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serf_plugin_sdk::abi::Capability;
+
+use crate::plugin::instance::CallError;
+use crate::plugin::tool::{self, CallReport, CheckReport, LogLine, RunOptions, RunReport};
+use crate::plugin::{Capabilities, Grants};
+
+/// Tools for writing plugins: check a module, or run it against one synthetic event.
+#[derive(Debug, clap::Args)]
+pub(super) struct PluginArgs {
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PluginCommand {
+    /// Validates a plugin as the agent would, and lists its exports, imports and capabilities
+    Check(CheckArgs),
+    /// Runs a plugin against one synthetic event and prints its log, response, fuel and time
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The plugin module.
+    #[arg(value_name = "FILE.wasm")]
+    file: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The plugin module.
+    #[arg(value_name = "FILE.wasm")]
+    file: PathBuf,
+    /// The event: member-join, member-leave, member-failed, member-update, member-reap,
+    /// user:NAME or query:NAME.
+    #[arg(long, value_name = "EVENT")]
+    event: String,
+    /// The payload of a user event or query.
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    payload: String,
+    /// A key of the plugin's config table; repeatable. Numbers and true/false are typed.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    config: Vec<String>,
+    /// Capabilities to grant: members, events, queries (comma-separated or repeated).
+    #[arg(long = "grant", value_name = "CAPABILITY", value_delimiter = ',')]
+    grant: Vec<String>,
+    /// An environment variable for the plugin; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A directory to grant, read-write: guest path = host directory; repeatable.
+    #[arg(long = "dir", value_name = "GUEST=HOST")]
+    dir: Vec<String>,
+    /// Fuel for the event (default 1000000000, about 0.1 s of CPU).
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+}
+
+/// Runs `serf plugin ...`; returns the exit code.
+pub(super) fn run(args: PluginArgs) -> u8 {
+    let outcome = match args.command {
+        PluginCommand::Check(args) => tool::check(&args.file).map(|report| {
+            print!("{}", format_check(&report));
+            0
+        }),
+        PluginCommand::Run(args) => match run_options(&args) {
+            Ok(options) => tool::run(&args.file, &options).map(|report| {
+                print!("{}", format_run(&report));
+                u8::from(!report.is_ok())
+            }),
+            Err(message) => {
+                println!("Error: {message}");
+                return 1;
+            }
+        },
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            println!("Error: {error}");
+            1
+        }
+    }
+}
+
+fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
+    let event = tool::SyntheticEvent::parse(&args.event).map_err(|error| error.to_string())?;
+    let capabilities = Capabilities::from_names(&args.grant).map_err(|unknown| {
+        format!("unknown capability {unknown:?} (known: members, events, queries)")
+    })?;
+    let mut config = BTreeMap::new();
+    for pair in &args.config {
+        let (key, value) = split_pair(pair, "--config")?;
+        config.insert(key.to_owned(), config_value(value));
+    }
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        let (key, value) = split_pair(pair, "--env")?;
+        crate::plugin::grants::check_env_name(key).map_err(str::to_owned)?;
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    let mut dirs = BTreeMap::new();
+    for pair in &args.dir {
+        let (guest, host) = split_pair(pair, "--dir")?;
+        dirs.insert(guest.to_owned(), PathBuf::from(host));
+    }
+    Ok(RunOptions {
+        event,
+        payload: args.payload.clone().into_bytes(),
+        config,
+        grants: Grants {
+            capabilities,
+            env,
+            ..Grants::default()
+        },
+        dirs,
+        fuel: args.fuel,
+    })
+}
+
+fn split_pair<'a>(pair: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
+    match pair.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key, value)),
+        _ => Err(format!("{flag} wants KEY=VALUE, not {pair:?}")),
+    }
+}
+
+/// A `--config` value as serf.toml would type it: integer, float, boolean, else a string.
+fn config_value(text: &str) -> rmpv::Value {
+    if let Ok(number) = text.parse::<i64>() {
+        rmpv::Value::from(number)
+    } else if let Ok(number) = text.parse::<f64>()
+        && text.contains('.')
+    {
+        rmpv::Value::from(number)
+    } else if let Ok(flag) = text.parse::<bool>() {
+        rmpv::Value::from(flag)
+    } else {
+        rmpv::Value::from(text)
+    }
+}
+
+fn format_check(report: &CheckReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: serf plugin, ABI v{}",
+        report.path.display(),
+        report.abi_version
+    );
+    let _ = writeln!(out, "  size:      {} bytes", report.size_bytes);
+    let _ = writeln!(out, "  sha256:    {}", report.sha256);
+    let _ = writeln!(out, "  compiled:  {}", millis(report.compile_time));
+    let _ = writeln!(out, "exports:");
+    for (name, ty) in &report.exports {
+        let _ = writeln!(out, "  {name} {ty}");
+    }
+    let _ = writeln!(out, "serf imports:");
+    for import in &report.serf_imports {
+        match import.capability {
+            Some(capability) => {
+                let _ = writeln!(
+                    out,
+                    "  {} (needs capability {})",
+                    import.name,
+                    capability.name()
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  {}", import.name);
+            }
+        }
+    }
+    let wasi = if report.wasi_imports.is_empty() {
+        "none".to_owned()
+    } else {
+        report.wasi_imports.join(", ")
+    };
+    let _ = writeln!(out, "wasi imports: {wasi}");
+    let needed = report.capabilities();
+    if needed.is_empty() {
+        let _ = writeln!(out, "capabilities: none needed");
+    } else {
+        let names: Vec<String> = needed
+            .iter()
+            .map(|c| format!("\"{}\"", Capability::name(*c)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "capabilities: grant with capabilities = [{}] in its serf.toml table",
+            names.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "events handled: not declared by the module (ABI v1 has no such declaration); its \
+         serf.toml `events` filter decides what it receives, and it ignores what it does not handle"
+    );
+    let _ = writeln!(out, "init with an empty config: {}", outcome(&report.init));
+    format_logs(&mut out, &report.logs);
+    out
+}
+
+fn format_run(report: &RunReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "init: {}", outcome(&report.init));
+    format_logs(&mut out, &report.logs);
+    if let Some(response) = &report.response {
+        let _ = writeln!(out, "response: {}", text(response));
+    }
+    for event in &report.fired {
+        let _ = writeln!(
+            out,
+            "fired event: {} payload {} (coalesce {})",
+            event.name,
+            text(&event.payload),
+            event.coalesce
+        );
+    }
+    for (handle, query) in &report.queries {
+        let _ = writeln!(
+            out,
+            "sent query {handle}: {} payload {} (answered here by query-done only)",
+            query.name,
+            text(&query.payload)
+        );
+    }
+    if let Some(event) = &report.event {
+        let result = match &event.result {
+            Ok(()) => "ok".to_owned(),
+            Err(_) => outcome(event),
+        };
+        let _ = writeln!(out, "event: {result}");
+        if let Some(fuel) = event.fuel {
+            let _ = writeln!(out, "fuel: {fuel}");
+        }
+        let _ = writeln!(out, "time: {}", millis(event.time));
+    }
+    for done in &report.query_done {
+        let _ = writeln!(out, "query-done: {}", outcome(done));
+    }
+    out
+}
+
+fn format_logs(out: &mut String, logs: &[LogLine]) {
+    for line in logs {
+        let level = line.level.as_str().to_ascii_lowercase();
+        let _ = writeln!(out, "log [{level}] {}", line.text);
+    }
+}
+
+fn outcome(report: &CallReport) -> String {
+    match &report.result {
+        Ok(()) => format!("ok in {}", millis(report.time)),
+        Err(CallError::Refused { code, message }) => {
+            format!("failed: status {code}: {message}")
+        }
+        Err(error) => format!("failed: {error}"),
+    }
+}
+
+/// Bytes as text when they are UTF-8, escaped otherwise.
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!("{:?}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{:.3} ms", duration.as_secs_f64() * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_values_are_typed_as_serf_toml_types_them() {
+        assert_eq!(config_value("3"), rmpv::Value::from(3));
+        assert_eq!(config_value("0.5"), rmpv::Value::from(0.5));
+        assert_eq!(config_value("true"), rmpv::Value::from(true));
+        assert_eq!(config_value("/data/x"), rmpv::Value::from("/data/x"));
+        assert_eq!(config_value("inf"), rmpv::Value::from("inf"));
+    }
+
+    #[test]
+    fn pairs_need_a_key() {
+        assert_eq!(split_pair("a=b=c", "--env"), Ok(("a", "b=c")));
+        assert!(split_pair("=b", "--env").is_err());
+        assert!(split_pair("ab", "--env").is_err());
+    }
+}

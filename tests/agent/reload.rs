@@ -1,0 +1,324 @@
+//! Hot reload: new plugin versions, added and removed plugins and new settings reach a running
+//! agent through the file watcher, SIGHUP and `serf reload`, without losing an event.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serf_tests::{Node, RawRpc, eventually, field, map, next_net, stdout_ok};
+
+/// A plugin that appends `tag` and then every envelope it gets (msgpack, self-delimiting) to
+/// `records.bin` in its first granted directory; `serf_init` returns `init_status`. Two tags
+/// are two versions of one plugin whose every event shows which version handled it.
+fn recorder(tag: u8, init_status: i32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "path_open"
+            (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write"
+            (func $write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 0) "records.bin")
+          (func (export "serf_plugin_abi_v1"))
+          (func (export "serf_input_buffer") (param $size i32) (result i32)
+            (select (i32.const 4096) (i32.const 0) (i32.le_u (local.get $size) (i32.const 61439))))
+          (func (export "serf_init") (param i32 i32) (result i32) (i32.const {init_status}))
+          (func (export "serf_handle") (param $ptr i32) (param $len i32) (result i32)
+            (local $fd i32)
+            (i32.store8 (i32.const 4095) (i32.const {tag}))
+            (if (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 11)
+                  (i32.const 1) (i64.const 64) (i64.const 0) (i32.const 1) (i32.const 16))
+              (then (return (i32.const 1))))
+            (local.set $fd (i32.load (i32.const 16)))
+            (i32.store (i32.const 32) (i32.const 4095))
+            (i32.store (i32.const 36) (i32.add (local.get $len) (i32.const 1)))
+            (drop (call $write (local.get $fd) (i32.const 32) (i32.const 1) (i32.const 48)))
+            (drop (call $close (local.get $fd)))
+            (i32.const 0)))"#
+    ))
+    .expect("the recorder is valid text")
+}
+
+/// A plugin that handles every event by doing nothing.
+fn noop() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "serf_plugin_abi_v1"))
+          (func (export "serf_input_buffer") (param i32) (result i32) (i32.const 1024))
+          (func (export "serf_init") (param i32 i32) (result i32) (i32.const 0))
+          (func (export "serf_handle") (param i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .expect("noop is valid text")
+}
+
+/// What a recorder wrote: (tag, seq, payload) per envelope.
+fn records(file: &Path) -> Vec<(u8, u64, String)> {
+    let bytes = std::fs::read(file).unwrap_or_default();
+    let mut records = Vec::new();
+    let mut cursor = std::io::Cursor::new(&bytes[..]);
+    while (cursor.position() as usize) < bytes.len() {
+        let tag = bytes[cursor.position() as usize];
+        cursor.set_position(cursor.position() + 1);
+        let Ok(envelope) = rmpv::decode::read_value(&mut cursor) else {
+            break; // A record still being written.
+        };
+        let seq = field(&envelope, "seq")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let payload = field(&envelope, "event")
+            .and_then(|event| field(event, "payload"))
+            .and_then(|payload| payload.as_slice())
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .unwrap_or_default();
+        records.push((tag, seq, payload));
+    }
+    records
+}
+
+fn tags(file: &Path) -> String {
+    records(file)
+        .iter()
+        .map(|(tag, _, _)| *tag as char)
+        .collect()
+}
+
+/// A `.wasm` file outside the agent's directories, for the node builder to copy.
+fn wasm_file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).expect("write wasm");
+    path
+}
+
+/// One plugin counter or field from `serf info`.
+fn stat(node: &Node, plugin: &str, key: &str) -> Option<String> {
+    node.info()[format!("plugin:{plugin}")][key]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Fires user event `rec` with `payload` (never coalesced) and waits for the agent's answer.
+fn fire(rpc: &mut RawRpc, seq: u64, payload: &str) {
+    let body = map(&[
+        ("Name", "rec".into()),
+        ("Payload", rmpv::Value::Binary(payload.as_bytes().to_vec())),
+        ("Coalesce", false.into()),
+    ]);
+    rpc.request("event", seq, Some(body));
+    let header = rpc.read().expect("event answer");
+    assert_eq!(field(&header, "Error"), Some(&"".into()), "{header}");
+}
+
+/// The `[plugins.rec]` table: user events `rec`, recorded in `data/records.bin`.
+const REC: &str = "[plugins.rec]\nevents = \"user:rec\"\nqueue_capacity = 8192\n\
+                   dirs = { \"/data\" = \"data\" }\n";
+
+#[test]
+fn a_reload_in_the_middle_of_5000_events_loses_and_reorders_nothing() {
+    let wasm = tempfile::tempdir().unwrap();
+    let node = Node::builder(next_net(), 1)
+        .raw_plugin_file("rec.wasm", wasm_file(&wasm, "a.wasm", &recorder(b'A', 0)))
+        .config("auto_reload = false")
+        .config(REC)
+        .start();
+    let file = node.dir.path().join("data/records.bin");
+    let acked = Arc::new(AtomicUsize::new(0));
+    let stream = {
+        let (addr, acked) = (node.rpc, Arc::clone(&acked));
+        std::thread::spawn(move || {
+            let mut rpc = RawRpc::handshake(addr);
+            for (seq, i) in (1u64..).zip(0..5000usize) {
+                fire(&mut rpc, seq, &i.to_string());
+                acked.store(i + 1, Ordering::SeqCst);
+            }
+        })
+    };
+    let started = eventually(Duration::from_secs(60), || {
+        (records(&file).len() >= 1500).then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "the stream did not start\n{}",
+        node.log()
+    );
+    std::fs::write(node.dir.path().join("plugins/rec.wasm"), recorder(b'B', 0)).unwrap();
+    let output = stdout_ok(&node.cli(&["reload"]));
+    assert!(output.contains("plugin rec: replaced (module)"), "{output}");
+    // Events answered after the reload returned were dispatched after the swap.
+    let swapped_by = acked.load(Ordering::SeqCst) + 1;
+    stream.join().expect("the stream finished");
+
+    let all = eventually(Duration::from_secs(60), || {
+        let records = records(&file);
+        (records.len() >= 5000).then_some(records)
+    })
+    .unwrap_or_else(|| panic!("events missing: {}\n{}", records(&file).len(), node.log()));
+    let seqs: Vec<u64> = all.iter().map(|(_, seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=5000).collect::<Vec<u64>>(), "lost or reordered");
+    let payloads: Vec<&str> = all.iter().map(|(_, _, p)| p.as_str()).collect();
+    let expected: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected, "lost or reordered");
+    let first_b = all.iter().position(|(tag, _, _)| *tag == b'B');
+    let first_b = first_b.expect("the new version handled nothing");
+    assert!(first_b >= 1500, "the old version handled the start");
+    assert!(
+        first_b <= swapped_by,
+        "an event after the reload reached the old version"
+    );
+    assert!(
+        all[first_b..].iter().all(|(tag, _, _)| *tag == b'B'),
+        "the old version came back"
+    );
+    assert_eq!(stat(&node, "rec", "reloads").as_deref(), Some("1"));
+    assert_eq!(stat(&node, "rec", "dropped").as_deref(), Some("0"));
+}
+
+#[test]
+fn a_broken_wasm_over_a_good_one_leaves_it_working_until_fixed() {
+    let wasm = tempfile::tempdir().unwrap();
+    let node = Node::builder(next_net(), 1)
+        .raw_plugin_file("rec.wasm", wasm_file(&wasm, "a.wasm", &recorder(b'A', 0)))
+        .config(REC)
+        .start();
+    let file = node.dir.path().join("data/records.bin");
+    let plugin = node.dir.path().join("plugins/rec.wasm");
+    let mut rpc = RawRpc::handshake(node.rpc);
+    let mut send = |n: u64| {
+        fire(&mut rpc, n, &n.to_string());
+        let written = eventually(Duration::from_secs(30), || {
+            (records(&file).len() as u64 == n).then_some(())
+        });
+        assert!(written.is_some(), "event {n} not recorded\n{}", node.log());
+    };
+    send(1);
+
+    std::fs::write(&plugin, b"\0asm but not really").unwrap();
+    let error = eventually(Duration::from_secs(30), || {
+        stat(&node, "rec", "last_reload_error").filter(|error| !error.is_empty())
+    });
+    let error = error.unwrap_or_else(|| panic!("the watcher missed the write\n{}", node.log()));
+    assert!(error.contains("cannot compile"), "{error}");
+    assert_eq!(stat(&node, "rec", "state").as_deref(), Some("running"));
+    send(2);
+
+    // A version that compiles but refuses to start is no better.
+    std::fs::write(&plugin, recorder(b'B', 7)).unwrap();
+    let refused = eventually(Duration::from_secs(30), || {
+        stat(&node, "rec", "last_reload_error").filter(|error| error.contains("failed to start"))
+    });
+    assert!(refused.is_some(), "{}", node.log());
+    send(3);
+
+    std::fs::write(&plugin, recorder(b'B', 0)).unwrap();
+    let fixed = eventually(Duration::from_secs(30), || {
+        (stat(&node, "rec", "reloads").as_deref() == Some("1")).then_some(())
+    });
+    assert!(
+        fixed.is_some(),
+        "the fixed file was not loaded\n{}",
+        node.log()
+    );
+    send(4);
+    assert_eq!(tags(&file), "AAAB");
+    assert_eq!(stat(&node, "rec", "last_reload_error").as_deref(), Some(""));
+    assert_eq!(stat(&node, "rec", "reload_failures").as_deref(), Some("2"));
+    node.wait_for_log(
+        "plugin reload failed; the running version stays",
+        Duration::ZERO,
+    );
+}
+
+#[test]
+fn serf_toml_changes_apply_on_sighup_and_serf_reload() {
+    let wasm = tempfile::tempdir().unwrap();
+    let mut node = Node::builder(next_net(), 1)
+        .raw_plugin_file("rec.wasm", wasm_file(&wasm, "a.wasm", &recorder(b'A', 0)))
+        .config("auto_reload = false")
+        .config(REC)
+        .start();
+    let config = node.dir.path().join("serf.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::create_dir_all(node.dir.path().join("extra")).unwrap();
+    std::fs::write(node.dir.path().join("extra/second.wasm"), recorder(b'S', 0)).unwrap();
+    let mut rpc = RawRpc::handshake(node.rpc);
+
+    // SIGHUP: a plugin added in serf.toml starts.
+    let with_second = format!(
+        "{original}[plugins.second]\npath = \"extra/second.wasm\"\nevents = \"user:rec\"\n\
+         dirs = {{ \"/data\" = \"second\" }}\n"
+    );
+    std::fs::write(&config, &with_second).unwrap();
+    let pid = node.child().id().to_string();
+    let sent = Command::new("kill").args(["-HUP", &pid]).status();
+    assert!(sent.is_ok_and(|status| status.success()), "kill -HUP {pid}");
+    node.wait_for_log("==> Caught signal: hangup", Duration::from_secs(10));
+    let started = eventually(Duration::from_secs(30), || {
+        stat(&node, "second", "state").filter(|state| state == "running")
+    });
+    assert!(started.is_some(), "{}", node.log());
+    fire(&mut rpc, 1, "both");
+    let second = node.dir.path().join("second/records.bin");
+    let seen = eventually(Duration::from_secs(30), || {
+        (tags(&second) == "S" && tags(&node.dir.path().join("data/records.bin")) == "A")
+            .then_some(())
+    });
+    assert!(seen.is_some(), "{}", node.log());
+
+    // A broken serf.toml changes nothing and says why.
+    std::fs::write(&config, format!("{with_second}bogus_key = 1\n")).unwrap();
+    let output = node.cli(&["reload"]);
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("Error reloading") && text.contains("bogus_key"),
+        "{text}"
+    );
+
+    // `serf reload`: the second plugin goes, the first gets a new filter; other settings wait.
+    let retuned = original.replace("events = \"user:rec\"", "events = \"user:other\"");
+    std::fs::write(&config, format!("log_level = \"debug\"\n{retuned}")).unwrap();
+    let text = stdout_ok(&node.cli(&["reload"]));
+    for line in [
+        "plugin rec: updated (filter)",
+        "plugin second: removed",
+        "needs a restart to apply: log_level",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from {text}");
+    }
+    fire(&mut rpc, 2, "filtered out");
+    let info = node.info();
+    assert_eq!(info["plugin:rec"]["events"], "user:other", "{info}");
+    assert_eq!(info["plugin:rec"]["offered"], "1", "{info}");
+    assert!(info.get("plugin:second").is_none(), "{info}");
+    node.wait_for_log("plugin stopped", Duration::from_secs(10));
+}
+
+#[test]
+fn wasm_files_added_to_or_removed_from_the_plugin_dir_start_and_stop() {
+    let node = Node::builder(next_net(), 1).arg("-plugins=plugins").start();
+    let plugin = node.dir.path().join("plugins/dropin.wasm");
+    // Written elsewhere and renamed in, as deployment tools do.
+    let staged = node.dir.path().join("dropin.tmp");
+    std::fs::write(&staged, noop()).unwrap();
+    std::fs::rename(&staged, &plugin).unwrap();
+    let running = eventually(Duration::from_secs(30), || {
+        stat(&node, "dropin", "state").filter(|state| state == "running")
+    });
+    assert!(running.is_some(), "{}", node.log());
+    let mut rpc = RawRpc::handshake(node.rpc);
+    fire(&mut rpc, 1, "hello");
+    let handled = eventually(Duration::from_secs(30), || {
+        (stat(&node, "dropin", "handled").as_deref() == Some("1")).then_some(())
+    });
+    assert!(handled.is_some(), "{}", node.log());
+
+    std::fs::remove_file(&plugin).unwrap();
+    let gone = eventually(Duration::from_secs(30), || {
+        node.info().get("plugin:dropin").is_none().then_some(())
+    });
+    assert!(gone.is_some(), "{}", node.log());
+    node.wait_for_log("plugin removed", Duration::ZERO);
+}
