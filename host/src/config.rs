@@ -1622,4 +1622,45 @@ mod tests {
         assert_eq!(config.tags_file, Some(path));
         assert!(config.tags.is_empty());
     }
+
+    // --- Capabilities (ABI v1.1).
+
+    #[test]
+    fn plugins_are_granted_nothing_unless_their_table_says_so() {
+        use serf_plugin_sdk::abi::Capability;
+        let config = resolve(
+            "[plugins.a]\npath = \"a.wasm\"\n\
+             [plugins.b]\npath = \"b.wasm\"\ncapabilities = [\"members\", \"queries\"]\n\
+             env = { REGION = \"eu\" }\n",
+            &AgentFlags::default(),
+        )
+        .unwrap();
+        let (a, b) = (&config.plugins[0].grants, &config.plugins[1].grants);
+        assert!(a.capabilities.is_empty() && a.env.is_empty());
+        assert!(b.capabilities.contains(Capability::Members));
+        assert!(b.capabilities.contains(Capability::Queries));
+        assert!(!b.capabilities.contains(Capability::Events));
+        assert_eq!(b.env["REGION"], "eu");
+    }
+
+    #[test]
+    fn unknown_capabilities_and_bad_env_names_are_config_errors() {
+        let error = resolve(
+            "[plugins.a]\npath = \"a.wasm\"\ncapabilities = [\"teleport\"]\n",
+            &AgentFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("teleport") && error.contains("unknown capability"),
+            "{error}"
+        );
+        let error = resolve(
+            "[plugins.a]\npath = \"a.wasm\"\nenv = { \"A=B\" = \"x\" }\n",
+            &AgentFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("invalid env"), "{error}");
+    }
 }

@@ -140,7 +140,7 @@ func knownKind(kind string) bool {
 		"user", "query", "dropped":
 		return true
 	}
-	return isQueryAnswerKind(kind)
+	return isQueryAnswerKind(kind) || kind == "job-done"
 }
 
 // eventKind finds the event map's kind, wherever it is in the map.
@@ -171,6 +171,9 @@ func eventKind(r *reader) (string, error) {
 func decodeEvent(r *reader, kind string) (Event, error) {
 	if isQueryAnswerKind(kind) {
 		return decodeQueryAnswer(r, kind)
+	}
+	if kind == "job-done" {
+		return decodeJobDone(r)
 	}
 	n, err := r.mapLen()
 	if err != nil {

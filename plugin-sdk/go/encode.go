@@ -81,7 +81,7 @@ func (w *writer) event(event Event) {
 		w.str("count")
 		w.uint(e.Count)
 	default:
-		if w.queryAnswerEvent(event) {
+		if w.queryAnswerEvent(event) || w.jobEvent(event) {
 			return
 		}
 		// Every event type is handled above (Event is sealed); a nil Event has no kind.

@@ -1,7 +1,7 @@
 package serf
 
-// Event is one of UserEvent, Query, MemberEvent, Dropped, QueryResponse or QueryDone; switch
-// on its type:
+// Event is one of UserEvent, Query, MemberEvent, Dropped, QueryResponse, QueryDone or
+// JobDone; switch on its type:
 //
 //	switch e := event.(type) {
 //	case serf.Query:

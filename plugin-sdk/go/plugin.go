@@ -85,6 +85,29 @@ type Host interface {
 	// handle, then one QueryDone, whatever the plugin's events filter says. The size and rate
 	// limits of FireEvent apply (the query size limit is 1024 bytes by default).
 	Query(request QueryRequest) (uint32, error)
+
+	// Jobs (ABI v1.1); see jobs.go. The plugin runs its jobs by implementing JobRunner.
+
+	// StartJob starts a job: the agent calls the plugin's RunJob in a separate instance, on
+	// a worker, and this returns the job's id at once, so the plugin's next event does not
+	// wait for it. name (1 to 128 bytes of text, no control characters, else ErrBadArgument)
+	// says what the job is; arg (at most 64 KiB, else ErrTooLarge) is its input. The end
+	// arrives later as a JobDone event, whatever the plugin's events filter says.
+	// ErrUnavailable when the plugin already has max_jobs jobs that have not ended (or the
+	// agent is stopping); ErrNotAllowed inside a job, or when max_jobs = 0.
+	StartJob(name string, arg []byte) (uint32, error)
+
+	// JobStatus is the state, exit status and output tail of one of this plugin's jobs;
+	// ErrNotFound for an id it does not own (or that was reaped).
+	JobStatus(id uint32) (JobInfo, error)
+
+	// KillJob kills one of this plugin's jobs that has not ended; it ends as killed almost at
+	// once (even in a sleep) and a JobDone follows. ErrNotAllowed if it has already ended.
+	KillJob(id uint32) error
+
+	// ReapJob deletes the record of one of this plugin's jobs that has ended, on disk too.
+	// ErrNotAllowed while it has not ended.
+	ReapJob(id uint32) error
 }
 
 // Register makes p this module's plugin. Call it once, from an init function of package main:

@@ -647,9 +647,18 @@ mod tests {
             assert_eq!(Capability::from_name(capability.name()), Some(capability));
         }
         assert_eq!(Capability::from_name("Members"), None);
-        assert_eq!(Capability::of_import(IMPORT_MEMBERS), Some(Capability::Members));
-        assert_eq!(Capability::of_import(IMPORT_FIRE_EVENT), Some(Capability::Events));
-        assert_eq!(Capability::of_import(IMPORT_QUERY), Some(Capability::Queries));
+        assert_eq!(
+            Capability::of_import(IMPORT_MEMBERS),
+            Some(Capability::Members)
+        );
+        assert_eq!(
+            Capability::of_import(IMPORT_FIRE_EVENT),
+            Some(Capability::Events)
+        );
+        assert_eq!(
+            Capability::of_import(IMPORT_QUERY),
+            Some(Capability::Queries)
+        );
         assert_eq!(Capability::of_import(IMPORT_LOG), None);
     }
 }

@@ -212,7 +212,10 @@ fn member_list() {
     let bytes = golden("members.msgpack", &encoded);
     assert_eq!(abi::decode::<MemberList>(&bytes).unwrap(), expected);
     assert_eq!(input::decode_member_list(&bytes), Ok(expected.members));
-    assert_eq!(encoded, bytes, "members.msgpack no longer encodes to the same bytes");
+    assert_eq!(
+        encoded, bytes,
+        "members.msgpack no longer encodes to the same bytes"
+    );
 }
 
 #[test]

@@ -127,7 +127,10 @@ pub(crate) fn encode_fire_event(name: &str, payload: &[u8], coalesce: bool) -> V
 /// bytes as `abi::encode`.
 #[cfg(any(test, feature = "queries"))]
 pub(crate) fn encode_query_request(request: &crate::abi::QueryRequest) -> Vec<u8> {
-    let nodes = request.filter_nodes.iter().map(|node| Value::from(node.as_str()));
+    let nodes = request
+        .filter_nodes
+        .iter()
+        .map(|node| Value::from(node.as_str()));
     let tags = request
         .filter_tags
         .iter()

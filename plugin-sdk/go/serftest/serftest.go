@@ -79,12 +79,22 @@ type MockHost struct {
 	// Queries are the queries sent through Query, oldest first; the handle of each is its
 	// index plus one.
 	Queries []serf.QueryRequest
+
+	// Jobs (ABI v1.1); see jobs.go.
+
+	// Jobs are the jobs started through StartJob and not reaped, by id (from 1).
+	Jobs map[uint32]*MockJob
+	// MaxJobs is how many jobs may not have ended at once, as the agent's max_jobs; 0 forbids
+	// jobs. NewMockHost sets DefaultMaxJobs.
+	MaxJobs   int
+	lastJobID uint32
+	inJob     bool
 }
 
 // NewMockHost is a host with no calls recorded, which allows one response until told
 // otherwise.
 func NewMockHost() *MockHost {
-	return &MockHost{MaxResponseBytes: DefaultMaxResponseBytes}
+	return &MockHost{MaxResponseBytes: DefaultMaxResponseBytes, MaxJobs: DefaultMaxJobs}
 }
 
 // Init runs plugin.Init(ctx) as serf_init would (no query in progress).
