@@ -4,7 +4,7 @@
 #   ./examples/quickstart.sh            (extra arguments go to `serf agent`)
 #
 # The agent listens for gossip on 127.0.0.1:7946 and for RPC on 127.0.0.1:7373, loads
-# plugins/{upcase,memresponse,hello}.wasm and writes its state under ./data.
+# plugins/{upcase,memresponse,hello,longjob}.wasm and writes its state under ./data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,6 @@ if command -v rustup >/dev/null; then
     rustup target add wasm32-wasip1 >/dev/null
 fi
 cargo build --release --locked -p serf-host
-cargo build --locked --profile plugin --target wasm32-wasip1 -p upcase -p memresponse -p hello
-cp target/wasm32-wasip1/plugin/{upcase,memresponse,hello}.wasm plugins/
+cargo build --locked --profile plugin --target wasm32-wasip1 -p upcase -p memresponse -p hello -p longjob
+cp target/wasm32-wasip1/plugin/{upcase,memresponse,hello,longjob}.wasm plugins/
 exec target/release/serf agent -config-file=serf.toml "$@"

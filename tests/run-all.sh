@@ -48,7 +48,7 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check serfclient
 export SERF_TEST_PYTHON="$PWD/$VENV/bin/python"
 
-PLUGINS=(-p upcase -p memresponse -p hello -p misbehave -p noop -p template)
+PLUGINS=(-p upcase -p memresponse -p hello -p misbehave -p noop -p template -p longjob)
 # Plugins that turn on the SDK's capability features (which link the `serf.members`,
 # `fire_event` and `query` imports) build in a cargo run of their own: cargo unifies a crate's
 # features across one run, which would link those imports into every plugin above.

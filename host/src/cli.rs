@@ -1351,7 +1351,12 @@ async fn tags(args: TagsArgs) -> u8 {
 }
 
 async fn jobs(args: JobsArgs) -> u8 {
-    let chosen = [args.list, args.show.is_some(), args.kill.is_some(), args.reap];
+    let chosen = [
+        args.list,
+        args.show.is_some(),
+        args.kill.is_some(),
+        args.reap,
+    ];
     if chosen.iter().filter(|&&chosen| chosen).count() > 1 {
         return usage_error("Only one of -list, -show, -kill or -reap allowed", "jobs");
     }
@@ -1418,7 +1423,10 @@ async fn jobs(args: JobsArgs) -> u8 {
                     ids => format!(
                         "Reaped {} jobs: {}",
                         ids.len(),
-                        ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                        ids.iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
                 0
@@ -1468,12 +1476,19 @@ fn format_ms(ms: u64) -> String {
     i64::try_from(ms)
         .ok()
         .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-        .map_or_else(|| ms.to_string(), |ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .map_or_else(
+            || ms.to_string(),
+            |ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
 }
 
 /// How long a job ran (or has been running, at `now_ms`), to the second.
 fn job_elapsed(job: &crate::rpc::protocol::Job, now_ms: u64) -> String {
-    let end = if job.ended_ms == 0 { now_ms } else { job.ended_ms };
+    let end = if job.ended_ms == 0 {
+        now_ms
+    } else {
+        job.ended_ms
+    };
     let seconds = end.saturating_sub(job.started_ms) / 1000;
     humantime::format_duration(Duration::from_secs(seconds)).to_string()
 }
@@ -2520,5 +2535,60 @@ mod tests {
                 env!("CARGO_PKG_VERSION")
             )
         );
+    }
+
+    // --- Jobs (our extension).
+
+    fn job(state: &str, ended_ms: u64) -> crate::rpc::protocol::Job {
+        crate::rpc::protocol::Job {
+            arg: b"10".to_vec(),
+            ended_ms,
+            error: String::new(),
+            exit_status: if state == "finished" { 0 } else { -1 },
+            id: 3,
+            name: "deploy|prod".into(),
+            output: vec!["1/10 s".into()],
+            plugin: "longjob".into(),
+            started_ms: 1_767_225_600_000,
+            state: state.into(),
+        }
+    }
+
+    #[test]
+    fn jobs_list_as_columns_with_exit_only_when_finished() {
+        let now = 1_767_225_600_000 + 65_000;
+        let text = format_jobs_text(
+            &[job("running", 0), job("finished", 1_767_225_610_000)],
+            now,
+        );
+        assert_eq!(
+            text,
+            "ID  PLUGIN   NAME         STATE     EXIT  STARTED               ELAPSED\n\
+             3   longjob  deploy/prod  running   -     2026-01-01T00:00:00Z  1m 5s\n\
+             3   longjob  deploy/prod  finished  0     2026-01-01T00:00:00Z  10s"
+        );
+        assert_eq!(format_jobs_text(&[], now), "No jobs");
+    }
+
+    #[test]
+    fn a_job_shows_every_field_and_its_output() {
+        let text = format_job_text(&job("killed", 1_767_225_601_000), 0);
+        assert!(text.starts_with("ID:          3\nPlugin:      longjob\n"), "{text}");
+        assert!(text.contains("Argument:    \"10\"\n"), "{text}");
+        assert!(text.contains("Exit status: -\n"), "{text}");
+        assert!(text.contains("Ended:       2026-01-01T00:00:01Z\n"), "{text}");
+        assert!(text.ends_with("Output:\n    1/10 s"), "{text}");
+    }
+
+    #[test]
+    fn jobs_takes_one_action() {
+        let Command::Jobs(args) = parse(&["serf", "jobs", "-reap", "4"]) else {
+            panic!("not jobs")
+        };
+        assert!(args.reap && args.ids == ["4"] && args.show.is_none());
+        let Command::Jobs(args) = parse(&["serf", "jobs", "-format=json", "-kill", "2"]) else {
+            panic!("not jobs")
+        };
+        assert_eq!((args.kill, args.format.as_str()), (Some(2), "json"));
     }
 }

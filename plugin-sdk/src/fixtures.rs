@@ -275,7 +275,10 @@ fn job() {
     let bytes = golden("job.msgpack", &encoded);
     assert_eq!(abi::decode::<abi::Job>(&bytes).unwrap(), expected);
     assert_eq!(input::decode_job(&bytes), Ok(expected));
-    assert_eq!(encoded, bytes, "job.msgpack no longer encodes to the same bytes");
+    assert_eq!(
+        encoded, bytes,
+        "job.msgpack no longer encodes to the same bytes"
+    );
 }
 
 #[test]
@@ -294,7 +297,10 @@ fn job_info() {
     let bytes = golden("job-info.msgpack", &encoded);
     assert_eq!(abi::decode::<abi::JobInfo>(&bytes).unwrap(), expected);
     assert_eq!(input::decode_job_info(&bytes), Ok(expected));
-    assert_eq!(encoded, bytes, "job-info.msgpack no longer encodes to the same bytes");
+    assert_eq!(
+        encoded, bytes,
+        "job-info.msgpack no longer encodes to the same bytes"
+    );
 }
 
 #[test]

@@ -150,7 +150,8 @@ pub(crate) fn encode_query_request(request: &crate::abi::QueryRequest) -> Vec<u8
 /// Decodes `serf_job`'s payload.
 #[cfg_attr(not(feature = "jobs"), allow(dead_code))]
 pub(crate) fn decode_job(bytes: &[u8]) -> Result<crate::abi::Job, String> {
-    rmpv::ext::from_value(read(bytes, "job")?).map_err(|error| format!("cannot decode job: {error}"))
+    rmpv::ext::from_value(read(bytes, "job")?)
+        .map_err(|error| format!("cannot decode job: {error}"))
 }
 
 /// Decodes what the `job_status` import wrote.
@@ -230,7 +231,10 @@ mod tests {
             name: "deploy".into(),
             arg: b"10".to_vec(),
         };
-        assert_eq!(encode_job_start(&start.name, &start.arg), abi::encode(&start));
+        assert_eq!(
+            encode_job_start(&start.name, &start.arg),
+            abi::encode(&start)
+        );
     }
 
     #[test]

@@ -41,6 +41,11 @@
 //! throws the instance away and builds a fresh one (`Default`, then [`Plugin::init`] again).
 //! The crate README covers building, the event model and these limits.
 //!
+//! Capabilities (ABI v1.1): [`Host::members`], [`Host::fire_event`] and [`Host::query`] work
+//! only when the crate feature of the same name (`members`, `events`, `queries`) links their
+//! import and the plugin's `serf.toml` table grants them; otherwise they return
+//! [`HostError::Denied`].
+//!
 //! Modules: [`abi`] is the wire contract shared with the agent; [`testing`] is for native
 //! tests; `sys` (wasm builds only) declares the raw host-call imports for code that must break
 //! the rules on purpose.

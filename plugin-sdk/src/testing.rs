@@ -32,11 +32,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Plugin;
-use crate::abi::{Job, JobDone, JobInfo, JobStart, JobState};
 use crate::abi::{
     ABI_VERSION, Capability, Event, FireEvent, InitContext, LogLevel, Member, Query, QueryDone,
     QueryRequest, QueryResponse, UserEvent,
 };
+use crate::abi::{Job, JobDone, JobInfo, JobStart, JobState};
 use crate::error::{Error, HostError};
 use crate::host::Host;
 
@@ -204,7 +204,10 @@ impl MockHost {
     /// counts only for finished) and returns the job-done event to [`MockHost::deliver`].
     /// `None` if there is no such job or it has already ended.
     pub fn end_job(&mut self, id: u32, state: JobState, exit_status: i32) -> Option<Event> {
-        let job = self.jobs.get_mut(&id).filter(|job| !job.info.state.is_over())?;
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .filter(|job| !job.info.state.is_over())?;
         job.info.state = state;
         job.info.exit_status = if state == JobState::Finished {
             exit_status
@@ -282,9 +285,9 @@ impl Host for MockHost {
             name: name.to_owned(),
             arg: arg.to_vec(),
         };
-        request
-            .check()
-            .map_err(|status| HostError::from_code(status.code()).unwrap_or(HostError::BadArgument))?;
+        request.check().map_err(|status| {
+            HostError::from_code(status.code()).unwrap_or(HostError::BadArgument)
+        })?;
         let running = self.jobs.values().filter(|job| !job.info.state.is_over());
         if running.count() >= self.max_jobs {
             return Err(HostError::Unavailable);
@@ -301,7 +304,13 @@ impl Host for MockHost {
             ended_ms: 0,
             output: Vec::new(),
         };
-        self.jobs.insert(id, MockJob { info, arg: request.arg });
+        self.jobs.insert(
+            id,
+            MockJob {
+                info,
+                arg: request.arg,
+            },
+        );
         Ok(id)
     }
 
@@ -603,13 +612,18 @@ mod tests {
     #[test]
     fn jobs_run_until_the_test_ends_them() {
         let mut host = MockHost::new();
-        host.deliver(&mut Starter, user_event("deploy", b"v2")).unwrap();
+        host.deliver(&mut Starter, user_event("deploy", b"v2"))
+            .unwrap();
         assert!(host.logged(LogLevel::Info, "started 1"));
         assert_eq!(host.jobs[&1].info.state, JobState::Running);
         assert_eq!(host.reap_job(1), Err(HostError::NotAllowed));
         let done = host.end_job(1, JobState::Finished, 5).unwrap();
         assert_eq!(done, job_done(1, "deploy", JobState::Finished, 5));
-        assert_eq!(host.end_job(1, JobState::Killed, 0), None, "an end is final");
+        assert_eq!(
+            host.end_job(1, JobState::Killed, 0),
+            None,
+            "an end is final"
+        );
         assert_eq!(host.kill_job(1), Err(HostError::NotAllowed));
         assert_eq!(host.job_status(1).unwrap().exit_status, 5);
         host.reap_job(1).unwrap();
@@ -641,7 +655,9 @@ mod tests {
     #[test]
     fn plugins_run_no_jobs_unless_they_say_how() {
         let mut host = MockHost::new();
-        let error = host.run_job(&mut Greedy, job(1, "deploy", b"")).unwrap_err();
+        let error = host
+            .run_job(&mut Greedy, job(1, "deploy", b""))
+            .unwrap_err();
         assert!(error.message().contains("runs no jobs"), "{error}");
     }
 }

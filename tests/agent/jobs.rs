@@ -105,10 +105,9 @@ fn a_plugin_running_a_ten_second_job_handles_the_next_100_events_at_once() {
         );
     }
     let job = &jobs_json(&node)[0];
-    assert_eq!(job["state"], "running", "{job}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the 100 events took the job's whole 10 s"
+    assert_eq!(
+        job["state"], "running",
+        "the 100 events outlasted the job: {job}"
     );
 
     // The job ends on its own, and the plugin hears of it.

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Profile};
 use crate::gossip::{self, JoinId, JoinOutcome};
 use crate::logging::LogHub;
-use crate::plugin::reload::{self, ReloadError, ReloadReport, Reloader, Trigger};
 use crate::plugin::jobs::Jobs;
+use crate::plugin::reload::{self, ReloadError, ReloadReport, Reloader, Trigger};
 use crate::plugin::{Engine, EventFilter, HostServices, PluginHost, ShellHandlers};
 use crate::serf::{
     self, Event, LamportTime, Member, QueryError, QueryKey, QueryOutput, QueryParams, RespondError,
@@ -1602,6 +1602,97 @@ mod tests {
         // The only member answered: done at once, not at the 5 s deadline.
         let done = tokio::time::timeout(Duration::from_secs(3), answers.outputs.recv()).await;
         assert_eq!(done, Ok(Some(QueryOutput::Done)));
+        agent.shutdown().await;
+    }
+
+    // --- Capabilities (ABI v1.1).
+
+    fn services(capacity: usize) -> (Services, mpsc::Receiver<Command>) {
+        let (commands, receiver) = mpsc::channel(capacity);
+        let services = Services {
+            jobs: Jobs::open(None, 1).expect("jobs in memory need no files"),
+            commands,
+            drops: Arc::default(),
+            members: Arc::new(MemberSnapshot::for_plugins(&[])),
+            limits: crate::config::SerfLimits::SERF,
+            next_query_handle: AtomicU32::new(0),
+        };
+        (services, receiver)
+    }
+
+    fn request(name: &str, payload: &[u8]) -> abi::QueryRequest {
+        abi::QueryRequest {
+            name: name.into(),
+            payload: payload.to_vec(),
+            ..abi::QueryRequest::default()
+        }
+    }
+
+    #[test]
+    fn plugin_events_and_queries_are_checked_then_queued_without_waiting() {
+        let (services, mut queued) = services(2);
+        let event = |payload: &[u8]| abi::FireEvent {
+            name: "deploy".into(),
+            payload: payload.to_vec(),
+            coalesce: false,
+        };
+        assert_eq!(
+            services.fire_event("p", event(&[0; 512])),
+            Err(Status::TooLarge)
+        );
+        assert_eq!(
+            services.query("p", request("_serf_ping", b"")),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            services.query("p", request("q", &[0; 1024])),
+            Err(Status::TooLarge)
+        );
+        assert_eq!(services.fire_event("p", event(b"v1")), Ok(()));
+        assert_eq!(
+            services.query("p", request("q", b"")),
+            Ok(1),
+            "refusals take no handle"
+        );
+        // The queue holds two: the next request is refused at once, not awaited.
+        assert_eq!(
+            services.fire_event("p", event(b"v2")),
+            Err(Status::Unavailable)
+        );
+        assert!(matches!(
+            queued.try_recv(),
+            Ok(Command::PluginUserEvent { .. })
+        ));
+        assert!(matches!(
+            queued.try_recv(),
+            Ok(Command::PluginQuery { handle: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn the_member_list_is_built_only_once_someone_reads_it() {
+        let snapshot = MemberSnapshot::for_plugins(&[]);
+        assert!(!snapshot.wanted.load(Ordering::Relaxed));
+        assert!(snapshot.read().is_none(), "nothing built yet");
+        assert!(snapshot.wanted.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn plugins_granted_members_read_the_agents_member_list() {
+        let agent = agent().await;
+        let snapshot = Arc::new(MemberSnapshot::for_plugins(&[]));
+        let mut writer = MemberSnapshotWriter::new(Arc::clone(&snapshot));
+        let handle = agent.handle();
+        // The core lives on the agent task; build the list from a core of our own instead.
+        let config = serf_config(handle.config(), handle.gossip_addr());
+        let core = Serf::new(config, 1, Instant::now().into_std());
+        writer.refresh(Instant::now(), &core);
+        assert!(snapshot.read().is_none(), "not wanted, not built");
+        writer.refresh(Instant::now(), &core);
+        let list: abi::MemberList = abi::decode(&snapshot.read().unwrap()).unwrap();
+        assert_eq!(list.members.len(), 1);
+        assert_eq!(list.members[0].name, "solo");
+        assert_eq!(list.members[0].status, "alive");
         agent.shutdown().await;
     }
 }

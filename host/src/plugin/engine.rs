@@ -405,6 +405,29 @@ mod tests {
     }
 
     #[test]
+    fn a_module_that_starts_jobs_must_export_serf_job() {
+        let engine = Engine::new(None);
+        let starts_jobs = GOOD.replace(
+            "(memory",
+            "(import \"serf\" \"job_start\" (func (param i32 i32) (result i32))) (memory",
+        );
+        let error = load(&engine, &starts_jobs).unwrap_err().to_string();
+        assert!(error.contains("does not export serf_job"), "{error}");
+        let job = "(func (export \"serf_job\") (param i32 i32) (result i32) i32.const 0))";
+        let runs_jobs = starts_jobs.replace("i32.const 0))", &format!("i32.const 0) {job}"));
+        load(&engine, &runs_jobs).unwrap();
+        let wrong = GOOD.replace(
+            "i32.const 0))",
+            "i32.const 0) (func (export \"serf_job\") (param i32) (result i32) i32.const 0))",
+        );
+        let error = load(&engine, &wrong).unwrap_err().to_string();
+        assert!(
+            error.contains("export serf_job has signature (i32) -> (i32)"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn compiled_modules_are_cached_per_engine_settings() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("plugin-cache");

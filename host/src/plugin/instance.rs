@@ -16,8 +16,8 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::engine::LoadedModule;
 use super::grants::Grants;
-use super::stdio::LogPipe;
 use super::jobs::{JobCall, JobId};
+use super::stdio::LogPipe;
 use super::{HostServices, Limits, PluginSpec};
 use crate::serf::QueryKey;
 
@@ -554,9 +554,15 @@ impl Instance {
 }
 
 /// The plugin's name and the agent's job pool, or the status to return without one.
-fn job_pool(caller: &Caller<'_, StoreState>) -> Result<(Arc<InstanceContext>, super::jobs::Jobs), Status> {
+fn job_pool(
+    caller: &Caller<'_, StoreState>,
+) -> Result<(Arc<InstanceContext>, super::jobs::Jobs), Status> {
     let context = Arc::clone(&caller.data().context);
-    let jobs = context.services.jobs().cloned().ok_or(Status::Unavailable)?;
+    let jobs = context
+        .services
+        .jobs()
+        .cloned()
+        .ok_or(Status::Unavailable)?;
     Ok((context, jobs))
 }
 

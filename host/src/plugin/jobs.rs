@@ -893,6 +893,7 @@ mod base64_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn request(name: &str) -> abi::JobStart {
         abi::JobStart {
@@ -1096,6 +1097,188 @@ mod tests {
             load_dir(&dir.path().join("missing")).unwrap(),
             (Vec::new(), 0)
         );
+    }
+
+    /// A plugin whose `serf_job` does what the job argument's last byte says: `e` logs
+    /// "step" and exits 7, `f` fails with status 3 and an error text, `t` traps, `l` loops.
+    const WORKER: &str = r#"(module
+        (import "serf" "log" (func $log (param i32 i32 i32) (result i32)))
+        (import "serf" "set_error" (func $set_error (param i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 16) "stepbad deploy")
+        (func (export "serf_plugin_abi_v1"))
+        (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
+        (func (export "serf_init") (param i32 i32) (result i32) i32.const 0)
+        (func (export "serf_handle") (param i32 i32) (result i32) i32.const 0)
+        (func (export "serf_job") (param $ptr i32) (param $len i32) (result i32)
+            (local $mode i32)
+            (local.set $mode (i32.load8_u (i32.sub (i32.add (local.get $ptr) (local.get $len)) (i32.const 1))))
+            (if (i32.eq (local.get $mode) (i32.const 101))
+                (then
+                    (drop (call $log (i32.const 2) (i32.const 16) (i32.const 4)))
+                    (return (i32.const 7))))
+            (if (i32.eq (local.get $mode) (i32.const 102))
+                (then
+                    (drop (call $set_error (i32.const 20) (i32.const 10)))
+                    (return (i32.const 3))))
+            (if (i32.eq (local.get $mode) (i32.const 116)) (then unreachable))
+            (loop $forever (br $forever))
+            i32.const 0))"#;
+
+    struct PoolServices(Jobs);
+
+    impl super::super::HostServices for PoolServices {
+        fn respond(&self, _: &str, _: crate::serf::QueryKey, _: Vec<u8>) -> Result<(), Status> {
+            Err(Status::Unavailable)
+        }
+
+        fn jobs(&self) -> Option<&Jobs> {
+            Some(&self.0)
+        }
+    }
+
+    /// Plugins `p` (the default job budget) and `small` (10^7 fuel per job), both [`WORKER`],
+    /// and `plain` (without `serf_job`), on a runtime of their own, with a pool whose records
+    /// live in `dir/jobs`.
+    fn start_pool(dir: &Path) -> (tokio::runtime::Runtime, Arc<PluginHost>, Jobs) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let path = dir.join("worker.wasm");
+        std::fs::write(&path, wat::parse_str(WORKER).unwrap()).unwrap();
+        let without_job = WORKER.replace(r#"(func (export "serf_job")"#, "(func $no_job");
+        let plain = dir.join("plain.wasm");
+        std::fs::write(&plain, wat::parse_str(without_job).unwrap()).unwrap();
+        let spec = |name: &str, job_fuel: u64| PluginSpec {
+            name: name.to_owned(),
+            path: if name == "plain" {
+                plain.clone()
+            } else {
+                path.clone()
+            },
+            filter: super::super::EventFilter::all(),
+            limits: super::super::Limits {
+                job_fuel,
+                ..super::super::Limits::DEFAULT
+            },
+            dirs: BTreeMap::new(),
+            config: toml::Table::new(),
+            grants: Default::default(),
+        };
+        let jobs = Jobs::open(Some(dir.join("jobs")), 1).unwrap();
+        let host = runtime.block_on(PluginHost::start(
+            super::super::Engine::new(None),
+            vec![
+                spec("p", 1_000_000_000_000),
+                spec("small", 10_000_000),
+                spec("plain", 1),
+            ],
+            "node",
+            crate::config::SerfLimits::SERF,
+            Arc::new(PoolServices(jobs.clone())),
+            runtime.handle(),
+        ));
+        let host = Arc::new(host);
+        jobs.attach(&host);
+        (runtime, host, jobs)
+    }
+
+    fn ended(jobs: &Jobs, id: JobId) -> JobRecord {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let record = jobs.get(id, None).unwrap();
+            if record.state.is_over() {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never ended: {record:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn offered(host: &PluginHost, plugin: &str) -> u64 {
+        let stats = host.stats().into_iter().find(|s| s.name == plugin).unwrap();
+        stats.offered
+    }
+
+    #[test]
+    fn jobs_end_finished_failed_or_killed_and_their_plugin_hears_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, host, jobs) = start_pool(dir.path());
+        let start = |plugin: &str, arg: &str| {
+            jobs.start(
+                plugin,
+                abi::JobStart {
+                    name: "deploy".into(),
+                    arg: arg.as_bytes().to_vec(),
+                },
+            )
+            .unwrap()
+        };
+
+        let record = ended(&jobs, start("p", "e"));
+        assert_eq!((record.state, record.exit_status), (JobState::Finished, 7));
+        assert_eq!(
+            record.output,
+            ["step"],
+            "the job's log lines are its output"
+        );
+        let record = ended(&jobs, start("p", "f"));
+        assert_eq!((record.state, record.exit_status), (JobState::Finished, 3));
+        assert_eq!(record.error, "bad deploy");
+        let record = ended(&jobs, start("p", "t"));
+        assert_eq!((record.state, record.exit_status), (JobState::Failed, -1));
+        assert!(record.error.starts_with("plugin panicked"), "{record:?}");
+        let record = ended(&jobs, start("small", "l"));
+        assert_eq!(record.state, JobState::Failed);
+        assert_eq!(record.error, "fuel budget of 10000000 exceeded");
+
+        // An endless loop with fuel to spare stops when killed.
+        let id = start("p", "l");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while jobs.get(id, None).unwrap().state != JobState::Running {
+            assert!(Instant::now() < deadline, "job {id} never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(jobs.num_running(), 1);
+        jobs.kill(id, Some("p")).unwrap();
+        let record = ended(&jobs, id);
+        assert_eq!(record.state, JobState::Killed);
+        assert_eq!(record.error, "killed by the plugin");
+        assert_eq!(jobs.num_running(), 0);
+
+        // Each end went to its plugin's queue, past its filter.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while offered(&host, "p") < 4 || offered(&host, "small") < 1 {
+            assert!(Instant::now() < deadline, "job-done events missing");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Every record reached the disk.
+        runtime.block_on(jobs.shutdown());
+        let reopened = Jobs::open(Some(dir.path().join("jobs")), 1).unwrap();
+        assert_eq!(reopened.list(), jobs.list());
+    }
+
+    #[test]
+    fn a_pool_without_the_plugin_or_its_export_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_runtime, _host, jobs) = start_pool(dir.path());
+        let request = abi::JobStart {
+            name: "deploy".into(),
+            arg: Vec::new(),
+        };
+        assert_eq!(
+            jobs.start("nobody", request.clone()),
+            Err(JobError::NotRunning("nobody".into()))
+        );
+        let error = jobs.start("plain", request).unwrap_err();
+        assert_eq!(error, JobError::NoJobExport("plain".into()));
+        assert_eq!(error.status(), Status::NotAllowed);
+        assert!(jobs.list().is_empty());
     }
 
     #[tokio::test]

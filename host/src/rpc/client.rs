@@ -472,7 +472,9 @@ impl Client {
     /// Every job record of the agent, by id.
     pub async fn jobs_list(&self) -> Result<Vec<protocol::Job>, RpcError> {
         let reply = self.call::<()>(command::JOBS_LIST, None).await?;
-        Ok(reply.body::<protocol::JobsResponse>(command::JOBS_LIST)?.jobs)
+        Ok(reply
+            .body::<protocol::JobsResponse>(command::JOBS_LIST)?
+            .jobs)
     }
 
     /// One job's record.
@@ -493,7 +495,9 @@ impl Client {
             id: id.unwrap_or(0),
         };
         let reply = self.call(command::JOB_REAP, Some(&request)).await?;
-        Ok(reply.body::<protocol::JobReapResponse>(command::JOB_REAP)?.reaped)
+        Ok(reply
+            .body::<protocol::JobReapResponse>(command::JOB_REAP)?
+            .reaped)
     }
 
     async fn job_command(&self, command: &'static str, id: u64) -> Result<protocol::Job, RpcError> {

@@ -732,7 +732,13 @@ pub(super) async fn jobs_list(
     session: &mut Session,
     seq: u64,
 ) -> Result<Flow, protocol::FrameError> {
-    let jobs = session.agent.jobs().list().into_iter().map(job_record).collect();
+    let jobs = session
+        .agent
+        .jobs()
+        .list()
+        .into_iter()
+        .map(job_record)
+        .collect();
     let body = protocol::JobsResponse { jobs };
     session.outbox.reply(seq, "", Some(&body)).await;
     Ok(Flow::Continue)

@@ -632,7 +632,11 @@ pub struct JobRequest {
 #[serde(default)]
 pub struct Job {
     /// The argument the plugin started it with.
-    #[serde(rename = "Arg", deserialize_with = "go::bytes", serialize_with = "go::ser_bytes")]
+    #[serde(
+        rename = "Arg",
+        deserialize_with = "go::bytes",
+        serialize_with = "go::ser_bytes"
+    )]
     pub arg: Vec<u8>,
     /// When it ended, in milliseconds since the Unix epoch; 0 until then.
     #[serde(rename = "EndedMs")]
@@ -1879,6 +1883,38 @@ mod tests {
             ..EventRequest::default()
         });
         assert!(bytes.ends_with(&hex("a75061796c6f6164c400")));
+    }
+
+    #[test]
+    fn job_bodies_use_go_style_keys_and_round_trip() {
+        assert_eq!(enc(&JobRequest { id: 3 }), hex("81a2494403"));
+        let job = Job {
+            arg: b"10".to_vec(),
+            ended_ms: 0,
+            error: String::new(),
+            exit_status: -1,
+            id: 3,
+            name: "deploy".into(),
+            output: vec!["1/10 s".into()],
+            plugin: "longjob".into(),
+            started_ms: 1_767_225_600_000,
+            state: "running".into(),
+        };
+        let list = JobsResponse {
+            jobs: vec![job.clone()],
+        };
+        assert_eq!(dec::<JobsResponse>(&enc(&list)), list);
+        let reply = JobResponse { job };
+        assert_eq!(dec::<JobResponse>(&enc(&reply)), reply);
+        let reaped = JobReapResponse { reaped: vec![1, 2] };
+        assert_eq!(dec::<JobReapResponse>(&enc(&reaped)), reaped);
+        // Go clients may send nil for the lists.
+        assert_eq!(dec::<JobsResponse>(&hex("81a44a6f6273c0")), JobsResponse::default());
+        for command in [command::JOB_SHOW, command::JOB_KILL, command::JOB_REAP] {
+            assert!(command_has_request_body(command) && command_has_response_body(command));
+        }
+        assert!(!command_has_request_body(command::JOBS_LIST));
+        assert!(command_has_response_body(command::JOBS_LIST));
     }
 
     #[test]

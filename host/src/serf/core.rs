@@ -76,11 +76,14 @@ pub(super) struct OutboundQuery {
     /// responded (and acked, if acks were asked for), the query ends before its deadline.
     pub(super) expected: Vec<NodeName>,
     pub(super) request_ack: bool,
+    /// Every expected node has answered; the next flush moves the deadline to a grace period
+    /// from then.
+    pub(super) complete: bool,
 }
 
 impl OutboundQuery {
     /// Whether every expected node has answered.
-    fn complete(&self) -> bool {
+    fn all_answered(&self) -> bool {
         !self.expected.is_empty()
             && self.expected.iter().all(|node| {
                 self.responded.contains(node) && (!self.request_ack || self.acked.contains(node))
@@ -586,12 +589,8 @@ impl Core {
             return;
         }
         seen.push(from.clone());
-        let complete = query.complete();
+        query.complete = query.all_answered();
         self.query_outputs.push_back((key, output));
-        if complete {
-            self.outbound.remove(&key);
-            self.query_outputs.push_back((key, QueryOutput::Done));
-        }
     }
 
     // ---- push/pull -----------------------------------------------------------------------

@@ -40,6 +40,9 @@ pub const INTERNAL_QUERY_PREFIX: &str = "_serf_";
 /// The one internal query clients may send (`serf reachability`).
 pub const PING_QUERY: &str = "_serf_ping";
 
+/// How long a query stays open after every expected node has answered.
+pub const EARLY_END_GRACE: Duration = Duration::from_millis(250);
+
 /// The size Serf checks against its response limit for `payload` sent by `from`.
 pub fn encoded_response_len(key: QueryKey, from: &str, payload: &[u8]) -> usize {
     size::query_response(key, from, payload)
@@ -397,8 +400,9 @@ impl Serf {
     }
 
     /// Sends a query; answers come out of [`Serf::poll_query_output`] under the returned key
-    /// until a final [`QueryOutput::Done`]: at the deadline, or as soon as every alive member
-    /// that matched the filters when it was sent has responded (and acked, if asked to).
+    /// until a final [`QueryOutput::Done`]: at the deadline, or [`EARLY_END_GRACE`] after every
+    /// alive member that matched the filters when it was sent has responded (and acked, if
+    /// asked to).
     pub fn query(&mut self, now: Instant, params: QueryParams) -> Result<QueryKey, QueryError> {
         self.check_alive().map_err(QueryError::NotAlive)?;
         if params.name.starts_with(INTERNAL_QUERY_PREFIX)
@@ -478,6 +482,7 @@ impl Serf {
                 responded: Vec::new(),
                 expected,
                 request_ack: params.request_ack,
+                complete: false,
             },
         );
         // Serf processes its own query as if it had been gossiped to it.
@@ -816,6 +821,16 @@ impl Serf {
             }
         }
         self.handle_internal(now);
+        // A query every expected node has answered ends after a short grace period rather
+        // than at once: Serf's RPC client closes its channels when `done` arrives, and its CLI
+        // could then miss the last response still waiting in them.
+        for query in self.core_mut().outbound.values_mut() {
+            if query.complete {
+                query.complete = false;
+                query.expected.clear();
+                query.deadline = query.deadline.min(now + EARLY_END_GRACE);
+            }
+        }
         // `send_user` never calls back into the core, so one pass empties the outbox.
         while let Some((to, message)) = self.core_mut().outbox.pop_front() {
             self.ml.send_user(now, to, &message);
