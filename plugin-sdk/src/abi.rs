@@ -82,6 +82,8 @@ pub const MAX_JOB_NAME_BYTES: usize = 128;
 pub const MAX_JOB_ARG_BYTES: usize = 64 * 1024;
 /// Log lines of a job that its record keeps (the last ones), each cut at 4096 bytes.
 pub const MAX_JOB_OUTPUT_LINES: usize = 64;
+/// Bytes of log lines a job's record keeps at most: older lines go first.
+pub const MAX_JOB_OUTPUT_BYTES: usize = 16 * 1024;
 
 /// What a host call returns: 0 or more is success, a negative value one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,7 +543,8 @@ pub struct JobInfo {
     pub started_ms: u64,
     /// When it ended, in milliseconds since the Unix epoch; 0 while it has not.
     pub ended_ms: u64,
-    /// The last [`MAX_JOB_OUTPUT_LINES`] lines the job logged, oldest first.
+    /// The last lines the job logged (at most [`MAX_JOB_OUTPUT_LINES`] and
+    /// [`MAX_JOB_OUTPUT_BYTES`]), oldest first.
     pub output: Vec<String>,
 }
 

@@ -57,7 +57,7 @@ pub trait Host {
 
     /// Every member this node knows, the local node included, in name order.
     ///
-    /// Needs the `members` capability. The list is a snapshot the agent refreshes about once a
+    /// Needs the `members` capability and crate feature. The list is a snapshot the agent refreshes about once a
     /// second and on every membership event, so it may lag the cluster slightly.
     fn members(&mut self) -> Result<Vec<Member>, HostError> {
         Err(HostError::Denied)
@@ -65,7 +65,7 @@ pub trait Host {
 
     /// Fires a user event across the cluster, as `serf event` does.
     ///
-    /// Needs the `events` capability. The agent queues it and returns at once; name and
+    /// Needs the `events` capability and crate feature. The agent queues it and returns at once; name and
     /// payload together must fit its user event size limit (512 bytes by default, else
     /// [`HostError::TooLarge`]), and a plugin may send about ten events and queries per second
     /// ([`HostError::RateLimited`] beyond). Careful: a plugin that fires the events it handles
@@ -77,7 +77,7 @@ pub trait Host {
 
     /// Sends a query across the cluster, as `serf query` does, and returns its handle.
     ///
-    /// Needs the `queries` capability. The answers arrive later, as
+    /// Needs the `queries` capability and crate feature. The answers arrive later, as
     /// [`Event::QueryResponse`](crate::Event::QueryResponse) events carrying the handle, then
     /// one [`Event::QueryDone`](crate::Event::QueryDone); they come through this plugin's queue
     /// whatever its `events` filter says. The same size and rate limits as

@@ -35,8 +35,9 @@ use super::instance::{Instance, InstanceContext};
 /// passes it as an `i32`.
 pub type JobId = u32;
 
-/// Records one plugin may keep, ended or not, before it must reap some to start more.
-pub const MAX_RECORDS_PER_PLUGIN: usize = 1000;
+/// Records one plugin may keep, ended or not, before it must reap some to start more. With the
+/// largest argument and output tail, that is about 20 MiB per plugin.
+pub const MAX_RECORDS_PER_PLUGIN: usize = 256;
 /// How often a running job's output tail is written to its file, at most.
 const OUTPUT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the agent waits for its running jobs to stop when it shuts down.
@@ -66,7 +67,8 @@ pub struct JobRecord {
     pub started_ms: u64,
     /// When it ended, in milliseconds since the Unix epoch; 0 until then.
     pub ended_ms: u64,
-    /// The last [`abi::MAX_JOB_OUTPUT_LINES`] lines it logged, oldest first.
+    /// The last lines it logged (at most [`abi::MAX_JOB_OUTPUT_LINES`] and
+    /// [`abi::MAX_JOB_OUTPUT_BYTES`]), oldest first.
     pub output: VecDeque<String>,
 }
 
@@ -286,17 +288,22 @@ impl Table {
         Some(record)
     }
 
-    /// Appends a line to a job's output tail, keeping the last [`abi::MAX_JOB_OUTPUT_LINES`];
-    /// lines after the job ended are ignored.
+    /// Appends a line to a job's output tail, keeping the last [`abi::MAX_JOB_OUTPUT_LINES`]
+    /// lines and [`abi::MAX_JOB_OUTPUT_BYTES`] bytes; lines after the job ended are ignored.
     pub fn push_output(&mut self, id: JobId, line: &str) -> Option<&JobRecord> {
         let record = self
             .records
             .get_mut(&id)
             .filter(|record| !record.state.is_over())?;
-        if record.output.len() >= abi::MAX_JOB_OUTPUT_LINES {
-            record.output.pop_front();
+        let mut end = line.len().min(abi::MAX_JOB_OUTPUT_BYTES);
+        while !line.is_char_boundary(end) {
+            end -= 1;
         }
-        record.output.push_back(line.to_owned());
+        record.output.push_back(line[..end].to_owned());
+        let mut bytes: usize = record.output.iter().map(String::len).sum();
+        while record.output.len() > abi::MAX_JOB_OUTPUT_LINES || bytes > abi::MAX_JOB_OUTPUT_BYTES {
+            bytes -= record.output.pop_front().map_or(0, |line| line.len());
+        }
         Some(record)
     }
 
@@ -1028,6 +1035,15 @@ mod tests {
         let output = &table.get(id, None).unwrap().output;
         assert_eq!(output.len(), abi::MAX_JOB_OUTPUT_LINES);
         assert_eq!(output.front().map(String::as_str), Some("10"));
+        // Long lines count in bytes too.
+        let long = "é".repeat(3000);
+        for _ in 0..4 {
+            table.push_output(id, &long);
+        }
+        let output = &table.get(id, None).unwrap().output;
+        let bytes: usize = output.iter().map(String::len).sum();
+        assert!(bytes <= abi::MAX_JOB_OUTPUT_BYTES, "{bytes}");
+        assert_eq!(output.back().map(String::as_str), Some(long.as_str()));
     }
 
     #[test]
