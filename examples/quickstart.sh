@@ -12,6 +12,8 @@ if command -v rustup >/dev/null; then
     rustup target add wasm32-wasip1 >/dev/null
 fi
 cargo build --release --locked -p serf-host
-cargo build --locked --profile plugin --target wasm32-wasip1 -p upcase -p memresponse -p hello -p longjob
+cargo build --locked --profile plugin --target wasm32-wasip1 -p upcase -p memresponse -p hello
+# On its own: cargo would turn the SDK's jobs feature on for every plugin of one run.
+cargo build --locked --profile plugin --target wasm32-wasip1 -p longjob
 cp target/wasm32-wasip1/plugin/{upcase,memresponse,hello,longjob}.wasm plugins/
 exec target/release/serf agent -config-file=serf.toml "$@"

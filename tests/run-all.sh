@@ -48,11 +48,13 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check serfclient
 export SERF_TEST_PYTHON="$PWD/$VENV/bin/python"
 
-PLUGINS=(-p upcase -p memresponse -p hello -p misbehave -p noop -p template -p longjob)
+PLUGINS=(-p upcase -p memresponse -p hello -p misbehave -p noop -p template)
 # Plugins that turn on the SDK's capability features (which link the `serf.members`,
 # `fire_event` and `query` imports) build in a cargo run of their own: cargo unifies a crate's
 # features across one run, which would link those imports into every plugin above.
 CAPABILITY_PLUGINS=(-p captest)
+# The same for the SDK's jobs feature (the `serf.job_*` imports and the `serf_job` export).
+JOB_PLUGINS=(-p longjob)
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -61,10 +63,12 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 -p serf-plugin-sdk "${PLUGINS[@]}" -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 "${CAPABILITY_PLUGINS[@]}" -- -D warnings
+cargo clippy --locked --target wasm32-wasip1 "${JOB_PLUGINS[@]}" -- -D warnings
 
 step "building plugins for wasm32-wasip1"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${PLUGINS[@]}"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${CAPABILITY_PLUGINS[@]}"
+cargo build --locked --profile plugin --target wasm32-wasip1 "${JOB_PLUGINS[@]}"
 
 step "Go SDK: gofmt, go vet, go test, Go plugins for wasm32-wasip1"
 bash plugin-sdk/go/build.sh

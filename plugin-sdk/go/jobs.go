@@ -34,6 +34,8 @@ const (
 	MaxJobArgBytes = 64 * 1024
 	// MaxJobOutputLines is how many of a job's last log lines its record keeps.
 	MaxJobOutputLines = 64
+	// MaxJobOutputBytes is how many bytes of log lines a job's record keeps at most.
+	MaxJobOutputBytes = 16 * 1024
 )
 
 // JobRunner is what a plugin implements, besides Plugin, to run the jobs it starts with
@@ -95,7 +97,8 @@ type JobInfo struct {
 	StartedMs uint64
 	// EndedMs is when it ended, in milliseconds since the Unix epoch; 0 until then.
 	EndedMs uint64
-	// Output are the last MaxJobOutputLines lines it logged, oldest first.
+	// Output are the last lines it logged (at most MaxJobOutputLines and MaxJobOutputBytes),
+	// oldest first.
 	Output []string
 }
 

@@ -67,18 +67,18 @@ impl EventQueue {
     }
 
     /// Numbers the event with the plugin's next `seq` (counting it in `offered`) and queues
-    /// it; `false` if the queue is full or closed. The number is taken under the queue's lock,
+    /// it; `None` if the queue is full or closed. The number is taken under the queue's lock,
     /// so events from several threads still queue in `seq` order. Never waits.
-    fn push(&self, offered: &AtomicU64, event: Arc<Encoded>) -> bool {
+    fn push(&self, offered: &AtomicU64, event: Arc<Encoded>) -> Option<u64> {
         let mut state = lock(&self.state);
         let seq = offered.fetch_add(1, Ordering::Relaxed) + 1;
         if state.closed || state.items.len() >= state.capacity {
-            return false;
+            return None;
         }
         state.items.push_back(Queued { seq, event });
         drop(state);
         self.ready.notify_one();
-        true
+        Some(seq)
     }
 
     /// The next event, in order; `None` once the queue is closed and empty.
@@ -368,11 +368,8 @@ impl PluginHost {
             query: None,
             received: Instant::now(),
         });
-        if slot.offer(encoded) {
-            Ok(slot.counters.offered.load(Ordering::Relaxed))
-        } else {
-            Err(DeliverError::QueueFull(plugin.to_owned()))
-        }
+        slot.offer(encoded)
+            .ok_or_else(|| DeliverError::QueueFull(plugin.to_owned()))
     }
 
     /// Counts a long job started by `plugin` (shown as `jobs` in `serf info`).
@@ -664,10 +661,10 @@ impl Slot {
         }
     }
 
-    /// Queues an event, or counts and (now and then) logs its drop.
-    fn offer(&self, event: Arc<Encoded>) -> bool {
-        if self.queue.push(&self.counters.offered, event) {
-            return true;
+    /// Queues an event and returns its `seq`, or counts and (now and then) logs its drop.
+    fn offer(&self, event: Arc<Encoded>) -> Option<u64> {
+        if let Some(seq) = self.queue.push(&self.counters.offered, event) {
+            return Some(seq);
         }
         let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         self.counters
@@ -676,7 +673,7 @@ impl Slot {
         if dropped.is_power_of_two() {
             tracing::warn!(plugin = %self.name, dropped, "plugin queue full; event dropped");
         }
-        false
+        None
     }
 
     fn snapshot(&self) -> PluginStatsSnapshot {
@@ -1104,6 +1101,62 @@ mod tests {
         assert!((p50 - 500.0).abs() < 50.0, "p50 {p50}");
         assert!((p99 - 990.0).abs() < 90.0, "p99 {p99}");
         assert_eq!(Histogram::default().quantile(0.5), Duration::ZERO);
+    }
+
+    fn encoded() -> Arc<Encoded> {
+        Arc::new(Encoded {
+            body: Vec::new(),
+            query: None,
+            received: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn a_queue_numbers_drops_too_and_keeps_its_events_when_resized() {
+        let offered = AtomicU64::new(0);
+        let queue = EventQueue::new(2);
+        assert_eq!(queue.push(&offered, encoded()), Some(1));
+        assert_eq!(queue.push(&offered, encoded()), Some(2));
+        assert_eq!(queue.push(&offered, encoded()), None, "full");
+        queue.set_capacity(1);
+        assert_eq!(queue.len(), 2, "a smaller capacity drops nothing queued");
+        assert_eq!(queue.push(&offered, encoded()), None);
+        queue.set_capacity(4);
+        assert_eq!(
+            queue.push(&offered, encoded()),
+            Some(5),
+            "drops use seq numbers"
+        );
+        queue.close();
+        assert_eq!(queue.push(&offered, encoded()), None, "closed");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let seqs: Vec<u64> = runtime.block_on(async {
+            let mut seqs = Vec::new();
+            while let Some(queued) = queue.next().await {
+                seqs.push(queued.seq);
+            }
+            seqs
+        });
+        assert_eq!(
+            seqs,
+            [1, 2, 5],
+            "a closed queue still hands out what it holds"
+        );
+    }
+
+    #[test]
+    fn histogram_memory_is_fixed_whatever_it_records() {
+        let histogram = Histogram::default();
+        let buckets = histogram.buckets.len();
+        for nanos in [0, 1, 7, 8, 1_000, 1 << 40, u64::MAX] {
+            histogram.record(Duration::from_nanos(nanos));
+        }
+        histogram.record(Duration::MAX);
+        assert_eq!(histogram.buckets.len(), buckets);
+        assert_eq!(histogram.quantile(0.0), Duration::ZERO);
+        assert!(histogram.quantile(1.0) > Duration::from_secs(1 << 30));
     }
 
     #[test]

@@ -659,8 +659,8 @@ fn is_content_change(kind: &EventKind) -> bool {
     }
 }
 
-/// Waits for a quiet moment after changes: a reload starts [`Debounce::quiet`] after the last
-/// change, or [`Debounce::max_wait`] after the first, whichever comes first.
+/// Waits for a quiet moment after changes: a reload starts `quiet` after the last change, or
+/// `max_wait` after the first, whichever comes first.
 #[derive(Debug, Clone)]
 pub struct Debounce {
     quiet: Duration,
