@@ -621,7 +621,7 @@ impl Core {
         let mut recent = vec![None; BUFFER_SLOTS as usize];
         let current = self.event_clock.time();
         for seen in self.event_buffer.iter().flatten() {
-            if seen.ltime + BUFFER_SLOTS > current {
+            if seen.ltime.saturating_add(BUFFER_SLOTS) > current {
                 recent[(seen.ltime % BUFFER_SLOTS) as usize] = Some(seen.clone());
             }
         }
@@ -641,7 +641,7 @@ impl Core {
         for name in &state.left_members {
             let ltime = state.status_ltimes.get(name).copied().unwrap_or(0);
             let intent = LeaveIntent {
-                ltime: ltime + 1,
+                ltime: ltime.saturating_add(1),
                 node: name.clone(),
                 prune: false,
             };

@@ -1619,6 +1619,41 @@ mod bad_input_tests {
         Serf::new(config, 1, Instant::now())
     }
 
+    #[test]
+    fn the_largest_lamport_times_from_a_peer_do_not_panic() {
+        let mut serf = node(false);
+        let now = Instant::now();
+        let from: SocketAddr = "127.0.0.99:7946".parse().unwrap();
+        for ltime in [u64::MAX, u64::MAX - 1, 0, u64::MAX] {
+            let messages = [
+                wire::UserEventMsg {
+                    ltime,
+                    name: "e".into(),
+                    payload: Vec::new(),
+                    cc: false,
+                }
+                .encode(),
+                wire::JoinIntent {
+                    ltime,
+                    node: "a".into(),
+                }
+                .encode(),
+                wire::LeaveIntent {
+                    ltime,
+                    node: "b".into(),
+                    prune: false,
+                }
+                .encode(),
+            ];
+            for message in messages {
+                // memberlist's user message (8) carries Serf's.
+                let _ = serf.handle_packet(now, from, &[vec![8u8], message].concat());
+            }
+            serf.handle_timeout(now + Duration::from_secs(1));
+        }
+        assert!(serf.user_event(now, "mine", b"", false).is_ok());
+    }
+
     proptest! {
         /// Nothing a peer sends, as a packet or a stream, panics the node or makes it believe
         /// in members that do not exist.

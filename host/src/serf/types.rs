@@ -30,16 +30,18 @@ impl LamportClock {
         self.counter
     }
 
-    /// Moves the clock on by one, returning the new value.
+    /// Moves the clock on by one, returning the new value (it stops at the largest time).
     pub fn increment(&mut self) -> LamportTime {
-        self.counter += 1;
+        self.counter = self.counter.saturating_add(1);
         self.counter
     }
 
     /// Takes account of a time seen elsewhere: afterwards the clock is past it.
+    /// A peer's time comes from the network: the largest one stops the clock there rather
+    /// than overflowing it.
     pub fn witness(&mut self, time: LamportTime) {
         if time >= self.counter {
-            self.counter = time + 1;
+            self.counter = time.saturating_add(1);
         }
     }
 }
@@ -231,5 +233,13 @@ mod tests {
         clock.witness(9);
         assert_eq!(clock.time(), 10);
         assert_eq!(clock.increment(), 11);
+    }
+
+    #[test]
+    fn the_largest_time_from_a_peer_does_not_overflow_the_clock() {
+        let mut clock = LamportClock::new();
+        clock.witness(u64::MAX);
+        assert_eq!(clock.time(), u64::MAX);
+        assert_eq!(clock.increment(), u64::MAX);
     }
 }
