@@ -160,10 +160,14 @@ fn parse_options() -> anyhow::Result<Options> {
     }
     anyhow::ensure!(options.reps >= 1, "--reps must be at least 1");
     anyhow::ensure!(
-        [options.converge_only, options.detect_only, options.serf_layer]
-            .iter()
-            .filter(|&&on| on)
-            .count()
+        [
+            options.converge_only,
+            options.detect_only,
+            options.serf_layer
+        ]
+        .iter()
+        .filter(|&&on| on)
+        .count()
             <= 1,
         "--converge-only, --detect-only and --serf-layer exclude each other"
     );
@@ -954,7 +958,11 @@ async fn run_serf_layer(
                 let convergence = cluster.converge(&bench).await?;
                 if convergence.elapsed.is_none() {
                     cluster.keep_logs = true;
-                    println!("{size} agents, {}: {}", kind.label(), convergence.describe());
+                    println!(
+                        "{size} agents, {}: {}",
+                        kind.label(),
+                        convergence.describe()
+                    );
                     continue;
                 }
                 let run = cluster.serf_layer().await?;
@@ -1026,7 +1034,9 @@ impl Cluster {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let payload = format!("t{trial}").into_bytes();
             let fired = Instant::now();
-            clients[0].user_event("bench", Some(&payload), false).await?;
+            clients[0]
+                .user_event("bench", Some(&payload), false)
+                .await?;
             let mut seen = vec![None; n];
             let deadline = fired + TRIAL_LIMIT;
             while seen.iter().any(Option::is_none) {
@@ -1441,7 +1451,9 @@ fn print_tables(options: &Options, results: &Results) {
             "| {} |{cells} {} | {} | {} | {false_failures} |",
             kind.label(),
             seconds(if complete { median(&all) } else { None }),
-            seconds((complete && !all.is_empty()).then(|| all.iter().sum::<f64>() / all.len() as f64)),
+            seconds(
+                (complete && !all.is_empty()).then(|| all.iter().sum::<f64>() / all.len() as f64)
+            ),
             seconds(median(&first))
         );
     }

@@ -2573,10 +2573,16 @@ mod tests {
     #[test]
     fn a_job_shows_every_field_and_its_output() {
         let text = format_job_text(&job("killed", 1_767_225_601_000), 0);
-        assert!(text.starts_with("ID:          3\nPlugin:      longjob\n"), "{text}");
+        assert!(
+            text.starts_with("ID:          3\nPlugin:      longjob\n"),
+            "{text}"
+        );
         assert!(text.contains("Argument:    \"10\"\n"), "{text}");
         assert!(text.contains("Exit status: -\n"), "{text}");
-        assert!(text.contains("Ended:       2026-01-01T00:00:01Z\n"), "{text}");
+        assert!(
+            text.contains("Ended:       2026-01-01T00:00:01Z\n"),
+            "{text}"
+        );
         assert!(text.ends_with("Output:\n    1/10 s"), "{text}");
     }
 

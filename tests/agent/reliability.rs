@@ -53,7 +53,8 @@ fn a_burst_of_a_thousand_events_reaches_every_plugin_exactly_once() {
 
     let expected: BTreeMap<String, usize> = (0..EVENTS).map(|k| (format!("e{k}"), 1)).collect();
     let count = |node: &Node| -> BTreeMap<String, usize> {
-        let text = std::fs::read_to_string(node.dir.path().join("data/mem.txt")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(node.dir.path().join("data/mem.txt")).unwrap_or_default();
         let mut seen = BTreeMap::new();
         for line in text.lines() {
             *seen.entry(line.to_owned()).or_insert(0) += 1;
@@ -77,7 +78,12 @@ fn a_burst_of_a_thousand_events_reaches_every_plugin_exactly_once() {
     // Late duplicates would show up after the last new event: give them a moment.
     std::thread::sleep(Duration::from_secs(2));
     for node in &nodes {
-        assert_eq!(count(node), expected, "{} handled each event once", node.name);
+        assert_eq!(
+            count(node),
+            expected,
+            "{} handled each event once",
+            node.name
+        );
         let info = node.info();
         assert_eq!(
             info["serf"]["events_too_old"], "0",

@@ -532,10 +532,7 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
                 "events_deduplicated",
                 serf.counters.events_deduplicated.to_string(),
             ),
-            (
-                "events_too_old",
-                serf.counters.events_too_old.to_string(),
-            ),
+            ("events_too_old", serf.counters.events_too_old.to_string()),
             (
                 "broadcasts_pruned",
                 serf.counters.broadcasts_pruned.to_string(),

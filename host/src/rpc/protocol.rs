@@ -1909,7 +1909,10 @@ mod tests {
         let reaped = JobReapResponse { reaped: vec![1, 2] };
         assert_eq!(dec::<JobReapResponse>(&enc(&reaped)), reaped);
         // Go clients may send nil for the lists.
-        assert_eq!(dec::<JobsResponse>(&hex("81a44a6f6273c0")), JobsResponse::default());
+        assert_eq!(
+            dec::<JobsResponse>(&hex("81a44a6f6273c0")),
+            JobsResponse::default()
+        );
         for command in [command::JOB_SHOW, command::JOB_KILL, command::JOB_REAP] {
             assert!(command_has_request_body(command) && command_has_response_body(command));
         }
