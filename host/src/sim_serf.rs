@@ -151,8 +151,11 @@ mod tests {
             (0..5)
                 .map(|i| {
                     let stats = sim.nodes[i].peer.gossip_stats();
-                    let times: Vec<Instant> =
-                        sim.nodes[i].events.iter().map(|(at, _)| *at).collect();
+                    let times: Vec<Duration> = sim.nodes[i]
+                        .events
+                        .iter()
+                        .map(|(at, _)| *at - sim.start)
+                        .collect();
                     (
                         stats.packets_sent,
                         stats.packets_received,
