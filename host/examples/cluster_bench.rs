@@ -1079,7 +1079,9 @@ impl Cluster {
                 use serf_host::rpc::protocol::QueryRecordType;
                 match record.kind {
                     QueryRecordType::Response if !record.from.is_empty() => {
-                        if record.payload.as_deref() == Some(b"FOO".as_slice()) {
+                        // Serf hands a handler its payload plus a newline, which `tr` keeps.
+                        let payload = record.payload.unwrap_or_default();
+                        if payload.trim_ascii_end() == b"FOO" {
                             from.insert(record.from);
                         }
                         if from.len() == n && trial.all_responses.is_none() {
