@@ -4,7 +4,7 @@
 //! The snapshot is Serf's line format (reference 3.14), so Serf and this agent read each
 //! other's files. The pure part ([`Record`], [`SnapshotState`], [`Recorder`]) parses, renders
 //! and decides what to append and when to compact; it touches no file. The shell part
-//! ([`Snapshotter`]) is opened once at start (the restore), then runs the file on a thread of
+//! (`Snapshotter`) is opened once at start (the restore), then runs the file on a thread of
 //! its own: the agent task hands it member changes with `try_send` (a full queue drops and
 //! counts, as Serf's snapshotter does) and publishes its clocks through atomics, so it never
 //! waits on the disk. Lines are flushed within [`FLUSH_INTERVAL`] and fsynced on a graceful
