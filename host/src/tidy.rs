@@ -81,6 +81,7 @@ fn only_the_agent_task_touches_the_core() {
             || relative.contains("/src/agent/")
             || relative.ends_with("tidy.rs")
             || relative.ends_with("sim.rs")
+            || relative.ends_with("sim_serf.rs")
         {
             continue;
         }
