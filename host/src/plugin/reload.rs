@@ -728,6 +728,18 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> Watcher {
 async fn watch_files(reloader: Arc<Reloader>, stop: CancellationToken) {
     let changed = Arc::new(Notify::new());
     let mut targets = reloader.targets.subscribe();
+    // An agent without a config file or plugins has nothing to watch: no watcher thread until
+    // it has (a reload can only add targets through a config file).
+    while targets.borrow_and_update().dirs().is_empty() {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = targets.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
     let handler = {
         let changed = Arc::clone(&changed);
         let targets = targets.clone();
