@@ -868,7 +868,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let script = format!(
-            "{{ env | grep '^SERF_' | sort; echo --; cat; }} > {}",
+            // Scripts inherit the agent's environment, as in Serf: leave out the test suite's.
+            "{{ env | grep '^SERF_' | grep -v '^SERF_TEST_' | sort; echo --; cat; }} > {}",
             out.display()
         );
         let (handlers, _) = start(vec![spec("user", &script)]);
