@@ -13,12 +13,13 @@ use serf_tests::{Node, eventually, next_net, run, serf_bin, stdout_ok};
 const CONVERGE: Duration = Duration::from_secs(75);
 
 /// Records one event per run: stdin into `<dir>/<time>-<pid>.in`, then the `SERF_*`
-/// variables into `.env` (renamed into place last, so a `.env` file means a finished run).
+/// variables into `.env` (renamed into place last, so a `.env` file means a finished run). Both
+/// agents pass their own environment on, as Serf does; the test suite's `SERF_TEST_*` are left out.
 /// A query is answered with `resp-from-<node>`.
 const CAPTURE_SCRIPT: &str = r#"dir=$1
 f="$dir/$(date +%s%N)-$$"
 cat > "$f.in"
-env | grep '^SERF_' | sort > "$f.tmp"
+env | grep '^SERF_' | grep -v '^SERF_TEST_' | sort > "$f.tmp"
 mv "$f.tmp" "$f.env"
 if [ "$SERF_EVENT" = query ]; then printf 'resp-from-%s\n' "$SERF_SELF_NAME"; fi
 "#;
