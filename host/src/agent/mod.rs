@@ -1165,7 +1165,10 @@ impl MemberSnapshotWriter {
             return;
         }
         let list = abi::MemberList {
-            members: core.members().map(plugin_member).collect(),
+            members: core
+                .members()
+                .map(crate::plugin::dispatch::abi_member)
+                .collect(),
         };
         let encoded: Arc<[u8]> = Arc::from(abi::encode(&list));
         *self
@@ -1175,17 +1178,6 @@ impl MemberSnapshotWriter {
             .unwrap_or_else(|e| e.into_inner()) = Some(encoded);
         self.stale = false;
         self.due = now + MEMBER_SNAPSHOT_INTERVAL;
-    }
-}
-
-/// A member as plugins see it.
-fn plugin_member(member: &Member) -> abi::Member {
-    abi::Member {
-        name: member.name.clone(),
-        addr: member.addr.ip().to_string(),
-        port: member.addr.port(),
-        tags: member.tags.clone(),
-        status: member.status.as_str().to_owned(),
     }
 }
 

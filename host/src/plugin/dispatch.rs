@@ -970,7 +970,8 @@ fn encode_event(event: &serf::Event) -> Encoded {
     }
 }
 
-fn abi_member(member: &serf::Member) -> abi::Member {
+/// A member as plugins see it.
+pub(crate) fn abi_member(member: &serf::Member) -> abi::Member {
     abi::Member {
         name: member.name.clone(),
         addr: member.addr.ip().to_string(),
