@@ -199,9 +199,16 @@ mod tests {
                     .sum()
             };
             let before = push_pulls(&sim);
-            sim.run_for(Duration::from_secs(30));
-            let replays = push_pulls(&sim) - before;
-            assert!(replays >= 10, "only {replays} push/pulls in 30 s");
+            let replayed = sim.run_until_true(
+                Duration::from_secs(120),
+                Duration::from_millis(500),
+                |sim| push_pulls(sim) - before >= 10,
+            );
+            assert!(
+                replayed.is_some(),
+                "only {} push/pulls in 120 s",
+                push_pulls(&sim) - before
+            );
             for i in 0..n {
                 assert_once(&sim, i, "deploy", ltime, b"v42");
                 let counters = sim.nodes[i].peer.stats().counters;

@@ -89,6 +89,11 @@ impl BroadcastQueue {
         self.items.is_empty()
     }
 
+    /// How many messages were ever queued: it changes whenever something new is queued.
+    pub fn generation(&self) -> u64 {
+        self.next_id
+    }
+
     /// Takes messages for one packet: each costs `overhead` bytes besides its length, all
     /// together at most `limit` bytes. Every message returned counts one transmission.
     pub fn get_broadcasts(&mut self, overhead: usize, limit: usize) -> Vec<Vec<u8>> {

@@ -134,6 +134,10 @@ pub struct Memberlist<D: Delegate> {
     probe_tick_pending: bool,
     next_probe_at: Option<Instant>,
     next_gossip_at: Option<Instant>,
+    /// When gossip last went out (tick or eager round), and how many broadcasts had been
+    /// queued by then (see [`Memberlist::broadcast_generation`]).
+    last_gossip_at: Instant,
+    gossiped_generation: u64,
     next_push_pull_at: Option<Instant>,
     push_pull_in_flight: bool,
     relays: BTreeMap<u32, Relay>,
@@ -253,6 +257,8 @@ impl<D: Delegate> Memberlist<D> {
             probe_tick_pending: false,
             next_probe_at,
             next_gossip_at,
+            last_gossip_at: now,
+            gossiped_generation: 0,
             next_push_pull_at,
             push_pull_in_flight: false,
             relays: BTreeMap::new(),
@@ -653,6 +659,12 @@ impl<D: Delegate> Memberlist<D> {
         for id in stale {
             self.handle_stream_reply(now, id, Err("stream timed out".to_owned()));
         }
+        // Last, so that whatever the timers above queued is covered.
+        if let Some(at) = self.eager_gossip_at()
+            && at <= now
+        {
+            self.gossip(now);
+        }
     }
 
     /// When [`Memberlist::handle_timeout`] is next needed.
@@ -675,6 +687,7 @@ impl<D: Delegate> Memberlist<D> {
         [
             self.next_probe_at,
             self.next_gossip_at,
+            self.eager_gossip_at(),
             self.next_push_pull_at,
             probe,
             relays,
@@ -1270,7 +1283,28 @@ impl<D: Delegate> Memberlist<D> {
 
     // ---- gossip (reference 2.16) ----
 
+    /// Counts every broadcast ever queued, here and in the delegate.
+    fn broadcast_generation(&self) -> u64 {
+        self.broadcasts
+            .generation()
+            .wrapping_add(self.delegate.broadcast_generation())
+    }
+
+    /// With `eager_gossip`, when to gossip what was queued since the last round: a tenth of
+    /// the gossip interval after that round, so a burst still shares packets.
+    fn eager_gossip_at(&self) -> Option<Instant> {
+        if !self.config.eager_gossip
+            || self.next_gossip_at.is_none()
+            || self.broadcast_generation() == self.gossiped_generation
+        {
+            return None;
+        }
+        Some(self.last_gossip_at + self.config.gossip_interval / 10)
+    }
+
     fn gossip(&mut self, now: Instant) {
+        self.last_gossip_at = now;
+        self.gossiped_generation = self.broadcast_generation();
         let dead_time = self.config.gossip_to_the_dead_time;
         let candidates: Vec<(SocketAddr, bool)> = self
             .order
@@ -1784,6 +1818,75 @@ mod tests {
             let packet = message.encode();
             self.nodes[i].handle_packet(self.now, addr(from), &packet)
         }
+    }
+
+    fn news_of_node9(cluster: &mut Cluster) {
+        let alive = Message::Alive(Alive {
+            incarnation: 1,
+            node: "node9".into(),
+            addr: addr(9).ip(),
+            port: 7946,
+            meta: Vec::new(),
+            vsn: Some(SERF_0_9_4_VSN),
+        });
+        cluster.inject(0, 1, alive).expect("valid packet");
+    }
+
+    #[test]
+    fn a_new_broadcast_is_gossiped_within_a_tenth_of_the_gossip_interval() {
+        let mut cluster = Cluster::of(5);
+        for i in 1..5 {
+            cluster.join(i, 0);
+        }
+        cluster.run_for(Duration::from_secs(10));
+        news_of_node9(&mut cluster);
+        let soon = cluster.now + Duration::from_millis(20);
+        let wake = cluster.nodes[0].poll_timeout().expect("a timer");
+        assert!(wake <= soon, "next wake-up {:?} later", wake - cluster.now);
+        cluster.now = soon;
+        cluster.nodes[0].handle_timeout(soon);
+        cluster.deliver();
+        let told = (1..5)
+            .filter(|&i| cluster.view(i, "node9").is_some())
+            .count();
+        assert!(told >= 3, "only {told} peers heard of node9");
+        // The round is done: nothing pending before the regular timers.
+        assert!(cluster.nodes[0].poll_timeout().expect("a timer") > soon);
+    }
+
+    #[test]
+    fn without_eager_gossip_a_new_broadcast_waits_for_the_tick() {
+        let configs = (0..5)
+            .map(|i| Config {
+                eager_gossip: false,
+                ..config(i)
+            })
+            .collect();
+        let mut cluster = Cluster::new(configs);
+        for i in 1..5 {
+            cluster.join(i, 0);
+        }
+        cluster.run_for(Duration::from_secs(10));
+        let before = cluster.nodes[0].poll_timeout();
+        news_of_node9(&mut cluster);
+        assert_eq!(cluster.nodes[0].poll_timeout(), before);
+    }
+
+    #[test]
+    fn a_lone_node_does_not_spin_on_broadcasts_it_cannot_send() {
+        let mut cluster = Cluster::of(1);
+        let start = cluster.now;
+        // Its own alive is queued from the start and has nobody to go to.
+        for _ in 0..20 {
+            let wake = cluster.nodes[0].poll_timeout().expect("a timer");
+            assert!(wake >= cluster.now);
+            cluster.now = wake;
+            cluster.nodes[0].handle_timeout(wake);
+            let next = cluster.nodes[0].poll_timeout().expect("a timer");
+            assert!(next > wake, "timer stuck at {wake:?}");
+        }
+        // Probe and gossip ticks (6 a second), not an eager round every 20 ms.
+        assert!(cluster.now - start > Duration::from_secs(2));
     }
 
     #[test]

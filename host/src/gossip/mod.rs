@@ -51,6 +51,10 @@ pub struct Config {
     pub gossip_to_the_dead_time: Duration,
     pub awareness_max_multiplier: u32,
     pub disable_tcp_pings: bool,
+    /// Gossips newly queued broadcasts within a tenth of `gossip_interval` instead of at the
+    /// next tick (not in memberlist, whose timing `false` reproduces). Each message is still
+    /// sent its bounded number of times; only the first round comes sooner.
+    pub eager_gossip: bool,
     /// Budget for piggybacked gossip in one UDP packet.
     pub udp_buffer_size: usize,
     /// Messages waiting for the (alive / other) handoff queues before excess is dropped.
@@ -96,6 +100,11 @@ pub trait Delegate {
     fn get_broadcasts(&mut self, overhead: usize, limit: usize) -> Vec<Vec<u8>> {
         let _ = (overhead, limit);
         Vec::new()
+    }
+    /// Changes whenever the delegate queues a new broadcast (for example the sum of its
+    /// queues' [`BroadcastQueue::generation`]), so that new messages are gossiped promptly.
+    fn broadcast_generation(&self) -> u64 {
+        0
     }
     /// The user state to send in a push/pull.
     fn local_state(&mut self, join: bool) -> Vec<u8> {
@@ -208,6 +217,7 @@ impl Config {
             gossip_to_the_dead_time: Duration::from_secs(30),
             awareness_max_multiplier: 8,
             disable_tcp_pings: false,
+            eager_gossip: true,
             udp_buffer_size: 1400,
             handoff_queue_depth: 1024,
         }

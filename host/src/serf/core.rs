@@ -843,6 +843,12 @@ impl Delegate for Core {
         out
     }
 
+    fn broadcast_generation(&self) -> u64 {
+        [&self.intents, &self.queries, &self.user_events]
+            .iter()
+            .fold(0, |sum, queue| sum.wrapping_add(queue.generation()))
+    }
+
     fn local_state(&mut self, _join: bool) -> Vec<u8> {
         self.push_pull_state().encode()
     }
