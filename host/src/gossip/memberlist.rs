@@ -74,6 +74,8 @@ struct Probe {
     expected_nacks: usize,
     nacks: usize,
     tcp_contact: bool,
+    /// The fallback TCP ping was refused: the target's agent is gone.
+    refused: bool,
 }
 
 /// An indirect probe this node runs for a peer.
@@ -573,9 +575,27 @@ impl<D: Delegate> Memberlist<D> {
                     Err(error) => {
                         tracing::debug!(%error, "fallback ping failed");
                         self.stats.stream_errors += 1;
+                        if error.ends_with("connection refused") {
+                            self.target_refused(now, seq);
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// The probe's target missed its direct ping and nothing listens on its gossip port any
+    /// more: its agent is gone. Indirect acks still get a short grace (a fifth of the probe
+    /// timeout) instead of the rest of the probe interval, then the target is suspected.
+    fn target_refused(&mut self, now: Instant, seq: u32) {
+        let grace = self.config.probe_timeout / 5;
+        if let Some(probe) = self.probe.as_mut()
+            && probe.seq == seq
+            && probe.deadline > now + grace
+        {
+            tracing::debug!(member = %probe.target, "gossip port refuses connections");
+            probe.deadline = now + grace;
+            probe.refused = true;
         }
     }
 
@@ -1172,6 +1192,7 @@ impl<D: Delegate> Memberlist<D> {
             expected_nacks: 0,
             nacks: 0,
             tcp_contact: false,
+            refused: false,
         });
     }
 
@@ -1238,7 +1259,10 @@ impl<D: Delegate> Memberlist<D> {
             self.finish_probe(now, -1);
             return;
         }
-        let delta = if probe.expected_nacks > 0 {
+        // A refused connection shows that our own packets get through: no penalty then.
+        let delta = if probe.refused {
+            0
+        } else if probe.expected_nacks > 0 {
             probe.expected_nacks.saturating_sub(probe.nacks) as i64
         } else {
             1
@@ -1950,7 +1974,54 @@ mod tests {
         assert_eq!(leaves[0].name, "node1");
         assert_eq!(leaves[0].state, NodeState::Dead);
         assert_eq!(cluster.nodes[0].num_alive(), 1);
-        // Failed probes without nack-capable peers raise the awareness score.
+        // A refused fallback ping shows our own network works: local health is spared.
+        assert_eq!(cluster.nodes[0].stats().awareness, 0);
+    }
+
+    #[test]
+    fn a_target_whose_gossip_port_refuses_is_suspected_without_waiting_out_the_interval() {
+        let mut cluster = Cluster::of(2);
+        cluster.join(1, 0);
+        cluster.run_for(Duration::from_secs(2));
+        cluster.down.insert(1);
+        let limit = cluster.now + Duration::from_secs(10);
+        let mut sent = None;
+        while cluster.step(limit) {
+            if let Some(probe) = &cluster.nodes[0].probe {
+                sent = Some(probe.sent);
+            }
+            if cluster.view(0, "node1").map(|n| n.state) == Some(NodeState::Suspect) {
+                break;
+            }
+        }
+        let sent = sent.expect("node1 probed");
+        let config = cluster.nodes[0].config();
+        // The direct ping times out, the TCP ping is refused at once, indirect acks get a
+        // fifth of the probe timeout: 600 ms instead of the 1 s probe interval.
+        assert_eq!(
+            cluster.now - sent,
+            config.probe_timeout + config.probe_timeout / 5
+        );
+    }
+
+    #[test]
+    fn a_probe_that_times_out_without_nack_capable_peers_lowers_local_health() {
+        let mut cluster = Cluster::of(2);
+        cluster.join(1, 0);
+        cluster.run_for(Duration::from_secs(2));
+        // Both ways and for TCP too, but without a refusal: the fallback ping times out.
+        cluster.udp_blocked.extend([(0, 1), (1, 0)]);
+        cluster.nodes[0].config.disable_tcp_pings = true;
+        let limit = cluster.now + Duration::from_secs(10);
+        while cluster.step(limit) {
+            if cluster.view(0, "node1").map(|n| n.state) == Some(NodeState::Suspect) {
+                break;
+            }
+        }
+        assert_eq!(
+            cluster.view(0, "node1").map(|n| n.state),
+            Some(NodeState::Suspect)
+        );
         assert!(cluster.nodes[0].stats().awareness >= 1);
     }
 
