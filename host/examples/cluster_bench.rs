@@ -12,7 +12,7 @@
 //! Every agent is a real process on loopback with an address of its own (`127.<net>.0.<n>`,
 //! gossip on port 7946, RPC on 7373; each cluster takes a fresh `<net>` from 150 upwards) and
 //! the lan profile. Both kinds get the same flags (`-node`, `-bind`, `-rpc-addr`, `-join`,
-//! `-log-level=warn`); our agent runs without plugins.
+//! `-log-level=warn`, `info` in the failure-detection cluster); our agent runs without plugins.
 //!
 //! - *Convergence*: the seed starts and answers RPC, then the other agents start back to back
 //!   with `-join=<seed>`; the time runs from spawning the first joiner until every agent lists
@@ -22,7 +22,9 @@
 //!   settling time and a random part of a probe interval (so that the kill lands at any
 //!   phase of the agents' probe ticks; `--seed` replays the choice), one agent is killed with
 //!   SIGKILL; the time runs until every other agent lists it as `failed`. Any other member
-//!   seen as anything but alive counts as a false failure.
+//!   seen as anything but alive counts as a false failure, and any failed probe of a live
+//!   member after convergence (the "no acks received" line both kinds log at info) as a false
+//!   suspicion.
 //! - *Idle footprint*: VmRSS and CPU time (utime + stime) over an idle window, for one agent
 //!   alone and per agent in the largest cluster, after `--settle-secs` of idling.
 //!
@@ -322,6 +324,10 @@ async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
             }
             for kind in Kind::BOTH {
                 let mut cluster = Cluster::new(&mut bench, kind, size)?;
+                if size == options.fail_size && !options.converge_only {
+                    // Info logs show every failed probe: false suspicions are counted.
+                    cluster.log_level = "info";
+                }
                 let convergence = cluster.converge(&bench).await?;
                 println!(
                     "{} agents, {}: {}",
@@ -352,7 +358,10 @@ async fn run(mut bench: Bench, options: &Options) -> anyhow::Result<Results> {
                             kind.label(),
                             detection.describe()
                         );
-                        if detection.all.is_none() || detection.false_failures() > 0 {
+                        if detection.all.is_none()
+                            || detection.false_failures() > 0
+                            || !detection.false_suspicions.is_empty()
+                        {
                             cluster.keep_logs = true;
                         }
                         Some(detection)
@@ -474,6 +483,8 @@ struct Cluster {
     keep_logs: bool,
     /// Extra `serf agent` arguments for every agent.
     extra_args: Vec<String>,
+    /// `-log-level` of every agent.
+    log_level: &'static str,
 }
 
 impl Drop for Cluster {
@@ -504,6 +515,7 @@ impl Cluster {
             nodes: Vec::with_capacity(size),
             keep_logs: false,
             extra_args: Vec::new(),
+            log_level: "warn",
         })
     }
 
@@ -524,7 +536,7 @@ impl Cluster {
             format!("-node={name}"),
             format!("-bind={ip}:{GOSSIP_PORT}"),
             format!("-rpc-addr={ip}:{RPC_PORT}"),
-            "-log-level=warn".to_owned(),
+            format!("-log-level={}", self.log_level),
         ];
         if n > 1 {
             args.push(format!("-join={}:{GOSSIP_PORT}", self.ip(1)));
@@ -706,6 +718,11 @@ impl Cluster {
         let victim_name = self.nodes[victim].name.clone();
         let observers: Vec<usize> = (0..victim).collect();
         let mut false_statuses = BTreeSet::new();
+        let log_offsets: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|node| std::fs::metadata(&node.log).map_or(0, |m| m.len()))
+            .collect();
         let settle_until = Instant::now() + SETTLE_BEFORE_KILL;
         while Instant::now() < settle_until {
             let round = Instant::now();
@@ -744,7 +761,9 @@ impl Cluster {
             let done = seen_failed.iter().all(Option::is_some);
             if done || !exits.is_empty() || now > deadline {
                 let times: Vec<Duration> = seen_failed.iter().flatten().copied().collect();
+                let false_suspicions = self.false_suspicions(&log_offsets, &victim_name);
                 return Ok(Detection {
+                    false_suspicions,
                     first: times.iter().min().copied(),
                     all: done.then(|| times.iter().max().copied()).flatten(),
                     detected_by: times.len(),
@@ -756,6 +775,34 @@ impl Cluster {
             }
             tokio::time::sleep_until((round + POLL_INTERVAL).into()).await;
         }
+    }
+
+    /// Suspicions raised since `offsets` (each agent's log length at convergence) against
+    /// members other than `victim`: the lines where a probe failed ("no acks received", in
+    /// both kinds' info logs) that name another member.
+    fn false_suspicions(&self, offsets: &[u64], victim: &str) -> Vec<String> {
+        let names: BTreeSet<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let mut found = Vec::new();
+        for (node, &offset) in self.nodes.iter().zip(offsets) {
+            let Ok(text) = std::fs::read(&node.log) else {
+                continue;
+            };
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(text.len());
+            for line in String::from_utf8_lossy(&text[start..]).lines() {
+                if !line.contains("no acks received") {
+                    continue;
+                }
+                let other = line
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .any(|token| token != victim && names.contains(token));
+                if other {
+                    found.push(format!("{}: {}", node.name, line.trim()));
+                }
+            }
+        }
+        found
     }
 
     /// RSS and CPU time per agent after `options.settle` of idling, over `options.idle`.
@@ -1202,6 +1249,8 @@ impl Convergence {
 }
 
 struct Detection {
+    /// Log lines of probes failing against live members (agents at `-log-level=info`).
+    false_suspicions: Vec<String>,
     first: Option<Duration>,
     all: Option<Duration>,
     detected_by: usize,
@@ -1232,7 +1281,14 @@ impl Detection {
                 self.victim_statuses.join(", ")
             ),
         };
-        text.push_str(&format!(", false failures: {}", self.false_failures()));
+        text.push_str(&format!(
+            ", false failures: {}, false suspicions: {}",
+            self.false_failures(),
+            self.false_suspicions.len()
+        ));
+        for line in self.false_suspicions.iter().take(10) {
+            text.push_str(&format!("\n   {line}"));
+        }
         for (observer, member, status) in self.false_statuses.iter().take(10) {
             text.push_str(&format!(
                 "\n   node{} listed {member} as {status}",
@@ -1423,8 +1479,8 @@ fn print_tables(options: &Options, results: &Results) {
         options.fail_size
     );
     println!();
-    println!("| agent |{runs} median | mean | median first | false failures |");
-    println!("|---|{align}---:|---:|---:|---:|");
+    println!("| agent |{runs} median | mean | median first | false failures | false suspicions |");
+    println!("|---|{align}---:|---:|---:|---:|---:|");
     for (kind, reps) in &results.detection {
         let cells: String = reps
             .iter()
@@ -1448,9 +1504,14 @@ fn print_tables(options: &Options, results: &Results) {
             .filter_map(|d| d.first.map(|first| first.as_secs_f64()))
             .collect();
         let false_failures: usize = reps.iter().flatten().map(Detection::false_failures).sum();
+        let false_suspicions: usize = reps
+            .iter()
+            .flatten()
+            .map(|d| d.false_suspicions.len())
+            .sum();
         let complete = all.len() == reps.len();
         println!(
-            "| {} |{cells} {} | {} | {} | {false_failures} |",
+            "| {} |{cells} {} | {} | {} | {false_failures} | {false_suspicions} |",
             kind.label(),
             seconds(if complete { median(&all) } else { None }),
             seconds(
