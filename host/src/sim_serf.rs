@@ -217,29 +217,37 @@ mod tests {
         });
     }
 
-    /// Node `cut` is alone on its side while node 0 sends an event, until every other node
-    /// has it and nothing is left to gossip; then the partition heals. `until_failed` keeps
-    /// the partition until each side has declared the other failed (the heal then goes
+    /// Node `cut` is alone on its side while node 0 sends `burst` events, until every other
+    /// node has them and nothing is left to gossip; then the partition heals. `until_failed`
+    /// keeps the partition until each side has declared the other failed (the heal then goes
     /// through Serf's reconnect, a join); without it, the partition is too short for that
     /// (the heal goes through the periodic push/pull).
-    fn cut_off_during_an_event(seed: u64, until_failed: bool) {
+    fn cut_off_during_events(seed: u64, until_failed: bool, burst: usize) {
         let n = 10;
         let cut = 6;
         let mut sim = joined(seed, n);
         let side = |i: usize| u32::from(i == cut);
         sim.partition(side);
-        let ltime = sim
-            .act(0, |serf, now| serf.user_event(now, "deploy", b"v42", false))
-            .expect("the event is sent");
+        let sent: Vec<(LamportTime, Vec<u8>)> = (0..burst)
+            .map(|k| {
+                let payload = format!("v{k}").into_bytes();
+                let ltime = sim
+                    .act(0, |serf, now| {
+                        serf.user_event(now, "deploy", &payload, false)
+                    })
+                    .expect("the event is sent");
+                (ltime, payload)
+            })
+            .collect();
         let others = || (0..n).filter(|&i| i != cut);
         let gossiped =
-            sim.run_until_true(Duration::from_secs(10), Duration::from_millis(100), |sim| {
+            sim.run_until_true(Duration::from_secs(60), Duration::from_millis(100), |sim| {
                 others().all(|i| {
-                    !sim.user_events(i, "deploy").is_empty()
+                    sim.user_events(i, "deploy").len() == burst
                         && sim.nodes[i].peer.stats().event_queue == 0
                 })
             });
-        gossiped.expect("the event was not gossiped to the connected nodes within 10 s");
+        gossiped.expect("the events were not gossiped to the connected nodes within 60 s");
         if until_failed {
             let split =
                 sim.run_until_true(Duration::from_secs(120), Duration::from_secs(1), |sim| {
@@ -251,7 +259,7 @@ mod tests {
             split.expect("the two sides did not declare each other failed within 120 s");
         }
         assert!(sim.user_events(cut, "deploy").is_empty());
-        // Nothing queues the event for gossip any more: only push/pull can bring it now.
+        // Nothing queues the events for gossip any more: only push/pull can bring them now.
         for i in 0..n {
             assert_eq!(sim.nodes[i].peer.stats().event_queue, 0, "node{i}");
         }
@@ -260,9 +268,14 @@ mod tests {
         // Push/pull runs every 30 s (Serf's reconnect too); allow a few rounds.
         let caught_up =
             sim.run_until_true(Duration::from_secs(150), Duration::from_secs(1), |sim| {
-                !sim.user_events(cut, "deploy").is_empty()
+                sim.user_events(cut, "deploy").len() >= burst
             });
-        caught_up.expect("the cut-off node did not get the event within 150 s of the heal");
+        caught_up.unwrap_or_else(|| {
+            panic!(
+                "the cut-off node got {} of {burst} events within 150 s of the heal",
+                sim.user_events(cut, "deploy").len()
+            )
+        });
         sim.run_until_true(
             Duration::from_secs(120),
             Duration::from_secs(1),
@@ -271,7 +284,24 @@ mod tests {
         .expect("the cluster did not converge again within 120 s");
         sim.run_for(Duration::from_secs(60));
         for i in 0..n {
-            assert_once(&sim, i, "deploy", ltime, b"v42");
+            let mut got: Vec<(LamportTime, &[u8])> = sim
+                .user_events(i, "deploy")
+                .into_iter()
+                .map(|(_, event)| (event.ltime, &event.payload[..]))
+                .collect();
+            if i == cut {
+                assert!(got.is_sorted(), "node{cut} caught up in Lamport order");
+            }
+            // Gossip hands out the newest events first.
+            got.sort();
+            let want: Vec<(LamportTime, &[u8])> =
+                sent.iter().map(|(ltime, p)| (*ltime, &p[..])).collect();
+            assert_eq!(got, want, "node{i}: each event once");
+            assert_eq!(
+                sim.nodes[i].peer.stats().counters.events_too_old,
+                0,
+                "node{i}"
+            );
         }
         assert!(sim.user_events(cut, "deploy")[0].0 > healed_at);
         if !until_failed {
@@ -283,11 +313,19 @@ mod tests {
 
     #[test]
     fn a_node_cut_off_during_an_event_receives_it_after_the_partition_heals() {
-        run_seeded(12, |seed| cut_off_during_an_event(seed, true));
+        run_seeded(12, |seed| cut_off_during_events(seed, true, 1));
     }
 
     #[test]
     fn a_node_cut_off_briefly_during_an_event_receives_it_through_push_pull() {
-        run_seeded(13, |seed| cut_off_during_an_event(seed, false));
+        run_seeded(13, |seed| cut_off_during_events(seed, false, 1));
+    }
+
+    /// Serf's push/pull carries only the last 512 Lamport times of events; ours also carries
+    /// the older rest of the window, so a node that missed a whole burst of 1,000 gets all of
+    /// it, and in Lamport order.
+    #[test]
+    fn a_node_cut_off_during_a_burst_of_a_thousand_events_receives_them_all_after_the_heal() {
+        run_seeded(14, |seed| cut_off_during_events(seed, true, 1000));
     }
 }

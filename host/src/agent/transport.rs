@@ -203,7 +203,10 @@ async fn bind_both(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)>
             .port();
         let udp_addr = SocketAddr::new(addr.ip(), port);
         match UdpSocket::bind(udp_addr).await {
-            Ok(udp) => return Ok((listener, udp)),
+            Ok(udp) => {
+                enlarge_receive_buffer(&udp);
+                return Ok((listener, udp));
+            }
             Err(error) if addr.port() == 0 && tries < TRIES_FOR_ANY_PORT => {
                 tracing::debug!(%udp_addr, %error, "gossip port taken for UDP; trying another");
             }
@@ -212,6 +215,27 @@ async fn bind_both(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)>
                     .with_context(|| format!("cannot bind the gossip UDP socket to {udp_addr}"));
             }
         }
+    }
+}
+
+/// Asks for a 2 MiB UDP receive buffer, halving until the system allows it, as memberlist
+/// does: a burst of gossip from many members at once then waits in the kernel instead of being
+/// dropped there while the agent is busy. Whatever size is granted, the agent works.
+fn enlarge_receive_buffer(udp: &UdpSocket) {
+    const WANTED: usize = 2 * 1024 * 1024;
+    let socket = socket2::SockRef::from(udp);
+    let mut size = WANTED;
+    while size >= 64 * 1024 {
+        match socket.set_recv_buffer_size(size) {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::debug!(size, %error, "UDP receive buffer size refused");
+                size /= 2;
+            }
+        }
+    }
+    if let Ok(granted) = socket.recv_buffer_size() {
+        tracing::debug!(granted, "gossip UDP receive buffer");
     }
 }
 
@@ -603,6 +627,22 @@ mod tests {
         assert_ne!(port, 0);
         assert_eq!(transport.udp.local_addr().unwrap().port(), port);
         TcpStream::connect(transport.local_addr).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_gossip_socket_asks_for_more_receive_buffer_than_the_default() {
+        let transport = Transport::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        let granted = socket2::SockRef::from(&transport.udp)
+            .recv_buffer_size()
+            .unwrap();
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let default = socket2::SockRef::from(&plain).recv_buffer_size().unwrap();
+        assert!(
+            granted > default,
+            "{granted} bytes, the default is {default}"
+        );
     }
 
     fn request(to: SocketAddr, expects_reply: bool, deadline: Duration) -> StreamRequest {

@@ -3,6 +3,7 @@
 //! memberlist calls into it while it handles packets and timers; what it cannot do itself
 //! (point-to-point sends, joins) it leaves in an outbox that [`super::Serf`] drains.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -33,6 +34,10 @@ pub(super) const BUFFER_SLOTS: u64 = 512;
 /// that has seen event 1000 refuses 1–488 as too old when they arrive later. 4096 matches the
 /// depth of a broadcast queue, so an event that can still be in some node's queue is taken.
 pub(super) const EVENT_BUFFER_SLOTS: u64 = 4096;
+
+/// At most this many bytes of event names and payloads from beyond Serf's 512-slot window go
+/// into one push/pull state (the newest kept), far below the 20 MiB a stream may carry.
+const MAX_OLDER_EVENT_BYTES: usize = 4 << 20;
 
 /// How long an intent about an unknown node is remembered.
 const RECENT_INTENT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -612,6 +617,7 @@ impl Core {
             event_ltime: self.event_clock.time(),
             events: self.recent_events(),
             query_ltime: self.query_clock.time(),
+            older_events: self.older_events(),
         }
     }
 
@@ -626,6 +632,39 @@ impl Core {
             }
         }
         recent
+    }
+
+    /// The rest of the event window, oldest first: gossip sends each event a bounded number
+    /// of times, so now and then a node misses some of a long burst, and only push/pull can
+    /// bring it those (Serf's 512 slots hold only the end of a burst of 1,000). At most
+    /// [`MAX_OLDER_EVENT_BYTES`] of names and payloads, the newest kept.
+    fn older_events(&self) -> Vec<UserEvents> {
+        let current = self.event_clock.time();
+        let mut older: Vec<&UserEvents> = self
+            .event_buffer
+            .iter()
+            .flatten()
+            .filter(|seen| {
+                seen.ltime.saturating_add(BUFFER_SLOTS) <= current
+                    && seen.ltime.saturating_add(EVENT_BUFFER_SLOTS) > current
+            })
+            .collect();
+        older.sort_unstable_by_key(|seen| Reverse(seen.ltime));
+        let mut bytes = 0usize;
+        let mut kept: Vec<UserEvents> = older
+            .into_iter()
+            .take_while(|seen| {
+                bytes += seen
+                    .events
+                    .iter()
+                    .map(|e| e.name.len() + e.payload.len())
+                    .sum::<usize>();
+                bytes <= MAX_OLDER_EVENT_BYTES
+            })
+            .cloned()
+            .collect();
+        kept.reverse();
+        kept
     }
 
     fn merge(&mut self, now: Instant, state: PushPullState, join: bool) {
@@ -660,7 +699,16 @@ impl Core {
         if join && self.ignore_old_events {
             self.event_min_time = self.event_min_time.max(state.event_ltime);
         }
-        for events in state.events.into_iter().flatten() {
+        // Older events first: Serf's recent ones are in ring order, not Lamport order.
+        let current = self.event_clock.time();
+        let older = state.older_events.into_iter().filter(|events| {
+            // Out of our window: never taken, and not worth a warning (Serf never sends these).
+            events.ltime.saturating_add(EVENT_BUFFER_SLOTS) >= current
+        });
+        let mut received: Vec<UserEvents> =
+            older.chain(state.events.into_iter().flatten()).collect();
+        received.sort_by_key(|events| events.ltime);
+        for events in received {
             for entry in events.events {
                 let message = UserEventMsg {
                     ltime: events.ltime,

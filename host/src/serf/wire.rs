@@ -109,6 +109,10 @@ pub struct PushPullState {
     pub events: Vec<Option<UserEvents>>,
     /// Query clock.
     pub query_ltime: LamportTime,
+    /// Our extension (`OlderEvents`, encoded only when not empty; Serf skips unknown keys):
+    /// the events of the event window older than the 512 Lamport times `events` carries, so
+    /// that a node that missed some of a long burst gets them at its next push/pull.
+    pub older_events: Vec<UserEvents>,
 }
 
 /// A user event (3).
@@ -219,6 +223,7 @@ const PUSH_PULL_FIELDS: &[&str] = &[
     "EventLTime",
     "Events",
     "QueryLTime",
+    "OlderEvents",
 ];
 const USER_EVENTS_FIELDS: &[&str] = &["LTime", "Events"];
 const USER_EVENT_ENTRY_FIELDS: &[&str] = &["Name", "Payload"];
@@ -377,10 +382,11 @@ impl UserEvents {
 }
 
 impl PushPullState {
-    /// `[2]` + `{EventLTime, Events, LTime, LeftMembers, QueryLTime, StatusLTimes}`.
+    /// `[2]` + `{EventLTime, Events, LTime, LeftMembers, [OlderEvents,] QueryLTime,
+    /// StatusLTimes}`.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::with_type(MessageType::PushPull as u8);
-        e.map(6)
+        e.map(if self.older_events.is_empty() { 6 } else { 7 })
             .str("EventLTime")
             .uint(self.event_ltime)
             .str("Events")
@@ -399,6 +405,12 @@ impl PushPullState {
             .array(self.left_members.len());
         for member in &self.left_members {
             e.str(member);
+        }
+        if !self.older_events.is_empty() {
+            e.str("OlderEvents").array(self.older_events.len());
+            for events in &self.older_events {
+                events.write(&mut e);
+            }
         }
         e.str("QueryLTime")
             .uint(self.query_ltime)
@@ -426,6 +438,12 @@ impl PushPullState {
                     None => Ok(None),
                 })
                 .collect::<Result<_, DecodeError>>()?;
+            let older_events = f
+                .get("OlderEvents")
+                .array()?
+                .into_iter()
+                .map(|entry| UserEvents::read(&entry.fields(USER_EVENTS_FIELDS)?))
+                .collect::<Result<_, DecodeError>>()?;
             let status_ltimes = f
                 .get("StatusLTimes")
                 .map()?
@@ -439,6 +457,7 @@ impl PushPullState {
                 event_ltime: f.uint("EventLTime")?,
                 events,
                 query_ltime: f.uint("QueryLTime")?,
+                older_events,
             })
         })
     }
@@ -1162,6 +1181,7 @@ mod tests {
                 event_ltime: 1,
                 events: vec![None; EVENT_BUFFER_SLOTS],
                 query_ltime: 1,
+                older_events: Vec::new(),
             }
         );
         assert_eq!(PushPullState::decode(&bytes), Ok(state));
@@ -1469,6 +1489,13 @@ mod tests {
                 event_ltime: 4,
                 events,
                 query_ltime: 70_000,
+                older_events: vec![UserEvents {
+                    ltime: 1,
+                    events: vec![UserEventEntry {
+                        name: "old".into(),
+                        payload: b"p".to_vec(),
+                    }],
+                }],
             }),
             SerfMessage::UserEvent(UserEventMsg {
                 ltime: 12,
@@ -1544,6 +1571,30 @@ mod tests {
         e.map(1).str("Events").array(2).nil().map(0);
         let decoded = PushPullState::decode(&e.into_inner()).unwrap();
         assert_eq!(decoded.events, [None, Some(UserEvents::default())]);
+    }
+
+    #[test]
+    fn older_events_travel_under_a_key_of_their_own_only_when_there_are_some() {
+        let without = PushPullState::default().encode();
+        assert!(!without.windows(11).any(|w| w == b"OlderEvents"));
+        assert_eq!(without[1], 0x86, "six keys, as Serf sends");
+        let older = vec![UserEvents {
+            ltime: 7,
+            events: vec![UserEventEntry {
+                name: "deploy".into(),
+                payload: b"v1".to_vec(),
+            }],
+        }];
+        let with = PushPullState {
+            older_events: older.clone(),
+            ..PushPullState::default()
+        }
+        .encode();
+        assert_eq!(with[1], 0x87);
+        assert!(with.windows(11).any(|w| w == b"OlderEvents"));
+        assert_eq!(PushPullState::decode(&with).unwrap().older_events, older);
+        // Serf's states (no such key) decode with none.
+        assert_eq!(PushPullState::decode(&without).unwrap().older_events, []);
     }
 
     #[test]
