@@ -513,13 +513,26 @@ fn execute(command: Command) -> u8 {
     }
 }
 
+/// How a client subcommand ends: `Ok` with its exit code, or `Err` with the exit code of a
+/// failure whose message is already printed (so that `?` can end a subcommand).
+type Exit = Result<u8, u8>;
+
+/// Prints `{what}: {error}`, as Serf's CLI reports a failed step, for `map_err`; the exit
+/// code is 1.
+fn failed<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> u8 + '_ {
+    move |error| {
+        out(&format!("{what}: {error}"));
+        1
+    }
+}
+
 /// Runs a client subcommand on a small single-threaded runtime.
-fn block_on(command: impl Future<Output = u8>) -> u8 {
+fn block_on(command: impl Future<Output = Exit>) -> u8 {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(command),
+        Ok(runtime) => runtime.block_on(command).unwrap_or_else(|code| code),
         Err(error) => {
             eprintln!("Error starting the client runtime: {error}");
             1
@@ -860,33 +873,18 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn members(args: MembersArgs) -> u8 {
+async fn members(args: MembersArgs) -> Exit {
     let mut tag_filters = args.tags.clone();
     if !args.role.is_empty() {
         out("Deprecation warning: 'Role' has been replaced with 'Tags'");
         tag_filters.push(format!("role={}", args.role));
     }
-    let tags = match parse_tags(&tag_filters) {
-        Ok(tags) => tags,
-        Err(error) => {
-            out(&format!("Error: {error}"));
-            return 1;
-        }
-    };
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    let members = match client
+    let tags = parse_tags(&tag_filters).map_err(failed("Error"))?;
+    let client = connect(&args.rpc).await?;
+    let members = client
         .members_filtered(&tags, &args.status, &args.name)
         .await
-    {
-        Ok(members) => members,
-        Err(error) => {
-            out(&format!("Error retrieving members: {error}"));
-            return 1;
-        }
-    };
+        .map_err(failed("Error retrieving members"))?;
     let output = match args.format.as_str() {
         "text" => format_members_text(&members, args.detailed),
         "json" => format_members_json(&members),
@@ -894,11 +892,11 @@ async fn members(args: MembersArgs) -> u8 {
             out(&format!(
                 "Encoding error: Invalid output format \"{other}\""
             ));
-            return 1;
+            return Err(1);
         }
     };
     out(&output);
-    0
+    Ok(0)
 }
 
 /// Splits `NAME [PAYLOAD]`, with Serf's messages for a wrong count.
@@ -921,57 +919,35 @@ fn name_and_payload(
     }
 }
 
-async fn event(args: EventArgs) -> u8 {
+async fn event(args: EventArgs) -> Exit {
     let (name, payload) =
-        match name_and_payload(&args.args, "An event name must be specified.", "event") {
-            Ok(parts) => parts,
-            Err(code) => return code,
-        };
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    if let Err(error) = client
+        name_and_payload(&args.args, "An event name must be specified.", "event")?;
+    let client = connect(&args.rpc).await?;
+    client
         .user_event(&name, payload.as_deref(), args.coalesce)
         .await
-    {
-        out(&format!("Error sending event: {error}"));
-        return 1;
-    }
+        .map_err(failed("Error sending event"))?;
     out(&format!(
         "Event '{name}' dispatched! Coalescing enabled: {}",
         args.coalesce
     ));
-    0
+    Ok(0)
 }
 
-async fn query(args: QueryArgs) -> u8 {
-    let filter_tags = match parse_tags(&args.tags) {
-        Ok(tags) => tags,
-        Err(error) => {
-            out(&format!("Error: {error}"));
-            return 1;
-        }
-    };
-    let (name, payload) =
-        match name_and_payload(&args.args, "A query name must be specified.", "query") {
-            Ok(parts) => parts,
-            Err(code) => return code,
-        };
+async fn query(args: QueryArgs) -> Exit {
+    let filter_tags = parse_tags(&args.tags).map_err(failed("Error"))?;
+    let (name, payload) = name_and_payload(&args.args, "A query name must be specified.", "query")?;
     let Ok(relay_factor) = u8::try_from(args.relay_factor) else {
         out("Relay factor must be between 0 and 255");
-        return 1;
+        return Err(1);
     };
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
+    let client = connect(&args.rpc).await?;
     let json = match args.format.as_str() {
         "text" => false,
         "json" => true,
         other => {
             out(&format!("Invalid format: {other}"));
-            return 1;
+            return Err(1);
         }
     };
     let request = QueryRequest {
@@ -983,13 +959,10 @@ async fn query(args: QueryArgs) -> u8 {
         request_ack: !args.no_ack,
         timeout: args.timeout,
     };
-    let mut records = match client.query(request).await {
-        Ok(records) => records,
-        Err(error) => {
-            out(&format!("Error sending query: {error}"));
-            return 1;
-        }
-    };
+    let mut records = client
+        .query(request)
+        .await
+        .map_err(failed("Error sending query"))?;
     if !json {
         out(&format!("Query '{name}' dispatched"));
     }
@@ -1001,7 +974,7 @@ async fn query(args: QueryArgs) -> u8 {
     loop {
         let record = tokio::select! {
             record = records.recv() => record,
-            () = &mut shutdown => return 1,
+            () = &mut shutdown => return Err(1),
         };
         let Some(record) = record else { break };
         // An empty `From` ends the query, as in Serf's CLI.
@@ -1033,27 +1006,21 @@ async fn query(args: QueryArgs) -> u8 {
         }
         out(&format!("Total Responses: {num_responses}"));
     }
-    0
+    Ok(0)
 }
 
-async fn monitor(args: MonitorArgs) -> u8 {
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    let mut events = match client.stream("*").await {
-        Ok(events) => events,
-        Err(error) => {
-            out(&format!("Error starting stream: {error}"));
-            return 1;
-        }
-    };
+async fn monitor(args: MonitorArgs) -> Exit {
+    let client = connect(&args.rpc).await?;
+    let mut events = client
+        .stream("*")
+        .await
+        .map_err(failed("Error starting stream"))?;
     let mut logs = match client.monitor(&args.log_level).await {
         Ok(logs) => logs,
         Err(error) => {
             out(&format!("Error starting monitor: {error}"));
             let _ = client.stop(events.seq()).await;
-            return 1;
+            return Err(1);
         }
     };
     let shutdown = shutdown_signal();
@@ -1071,7 +1038,7 @@ async fn monitor(args: MonitorArgs) -> u8 {
             () = &mut shutdown => {
                 let _ = client.stop(logs.seq()).await;
                 let _ = client.stop(events.seq()).await;
-                return 0;
+                return Ok(0);
             }
         }
     }
@@ -1086,21 +1053,15 @@ async fn monitor(args: MonitorArgs) -> u8 {
     out(
         "Remote side ended the monitor! This usually means that the\nremote side has exited or crashed.",
     );
-    1
+    Err(1)
 }
 
-async fn info(args: InfoArgs) -> u8 {
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    let stats = match client.stats().await {
-        Ok(stats) => stats,
-        Err(error) => {
-            out(&format!("Error querying agent: {error}"));
-            return 1;
-        }
-    };
+async fn info(args: InfoArgs) -> Exit {
+    let client = connect(&args.rpc).await?;
+    let stats = client
+        .stats()
+        .await
+        .map_err(failed("Error querying agent"))?;
     let output = match args.format.as_str() {
         "text" => format_stats_text(&stats),
         "json" => format_stats_json(&stats),
@@ -1108,38 +1069,23 @@ async fn info(args: InfoArgs) -> u8 {
             out(&format!(
                 "Encoding error: Invalid output format \"{other}\""
             ));
-            return 1;
+            return Err(1);
         }
     };
     out(&output);
-    0
+    Ok(0)
 }
 
-async fn leave(args: LeaveArgs) -> u8 {
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    if let Err(error) = client.leave().await {
-        out(&format!("Error leaving: {error}"));
-        return 1;
-    }
+async fn leave(args: LeaveArgs) -> Exit {
+    let client = connect(&args.rpc).await?;
+    client.leave().await.map_err(failed("Error leaving"))?;
     out("Graceful leave complete");
-    0
+    Ok(0)
 }
 
-async fn reload(args: ReloadArgs) -> u8 {
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    let response = match client.reload().await {
-        Ok(response) => response,
-        Err(error) => {
-            out(&format!("Error reloading: {error}"));
-            return 1;
-        }
-    };
+async fn reload(args: ReloadArgs) -> Exit {
+    let client = connect(&args.rpc).await?;
+    let response = client.reload().await.map_err(failed("Error reloading"))?;
     out("Configuration reloaded");
     for plugin in &response.plugins {
         let error = Some(plugin.error.as_str()).filter(|error| !error.is_empty());
@@ -1160,116 +1106,104 @@ async fn reload(args: ReloadArgs) -> u8 {
         .plugins
         .iter()
         .any(|plugin| !plugin.error.is_empty());
-    u8::from(failed)
+    Ok(u8::from(failed))
 }
 
-async fn join(args: JoinArgs) -> u8 {
+async fn join(args: JoinArgs) -> Exit {
     if args.addrs.is_empty() {
-        return usage_error("At least one address to join must be specified.", "join");
+        return Err(usage_error(
+            "At least one address to join must be specified.",
+            "join",
+        ));
     }
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    match client.join(&args.addrs, args.replay).await {
-        Ok(num) => {
-            out(&format!(
-                "Successfully joined cluster by contacting {num} nodes."
-            ));
-            0
-        }
-        Err(error) => {
-            out(&format!("Error joining the cluster: {error}"));
-            1
-        }
-    }
+    let client = connect(&args.rpc).await?;
+    let num = client
+        .join(&args.addrs, args.replay)
+        .await
+        .map_err(failed("Error joining the cluster"))?;
+    out(&format!(
+        "Successfully joined cluster by contacting {num} nodes."
+    ));
+    Ok(0)
 }
 
-async fn force_leave(args: ForceLeaveArgs) -> u8 {
+async fn force_leave(args: ForceLeaveArgs) -> Exit {
     let [node] = args.nodes.as_slice() else {
-        return usage_error(
+        return Err(usage_error(
             "A node name must be specified to force leave.",
             "force-leave",
-        );
+        ));
     };
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    if let Err(error) = client.force_leave(node, args.prune).await {
-        out(&format!("Error force leaving: {error}"));
-        return 1;
-    }
-    0
+    let client = connect(&args.rpc).await?;
+    client
+        .force_leave(node, args.prune)
+        .await
+        .map_err(failed("Error force leaving"))?;
+    Ok(0)
 }
 
-async fn rtt(args: RttArgs) -> u8 {
+async fn rtt(args: RttArgs) -> Exit {
     // Serf connects before it looks at the arguments.
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
+    let client = connect(&args.rpc).await?;
     let mut nodes = args.nodes;
     match nodes.len() {
-        1 => match client.stats().await {
-            Ok(stats) => {
-                let name = stats.get("agent").and_then(|agent| agent.get("name"));
-                nodes.push(name.cloned().unwrap_or_default());
-            }
-            Err(error) => {
-                out(&format!("Error querying agent: {error}"));
-                return 1;
-            }
-        },
+        1 => {
+            let stats = client
+                .stats()
+                .await
+                .map_err(failed("Error querying agent"))?;
+            let name = stats.get("agent").and_then(|agent| agent.get("name"));
+            nodes.push(name.cloned().unwrap_or_default());
+        }
         2 => {}
-        _ => return usage_error("One or two node names must be specified", "rtt"),
+        _ => {
+            return Err(usage_error(
+                "One or two node names must be specified",
+                "rtt",
+            ));
+        }
     }
     let mut coordinates = Vec::new();
     for node in &nodes {
-        match client.get_coordinate(node).await {
-            Ok(Some(coordinate)) => coordinates.push(coordinate),
-            Ok(None) => {
-                out(&format!(
-                    "Could not find a coordinate for node {}",
-                    go_quote(node)
-                ));
-                return 1;
-            }
-            Err(error) => {
-                out(&format!("Error getting coordinates: {error}"));
-                return 1;
-            }
-        }
+        let coordinate = client
+            .get_coordinate(node)
+            .await
+            .map_err(failed("Error getting coordinates"))?;
+        let Some(coordinate) = coordinate else {
+            out(&format!(
+                "Could not find a coordinate for node {}",
+                go_quote(node)
+            ));
+            return Err(1);
+        };
+        coordinates.push(coordinate);
     }
     match format_rtt(&nodes[0], &nodes[1], &coordinates[0], &coordinates[1]) {
         Some(line) => {
             out(&line);
-            0
+            Ok(0)
         }
         None => {
             out("Error estimating the round trip time: coordinate dimensionality does not match");
-            1
+            Err(1)
         }
     }
 }
 
-async fn keys(args: KeysArgs) -> u8 {
+async fn keys(args: KeysArgs) -> Exit {
     let mut found = args.list;
     for key in [&args.install, &args.use_key, &args.remove] {
         if found && !key.is_empty() {
             out("Only one of -install, -use, -remove, or -list allowed");
-            return 1;
+            return Err(1);
         }
         found |= !key.is_empty();
     }
     if !found {
         out(&subcommand_help("keys"));
-        return 1;
+        return Err(1);
     }
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
+    let client = connect(&args.rpc).await?;
     if args.list {
         out("==> Asking all members for installed keys...");
         return match client.list_keys().await {
@@ -1278,9 +1212,9 @@ async fn keys(args: KeysArgs) -> u8 {
                 out("");
                 let keys = response.keys.unwrap_or_default();
                 out(&format_key_list(&keys, response.num_nodes));
-                0
+                Ok(0)
             }
-            Err(error) => key_failure("Failed to gather member keys", &error),
+            Err(error) => Err(key_failure("Failed to gather member keys", &error)),
         };
     }
     let (result, failure, success) = if !args.install.is_empty() {
@@ -1308,9 +1242,9 @@ async fn keys(args: KeysArgs) -> u8 {
     match result {
         Ok(_) => {
             out(success);
-            0
+            Ok(0)
         }
-        Err(error) => key_failure(failure, &error),
+        Err(error) => Err(key_failure(failure, &error)),
     }
 }
 
@@ -1326,31 +1260,22 @@ fn key_failure(what: &str, error: &client::RpcError) -> u8 {
     1
 }
 
-async fn tags(args: TagsArgs) -> u8 {
+async fn tags(args: TagsArgs) -> Exit {
     if args.set.is_empty() && args.delete.is_empty() {
         out(&subcommand_help("tags"));
-        return 1;
+        return Err(1);
     }
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    let set = match parse_tags(&args.set) {
-        Ok(set) => set,
-        Err(error) => {
-            out(&format!("Error: {error}"));
-            return 1;
-        }
-    };
-    if let Err(error) = client.tags(&set, &args.delete).await {
-        out(&format!("Error setting tags: {error}"));
-        return 1;
-    }
+    let client = connect(&args.rpc).await?;
+    let set = parse_tags(&args.set).map_err(failed("Error"))?;
+    client
+        .tags(&set, &args.delete)
+        .await
+        .map_err(failed("Error setting tags"))?;
     out("Successfully updated agent tags");
-    0
+    Ok(0)
 }
 
-async fn jobs(args: JobsArgs) -> u8 {
+async fn jobs(args: JobsArgs) -> Exit {
     let chosen = [
         args.list,
         args.show.is_some(),
@@ -1358,111 +1283,96 @@ async fn jobs(args: JobsArgs) -> u8 {
         args.reap,
     ];
     if chosen.iter().filter(|&&chosen| chosen).count() > 1 {
-        return usage_error("Only one of -list, -show, -kill or -reap allowed", "jobs");
+        return Err(usage_error(
+            "Only one of -list, -show, -kill or -reap allowed",
+            "jobs",
+        ));
     }
     let json = match args.format.as_str() {
         "text" => false,
         "json" => true,
         other => {
             out(&format!("Invalid format: {other}"));
-            return 1;
+            return Err(1);
         }
     };
     let reap_id = match (args.reap, args.ids.as_slice()) {
         (_, []) => None,
         (true, [id]) => match id.parse::<u64>() {
             Ok(id) if id > 0 => Some(id),
-            _ => return usage_error(&format!("Invalid job ID: {id}"), "jobs"),
+            _ => return Err(usage_error(&format!("Invalid job ID: {id}"), "jobs")),
         },
-        _ => return usage_error("Too many arguments", "jobs"),
+        _ => return Err(usage_error("Too many arguments", "jobs")),
     };
-    let client = match connect(&args.rpc).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
+    let client = connect(&args.rpc).await?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     if let Some(id) = args.show {
-        return match client.job_show(id).await {
-            Ok(job) if json => print_json(&job_json(&job)),
-            Ok(job) => {
-                out(&format_job_text(&job, now_ms));
-                0
-            }
-            Err(error) => {
-                out(&format!("Error showing job: {error}"));
-                1
-            }
-        };
+        let job = client
+            .job_show(id)
+            .await
+            .map_err(failed("Error showing job"))?;
+        if json {
+            return print_json(&job_json(&job));
+        }
+        out(&format_job_text(&job, now_ms));
+        return Ok(0);
     }
     if let Some(id) = args.kill {
-        return match client.job_kill(id).await {
-            Ok(job) if json => print_json(&job_json(&job)),
-            Ok(job) => {
-                out(&match job.state.as_str() {
-                    "killed" => format!("Job {id} killed"),
-                    "starting" | "running" => format!("Job {id} is being killed ({})", job.state),
-                    state => format!("Job {id} had already ended: {state}"),
-                });
-                0
-            }
-            Err(error) => {
-                out(&format!("Error killing job: {error}"));
-                1
-            }
-        };
+        let job = client
+            .job_kill(id)
+            .await
+            .map_err(failed("Error killing job"))?;
+        if json {
+            return print_json(&job_json(&job));
+        }
+        out(&match job.state.as_str() {
+            "killed" => format!("Job {id} killed"),
+            "starting" | "running" => format!("Job {id} is being killed ({})", job.state),
+            state => format!("Job {id} had already ended: {state}"),
+        });
+        return Ok(0);
     }
     if args.reap {
-        return match client.job_reap(reap_id).await {
-            Ok(ids) if json => print_json(&serde_json::json!({ "reaped": ids })),
-            Ok(ids) => {
-                out(&match ids.as_slice() {
-                    [] => "No ended jobs to reap".to_owned(),
-                    [id] => format!("Reaped job {id}"),
-                    ids => format!(
-                        "Reaped {} jobs: {}",
-                        ids.len(),
-                        ids.iter()
-                            .map(u64::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                });
-                0
-            }
-            Err(error) => {
-                out(&format!("Error reaping jobs: {error}"));
-                1
-            }
-        };
+        let ids = client
+            .job_reap(reap_id)
+            .await
+            .map_err(failed("Error reaping jobs"))?;
+        if json {
+            return print_json(&serde_json::json!({ "reaped": ids }));
+        }
+        out(&match ids.as_slice() {
+            [] => "No ended jobs to reap".to_owned(),
+            [id] => format!("Reaped job {id}"),
+            ids => format!(
+                "Reaped {} jobs: {}",
+                ids.len(),
+                ids.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+        return Ok(0);
     }
-    match client.jobs_list().await {
-        Ok(jobs) if json => print_json(&serde_json::Value::Array(
+    let jobs = client
+        .jobs_list()
+        .await
+        .map_err(failed("Error listing jobs"))?;
+    if json {
+        return print_json(&serde_json::Value::Array(
             jobs.iter().map(job_json).collect(),
-        )),
-        Ok(jobs) => {
-            out(&format_jobs_text(&jobs, now_ms));
-            0
-        }
-        Err(error) => {
-            out(&format!("Error listing jobs: {error}"));
-            1
-        }
+        ));
     }
+    out(&format_jobs_text(&jobs, now_ms));
+    Ok(0)
 }
 
-fn print_json(value: &serde_json::Value) -> u8 {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => {
-            out(&text);
-            0
-        }
-        Err(error) => {
-            out(&format!("Encoding error: {error}"));
-            1
-        }
-    }
+fn print_json(value: &serde_json::Value) -> Exit {
+    let text = serde_json::to_string_pretty(value).map_err(failed("Encoding error"))?;
+    out(&text);
+    Ok(0)
 }
 
 // ---------------------------------------------------------------------------------------------

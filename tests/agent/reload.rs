@@ -13,33 +13,10 @@ use serf_tests::{Node, RawRpc, eventually, field, map, next_net, stdout_ok};
 /// `records.bin` in its first granted directory; `serf_init` returns `init_status`. Two tags
 /// are two versions of one plugin whose every event shows which version handled it.
 fn recorder(tag: u8, init_status: i32) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-          (import "wasi_snapshot_preview1" "path_open"
-            (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-          (import "wasi_snapshot_preview1" "fd_write"
-            (func $write (param i32 i32 i32 i32) (result i32)))
-          (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 0) "records.bin")
-          (func (export "serf_plugin_abi_v1"))
-          (func (export "serf_input_buffer") (param $size i32) (result i32)
-            (select (i32.const 4096) (i32.const 0) (i32.le_u (local.get $size) (i32.const 61439))))
-          (func (export "serf_init") (param i32 i32) (result i32) (i32.const {init_status}))
-          (func (export "serf_handle") (param $ptr i32) (param $len i32) (result i32)
-            (local $fd i32)
-            (i32.store8 (i32.const 4095) (i32.const {tag}))
-            (if (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 11)
-                  (i32.const 1) (i64.const 64) (i64.const 0) (i32.const 1) (i32.const 16))
-              (then (return (i32.const 1))))
-            (local.set $fd (i32.load (i32.const 16)))
-            (i32.store (i32.const 32) (i32.const 4095))
-            (i32.store (i32.const 36) (i32.add (local.get $len) (i32.const 1)))
-            (drop (call $write (local.get $fd) (i32.const 32) (i32.const 1) (i32.const 48)))
-            (drop (call $close (local.get $fd)))
-            (i32.const 0)))"#
-    ))
-    .expect("the recorder is valid text")
+    let text = include_str!("../wat/recorder.wat")
+        .replace("INIT_STATUS", &init_status.to_string())
+        .replace("TAG", &tag.to_string());
+    wat::parse_str(text).expect("the recorder is valid text")
 }
 
 /// A plugin that handles every event by doing nothing.
