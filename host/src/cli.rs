@@ -1087,6 +1087,9 @@ async fn reload(args: ReloadArgs) -> Exit {
     let client = connect(&args.rpc).await?;
     let response = client.reload().await.map_err(failed("Error reloading"))?;
     out("Configuration reloaded");
+    for line in &response.settings {
+        out(line);
+    }
     for plugin in &response.plugins {
         let error = Some(plugin.error.as_str()).filter(|error| !error.is_empty());
         out(&crate::plugin::reload::describe_outcome(

@@ -446,6 +446,17 @@ impl LogLevel {
         })
     }
 
+    /// Serf's name of the level: `TRACE`, `DEBUG`, `INFO`, `WARN` or `ERR`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "TRACE",
+            LogLevel::Debug => "DEBUG",
+            LogLevel::Info => "INFO",
+            LogLevel::Warn => "WARN",
+            LogLevel::Err => "ERR",
+        }
+    }
+
     /// The tracing level with the same meaning.
     pub fn to_tracing(self) -> tracing::Level {
         match self {

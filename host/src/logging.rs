@@ -34,6 +34,8 @@ struct Inner {
     lines: broadcast::Sender<LogLine>,
     /// The most verbose level any monitor asked for (a `LogLevel` as u8).
     monitor_level: AtomicU8,
+    /// The level of the lines written to stderr (a `LogLevel` as u8); a reload changes it.
+    stderr_level: AtomicU8,
     lagged: AtomicU64,
 }
 
@@ -58,6 +60,7 @@ impl LogHub {
                 backlog: Mutex::new(VecDeque::with_capacity(LOG_BACKLOG_LINES)),
                 lines,
                 monitor_level: AtomicU8::new(LogLevel::Err as u8),
+                stderr_level: AtomicU8::new(LogLevel::Info as u8),
                 lagged: AtomicU64::new(0),
             }),
         }
@@ -101,30 +104,48 @@ impl LogHub {
     }
 
     fn monitor_level(&self) -> LogLevel {
-        match self.inner.monitor_level.load(Ordering::Relaxed) {
-            0 => LogLevel::Trace,
-            1 => LogLevel::Debug,
-            2 => LogLevel::Info,
-            3 => LogLevel::Warn,
-            _ => LogLevel::Err,
-        }
+        level_from_u8(self.inner.monitor_level.load(Ordering::Relaxed))
+    }
+
+    /// The level of the lines the agent writes to stderr.
+    pub fn level(&self) -> LogLevel {
+        level_from_u8(self.inner.stderr_level.load(Ordering::Relaxed))
+    }
+
+    /// Changes the level of the lines written to stderr (a reload, as Serf's SIGHUP does);
+    /// returns the previous one. The hub keeps at least the same lines for monitors.
+    pub fn set_level(&self, level: LogLevel) -> LogLevel {
+        self.inner
+            .monitor_level
+            .fetch_min(level as u8, Ordering::Relaxed);
+        let previous = self.inner.stderr_level.swap(level as u8, Ordering::Relaxed);
+        // Call sites cached as always or never enabled ask the layer again.
+        tracing::callsite::rebuild_interest_cache();
+        level_from_u8(previous)
+    }
+}
+
+fn level_from_u8(level: u8) -> LogLevel {
+    match level {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        _ => LogLevel::Err,
     }
 }
 
 /// The tracing layer that writes Serf-style lines to stderr and the hub.
 pub struct SerfLogLayer {
     hub: LogHub,
-    stderr_level: LogLevel,
 }
 
 impl SerfLogLayer {
     /// Lines at `stderr_level` or above go to stderr; the hub gets those and whatever more
-    /// verbose level a monitor asks for.
+    /// verbose level a monitor asks for. [`LogHub::set_level`] changes the level later.
     pub fn new(hub: LogHub, stderr_level: LogLevel) -> SerfLogLayer {
-        hub.inner
-            .monitor_level
-            .fetch_min(stderr_level as u8, Ordering::Relaxed);
-        SerfLogLayer { hub, stderr_level }
+        hub.set_level(stderr_level);
+        SerfLogLayer { hub }
     }
 }
 
@@ -135,16 +156,6 @@ fn level_of(level: &Level) -> LogLevel {
         Level::INFO => LogLevel::Info,
         Level::WARN => LogLevel::Warn,
         Level::ERROR => LogLevel::Err,
-    }
-}
-
-fn level_name(level: LogLevel) -> &'static str {
-    match level {
-        LogLevel::Trace => "TRACE",
-        LogLevel::Debug => "DEBUG",
-        LogLevel::Info => "INFO",
-        LogLevel::Warn => "WARN",
-        LogLevel::Err => "ERR",
     }
 }
 
@@ -163,7 +174,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
         &self,
         metadata: &'static Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        if level_of(metadata.level()) >= self.stderr_level {
+        if level_of(metadata.level()) >= self.hub.level() {
             tracing::subscriber::Interest::always()
         } else {
             // A monitor may ask for more detail later: decide per event.
@@ -173,7 +184,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
 
     fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
         let level = level_of(metadata.level());
-        level >= self.stderr_level || level >= self.hub.monitor_level()
+        level >= self.hub.level() || level >= self.hub.monitor_level()
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
@@ -187,7 +198,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
             text,
             "{} [{}] {}: ",
             now.strftime("%Y/%m/%d %H:%M:%S"),
-            level_name(level),
+            level.as_str(),
             short_target(metadata.target())
         );
         if let Some(plugin) = &visitor.plugin {
@@ -195,7 +206,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
         }
         text.push_str(&visitor.message);
         text.push_str(&visitor.fields);
-        if level >= self.stderr_level {
+        if level >= self.hub.level() {
             let mut stderr = std::io::stderr().lock();
             let _ = writeln!(stderr, "    {text}");
         }
@@ -300,5 +311,27 @@ mod tests {
         // `2026/11/22 10:00:00 ` is 20 characters.
         assert_eq!(texts[0].as_bytes()[4], b'/');
         assert_eq!(texts[0].as_bytes()[19], b' ');
+    }
+
+    #[test]
+    fn a_new_level_applies_to_the_next_line() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let hub = LogHub::new();
+        let subscriber =
+            tracing_subscriber::registry().with(SerfLogLayer::new(hub.clone(), LogLevel::Warn));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "serf_host::agent", "before the reload");
+            assert_eq!(hub.set_level(LogLevel::Debug), LogLevel::Warn);
+            tracing::debug!(target: "serf_host::agent", "after the reload");
+        });
+        assert_eq!(hub.level(), LogLevel::Debug);
+        let (lines, _) = hub.subscribe(LogLevel::Trace);
+        let texts: Vec<&str> = lines.iter().map(|l| &*l.text).collect();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        assert!(
+            texts[0].ends_with(" [DEBUG] agent: after the reload"),
+            "{}",
+            texts[0]
+        );
     }
 }

@@ -1,13 +1,14 @@
 //! Hot reload: new plugin versions, added and removed plugins and new settings reach a running
 //! agent through the file watcher, SIGHUP and `serf reload`, without losing an event.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serf_tests::{Node, RawRpc, eventually, field, map, next_net, stdout_ok};
+use serf_tests::cluster::{GoNode, members, wait_statuses};
+use serf_tests::{Node, RawRpc, eventually, field, go_serf, map, next_net, serf_bin, stdout_ok};
 
 /// A plugin that appends `tag` and then every envelope it gets (msgpack, self-delimiting) to
 /// `records.bin` in its first granted directory; `serf_init` returns `init_status`. Two tags
@@ -211,7 +212,7 @@ fn a_broken_wasm_over_a_good_one_leaves_it_working_until_fixed() {
 #[test]
 fn serf_toml_changes_apply_on_sighup_and_serf_reload() {
     let wasm = tempfile::tempdir().unwrap();
-    let mut node = Node::builder(next_net(), 1)
+    let node = Node::builder(next_net(), 1)
         .raw_plugin_file("rec.wasm", wasm_file(&wasm, "a.wasm", &recorder(b'A', 0)))
         .config("auto_reload = false")
         .config(REC)
@@ -228,9 +229,7 @@ fn serf_toml_changes_apply_on_sighup_and_serf_reload() {
          dirs = {{ \"/data\" = \"second\" }}\n"
     );
     std::fs::write(&config, &with_second).unwrap();
-    let pid = node.child().id().to_string();
-    let sent = Command::new("kill").args(["-HUP", &pid]).status();
-    assert!(sent.is_ok_and(|status| status.success()), "kill -HUP {pid}");
+    node.send_signal("HUP");
     node.wait_for_log("==> Caught signal: hangup", Duration::from_secs(10));
     let started = eventually(Duration::from_secs(30), || {
         stat(&node, "second", "state").filter(|state| state == "running")
@@ -254,14 +253,18 @@ fn serf_toml_changes_apply_on_sighup_and_serf_reload() {
         "{text}"
     );
 
-    // `serf reload`: the second plugin goes, the first gets a new filter; other settings wait.
+    // `serf reload`: the second plugin goes, the first gets a new filter, the log level
+    // applies at once; other settings wait for a restart.
+    assert!(!node.log().contains("[DEBUG]"), "{}", node.log());
     let retuned = original.replace("events = \"user:rec\"", "events = \"user:other\"");
-    std::fs::write(&config, format!("log_level = \"debug\"\n{retuned}")).unwrap();
+    let top = "log_level = \"debug\"\nleave_on_terminate = true";
+    std::fs::write(&config, format!("{top}\n{retuned}")).unwrap();
     let text = stdout_ok(&node.cli(&["reload"]));
     for line in [
+        "log level: DEBUG (was INFO)",
         "plugin rec: updated (filter)",
         "plugin second: removed",
-        "needs a restart to apply: log_level",
+        "needs a restart to apply: leave_on_terminate",
     ] {
         assert!(text.contains(line), "{line:?} missing from {text}");
     }
@@ -271,6 +274,7 @@ fn serf_toml_changes_apply_on_sighup_and_serf_reload() {
     assert_eq!(info["plugin:rec"]["offered"], "1", "{info}");
     assert!(info.get("plugin:second").is_none(), "{info}");
     node.wait_for_log("plugin stopped", Duration::from_secs(10));
+    node.wait_for_log("[DEBUG] rpc: rpc request", Duration::from_secs(10));
 }
 
 #[test]
@@ -298,4 +302,120 @@ fn wasm_files_added_to_or_removed_from_the_plugin_dir_start_and_stop() {
     });
     assert!(gone.is_some(), "{}", node.log());
     node.wait_for_log("plugin removed", Duration::ZERO);
+}
+
+/// Serf's SIGHUP re-reads the config files and applies the log level, the event handlers and
+/// the tags. One scenario on a Serf 0.9.4 agent and on ours, in one cluster, through both
+/// CLIs; then what we do on purpose otherwise: a reload that does not touch the configured
+/// tags keeps the ones `serf tags` set since (Serf puts the configured ones back).
+#[test]
+fn sighup_applies_handlers_and_tags_on_serf_and_on_our_agent_alike() {
+    let net = next_net();
+    let scratch = tempfile::tempdir().unwrap();
+    let out = |node: &str, file: &str| scratch.path().join(format!("{node}-{file}"));
+    let handler = |node: &str, file: &str| {
+        format!(
+            "user=echo $SERF_USER_EVENT >> {}",
+            out(node, file).display()
+        )
+    };
+    let go_config = scratch.path().join("go1.json");
+    let go_json = |role: &str, file: &str| {
+        serde_json::json!({"tags": {"role": role}, "event_handlers": [handler("go1", file)]})
+            .to_string()
+    };
+    let our_toml = |level: &str, role: &str, file: &str| {
+        format!(
+            "log_level = \"{level}\"\ntags = {{ role = \"{role}\" }}\nevent_handlers = [{:?}]",
+            handler("node2", file)
+        )
+    };
+    std::fs::write(&go_config, go_json("a", "old")).unwrap();
+    let go = GoNode::start(
+        net,
+        1,
+        "go1",
+        &[&format!("-config-file={}", go_config.display())],
+    );
+    let before = our_toml("warn", "a", "old");
+    let ours = Node::builder(net, 2)
+        .config(&before)
+        .arg(&format!("-join={}", go.bind))
+        .start();
+    let logs = || format!("go1:\n{}\nnode2:\n{}", go.log(), ours.log());
+    let both = [("go1", "alive"), ("node2", "alive")];
+    wait_statuses(go.rpc, &both, Duration::from_secs(60));
+    wait_statuses(ours.rpc, &both, Duration::from_secs(60));
+    let has = |path: PathBuf, text: &str| {
+        let text = text.to_owned();
+        eventually(Duration::from_secs(30), move || {
+            (std::fs::read_to_string(&path).unwrap_or_default() == text).then_some(())
+        })
+        .is_some()
+    };
+    assert!(stdout_ok(&ours.cli(&["event", "before"])).contains("dispatched"));
+    for node in ["go1", "node2"] {
+        assert!(has(out(node, "old"), "before\n"), "{node}: {}", logs());
+    }
+    assert!(!ours.log().contains("[DEBUG]"), "{}", ours.log());
+
+    // New handlers, tags and (ours) log level in the files; SIGHUP to both.
+    std::fs::write(&go_config, go_json("b", "new")).unwrap();
+    let config = ours.dir.path().join("serf.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(&before, &our_toml("debug", "b", "new")),
+    )
+    .unwrap();
+    go.hangup();
+    ours.send_signal("HUP");
+    for line in [
+        "log level: DEBUG (was WARN)",
+        "event handlers: 1 added, 1 removed, 0 kept",
+        "tags: role=b",
+    ] {
+        ours.wait_for_log(line, Duration::from_secs(20));
+    }
+    let role_b_everywhere = eventually(Duration::from_secs(60), || {
+        [go.rpc, ours.rpc]
+            .iter()
+            .all(|rpc| {
+                [serf_bin(), go_serf()].iter().all(|cli| {
+                    members(cli, *rpc).is_some_and(|seen| {
+                        ["go1", "node2"]
+                            .iter()
+                            .all(|node| seen.get(*node).is_some_and(|m| m.tags["role"] == "b"))
+                    })
+                })
+            })
+            .then_some(())
+    });
+    assert!(role_b_everywhere.is_some(), "{}", logs());
+    let fired = go.rpc.to_string();
+    let output = serf_tests::run(
+        std::process::Command::new(go_serf()).args([
+            "event",
+            &format!("-rpc-addr={fired}"),
+            "after",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(stdout_ok(&output).contains("dispatched"));
+    for node in ["go1", "node2"] {
+        assert!(has(out(node, "new"), "after\n"), "{node}: {}", logs());
+        assert!(has(out(node, "old"), "before\n"), "{node}: {}", logs());
+    }
+    ours.wait_for_log("[DEBUG] rpc: rpc request", Duration::from_secs(10));
+
+    // Ours: tags set at runtime survive a reload that leaves the configured tags alone.
+    stdout_ok(&ours.cli(&["tags", "-set", "extra=1"]));
+    ours.send_signal("HUP");
+    ours.wait_for_log("    no changes", Duration::from_secs(20));
+    let seen = members(&serf_bin(), ours.rpc).expect("members");
+    let expected: BTreeMap<String, String> = [("extra", "1"), ("role", "b")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(seen["node2"].tags, expected, "{}", logs());
 }

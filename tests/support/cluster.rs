@@ -87,14 +87,15 @@ impl GoNode {
     /// Sends `signal` and waits for the exit.
     pub fn signal(&mut self, signal: &str) {
         if let Some(child) = self.child.as_mut() {
-            let pid = child.id().to_string();
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(&pid)
-                .status();
-            let child = self.child.as_mut().expect("child");
+            crate::send_signal(child.id(), signal);
             eventually(Duration::from_secs(20), || child.try_wait().ok().flatten());
         }
+    }
+
+    /// Sends SIGHUP: the agent reloads its configuration.
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("the agent runs");
+        crate::send_signal(child.id(), "HUP");
     }
 }
 

@@ -119,6 +119,18 @@ pub fn stdout_ok(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `kill -<signal> <pid>`, asserting that the signal was sent.
+pub fn send_signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+    assert!(
+        sent.is_ok_and(|s| s.success()),
+        "kill -{signal} {pid} failed"
+    );
+}
+
 /// An agent process of ours.
 pub struct Node {
     /// Its node name.
@@ -298,21 +310,19 @@ impl Node {
 
     /// Sends `signal` (`INT`, `TERM`) to the agent and asserts that it exits with status 0.
     pub fn signal_and_expect_clean_exit(&mut self, signal: &str) {
-        let pid = self.child().id().to_string();
-        let sent = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(&pid)
-            .status();
-        assert!(
-            sent.is_ok_and(|s| s.success()),
-            "kill -{signal} {pid} failed"
-        );
+        self.send_signal(signal);
         let status = self.wait_exit(Duration::from_secs(20));
         assert!(
             status.is_some_and(|s| s.success()),
             "{status:?}\n{}",
             self.log()
         );
+    }
+
+    /// Sends `signal` (`HUP`, `INT`, ...) to the agent, without waiting for anything.
+    pub fn send_signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the agent was started");
+        send_signal(child.id(), signal);
     }
 
     /// SIGKILL: the agent vanishes without a word.

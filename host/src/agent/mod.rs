@@ -9,6 +9,7 @@
 //! for joins happens on the caller's task (`join`).
 
 mod join;
+mod live;
 pub mod snapshot;
 mod transport;
 
@@ -143,6 +144,11 @@ enum Command {
     SetTags {
         tags: Tags,
         reply: oneshot::Sender<()>,
+    },
+    /// Sets the tags unless they are this node's already; replies whether it did.
+    ApplyTags {
+        tags: Tags,
+        reply: oneshot::Sender<bool>,
     },
     ForceLeave {
         node: String,
@@ -338,7 +344,16 @@ impl Agent {
             span,
         ));
         let config = Arc::new(config);
-        let reloader = Arc::new(Reloader::new(Arc::clone(&plugins), Arc::clone(&config)));
+        let live = Arc::new(live::AgentSettings {
+            logs: logs.clone(),
+            handlers: Arc::clone(&handlers),
+            commands: commands.clone(),
+        });
+        let reloader = Arc::new(Reloader::new(
+            Arc::clone(&plugins),
+            Arc::clone(&config),
+            live,
+        ));
         let watcher = config
             .auto_reload
             .then(|| reload::spawn_watcher(Arc::clone(&reloader)));
@@ -816,6 +831,13 @@ impl Shell {
             Command::SetTags { tags, reply } => {
                 self.core.set_tags(now, tags);
                 let _ = reply.send(());
+            }
+            Command::ApplyTags { tags, reply } => {
+                let changed = self.core.local_member().tags != tags;
+                if changed {
+                    self.core.set_tags(now, tags);
+                }
+                let _ = reply.send(changed);
             }
             Command::ForceLeave { node, prune, reply } => {
                 tracing::info!(%node, prune, "force leave requested");

@@ -15,13 +15,17 @@
 //! - a plugin added: it starts; a plugin removed: it gets no new events, handles the ones
 //!   already queued, runs `serf_shutdown` and stops.
 //!
-//! Other settings are not applied live: a reload names the ones that changed, which need a
-//! restart. Reloads run one at a time on the plugin runtime, never on the agent's task.
+//! What Serf's SIGHUP applies, the log level, the event handlers and the tags, is applied
+//! too, by the agent through [`LiveSettings`], when it differs from the configuration read
+//! last. Other settings are not applied live: a reload names the ones that changed, which
+//! need a restart. Reloads run one at a time on the plugin runtime, never on the agent's task.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
@@ -200,8 +204,8 @@ pub fn plan(
     steps.into_iter().collect()
 }
 
-/// The settings that differ between the configuration the agent runs with and a newly read
-/// one, other than plugins: they apply only after a restart.
+/// The settings that differ between the configuration the agent started with and a newly
+/// read one, other than plugins and the [`LiveSettings`]: they apply only after a restart.
 pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     let (old_limits, new_limits) = (running.serf_limits, new.serf_limits);
     // A keyring file is rewritten by the agent itself when keys change; only a key written
@@ -216,8 +220,6 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         ("advertise", running.advertise != new.advertise),
         ("rpc_addr", running.rpc_addr != new.rpc_addr),
         ("rpc_auth", running.rpc_auth != new.rpc_auth),
-        ("log_level", running.log_level != new.log_level),
-        ("tags", running.tags != new.tags),
         ("tags_file", running.tags_file != new.tags_file),
         ("data_dir", running.data_dir != new.data_dir),
         (
@@ -271,7 +273,6 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
             "skip_leave_on_interrupt",
             running.skip_leave_on_interrupt != new.skip_leave_on_interrupt,
         ),
-        ("event_handlers", running.handlers != new.handlers),
         ("auto_reload", running.auto_reload != new.auto_reload),
     ];
     checks
@@ -334,8 +335,22 @@ pub fn describe_outcome(plugin: &str, change: &str, detail: &str, error: Option<
 pub struct ReloadReport {
     /// The plugins it changed, or tried to, in name order.
     pub plugins: Vec<PluginOutcome>,
+    /// The other settings it applied (log level, event handlers, tags), a line each.
+    pub settings: Vec<String>,
     /// Settings that changed but apply only after a restart.
     pub restart_needed: Vec<&'static str>,
+}
+
+/// The agent's settings that a reload applies while it runs, as Serf's SIGHUP does: the log
+/// level, the event handlers and the tags.
+pub trait LiveSettings: Send + Sync {
+    /// Applies what differs between `old`, the configuration read last, and `new`; returns a
+    /// line per setting applied (or that could not be).
+    fn apply<'a>(
+        &'a self,
+        old: &'a Config,
+        new: &'a Config,
+    ) -> Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>>;
 }
 
 impl ReloadReport {
@@ -346,7 +361,8 @@ impl ReloadReport {
 
     /// One line per change, for people.
     pub fn lines(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.plugins.iter().map(ToString::to_string).collect();
+        let mut lines = self.settings.clone();
+        lines.extend(self.plugins.iter().map(ToString::to_string));
         if !self.restart_needed.is_empty() {
             lines.push(format!(
                 "needs a restart to apply: {}",
@@ -363,8 +379,12 @@ impl ReloadReport {
 /// Re-reads the configuration and applies it to the plugins, one reload at a time.
 pub struct Reloader {
     plugins: Arc<PluginHost>,
-    /// The configuration the agent started with: non-plugin settings are compared with it.
+    /// The configuration the agent started with: settings that need a restart are compared
+    /// with it.
     running: Arc<Config>,
+    /// The configuration read last: the live settings are compared with it.
+    latest: Mutex<Arc<Config>>,
+    live: Arc<dyn LiveSettings>,
     one_at_a_time: tokio::sync::Mutex<()>,
     /// What the file watcher should look at, updated by every reload.
     targets: watch::Sender<WatchTargets>,
@@ -373,19 +393,26 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for the agent started with `running` (reads the file system once, to find
     /// what to watch).
-    pub fn new(plugins: Arc<PluginHost>, running: Arc<Config>) -> Reloader {
+    pub fn new(
+        plugins: Arc<PluginHost>,
+        running: Arc<Config>,
+        live: Arc<dyn LiveSettings>,
+    ) -> Reloader {
         let targets = WatchTargets::of(&running);
         Reloader {
             plugins,
+            latest: Mutex::new(Arc::clone(&running)),
             running,
+            live,
             one_at_a_time: tokio::sync::Mutex::new(()),
             targets: watch::Sender::new(targets),
         }
     }
 
     /// Reads the configuration again (the same flags, the file as it is now) and applies its
-    /// plugins; returns what changed once every new version is swapped in, so that events sent
-    /// afterwards reach the new versions. Runs on the plugin runtime, one reload at a time.
+    /// live settings and plugins; returns what changed once every new version is swapped in,
+    /// so that events sent afterwards reach the new versions. Runs on the plugin runtime, one
+    /// reload at a time.
     pub async fn reload(self: &Arc<Self>, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
         let reloader = Arc::clone(self);
         self.plugins
@@ -431,6 +458,10 @@ impl Reloader {
                 "changed settings need a restart to apply"
             );
         }
+        let config = Arc::new(config);
+        let latest = Arc::clone(&self.latest.lock().unwrap_or_else(|e| e.into_inner()));
+        let settings = self.live.apply(&latest, &config).await;
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = config;
         let plugins = apply(&self.plugins, files).await;
         self.targets.send_if_modified(|current| {
             let modified = *current != targets;
@@ -439,6 +470,7 @@ impl Reloader {
         });
         let report = ReloadReport {
             plugins,
+            settings,
             restart_needed,
         };
         tracing::info!(

@@ -14,12 +14,13 @@
 //! Scripts still running at shutdown are left to finish, as Serf leaves them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -244,11 +245,14 @@ struct Counters {
 
 /// A handler as the dispatcher sees it.
 struct Slot {
-    /// `handler:N`, N counting from 1 in configuration order.
+    /// `handler:N`, N counting from 1 in registration order (a reload numbers new handlers
+    /// after every earlier one, so a name never changes meaning).
     name: Arc<str>,
     spec: HandlerSpec,
     queue: mpsc::Sender<Arc<Invocation>>,
     counters: Counters,
+    /// Cancelled when a reload removes the handler: it runs what is queued, then stops.
+    retired: CancellationToken,
 }
 
 /// A handler's counters at one moment, for `serf info`.
@@ -282,11 +286,48 @@ pub struct HandlerStatsSnapshot {
     pub queue_capacity: usize,
 }
 
+/// What [`ShellHandlers::update`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandlerChanges {
+    /// Handlers started.
+    pub added: usize,
+    /// Handlers stopped (each after the events already queued for it).
+    pub removed: usize,
+    /// Handlers kept as they were, with their queues and counters.
+    pub kept: usize,
+}
+
+impl HandlerChanges {
+    /// Whether the update changed anything.
+    pub fn is_empty(&self) -> bool {
+        self.added == 0 && self.removed == 0
+    }
+}
+
+impl fmt::Display for HandlerChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} added, {} removed, {} kept",
+            self.added, self.removed, self.kept
+        )
+    }
+}
+
 /// Every shell handler, and the tasks that run them.
 pub struct ShellHandlers {
-    slots: Vec<Arc<Slot>>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The handlers in configuration order; a reload swaps in a new list.
+    slots: RwLock<Arc<[Arc<Slot>]>>,
+    /// Every task started, and the number of the next handler; updates hold the lock.
+    tasks: Mutex<Tasks>,
+    services: Arc<dyn HostServices>,
+    runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
+}
+
+struct Tasks {
+    running: Vec<tokio::task::JoinHandle<()>>,
+    next_number: usize,
 }
 
 impl ShellHandlers {
@@ -296,17 +337,50 @@ impl ShellHandlers {
         services: Arc<dyn HostServices>,
         runtime: &tokio::runtime::Handle,
     ) -> ShellHandlers {
-        let shutdown = CancellationToken::new();
-        let mut slots = Vec::new();
-        let mut tasks = Vec::new();
-        for (index, spec) in specs.into_iter().enumerate() {
+        let handlers = ShellHandlers {
+            slots: RwLock::new(Arc::from(Vec::new())),
+            tasks: Mutex::new(Tasks {
+                running: Vec::new(),
+                next_number: 1,
+            }),
+            services,
+            runtime: runtime.clone(),
+            shutdown: CancellationToken::new(),
+        };
+        handlers.update(specs);
+        handlers
+    }
+
+    /// Makes `specs` the handlers, as Serf's SIGHUP does with its scripts: a handler equal to
+    /// a running one keeps its queue and counters, a new one starts, and one no longer
+    /// configured runs the events already queued for it and stops. Events dispatched after
+    /// this returns go to the new list.
+    pub fn update(&self, specs: Vec<HandlerSpec>) -> HandlerChanges {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.running.retain(|task| !task.is_finished());
+        let mut old: Vec<Option<Arc<Slot>>> = self.slots().iter().cloned().map(Some).collect();
+        let mut changes = HandlerChanges::default();
+        let mut slots = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let same = old
+                .iter_mut()
+                .find(|slot| slot.as_ref().is_some_and(|slot| slot.spec == spec))
+                .and_then(Option::take);
+            if let Some(slot) = same {
+                changes.kept += 1;
+                slots.push(slot);
+                continue;
+            }
+            changes.added += 1;
             let (queue, receiver) = mpsc::channel(spec.queue_capacity.get());
             let slot = Arc::new(Slot {
-                name: Arc::from(format!("handler:{}", index + 1)),
+                name: Arc::from(format!("handler:{}", tasks.next_number)),
                 spec,
                 queue,
                 counters: Counters::default(),
+                retired: CancellationToken::new(),
             });
+            tasks.next_number += 1;
             tracing::info!(
                 handler = %slot.name,
                 script = %slot.spec.script,
@@ -314,32 +388,50 @@ impl ShellHandlers {
                 timeout = ?slot.spec.timeout,
                 "event handler registered"
             );
-            let runner = Arc::clone(&slot).run(receiver, Arc::clone(&services), shutdown.clone());
-            tasks.push(runtime.spawn(runner));
+            let runner =
+                Arc::clone(&slot).run(receiver, Arc::clone(&self.services), self.shutdown.clone());
+            tasks.running.push(self.runtime.spawn(runner));
             slots.push(slot);
         }
-        ShellHandlers {
-            slots,
-            tasks: Mutex::new(tasks),
-            shutdown,
+        *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(slots);
+        for slot in old.into_iter().flatten() {
+            changes.removed += 1;
+            tracing::info!(
+                handler = %slot.name,
+                script = %slot.spec.script,
+                "event handler removed; it runs the events already queued, then stops"
+            );
+            slot.retired.cancel();
         }
+        changes
+    }
+
+    fn slots(&self) -> Arc<[Arc<Slot>]> {
+        Arc::clone(&self.slots.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Queues `event` for every handler whose filter takes it, rendered for the node `local`
     /// (whose tags fill `SERF_TAG_*`). Never waits.
     pub fn dispatch(&self, event: &Event, local: &Member) {
         let mut invocation: Option<Arc<Invocation>> = None;
-        for slot in &self.slots {
+        for slot in self.slots().iter() {
             for _ in 0..slot.spec.runs_for(event) {
                 let invocation = Arc::clone(
                     invocation.get_or_insert_with(|| Arc::new(Invocation::new(event, local))),
                 );
-                slot.counters.offered.fetch_add(1, Ordering::Relaxed);
-                if slot.queue.try_send(invocation).is_err() {
-                    let dropped = slot.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if dropped.is_power_of_two() {
-                        tracing::warn!(handler = %slot.name, dropped, "event handler queue full; event dropped");
+                match slot.queue.try_send(invocation) {
+                    Ok(()) => {
+                        slot.counters.offered.fetch_add(1, Ordering::Relaxed);
                     }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        slot.counters.offered.fetch_add(1, Ordering::Relaxed);
+                        let dropped = slot.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(handler = %slot.name, dropped, "event handler queue full; event dropped");
+                        }
+                    }
+                    // A reload removed the handler while this event was on its way.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         }
@@ -347,14 +439,14 @@ impl ShellHandlers {
 
     /// Every handler's counters.
     pub fn stats(&self) -> Vec<HandlerStatsSnapshot> {
-        self.slots.iter().map(|slot| slot.snapshot()).collect()
+        self.slots().iter().map(|slot| slot.snapshot()).collect()
     }
 
     /// Serf's `event_handlers` section of `serf info`: `"<event>:<name>"` → script, one entry
     /// per filter token (a later handler with the same token wins, as in Serf).
     pub fn serf_stats(&self) -> BTreeMap<String, String> {
         let mut section = BTreeMap::new();
-        for slot in &self.slots {
+        for slot in self.slots().iter() {
             for filter in &slot.spec.filters {
                 let mut key = filter.to_string();
                 if !key.contains(':') {
@@ -368,14 +460,15 @@ impl ShellHandlers {
 
     /// The number of handlers.
     pub fn num_handlers(&self) -> usize {
-        self.slots.len()
+        self.slots().len()
     }
 
     /// Stops every handler task at once, dropping queued events; running scripts are left to
     /// finish on their own.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks =
+            std::mem::take(&mut self.tasks.lock().unwrap_or_else(|e| e.into_inner()).running);
         for task in tasks {
             let _ = task.await;
         }
@@ -409,10 +502,17 @@ impl Slot {
         services: Arc<dyn HostServices>,
         shutdown: CancellationToken,
     ) {
+        let mut retiring = false;
         loop {
             let invocation = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                () = self.retired.cancelled(), if !retiring => {
+                    // No new events; the queued ones still run, in order.
+                    queue.close();
+                    retiring = true;
+                    continue;
+                }
                 invocation = queue.recv() => match invocation {
                     Some(invocation) => invocation,
                     None => break,
@@ -423,6 +523,9 @@ impl Slot {
                 () = shutdown.cancelled() => break,
                 () = self.handle(&invocation, &*services) => {}
             }
+        }
+        if retiring {
+            tracing::info!(handler = %self.name, "event handler stopped");
         }
     }
 
@@ -1026,6 +1129,51 @@ mod tests {
         assert!(eventually(Duration::from_secs(10), || handlers.stats()[0].failed == 1).await);
         assert!(recorder.responses.lock().unwrap().is_empty());
         handlers.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_keeps_equal_handlers_starts_new_ones_and_drains_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let append = |name: &str| format!("echo $SERF_USER_LTIME >> {}", path(name).display());
+        // `old` is slow, so events are still queued for it when the update removes it.
+        let old = spec("user", &format!("sleep 0.2; {}", append("old")));
+        let kept = spec("user", &append("kept"));
+        let (handlers, _) = start(vec![old, kept.clone()]);
+        for ltime in 1..=3 {
+            handlers.dispatch(&user("e", ltime, b""), &local());
+        }
+        let new = spec("user", &append("new"));
+        let changes = handlers.update(vec![kept, new]);
+        assert_eq!(
+            changes,
+            HandlerChanges {
+                added: 1,
+                removed: 1,
+                kept: 1
+            }
+        );
+        handlers.dispatch(&user("e", 4, b""), &local());
+        let names: Vec<String> = handlers.stats().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["handler:2", "handler:3"]);
+        let wait = Duration::from_secs(10);
+        assert!(eventually(wait, || read(&path("kept")) == "1\n2\n3\n4\n").await);
+        assert!(eventually(wait, || read(&path("new")) == "4\n").await);
+        // The removed handler ran what was queued for it, and nothing after.
+        assert!(eventually(wait, || read(&path("old")) == "1\n2\n3\n").await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(read(&path("old")), "1\n2\n3\n");
+        assert_eq!(handlers.stats()[0].offered, 4);
+        assert!(handlers.update(handlers_specs(&handlers)).is_empty());
+        handlers.shutdown().await;
+    }
+
+    fn handlers_specs(handlers: &ShellHandlers) -> Vec<HandlerSpec> {
+        handlers
+            .slots()
+            .iter()
+            .map(|slot| slot.spec.clone())
+            .collect()
     }
 
     #[tokio::test]

@@ -675,8 +675,8 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
     sections
 }
 
-/// `reload` (our extension): reads the configuration again and applies its plugin changes;
-/// replies once every new version handles events.
+/// `reload` (our extension): reads the configuration again and applies its live settings and
+/// plugin changes; replies once every new version handles events.
 pub(super) async fn reload(session: &mut Session, seq: u64) -> Result<Flow, protocol::FrameError> {
     let trigger = crate::plugin::reload::Trigger::Rpc;
     let (body, error) = match session.agent.reload(trigger).await {
@@ -696,7 +696,12 @@ pub(super) async fn reload(session: &mut Session, seq: u64) -> Result<Flow, prot
                 .iter()
                 .map(|key| (*key).to_owned())
                 .collect();
-            (protocol::ReloadResponse { plugins, restart }, String::new())
+            let response = protocol::ReloadResponse {
+                plugins,
+                settings: report.settings,
+                restart,
+            };
+            (response, String::new())
         }
         Err(error) => (protocol::ReloadResponse::default(), error.to_string()),
     };

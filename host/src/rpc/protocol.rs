@@ -593,6 +593,9 @@ pub struct ReloadResponse {
     /// The plugins the reload changed or failed to change, in name order.
     #[serde(rename = "Plugins", deserialize_with = "go::nil_default")]
     pub plugins: Vec<ReloadedPlugin>,
+    /// The other settings applied (log level, event handlers, tags), a line each.
+    #[serde(rename = "Settings", deserialize_with = "go::string_vec")]
+    pub settings: Vec<String>,
     /// Settings that changed but apply only after a restart.
     #[serde(rename = "Restart", deserialize_with = "go::string_vec")]
     pub restart: Vec<String>,
