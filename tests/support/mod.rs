@@ -1,15 +1,18 @@
 //! Test support: real agents as child processes on loopback addresses.
 //!
 //! Each test takes its own `127.<net>.0.0/24` (see [`next_net`]), so tests run in parallel
-//! without sharing ports. A [`Node`] kills its own child (by its PID, through `Child::kill`)
-//! when dropped; waits poll to a deadline ([`eventually`]) instead of sleeping.
+//! without sharing ports, also beside another suite on the same machine. A [`Node`] kills its
+//! own child (by its PID, through `Child::kill`) when dropped; waits poll to a deadline
+//! ([`eventually`]) instead of sleeping.
 
 pub mod cluster;
 
+use std::fs::{File, TryLockError};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -66,12 +69,47 @@ pub fn shared_plugin_cache() -> PathBuf {
 }
 
 /// A fresh `127.<net>.0.0/24` for one test.
+///
+/// A net is held through an exclusive lock on a file of its own under the system's temporary
+/// directory, kept until this test process exits (the kernel drops the lock with the process,
+/// also after a crash). So two suites running at once on one machine (two checkouts, two
+/// developers, a benchmark beside the tests) never hand out the same net; a net that another
+/// process holds is skipped.
 pub fn next_net() -> u8 {
-    static NEXT: AtomicU8 = AtomicU8::new(100);
-    let net = NEXT.fetch_add(1, Ordering::Relaxed);
-    assert!(net < 250, "too many tests for the loopback nets");
-    net
+    static NEXT: AtomicU8 = AtomicU8::new(FIRST_NET);
+    static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("serf-test-nets");
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
+    loop {
+        let net = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            (FIRST_NET..=LAST_NET).contains(&net),
+            "no free loopback net left in 127.{FIRST_NET}-{LAST_NET}.0.0/24"
+        );
+        let path = dir.join(format!("{net}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|error| panic!("cannot open {}: {error}", path.display()));
+        match file.try_lock() {
+            Ok(()) => {
+                HELD.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(file);
+                return net;
+            }
+            Err(TryLockError::WouldBlock) => continue,
+            Err(TryLockError::Error(error)) => panic!("cannot lock {}: {error}", path.display()),
+        }
+    }
 }
+
+/// The loopback nets the tests may take: `127.100.0.0/24` to `127.249.0.0/24`.
+const FIRST_NET: u8 = 100;
+const LAST_NET: u8 = 249;
 
 /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
