@@ -89,6 +89,79 @@ fn coalesced_events_of_one_name_reach_a_plugin_once() {
 }
 
 #[test]
+fn pipelined_events_are_answered_in_request_order() {
+    use serf_tests::{RawRpc, eventually, field, map};
+
+    let node = Node::builder(next_net(), 1)
+        .plugin("memresponse", "memresponse")
+        .config(MEMRESPONSE_CONFIG)
+        .start();
+    // One write holding 150 events (the 75th too large for Serf's limit), a `members`, then
+    // 9 more events: the agent takes the events in batches, and every reply still comes in
+    // request order with its own outcome.
+    let mut bytes = Vec::new();
+    let mut push = |command: &str, seq: u64, body: Option<rmpv::Value>| {
+        let header = map(&[("Command", command.into()), ("Seq", seq.into())]);
+        rmpv::encode::write_value(&mut bytes, &header).unwrap();
+        if let Some(body) = body {
+            rmpv::encode::write_value(&mut bytes, &body).unwrap();
+        }
+    };
+    let event = |payload: String| {
+        map(&[
+            ("Name", "memresponse".into()),
+            ("Payload", rmpv::Value::Binary(payload.into_bytes())),
+            ("Coalesce", false.into()),
+        ])
+    };
+    for seq in (1..=150).chain(152..=160) {
+        let payload = if seq == 75 {
+            "x".repeat(600)
+        } else {
+            format!("e{seq}")
+        };
+        push("event", seq, Some(event(payload)));
+        if seq == 150 {
+            push("members", 151, None);
+        }
+    }
+    let mut rpc = RawRpc::handshake(node.rpc);
+    rpc.send_bytes(&bytes);
+    for seq in 1..=160u64 {
+        let header = rpc.read().expect("a reply");
+        assert_eq!(field(&header, "Seq"), Some(&seq.into()), "{header}");
+        let error = field(&header, "Error")
+            .and_then(rmpv::Value::as_str)
+            .unwrap();
+        match seq {
+            75 => assert!(error.contains("exceeds configured limit"), "{header}"),
+            151 => {
+                assert_eq!(error, "", "{header}");
+                let body = rpc.read().expect("members body");
+                assert!(field(&body, "Members").is_some(), "{body}");
+            }
+            _ => assert_eq!(error, "", "{header}"),
+        }
+    }
+    let expected: String = (1..=160)
+        .filter(|seq| *seq != 75 && *seq != 151)
+        .map(|seq| format!("e{seq}\n"))
+        .collect();
+    let file = node.dir.path().join("data/mem.txt");
+    let written = eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|text| text.len() >= expected.len())
+    });
+    assert_eq!(
+        written.as_deref(),
+        Some(expected.as_str()),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
 fn upcase_query_answers_foo() {
     let node = Node::builder(next_net(), 1)
         .plugin("upcase", "upcase")

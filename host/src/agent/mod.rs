@@ -37,6 +37,8 @@ use crate::serf::{
 
 /// Commands waiting for the agent task before senders must wait (RPC) or fail (plugins).
 const COMMAND_QUEUE: usize = 1024;
+/// Commands the agent task takes in one go before it hands out what they produced.
+const COMMAND_BATCH: usize = 64;
 /// How long the task sleeps when no timer is due.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 /// Answers buffered per query before further ones are dropped.
@@ -398,6 +400,18 @@ impl Agent {
     }
 }
 
+/// A user event handed to the agent task, whose outcome is still to come.
+pub struct PendingUserEvent {
+    answer: oneshot::Receiver<Result<LamportTime, UserEventError>>,
+}
+
+impl PendingUserEvent {
+    /// The event's Lamport time once the agent has taken it, or why it was refused.
+    pub async fn outcome(self) -> Result<LamportTime, AgentError> {
+        Ok(self.answer.await.map_err(|_| AgentError::Closed)??)
+    }
+}
+
 impl AgentHandle {
     async fn ask<T>(
         &self,
@@ -449,15 +463,32 @@ impl AgentHandle {
         payload: Vec<u8>,
         coalesce: bool,
     ) -> Result<LamportTime, AgentError> {
-        let result = self
-            .ask(|reply| Command::UserEvent {
+        self.send_user_event(name, payload, coalesce)
+            .await?
+            .outcome()
+            .await
+    }
+
+    /// Queues a user event for the agent task without waiting for the outcome, so that a
+    /// caller with many events (an RPC connection with pipelined requests) can hand them all
+    /// over before waiting for the first. Outcomes come in the order the events were sent.
+    pub async fn send_user_event(
+        &self,
+        name: String,
+        payload: Vec<u8>,
+        coalesce: bool,
+    ) -> Result<PendingUserEvent, AgentError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::UserEvent {
                 name,
                 payload,
                 coalesce,
                 reply,
             })
-            .await?;
-        Ok(result?)
+            .await
+            .map_err(|_| AgentError::Closed)?;
+        Ok(PendingUserEvent { answer })
     }
 
     /// Sends a query; its answers arrive on the returned stream.
@@ -722,7 +753,17 @@ impl Shell {
                     self.core.handle_timeout(Instant::now().into_std());
                 }
                 command = commands.recv() => match command {
-                    Some(command) => self.handle_command(command),
+                    Some(command) => {
+                        self.handle_command(command);
+                        // Whatever else is queued already is taken now, so that the work
+                        // between commands (outputs, timers) is done once per batch.
+                        for _ in 1..COMMAND_BATCH {
+                            match commands.try_recv() {
+                                Ok(command) => self.handle_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 received = self.transport.udp.recv_from(&mut packet) => match received {

@@ -17,7 +17,7 @@ use crate::serf::{self, Event, QueryOutput, QueryParams};
 const STREAM_QUEUE: usize = 512;
 
 /// The error text an RPC client sees.
-fn agent_error(error: &AgentError) -> String {
+pub(super) fn agent_error(error: &AgentError) -> String {
     match error {
         AgentError::Respond(error) => format!("failed to respond to key query: {error}"),
         other => other.to_string(),
@@ -30,12 +30,19 @@ pub(super) async fn event(
     request: protocol::EventRequest,
 ) -> Result<Flow, protocol::FrameError> {
     let payload = request.payload.unwrap_or_default();
-    let result = session
+    // The reply is written by `Session::flush_events`, with those of the requests pipelined
+    // behind this one.
+    match session
         .agent
-        .user_event(request.name, payload, request.coalesce)
-        .await;
-    let error = result.err().map(|e| agent_error(&e)).unwrap_or_default();
-    session.outbox.error(seq, &error).await;
+        .send_user_event(request.name, payload, request.coalesce)
+        .await
+    {
+        Ok(pending) => session.pending_events.push_back((seq, pending)),
+        Err(error) => {
+            session.flush_events().await;
+            session.outbox.error(seq, &agent_error(&error)).await;
+        }
+    }
     Ok(Flow::Continue)
 }
 

@@ -1091,6 +1091,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.reader
     }
 
+    /// Whether the next object is in the buffer already, so that reading it will not wait
+    /// for the stream. A malformed object counts as not there: reading it reports the error.
+    pub fn has_buffered_object(&mut self) -> bool {
+        !self.buf.is_empty() && matches!(self.advance_scan(), Ok(ScanResult::Complete(_)))
+    }
+
     /// The raw bytes of the next complete object; `None` at a clean end of stream (between
     /// objects).
     pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {

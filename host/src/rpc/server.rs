@@ -6,8 +6,13 @@
 //! `stream`, `monitor` and `query` all go through one bounded queue, and records for a client
 //! that does not keep up are dropped and counted rather than waited for. A semaphore caps
 //! connections; a frame size limit caps memory per connection.
+//!
+//! Requests are handled one after the other, as Serf does, with one exception that keeps
+//! their order: consecutive `event` requests that a client has pipelined are handed to the
+//! agent together, up to [`EVENT_PIPELINE`] of them, and their replies written in one go, in
+//! request order, before any other request is looked at.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handlers;
 use super::protocol::{self, FrameReader, RequestHeader, ResponseHeader, command, errors};
-use crate::agent::AgentHandle;
+use crate::agent::{AgentHandle, PendingUserEvent};
 use crate::serf::QueryKey;
 
 /// Connections served at once; more wait in the listen backlog.
@@ -30,6 +35,8 @@ const MAX_CONNECTIONS: usize = 256;
 const WRITE_QUEUE: usize = 1024;
 /// Queued frames are joined into writes of about this size.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Pipelined `event` requests handed to the agent before their replies are waited for.
+const EVENT_PIPELINE: usize = 64;
 
 /// Counters shared by every connection.
 #[derive(Default)]
@@ -135,6 +142,11 @@ impl Outbox {
         }
     }
 
+    /// Queues frames encoded already, waiting for room.
+    async fn encoded(&self, frames: Vec<u8>) {
+        let _ = self.frames.send(frames).await;
+    }
+
     /// A reply without a body.
     pub(super) async fn ok(&self, seq: u64) {
         self.reply::<()>(seq, "", None).await;
@@ -184,6 +196,30 @@ pub(super) struct Session {
     pub(super) monitor: Option<u64>,
     /// Queries seen on this connection's streams, by the ID handed to the client.
     pub(super) pending_queries: Arc<Mutex<PendingQueries>>,
+    /// `event` requests handed to the agent whose replies are not written yet, in order.
+    pub(super) pending_events: VecDeque<(u64, PendingUserEvent)>,
+}
+
+impl Session {
+    /// Waits for the outcome of every pending `event` request and queues their replies,
+    /// in request order, as one write.
+    pub(super) async fn flush_events(&mut self) {
+        if self.pending_events.is_empty() {
+            return;
+        }
+        let mut frames = Vec::new();
+        for (seq, pending) in self.pending_events.drain(..) {
+            let error = match pending.outcome().await {
+                Ok(_) => String::new(),
+                Err(error) => handlers::agent_error(&error),
+            };
+            match protocol::encode_frame::<_, ()>(&ResponseHeader::error(seq, error), None) {
+                Ok(frame) => frames.extend_from_slice(&frame),
+                Err(error) => tracing::error!(%error, "cannot encode rpc reply"),
+            }
+        }
+        self.outbox.encoded(frames).await;
+    }
 }
 
 /// Per-connection query IDs for `respond`, as Serf hands them out.
@@ -251,10 +287,18 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
         streams: HashMap::new(),
         monitor: None,
         pending_queries: Arc::default(),
+        pending_events: VecDeque::new(),
     };
     let mut reader = FrameReader::new(read);
     let mut stop_agent = false;
     loop {
+        // Pipelined events are answered once no further request is buffered (or enough
+        // are waiting): a client that waits for each reply gets it at once.
+        if !session.pending_events.is_empty()
+            && (session.pending_events.len() >= EVENT_PIPELINE || !reader.has_buffered_object())
+        {
+            session.flush_events().await;
+        }
         match read_request(&mut reader, &mut session).await {
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) => break,
@@ -268,6 +312,7 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
             }
         }
     }
+    session.flush_events().await;
     for (_, task) in session.streams.drain() {
         task.abort();
     }
@@ -289,6 +334,10 @@ async fn read_request(
     };
     let (name, seq) = (header.command.as_str(), header.seq);
     tracing::debug!(command = name, seq, "rpc request");
+    if name != command::EVENT {
+        // Every reply goes out in request order.
+        session.flush_events().await;
+    }
     if !session.handshake && name != command::HANDSHAKE {
         session.outbox.error(seq, errors::HANDSHAKE_REQUIRED).await;
         return Ok(Flow::Close);
