@@ -205,7 +205,10 @@ fn main() -> anyhow::Result<()> {
     let bench = Bench {
         ours,
         logs,
-        nets: Nets { next: FIRST_NET },
+        nets: Nets {
+            next: FIRST_NET,
+            held: Vec::new(),
+        },
         clock_ticks: clock_ticks(),
     };
     println!("machine: {}", machine_line());
@@ -403,20 +406,38 @@ fn push<T>(table: &mut [(Kind, Vec<T>)], kind: Kind, value: T) {
 }
 
 /// Hands out loopback /24s (`127.<net>.0.0`) whose first address is free.
+///
+/// Each net is also locked, as the test suite locks its nets (an exclusive lock on
+/// `$TMPDIR/serf-test-nets/<net>.lock`, held until the benchmark exits), so that a test
+/// run beside the benchmark never takes a net the benchmark uses, and the other way round.
 struct Nets {
     next: u8,
+    held: Vec<std::fs::File>,
 }
 
 impl Nets {
     fn take(&mut self) -> anyhow::Result<u8> {
+        let dir = std::env::temp_dir().join("serf-test-nets");
+        std::fs::create_dir_all(&dir)?;
         while self.next < 255 {
             let net = self.next;
             self.next += 1;
+            let lock = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("{net}.lock")))?;
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
+            }
             let ip = Ipv4Addr::new(127, net, 0, 1);
             let free = TcpListener::bind((ip, GOSSIP_PORT)).is_ok()
                 && UdpSocket::bind((ip, GOSSIP_PORT)).is_ok()
                 && TcpListener::bind((ip, RPC_PORT)).is_ok();
             if free {
+                self.held.push(lock);
                 return Ok(net);
             }
         }
