@@ -346,12 +346,13 @@ impl Node {
         eventually(timeout, || child.try_wait().ok().flatten())
     }
 
-    /// Sends `signal` (`INT`, `TERM`) to the agent and asserts that it exits with status 0.
-    pub fn signal_and_expect_clean_exit(&mut self, signal: &str) {
+    /// Sends `signal` (`INT`, `TERM`) to the agent and asserts that it exits with `code`.
+    pub fn signal_and_expect_exit(&mut self, signal: &str, code: i32) {
         self.send_signal(signal);
         let status = self.wait_exit(Duration::from_secs(20));
-        assert!(
-            status.is_some_and(|s| s.success()),
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(code),
             "{status:?}\n{}",
             self.log()
         );

@@ -3,8 +3,9 @@
 //! Startup joins (`-join`) happen before the log starts streaming and stop the agent when no
 //! seed answers; background joins (`-retry-join`) run beside it and stop it (exit 1) when
 //! `-retry-max` attempts have failed. SIGINT leaves gracefully unless
-//! `skip_leave_on_interrupt`; SIGTERM leaves only with `leave_on_terminate`. SIGHUP reloads
-//! the configuration's plugins, as `serf reload` does.
+//! `skip_leave_on_interrupt`; SIGTERM leaves only with `leave_on_terminate`. As in Serf, a
+//! signal that stops the agent without a leave, or a leave that fails, exits 1. SIGHUP
+//! reloads the configuration, as `serf reload` does.
 
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -128,16 +129,18 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
         }
         std::future::pending::<()>().await;
     };
-    let graceful = tokio::select! {
+    // As Serf: a signal that does not leave exits 1, as does a leave that fails; a stop the
+    // agent asked for itself (an RPC `leave`, a lost name conflict) exits 0.
+    let stop = tokio::select! {
         _ = interrupt.recv() => {
             println!("==> Caught signal: interrupt");
-            !config.skip_leave_on_interrupt
+            if config.skip_leave_on_interrupt { Stop::Signalled } else { Stop::Leave }
         }
         _ = terminate.recv() => {
             println!("==> Caught signal: terminated");
-            config.leave_on_terminate
+            if config.leave_on_terminate { Stop::Leave } else { Stop::Signalled }
         }
-        () = handle.shutdown_requested() => false,
+        () = handle.shutdown_requested() => Stop::Requested,
         () = retry_exhausted => {
             // As Serf: no leave, exit code 1.
             rpc.shutdown().await;
@@ -159,17 +162,35 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
         println!("==> Second signal received, exiting without waiting");
         std::process::exit(1);
     });
-    if graceful {
-        println!("==> Gracefully shutting down agent...");
-        if let Err(error) = handle.leave().await {
-            tracing::error!(%error, "graceful leave failed");
+    let code = match stop {
+        Stop::Leave => {
+            println!("==> Gracefully shutting down agent...");
+            match handle.leave().await {
+                Ok(()) => 0,
+                Err(error) => {
+                    tracing::error!(%error, "graceful leave failed");
+                    1
+                }
+            }
         }
-    }
+        Stop::Signalled => 1,
+        Stop::Requested => 0,
+    };
     tracing::info!(target: "serf_host::agent", "requesting serf shutdown");
     rpc.shutdown().await;
     agent.shutdown().await;
     tracing::info!(target: "serf_host::agent", "shutdown complete");
-    Ok(0)
+    Ok(code)
+}
+
+/// Why `serf agent` stops.
+enum Stop {
+    /// A signal that leaves gracefully first.
+    Leave,
+    /// A signal that stops without leaving.
+    Signalled,
+    /// The agent's own request: an RPC `leave`, or a lost name-conflict vote.
+    Requested,
 }
 
 /// Reloads the configuration on every SIGHUP, as Serf does, printing what changed.
