@@ -9,7 +9,7 @@
 //!
 //! Requests are handled one after the other, as Serf does, with one exception that keeps
 //! their order: consecutive `event` requests that a client has pipelined are handed to the
-//! agent together, up to [`EVENT_PIPELINE`] of them, and their replies written in one go, in
+//! agent together, up to `EVENT_PIPELINE` (64) of them, and their replies written in one go, in
 //! request order, before any other request is looked at.
 
 use std::collections::{HashMap, VecDeque};
