@@ -417,12 +417,21 @@ impl AgentHandle {
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, AgentError> {
+        let answer = self.send(command).await?;
+        answer.await.map_err(|_| AgentError::Closed)
+    }
+
+    /// Queues a command for the agent task; its answer is to come on the receiver.
+    async fn send<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<oneshot::Receiver<T>, AgentError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(command(reply))
             .await
             .map_err(|_| AgentError::Closed)?;
-        answer.await.map_err(|_| AgentError::Closed)
+        Ok(answer)
     }
 
     /// The configuration the agent runs with.
@@ -478,16 +487,14 @@ impl AgentHandle {
         payload: Vec<u8>,
         coalesce: bool,
     ) -> Result<PendingUserEvent, AgentError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::UserEvent {
+        let answer = self
+            .send(|reply| Command::UserEvent {
                 name,
                 payload,
                 coalesce,
                 reply,
             })
-            .await
-            .map_err(|_| AgentError::Closed)?;
+            .await?;
         Ok(PendingUserEvent { answer })
     }
 

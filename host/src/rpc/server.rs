@@ -133,12 +133,8 @@ pub(super) struct Outbox {
 impl Outbox {
     /// Queues a reply, waiting for room: replies are never dropped.
     pub(super) async fn reply<B: Serialize>(&self, seq: u64, error: &str, body: Option<&B>) {
-        let header = ResponseHeader::error(seq, error);
-        match protocol::encode_frame(&header, body) {
-            Ok(frame) => {
-                let _ = self.frames.send(frame).await;
-            }
-            Err(error) => tracing::error!(%error, "cannot encode rpc reply"),
+        if let Some(frame) = encode_reply(seq, error, body) {
+            let _ = self.frames.send(frame).await;
         }
     }
 
@@ -185,6 +181,13 @@ impl Outbox {
     }
 }
 
+/// A reply frame; one that cannot be encoded is logged and left out.
+fn encode_reply<B: Serialize>(seq: u64, error: &str, body: Option<&B>) -> Option<Vec<u8>> {
+    protocol::encode_frame(&ResponseHeader::error(seq, error), body)
+        .inspect_err(|error| tracing::error!(%error, "cannot encode rpc reply"))
+        .ok()
+}
+
 /// What one connection has set up.
 pub(super) struct Session {
     pub(super) agent: AgentHandle,
@@ -213,9 +216,8 @@ impl Session {
                 Ok(_) => String::new(),
                 Err(error) => handlers::agent_error(&error),
             };
-            match protocol::encode_frame::<_, ()>(&ResponseHeader::error(seq, error), None) {
-                Ok(frame) => frames.extend_from_slice(&frame),
-                Err(error) => tracing::error!(%error, "cannot encode rpc reply"),
+            if let Some(frame) = encode_reply::<()>(seq, &error, None) {
+                frames.extend_from_slice(&frame);
             }
         }
         self.outbox.encoded(frames).await;
