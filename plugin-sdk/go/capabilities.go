@@ -21,6 +21,9 @@ const (
 	CapabilityEvents Capability = "events"
 	// CapabilityQueries lets a plugin send queries (Host.Query).
 	CapabilityQueries Capability = "queries"
+	// CapabilityJobs lets a plugin start long jobs (JobRunner.StartJob); checking, killing
+	// and reaping its own jobs needs no grant.
+	CapabilityJobs Capability = "jobs"
 )
 
 // QueryRequest is a query a plugin sends with Host.Query.

@@ -325,11 +325,19 @@ pub enum Capability {
     Events,
     /// Send queries and receive their answers as events ([`IMPORT_QUERY`]).
     Queries,
+    /// Start long jobs ([`IMPORT_JOB_START`]); checking, killing and reaping the plugin's own
+    /// jobs needs no grant.
+    Jobs,
 }
 
 impl Capability {
     /// Every capability, in the order they are documented.
-    pub const ALL: [Capability; 3] = [Capability::Members, Capability::Events, Capability::Queries];
+    pub const ALL: [Capability; 4] = [
+        Capability::Members,
+        Capability::Events,
+        Capability::Queries,
+        Capability::Jobs,
+    ];
 
     /// The name used in `serf.toml`: `members`, `events`, `queries`.
     pub fn name(self) -> &'static str {
@@ -337,6 +345,7 @@ impl Capability {
             Capability::Members => "members",
             Capability::Events => "events",
             Capability::Queries => "queries",
+            Capability::Jobs => "jobs",
         }
     }
 

@@ -281,6 +281,7 @@ impl Host for MockHost {
         if self.in_job || self.max_jobs == 0 {
             return Err(HostError::NotAllowed);
         }
+        self.check_grant(Capability::Jobs)?;
         let request = JobStart {
             name: name.to_owned(),
             arg: arg.to_vec(),
@@ -612,6 +613,7 @@ mod tests {
     #[test]
     fn jobs_run_until_the_test_ends_them() {
         let mut host = MockHost::new();
+        host.grant(Capability::Jobs);
         host.deliver(&mut Starter, user_event("deploy", b"v2"))
             .unwrap();
         assert!(host.logged(LogLevel::Info, "started 1"));
@@ -633,6 +635,7 @@ mod tests {
     #[test]
     fn a_job_may_not_start_jobs() {
         let mut host = MockHost::new();
+        host.grant(Capability::Jobs);
         assert_eq!(host.run_job(&mut Starter, job(3, "x", b"abc")), Ok(3));
         assert!(host.logged(LogLevel::Info, "job 3 nested Err(NotAllowed)"));
         assert!(host.jobs.is_empty());
@@ -641,6 +644,7 @@ mod tests {
     #[test]
     fn job_requests_follow_the_agent_rules() {
         let mut host = MockHost::new();
+        host.grant(Capability::Jobs);
         assert_eq!(host.start_job("", b""), Err(HostError::BadArgument));
         assert_eq!(host.start_job("a\nb", b""), Err(HostError::BadArgument));
         let big = vec![0; crate::abi::MAX_JOB_ARG_BYTES + 1];
@@ -655,6 +659,7 @@ mod tests {
     #[test]
     fn plugins_run_no_jobs_unless_they_say_how() {
         let mut host = MockHost::new();
+        host.grant(Capability::Jobs);
         let error = host
             .run_job(&mut Greedy, job(1, "deploy", b""))
             .unwrap_err();

@@ -13,7 +13,9 @@ use serf_tests::{Node, RawRpc, eventually, field, map, next_net, serf_bin, stdou
 fn longjob_node() -> Node {
     Node::builder(next_net(), 1)
         .plugin("longjob", "longjob")
-        .config("[plugins.longjob]\nevents = \"query:longjob,user:tick\"\n")
+        .config(
+            "[plugins.longjob]\nevents = \"query:longjob,user:tick\"\ncapabilities = [\"jobs\"]\n",
+        )
         .start()
 }
 

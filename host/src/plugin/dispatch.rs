@@ -448,6 +448,7 @@ impl PluginHost {
             node: Arc::clone(&self.node),
             services: Arc::clone(&self.services),
             response_limit: self.limits.query_response_size_limit,
+            output: Arc::default(),
         });
         let init = abi::encode(&abi::InitContext {
             abi: abi::ABI_VERSION,

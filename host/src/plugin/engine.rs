@@ -9,6 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serf_plugin_sdk::abi;
 use sha2::{Digest, Sha256};
@@ -54,15 +55,65 @@ struct Wasm {
     settings_hash: u64,
 }
 
+/// How often the engine's epoch advances. On every tick a running guest yields to the plugin
+/// runtime and checks its wall-clock deadline, so a deadline is kept to about a tick plus
+/// the longest host call ([`instance::MAX_WASI_COPY_BYTES`] and the other per-call caps).
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The wasmtime settings every plugin runs under: fuel and epoch interruption on, and only
+/// the WebAssembly proposals that the plugins' toolchains (Rust and Go for wasm32-wasip1,
+/// TinyGo) emit. Multi-memory, memory64, tail calls, relaxed SIMD, the component model and
+/// the other proposals are off (threads, GC, function references and exceptions are not even
+/// built into the agent), so a module that uses one is refused when it is compiled, with the
+/// validator's message.
+fn config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .wasm_bulk_memory(true)
+        .wasm_multi_value(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(false)
+        .wasm_multi_memory(false)
+        .wasm_memory64(false)
+        .wasm_tail_call(false)
+        .wasm_gc(false)
+        .wasm_extended_const(false)
+        .wasm_wide_arithmetic(false)
+        .wasm_custom_page_sizes(false)
+        .wasm_stack_switching(false)
+        .wasm_component_model(false);
+    config
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] on a thread of its own, until the engine
+/// is dropped.
+fn start_epoch_ticker(engine: &wasmtime::Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("serf-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map(drop)
+}
+
 impl Wasm {
     fn new() -> wasmtime::Result<Wasm> {
-        let mut config = wasmtime::Config::new();
-        config.consume_fuel(true);
-        let engine = wasmtime::Engine::new(&config)?;
+        let engine = wasmtime::Engine::new(&config())?;
+        start_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut StoreState| {
             &mut state.wasi
         })?;
+        instance::add_wasi_overrides(&mut linker)?;
         instance::add_host_functions(&mut linker)?;
         instance::add_job_functions(&mut linker)?;
         instance::add_capability_functions(&mut linker)?;

@@ -166,7 +166,10 @@ mod tests {
         assert!(set.contains(Capability::Members) && set.contains(Capability::Queries));
         assert!(!set.contains(Capability::Events));
         assert_eq!(set.to_string(), "members,queries");
-        assert_eq!(Capabilities::all().to_string(), "members,events,queries");
+        assert_eq!(
+            Capabilities::all().to_string(),
+            "members,events,queries,jobs"
+        );
         assert_eq!(
             Capabilities::from_names(&["members", "teleport"]),
             Err("teleport".to_owned())

@@ -1,23 +1,27 @@
 //! One live plugin instance and the host calls it may make.
 //!
-//! Every call into the guest runs on an async store under a fuel budget (which also makes
-//! the guest yield every million units, so a wall-clock timeout can fire), a memory cap and a
-//! wall-clock deadline. A trap leaves the instance unusable: the owner drops it and starts a
-//! fresh one. Host calls never block and never call back into the guest; a bad pointer from
-//! the guest is a status code, never a host panic.
+//! Every call into the guest runs on an async store under a fuel budget, a memory cap and a
+//! wall-clock deadline. The deadline is checked on the engine's epoch ticks
+//! ([`super::engine::EPOCH_TICK`]): at every tick the guest yields to the runtime, and once
+//! the deadline has passed it traps, however little fuel it burns between ticks (a guest
+//! that spends its time in host calls burns almost none). Every host call bounds its own work
+//! before it copies or computes anything, so the guest is back in wasm, where the tick is
+//! seen, within a bounded time. A trap leaves the instance unusable: the owner drops it and
+//! starts a fresh one. Host calls never block and never call back into the guest; a bad
+//! pointer from the guest is a status code, never a host panic.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serf_plugin_sdk::abi::{self, LogLevel, Status};
-use wasmtime::{Caller, Linker, Memory, ResourceLimiter, Store, Trap, TypedFunc};
+use wasmtime::{Caller, Linker, Memory, ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 
 use super::engine::LoadedModule;
 use super::grants::Grants;
 use super::jobs::{JobCall, JobId};
-use super::stdio::LogPipe;
+use super::stdio::{LogPipe, OutputWindow};
 use super::{HostServices, Limits, PluginSpec};
 use crate::serf::QueryKey;
 
@@ -34,8 +38,30 @@ const NO_ERROR_TEXT: &str = "no error text given";
 const MAX_TEXT_BYTES: usize = 4096;
 /// Log lines a plugin may write per second before the rest are dropped (and counted).
 const MAX_LOG_LINES_PER_SECOND: u32 = 100;
-/// Fuel between two yields to the runtime: about 0.1 ms of guest work.
+/// How long `serf_shutdown` may run at most, whatever the event timeout.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Fuel between two yields to the runtime: well under a millisecond of guest work, so plugins
+/// sharing a worker thread take turns finely (the epoch tick is the coarser bound).
 const FUEL_YIELD_INTERVAL: u64 = 1_000_000;
+/// Bytes one WASI call may copy out of the guest (an `fd_write`'s buffer, a path); a larger
+/// request fails with `ENOMEM` before anything is copied.
+pub const MAX_WASI_COPY_BYTES: usize = 1 << 20;
+/// Bytes one `random_get` call may ask for; a larger request fails with `EINVAL`.
+pub const MAX_RANDOM_BYTES: usize = 1 << 20;
+/// WASI resources (open files and directories, streams) one instance may hold at once,
+/// stdio and granted directories included; past it, opening fails with an error the guest
+/// sees, and the agent's own descriptors are untouched.
+pub const MAX_WASI_RESOURCES: usize = 128;
+/// Linear memories one instance may have. The engine refuses multi-memory modules at
+/// compile time; this is the same rule at instantiation.
+const MAX_MEMORIES: usize = 1;
+/// Tables one instance may have.
+const MAX_TABLES: usize = 4;
+/// What a table element is counted as against the instance's memory cap, in bytes.
+const TABLE_ELEMENT_BYTES: usize = 16;
+/// Fuel a call to a `serf.*` host function costs on top of one unit per byte it copies, so
+/// that the fuel budget also bounds a guest that does its work through host calls.
+const HOST_CALL_FUEL: u64 = 10_000;
 
 /// What every instance of one plugin shares.
 pub struct InstanceContext {
@@ -47,12 +73,16 @@ pub struct InstanceContext {
     pub services: Arc<dyn HostServices>,
     /// Serf's limit on an encoded query response, in bytes.
     pub response_limit: usize,
+    /// The rate limit on the plugin's stdout and stderr lines, shared by its instances.
+    pub(crate) output: Arc<OutputWindow>,
 }
 
 /// The state a plugin's store carries.
 pub struct StoreState {
     pub(crate) wasi: WasiP1Ctx,
-    limiter: MemoryLimiter,
+    limiter: InstanceLimiter,
+    /// When the call in progress must end; checked on every epoch tick.
+    deadline: Instant,
     context: Arc<InstanceContext>,
     call: CallState,
     log_window: (Instant, u32),
@@ -72,35 +102,86 @@ struct CallState {
     error: Option<String>,
 }
 
-/// Caps linear memory and remembers whether it had to refuse a growth.
-struct MemoryLimiter {
+/// Caps the instance's memory (every linear memory and table together) and remembers
+/// whether it had to refuse a growth in the call in progress.
+struct InstanceLimiter {
     max_memory_bytes: usize,
+    /// Bytes of linear memory, all memories together.
+    memory_bytes: usize,
+    /// Bytes counted for table elements, all tables together.
+    table_bytes: usize,
     refused: bool,
 }
 
-impl ResourceLimiter for MemoryLimiter {
+impl InstanceLimiter {
+    fn new(max_memory_bytes: usize) -> InstanceLimiter {
+        InstanceLimiter {
+            max_memory_bytes,
+            memory_bytes: 0,
+            table_bytes: 0,
+            refused: false,
+        }
+    }
+
+    /// Whether growing one of the counted amounts from `current` to `desired` keeps the
+    /// instance's total within the cap; if so, counts it.
+    fn grow(&mut self, table: bool, current: usize, desired: usize) -> bool {
+        let (this, other) = if table {
+            (self.table_bytes, self.memory_bytes)
+        } else {
+            (self.memory_bytes, self.table_bytes)
+        };
+        let grown = this.saturating_sub(current).saturating_add(desired);
+        if grown.saturating_add(other) > self.max_memory_bytes {
+            self.refused = true;
+            return false;
+        }
+        if table {
+            self.table_bytes = grown;
+        } else {
+            self.memory_bytes = grown;
+        }
+        true
+    }
+}
+
+impl ResourceLimiter for InstanceLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory_bytes {
-            self.refused = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(false, current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        let bytes = |elements: usize| elements.saturating_mul(TABLE_ELEMENT_BYTES);
+        Ok(self.grow(true, bytes(current), bytes(desired)))
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
+
+/// The error an epoch tick raises once the call's deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("wall-clock deadline passed")]
+struct DeadlinePassed;
 
 /// Why a call into a plugin failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +201,9 @@ pub enum CallError {
     /// Any other trap: out-of-bounds access, stack overflow, a bad indirect call.
     #[error("plugin crashed: {0}")]
     Crashed(String),
+    /// The guest called WASI's `proc_exit` (Go's `os.Exit`, Rust's `std::process::exit`).
+    #[error("plugin exited with status {0}")]
+    Exited(i32),
     /// The guest's input buffer was missing or outside its memory.
     #[error("plugin returned an unusable input buffer ({0})")]
     BadBuffer(String),
@@ -142,6 +226,7 @@ impl CallError {
             CallError::MemoryLimit(_) => "memory",
             CallError::Panicked(_) => "panic",
             CallError::Crashed(_) => "crash",
+            CallError::Exited(_) => "exit",
             CallError::BadBuffer(_) => "bad-buffer",
             CallError::Refused { .. } => "error",
         }
@@ -187,7 +272,8 @@ impl Instance {
         job: Option<JobCall>,
     ) -> Result<Instance, CallError> {
         let mut wasi = WasiCtxBuilder::new();
-        let (stdout, stderr) = LogPipe::pair(Arc::clone(&context.plugin));
+        let (stdout, stderr) =
+            LogPipe::pair(Arc::clone(&context.plugin), Arc::clone(&context.output));
         wasi.stdout(stdout).stderr(stderr);
         for (key, value) in &spec.grants.env {
             wasi.env(key, value);
@@ -201,12 +287,12 @@ impl Instance {
                 )));
             }
         }
+        let mut wasi = wasi.build_p1();
+        wasi.ctx().table.set_max_capacity(MAX_WASI_RESOURCES);
         let state = StoreState {
-            wasi: wasi.build_p1(),
-            limiter: MemoryLimiter {
-                max_memory_bytes: spec.limits.max_memory_bytes,
-                refused: false,
-            },
+            wasi,
+            limiter: InstanceLimiter::new(spec.limits.max_memory_bytes),
+            deadline: Instant::now() + spec.limits.event_timeout,
             context,
             call: CallState::default(),
             log_window: (Instant::now(), 0),
@@ -215,6 +301,14 @@ impl Instance {
         };
         let mut store = Store::new(loaded.pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(MAX_WASI_COPY_BYTES);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|context| {
+            if Instant::now() >= context.data().deadline {
+                return Err(DeadlinePassed.into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
         let limits = spec.limits;
         store
             .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
@@ -232,7 +326,14 @@ impl Instance {
         .await;
         let instance = match started {
             Err(_elapsed) => return Err(CallError::Timeout(limits.event_timeout)),
-            Ok(Err(error)) => return Err(classify(&store, error, limits.fuel_init)),
+            Ok(Err(error)) => {
+                return Err(classify(
+                    &store,
+                    error,
+                    limits.fuel_init,
+                    limits.event_timeout,
+                ));
+            }
             Ok(Ok(instance)) => instance,
         };
         // The engine validated these exports and their types before the module got here.
@@ -301,7 +402,8 @@ impl Instance {
         if self.store.set_fuel(self.limits.fuel_init).is_err() {
             return;
         }
-        let deadline = self.limits.event_timeout.min(Duration::from_secs(1));
+        let deadline = self.limits.event_timeout.min(SHUTDOWN_TIMEOUT);
+        self.store.data_mut().deadline = Instant::now() + deadline;
         let _ = tokio::time::timeout(deadline, shutdown.call_async(&mut self.store, ())).await;
     }
 
@@ -317,11 +419,14 @@ impl Instance {
         let len = header.len() + body.len();
         let len_i32 =
             i32::try_from(len).map_err(|_| CallError::BadBuffer(format!("{len} byte input")))?;
-        self.store.data_mut().call = CallState {
+        let timeout = self.limits.event_timeout;
+        let state = self.store.data_mut();
+        state.call = CallState {
             query,
             ..CallState::default()
         };
-        let timeout = self.limits.event_timeout;
+        state.deadline = Instant::now() + timeout;
+        state.limiter.refused = false;
         let store = &mut self.store;
         let memory = self.memory;
         let input_buffer = self.input_buffer.clone();
@@ -345,9 +450,11 @@ impl Instance {
         })
         .await;
         let call = std::mem::take(&mut self.store.data_mut().call);
+        let context = &self.store.data().context;
+        context.output.flush(&context.plugin);
         match outcome {
             Err(_elapsed) => Err(CallError::Timeout(timeout)),
-            Ok(Err(error)) => Err(classify(&self.store, error, budget)),
+            Ok(Err(error)) => Err(classify(&self.store, error, budget, timeout)),
             Ok(Ok(Err(error))) => Err(error),
             Ok(Ok(Ok(0))) => Ok(()),
             Ok(Ok(Ok(code))) => Err(CallError::Refused {
@@ -359,7 +466,18 @@ impl Instance {
 }
 
 /// Names a failed call: fuel, memory, panic or crash.
-fn classify(store: &Store<StoreState>, error: wasmtime::Error, budget: u64) -> CallError {
+fn classify(
+    store: &Store<StoreState>,
+    error: wasmtime::Error,
+    budget: u64,
+    timeout: Duration,
+) -> CallError {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return CallError::Exited(exit.0);
+    }
+    if error.downcast_ref::<DeadlinePassed>().is_some() {
+        return CallError::Timeout(timeout);
+    }
     if store.data().limiter.refused {
         return CallError::MemoryLimit(store.data().limiter.max_memory_bytes);
     }
@@ -370,7 +488,26 @@ fn classify(store: &Store<StoreState>, error: wasmtime::Error, budget: u64) -> C
         Some(Trap::OutOfFuel) => CallError::OutOfFuel(budget),
         Some(trap @ Trap::UnreachableCodeReached) => CallError::Panicked(trap.to_string()),
         Some(trap) => CallError::Crashed(trap.to_string()),
-        None => CallError::Crashed(full.lines().next().unwrap_or_default().to_owned()),
+        None if error.chain().any(|cause| {
+            cause
+                .downcast_ref::<wasmtime::component::ResourceTableError>()
+                .is_some()
+        }) =>
+        {
+            CallError::Crashed(format!(
+                "more than {MAX_WASI_RESOURCES} WASI resources (open files and directories) at once"
+            ))
+        }
+        // wasmtime's own text starts with a line about the backtrace: the cause says more.
+        None => CallError::Crashed(
+            error
+                .root_cause()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
     }
 }
 
@@ -382,18 +519,70 @@ fn read_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, len: i32) -> Result
         return Err(Status::InvalidMemory);
     };
     let (start, len) = (start as usize, len as usize);
-    memory
+    let bytes = memory
         .data(&*caller)
         .get(start..start.saturating_add(len))
         .map(<[u8]>::to_vec)
-        .ok_or(Status::InvalidMemory)
+        .ok_or(Status::InvalidMemory)?;
+    charge(caller, len);
+    Ok(bytes)
 }
 
-/// Text from the guest, cut at [`MAX_TEXT_BYTES`] and made valid UTF-8.
+/// Text from the guest, cut at [`MAX_TEXT_BYTES`] before it is copied, made valid UTF-8 and
+/// with its control characters escaped, so that it can never forge a log line.
 fn read_text(caller: &mut Caller<'_, StoreState>, ptr: i32, len: i32) -> Result<String, Status> {
-    let mut bytes = read_guest(caller, ptr, len)?;
-    bytes.truncate(MAX_TEXT_BYTES);
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let len = (len as u32).min(MAX_TEXT_BYTES as u32) as i32;
+    let bytes = read_guest(caller, ptr, len)?;
+    Ok(super::stdio::escape_controls(&String::from_utf8_lossy(&bytes)).into_owned())
+}
+
+/// Charges a `serf.*` host call to the guest's fuel: [`HOST_CALL_FUEL`] plus one unit per
+/// byte. A guest whose fuel runs out traps at its next instruction.
+fn charge(caller: &mut Caller<'_, StoreState>, bytes: usize) {
+    let cost = HOST_CALL_FUEL.saturating_add(bytes as u64);
+    if let Ok(left) = caller.get_fuel() {
+        let _ = caller.set_fuel(left.saturating_sub(cost));
+    }
+}
+
+/// WASI's errno values that the host's own WASI functions return.
+mod errno {
+    pub(super) const SUCCESS: i32 = 0;
+    pub(super) const FAULT: i32 = 21;
+    pub(super) const INVAL: i32 = 28;
+}
+
+/// Replaces the WASI functions whose stock versions do unbounded work in one call. Must be
+/// called after the stock WASI functions are on the linker (it shadows them).
+pub(crate) fn add_wasi_overrides(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    // `random_get`: at most MAX_RANDOM_BYTES a call, written straight into the guest's memory
+    // (the stock one allocates whatever length the guest names, then copies it).
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "random_get",
+        |mut caller: Caller<'_, StoreState>, ptr: i32, len: i32| -> i32 {
+            use rand::RngCore as _;
+            let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+            if len > MAX_RANDOM_BYTES {
+                return errno::INVAL;
+            }
+            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+                return errno::FAULT;
+            };
+            let Some(buffer) = memory
+                .data_mut(&mut caller)
+                .get_mut(start..start.saturating_add(len))
+            else {
+                return errno::FAULT;
+            };
+            rand::rng().fill_bytes(buffer);
+            charge(&mut caller, len);
+            errno::SUCCESS
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Defines the `serf.*` imports on the linker.
@@ -580,6 +769,9 @@ pub(crate) fn add_job_functions(linker: &mut Linker<StoreState>) -> wasmtime::Re
             if caller.data().job.is_some() {
                 return Status::NotAllowed.code();
             }
+            if !granted(&caller, abi::Capability::Jobs) {
+                return Status::Denied.code();
+            }
             // Room for the largest argument, a name and the msgpack around them.
             let max = abi::MAX_JOB_ARG_BYTES + abi::MAX_JOB_NAME_BYTES + 64;
             if usize::try_from(len).is_ok_and(|len| len > max) {
@@ -747,6 +939,7 @@ fn write_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, bytes: &[u8]) -> R
         .get_mut(start..start.saturating_add(bytes.len()))
         .ok_or(Status::InvalidMemory)?
         .copy_from_slice(bytes);
+    charge(caller, bytes.len());
     Ok(())
 }
 

@@ -551,7 +551,13 @@ impl Jobs {
                     None => JobEnd::Failed(AGENT_STOPPED.to_owned()),
                 }
             }
-            end = self.execute(&source, &job) => end,
+            end = self.execute(&source, &job) => {
+                // A kill that came while the job's last host call ran is still a kill.
+                match lock(&self.inner.running).get(&id).and_then(|r| r.reason.clone()) {
+                    Some(reason) => JobEnd::Killed(reason),
+                    None => end,
+                }
+            }
         };
         self.finish(id, end);
     }

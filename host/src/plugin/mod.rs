@@ -15,6 +15,8 @@ pub mod grants;
 pub mod instance;
 pub mod jobs;
 pub mod reload;
+#[cfg(test)]
+mod sandbox_tests;
 pub mod shell;
 mod stdio;
 pub mod tool;

@@ -1,6 +1,8 @@
 //! A plugin's WASI stdout and stderr, forwarded line by line to the agent's log.
 
+use std::borrow::Cow;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -15,10 +17,94 @@ const MAX_LINE_BYTES: usize = 4096;
 /// Lines a plugin's stdout and stderr together may log per second; the rest are counted.
 const MAX_LINES_PER_SECOND: u32 = 100;
 
-/// One plugin's output lines in the current second.
+/// The rate limit on one plugin's output lines, shared by the stdout and stderr of all its
+/// instances (a fresh instance does not get a fresh allowance).
+#[derive(Debug)]
+pub(crate) struct OutputWindow {
+    window: Mutex<Window>,
+    /// Lines dropped by the rate limit since the plugin started.
+    dropped: AtomicU64,
+}
+
+#[derive(Debug)]
 struct Window {
     started: Instant,
     lines: u32,
+    /// Lines dropped that no log line has reported yet.
+    unreported: u64,
+}
+
+impl Default for OutputWindow {
+    fn default() -> OutputWindow {
+        OutputWindow {
+            window: Mutex::new(Window {
+                started: Instant::now(),
+                lines: 0,
+                unreported: 0,
+            }),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl OutputWindow {
+    /// Counts one line; false if the second's allowance is spent (the line is dropped).
+    fn admit(&self, plugin: &str) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if window.started.elapsed() >= Duration::from_secs(1) {
+            report(plugin, std::mem::take(&mut window.unreported));
+            window.started = Instant::now();
+            window.lines = 0;
+        }
+        window.lines = window.lines.saturating_add(1);
+        if window.lines > MAX_LINES_PER_SECOND {
+            window.unreported += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Logs how many lines were dropped since the last report, if any. Called at the end of
+    /// every call into the plugin, so a burst followed by silence or a trap is reported too.
+    pub(crate) fn flush(&self, plugin: &str) {
+        let unreported = {
+            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut window.unreported)
+        };
+        report(plugin, unreported);
+    }
+
+    /// Lines dropped by the rate limit so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn report(plugin: &str, dropped: u64) {
+    if dropped > 0 {
+        tracing::warn!(target: "plugin", plugin, dropped, "plugin output lines dropped by the rate limit");
+    }
+}
+
+/// `text` with every control character escaped (`\n`, `\r`, `\u{1b}`, ...; tabs are
+/// kept), so that a plugin's text can never start a new log line, rewrite one, or send
+/// escape sequences to the terminal of whoever reads the log.
+pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
+    let needs = |c: char| (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}';
+    if !text.chars().any(needs) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            c if needs(c) => escaped.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// Output written by a plugin, logged with target `plugin` at info (stdout) or warn (stderr).
@@ -27,16 +113,12 @@ pub(crate) struct LogPipe {
     plugin: Arc<str>,
     is_stderr: bool,
     pending: Arc<Mutex<Vec<u8>>>,
-    window: Arc<Mutex<Window>>,
+    window: Arc<OutputWindow>,
 }
 
 impl LogPipe {
-    /// A pair for stdout and stderr, sharing one rate limit.
-    pub(crate) fn pair(plugin: Arc<str>) -> (LogPipe, LogPipe) {
-        let window = Arc::new(Mutex::new(Window {
-            started: Instant::now(),
-            lines: 0,
-        }));
+    /// A pair for stdout and stderr, under the plugin's shared rate limit.
+    pub(crate) fn pair(plugin: Arc<str>, window: Arc<OutputWindow>) -> (LogPipe, LogPipe) {
         let pipe = |is_stderr| LogPipe {
             plugin: Arc::clone(&plugin),
             is_stderr,
@@ -48,15 +130,24 @@ impl LogPipe {
 
     fn write_bytes(&self, bytes: &[u8]) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for &byte in bytes {
-            if byte == b'\n' {
-                self.emit(&pending);
-                pending.clear();
-            } else {
-                pending.push(byte);
-                if pending.len() >= MAX_LINE_BYTES {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let room = MAX_LINE_BYTES - pending.len();
+            let take = rest.len().min(room);
+            match rest[..take].iter().position(|&b| b == b'\n') {
+                Some(newline) => {
+                    pending.extend_from_slice(&rest[..newline]);
                     self.emit(&pending);
                     pending.clear();
+                    rest = &rest[newline + 1..];
+                }
+                None => {
+                    pending.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if pending.len() >= MAX_LINE_BYTES {
+                        self.emit(&pending);
+                        pending.clear();
+                    }
                 }
             }
         }
@@ -64,24 +155,11 @@ impl LogPipe {
 
     fn emit(&self, line: &[u8]) {
         let plugin = &*self.plugin;
-        {
-            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-            if window.started.elapsed() >= Duration::from_secs(1) {
-                let dropped = window.lines.saturating_sub(MAX_LINES_PER_SECOND);
-                if dropped > 0 {
-                    tracing::warn!(target: "plugin", plugin, dropped, "plugin output lines dropped by the rate limit");
-                }
-                *window = Window {
-                    started: Instant::now(),
-                    lines: 0,
-                };
-            }
-            window.lines += 1;
-            if window.lines > MAX_LINES_PER_SECOND {
-                return;
-            }
+        if !self.window.admit(plugin) {
+            return;
         }
         let line = String::from_utf8_lossy(line);
+        let line = escape_controls(&line);
         if self.is_stderr {
             tracing::warn!(target: "plugin", plugin, stream = "stderr", "{line}");
         } else {
@@ -98,6 +176,8 @@ impl Drop for LogPipe {
             if !pending.is_empty() {
                 self.emit(&pending);
             }
+            drop(pending);
+            self.window.flush(&self.plugin);
         }
     }
 }

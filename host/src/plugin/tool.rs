@@ -428,6 +428,7 @@ async fn start(
         node: Arc::from(LOCAL_NODE),
         services: Arc::clone(services) as Arc<dyn HostServices>,
         response_limit: RESPONSE_LIMIT,
+        output: Arc::default(),
     });
     let init = abi::encode(&abi::InitContext {
         abi: abi::ABI_VERSION,

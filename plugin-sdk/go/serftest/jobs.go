@@ -19,10 +19,13 @@ type MockJob struct {
 }
 
 // StartJob records a job in state running, under the agent's rules for names, sizes and
-// MaxJobs; inside RunJob it is not allowed.
+// MaxJobs; it needs CapabilityJobs, and inside RunJob it is not allowed.
 func (h *MockHost) StartJob(name string, arg []byte) (uint32, error) {
 	if h.inJob || h.MaxJobs <= 0 {
 		return 0, serf.ErrNotAllowed
+	}
+	if err := h.check(serf.CapabilityJobs); err != nil {
+		return 0, err
 	}
 	if err := serf.CheckJobStart(name, arg); err != nil {
 		return 0, err

@@ -29,7 +29,7 @@ func (starter) RunJob(job serf.Job, host serf.Host) (int32, error) {
 }
 
 func TestJobsRunUntilTheTestEndsThem(t *testing.T) {
-	host := NewMockHost()
+	host := NewMockHost().Grant(serf.CapabilityJobs)
 	if err := host.Deliver(starter{}, UserEvent("deploy", []byte("v2"))); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestJobsRunUntilTheTestEndsThem(t *testing.T) {
 }
 
 func TestAJobMayNotStartJobs(t *testing.T) {
-	host := NewMockHost()
+	host := NewMockHost().Grant(serf.CapabilityJobs)
 	status, err := host.RunJob(starter{}, Job(3, "x", []byte("abc")))
 	if status != 3 || err != nil {
 		t.Fatal(status, err)
@@ -72,7 +72,7 @@ func TestAJobMayNotStartJobs(t *testing.T) {
 }
 
 func TestMaxJobsLimitsTheJobsRunning(t *testing.T) {
-	host := NewMockHost()
+	host := NewMockHost().Grant(serf.CapabilityJobs)
 	host.MaxJobs = 1
 	if _, err := host.StartJob("one", nil); err != nil {
 		t.Fatal(err)
@@ -84,7 +84,7 @@ func TestMaxJobsLimitsTheJobsRunning(t *testing.T) {
 	if _, err := host.StartJob("none", nil); !errors.Is(err, serf.ErrNotAllowed) {
 		t.Fatal(err)
 	}
-	if _, err := NewMockHost().StartJob("", nil); !errors.Is(err, serf.ErrBadArgument) {
+	if _, err := NewMockHost().Grant(serf.CapabilityJobs).StartJob("", nil); !errors.Is(err, serf.ErrBadArgument) {
 		t.Fatal(err)
 	}
 }

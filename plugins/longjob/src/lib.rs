@@ -196,6 +196,7 @@ mod tests {
     #[test]
     fn start_check_kill_and_reap_answer_like_serfx() {
         let mut host = MockHost::new();
+        host.grant(serf_plugin_sdk::abi::Capability::Jobs);
         assert_eq!(ask(&mut host, "start deploy 10"), "started 1");
         assert_eq!(host.jobs[&1].arg, b"10");
         assert_eq!(ask(&mut host, "check 1"), "1 deploy running exit=-");
@@ -209,6 +210,7 @@ mod tests {
     #[test]
     fn a_finished_job_reports_its_exit_status_and_is_logged() {
         let mut host = MockHost::new();
+        host.grant(serf_plugin_sdk::abi::Capability::Jobs);
         assert_eq!(ask(&mut host, "start backup 0.5 3"), "started 1");
         let done = host.end_job(1, JobState::Finished, 3).unwrap();
         host.deliver(&mut LongJob, done).unwrap();
@@ -222,6 +224,7 @@ mod tests {
     #[test]
     fn bad_commands_are_answered_with_an_error() {
         let mut host = MockHost::new();
+        host.grant(serf_plugin_sdk::abi::Capability::Jobs);
         for (payload, needle) in [
             ("", "unknown command"),
             ("start deploy", "unknown command"),
@@ -242,6 +245,7 @@ mod tests {
     #[test]
     fn max_jobs_is_the_limit_of_jobs_running_at_once() {
         let mut host = MockHost::new();
+        host.grant(serf_plugin_sdk::abi::Capability::Jobs);
         host.max_jobs = 1;
         assert_eq!(ask(&mut host, "start a 1"), "started 1");
         assert_eq!(
@@ -253,6 +257,7 @@ mod tests {
     #[test]
     fn a_job_works_for_its_seconds_then_exits_with_its_status() {
         let mut host = MockHost::new();
+        host.grant(serf_plugin_sdk::abi::Capability::Jobs);
         let status = host
             .run_job(&mut LongJob, job(7, "deploy", b"1.2 4"))
             .unwrap();
@@ -264,6 +269,7 @@ mod tests {
     #[test]
     fn a_job_with_a_bad_argument_fails() {
         let mut host = MockHost::new();
+        host.grant(serf_plugin_sdk::abi::Capability::Jobs);
         let error = host
             .run_job(&mut LongJob, job(1, "x", b"never"))
             .unwrap_err();

@@ -1,0 +1,357 @@
+//! Hostile modules against one instance's limits: each test is a guest that attacks a limit on
+//! purpose (inside host calls, across memories and tables, through WASI) and the outcome the
+//! sandbox must give it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::engine::{Engine, LoadedModule};
+use super::instance::{CallError, Instance, InstanceContext};
+use super::{EventFilter, Grants, HostServices, Limits, PluginSpec};
+use crate::serf::QueryKey;
+use serf_plugin_sdk::abi::Status;
+
+struct NoServices;
+
+impl HostServices for NoServices {
+    fn respond(&self, _: &str, _: QueryKey, _: Vec<u8>) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+/// A plugin whose `serf_handle` runs `handle` (with locals `$i` and `$r`), with
+/// `memory_pages` of memory and `extra` module fields. The input buffer is at 1024.
+fn plugin(memory_pages: u32, extra: &str, handle: &str) -> String {
+    format!(
+        r#"(module
+        (import "serf" "log" (func $log (param i32 i32 i32) (result i32)))
+        (import "serf" "set_error" (func $set_error (param i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "fd_write"
+            (func $fd_write (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "random_get"
+            (func $random_get (param i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+        (import "wasi_snapshot_preview1" "path_open"
+            (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+        (memory (export "memory") {memory_pages})
+        {extra}
+        (func (export "serf_plugin_abi_v1"))
+        (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
+        (func (export "serf_init") (param i32 i32) (result i32) i32.const 0)
+        (func (export "serf_handle") (param i32 i32) (result i32)
+            (local $i i32) (local $r i32)
+            {handle}
+            i32.const 0))"#
+    )
+}
+
+fn load(engine: &Engine, wat: &str) -> LoadedModule {
+    let bytes = wat::parse_str(wat).expect("test WAT parses");
+    engine
+        .load(Path::new("hostile.wasm"), &bytes)
+        .expect("module loads")
+}
+
+fn spec(limits: Limits, dirs: BTreeMap<String, std::path::PathBuf>) -> PluginSpec {
+    PluginSpec {
+        name: "hostile".into(),
+        path: "hostile.wasm".into(),
+        filter: EventFilter::all(),
+        limits,
+        dirs,
+        config: toml::Table::new(),
+        grants: Grants::default(),
+    }
+}
+
+/// Limits with a short deadline and fuel to spare, so only the deadline can stop a bomb.
+fn deadline_limits() -> Limits {
+    Limits {
+        fuel_per_event: 1_000_000_000_000,
+        event_timeout: Duration::from_millis(300),
+        max_memory_bytes: 128 << 20,
+        ..Limits::DEFAULT
+    }
+}
+
+async fn start(loaded: &LoadedModule, spec: &PluginSpec) -> Result<Instance, CallError> {
+    let context = Arc::new(InstanceContext {
+        plugin: Arc::from("hostile"),
+        node: Arc::from("node"),
+        services: Arc::new(NoServices),
+        response_limit: 1024,
+        output: Arc::default(),
+    });
+    Instance::start(loaded, spec, context, &[]).await
+}
+
+/// Runs one event through a fresh instance of `wat` under `limits`: its outcome and how long
+/// the call took.
+async fn run(wat: &str, limits: Limits) -> (Result<(), CallError>, Duration) {
+    let engine = Engine::new(None);
+    let loaded = load(&engine, wat);
+    let spec = spec(limits, BTreeMap::new());
+    let mut instance = start(&loaded, &spec).await.expect("instance starts");
+    let started = Instant::now();
+    let outcome = instance.handle(&[], b"event", None).await.map(drop);
+    (outcome, started.elapsed())
+}
+
+/// A deadline of 300 ms must hold within this, whatever the guest does: a tick, the longest
+/// host call and a busy test machine. Before the host calls were bounded, such calls ran for
+/// 12 to 19 s.
+const DEADLINE_SLACK: Duration = Duration::from_secs(3);
+
+fn assert_timed_out(outcome: Result<(), CallError>, elapsed: Duration) {
+    assert!(
+        matches!(outcome, Err(CallError::Timeout(_))),
+        "expected a timeout, got {outcome:?}"
+    );
+    assert!(elapsed < DEADLINE_SLACK, "the call ran {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_looping_on_huge_log_texts_is_stopped_by_its_deadline() {
+    // 64 MiB of "text" at 1 MiB, logged and set as the error text again and again.
+    let wat = plugin(
+        1040,
+        "",
+        "(loop $again
+            (drop (call $log (i32.const 2) (i32.const 1048576) (i32.const 67108864)))
+            (drop (call $set_error (i32.const 1048576) (i32.const 67108864)))
+            (br $again))",
+    );
+    let (outcome, elapsed) = run(&wat, deadline_limits()).await;
+    assert_timed_out(outcome, elapsed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_get_is_capped_per_call_and_the_deadline_holds_around_it() {
+    // A small request works (the guest checks its status); 60 MiB is refused with EINVAL.
+    let small = plugin(
+        1040,
+        "",
+        "(if (i32.ne (call $random_get (i32.const 4096) (i32.const 32)) (i32.const 0))
+            (then unreachable))
+         (if (i32.ne (call $random_get (i32.const 4096) (i32.const 62914560)) (i32.const 28))
+            (then unreachable))
+         (if (i32.ne (call $random_get (i32.const 68000000) (i32.const 1048576)) (i32.const 21))
+            (then unreachable))",
+    );
+    let (outcome, _) = run(&small, deadline_limits()).await;
+    outcome.expect("random_get answers small requests and refuses huge ones");
+    // The largest allowed request, forever.
+    let bomb = plugin(
+        1040,
+        "",
+        "(loop $again
+            (drop (call $random_get (i32.const 4096) (i32.const 1048576)))
+            (br $again))",
+    );
+    let (outcome, elapsed) = run(&bomb, deadline_limits()).await;
+    assert_timed_out(outcome, elapsed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_writes_to_stdout_fail_and_the_deadline_holds_around_them() {
+    // One iovec at 0: 16 MiB at 1 MiB. Then the largest write WASI takes, forever.
+    let iovec = |len: u32| {
+        format!(
+            "(i32.store (i32.const 0) (i32.const 1048576))
+             (i32.store (i32.const 4) (i32.const {len}))"
+        )
+    };
+    let refused = plugin(
+        1040,
+        "",
+        &format!(
+            "{}
+            (if (i32.ne (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))
+                        (i32.const 48))
+                (then unreachable))",
+            iovec(16 << 20)
+        ),
+    );
+    let (outcome, _) = run(&refused, deadline_limits()).await;
+    outcome.expect("a 16 MiB write fails with ENOMEM before anything is copied");
+    let bomb = plugin(
+        1040,
+        "",
+        &format!(
+            "{}
+            (loop $again
+                (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+                (br $again))",
+            iovec(1 << 20)
+        ),
+    );
+    let (outcome, elapsed) = run(&bomb, deadline_limits()).await;
+    assert_timed_out(outcome, elapsed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spin_that_burns_little_fuel_is_stopped_by_the_deadline() {
+    let wat = plugin(1, "", "(loop $again (br $again))");
+    let (outcome, elapsed) = run(&wat, deadline_limits()).await;
+    assert_timed_out(outcome, elapsed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_calls_cost_fuel() {
+    // Fuel for about a thousand host calls: a loop of them runs out of fuel, not time.
+    let wat = plugin(
+        1,
+        "",
+        "(loop $again
+            (drop (call $set_error (i32.const 2048) (i32.const 16)))
+            (br $again))",
+    );
+    let limits = Limits {
+        fuel_per_event: 10_000_000,
+        event_timeout: Duration::from_secs(30),
+        ..Limits::DEFAULT
+    };
+    let (outcome, elapsed) = run(&wat, limits).await;
+    assert!(
+        matches!(outcome, Err(CallError::OutOfFuel(_))),
+        "{outcome:?}"
+    );
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proc_exit_is_reported_with_its_status() {
+    let wat = plugin(1, "", "(call $proc_exit (i32.const 3))");
+    let (outcome, _) = run(&wat, Limits::DEFAULT).await;
+    let error = outcome.unwrap_err();
+    assert_eq!(error, CallError::Exited(3));
+    assert_eq!(error.kind(), "exit");
+    assert_eq!(error.to_string(), "plugin exited with status 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_grow_does_not_name_a_later_unrelated_trap() {
+    // Event 1 asks for 1 GiB and carries on; event 2 divides by zero.
+    let wat = plugin(
+        1,
+        "(global $calls (mut i32) (i32.const 0))",
+        "(global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+         (if (i32.eq (global.get $calls) (i32.const 1))
+            (then (if (i32.ne (memory.grow (i32.const 16384)) (i32.const -1))
+                (then unreachable))))
+         (if (i32.eq (global.get $calls) (i32.const 2))
+            (then (drop (i32.div_u (i32.const 1) (local.get $i)))))",
+    );
+    let engine = Engine::new(None);
+    let loaded = load(&engine, &wat);
+    let spec = spec(Limits::DEFAULT, BTreeMap::new());
+    let mut instance = start(&loaded, &spec).await.unwrap();
+    instance
+        .handle(&[], b"1", None)
+        .await
+        .expect("a refused grow is not a trap");
+    let error = instance.handle(&[], b"2", None).await.unwrap_err();
+    assert!(matches!(error, CallError::Crashed(_)), "{error:?}");
+    assert!(error.to_string().contains("divide by zero"), "{error}");
+}
+
+#[test]
+fn multi_memory_modules_are_refused_when_compiled() {
+    let engine = Engine::new(None);
+    let wat = plugin(1, "(memory 1000) (memory 1000) (memory 1000)", "");
+    let bytes = wat::parse_str(&wat).unwrap();
+    let error = engine
+        .load(Path::new("many.wasm"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("cannot compile many.wasm"), "{error}");
+    assert!(error.contains("multiple memories"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_count_against_the_memory_cap() {
+    // 64 MiB of memory is allowed; so is a small table; not both a table of 4 M elements
+    // (64 MiB at 16 bytes each) and the memory, nor a table grown past the cap later.
+    let engine = Engine::new(None);
+    let limits = Limits {
+        max_memory_bytes: 64 << 20,
+        ..Limits::DEFAULT
+    };
+    let spec = spec(limits, BTreeMap::new());
+    let big_table = load(&engine, &plugin(512, "(table 4194304 funcref)", ""));
+    let error = start(&big_table, &spec).await.err().expect("refused");
+    assert!(
+        matches!(error, CallError::MemoryLimit(_) | CallError::Crashed(_)),
+        "{error:?}"
+    );
+    let growing = load(
+        &engine,
+        &plugin(
+            1,
+            "(table $t 1 funcref)",
+            "(if (i32.ne (table.grow $t (ref.null func) (i32.const 8388608)) (i32.const -1))
+                (then unreachable))",
+        ),
+    );
+    let mut instance = start(&growing, &spec).await.unwrap();
+    instance
+        .handle(&[], b"grow", None)
+        .await
+        .expect("the grow is refused, which the guest sees as -1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_holds_a_bounded_number_of_open_files() {
+    // Opens "f" (creating it) in the granted directory (fd 3) 1,000 times without closing.
+    let dir = tempfile::tempdir().unwrap();
+    let wat = plugin(
+        1,
+        "",
+        "(i32.store8 (i32.const 2048) (i32.const 102))
+         (block $done (loop $again
+            (br_if $done (i32.ge_u (local.get $i) (i32.const 1000)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (drop (call $path_open (i32.const 3) (i32.const 0) (i32.const 2048)
+                    (i32.const 1) (i32.const 1) (i64.const 66) (i64.const 66) (i32.const 0)
+                    (i32.const 4096)))
+            (br $again)))
+",
+    );
+    let engine = Engine::new(None);
+    let loaded = load(&engine, &wat);
+    let dirs = BTreeMap::from([("/data".to_owned(), dir.path().to_path_buf())]);
+    let spec = spec(Limits::DEFAULT, dirs);
+    let open_before = open_descriptors();
+    let mut instance = start(&loaded, &spec).await.unwrap();
+    // Past the cap the open traps: the instance is dropped, and its files closed with it.
+    let error = instance.handle(&[], b"open", None).await.unwrap_err();
+    assert!(error.to_string().contains("WASI resources"), "{error:?}");
+    let open_during = open_descriptors();
+    assert!(
+        open_during < open_before + super::instance::MAX_WASI_RESOURCES + 16,
+        "{open_before} descriptors before, {open_during} with the instance"
+    );
+    let opened = std::fs::metadata(dir.path().join("f")).is_ok();
+    assert!(opened, "the grant works");
+}
+
+/// The agent's open file descriptors.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+#[test]
+fn control_characters_in_plugin_text_are_escaped() {
+    use super::stdio::escape_controls;
+    assert_eq!(escape_controls("plain text\tok"), "plain text\tok");
+    assert_eq!(
+        escape_controls("ok\n2026/12/07 10:00:00 [ERR] agent: forged"),
+        "ok\\n2026/12/07 10:00:00 [ERR] agent: forged"
+    );
+    assert_eq!(
+        escape_controls("a\rb\u{1b}[2Kc\u{7f}\u{9b}\u{2028}"),
+        "a\\rb\\u{1b}[2Kc\\u{7f}\\u{9b}\\u{2028}"
+    );
+}
