@@ -1,0 +1,175 @@
+//! Plugins that attack the sandbox on purpose, in a real agent: host-call time bombs and file
+//! descriptor exhaustion. Whatever they do, a well-behaved plugin keeps answering queries,
+//! `serf members` keeps answering, and the agent stops when told.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serf_tests::{Node, RawRpc, eventually, field, map, next_net, stdout_ok};
+
+/// tests/wat/hostile.wat with `handle` as its `serf_handle` body, written to a file.
+fn hostile(dir: &tempfile::TempDir, name: &str, pages: u32, handle: &str) -> PathBuf {
+    let text = include_str!("../wat/hostile.wat")
+        .replace("PAGES", &pages.to_string())
+        .replace("HANDLE", handle);
+    let path = dir.path().join(format!("{name}.wasm"));
+    std::fs::write(&path, wat::parse_str(text).expect("hostile.wat is valid")).unwrap();
+    path
+}
+
+/// 64 MiB "texts" logged and set as the error, forever.
+const LOG_BOMB: &str = "(loop $again
+    (drop (call $log (i32.const 2) (i32.const 1048576) (i32.const 67108864)))
+    (drop (call $set_error (i32.const 1048576) (i32.const 67108864)))
+    (br $again))";
+
+/// The most random bytes WASI gives in one call, and 60 MiB, forever.
+const RANDOM_BOMB: &str = "(loop $again
+    (drop (call $random_get (i32.const 1048576) (i32.const 1048576)))
+    (drop (call $random_get (i32.const 1048576) (i32.const 62914560)))
+    (br $again))";
+
+/// 16 MiB and 1 MiB writes to stdout, forever.
+const STDOUT_BOMB: &str = "(i32.store (i32.const 0) (i32.const 1048576))
+    (i32.store (i32.const 16) (i32.const 1048576))
+    (i32.store (i32.const 4) (i32.const 16777216))
+    (i32.store (i32.const 20) (i32.const 1048576))
+    (loop $again
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 8)))
+        (br $again))";
+
+/// Opens files "0".."9999" in its granted directory (fd 3) without closing any.
+const FD_BOMB: &str = "(block $done (loop $again
+    (br_if $done (i32.ge_u (local.get $i) (i32.const 10000)))
+    (i32.store8 (i32.const 2048) (i32.add (i32.const 48) (i32.rem_u (local.get $i) (i32.const 10))))
+    (i32.store8 (i32.const 2049) (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $i) (i32.const 10)) (i32.const 10))))
+    (i32.store8 (i32.const 2050) (i32.add (i32.const 48) (i32.rem_u (i32.div_u (local.get $i) (i32.const 100)) (i32.const 10))))
+    (i32.store8 (i32.const 2051) (i32.add (i32.const 48) (i32.div_u (local.get $i) (i32.const 1000))))
+    (drop (call $path_open (i32.const 3) (i32.const 0) (i32.const 2048) (i32.const 4)
+        (i32.const 1) (i64.const 66) (i64.const 66) (i32.const 0) (i32.const 4096)))
+    (local.set $i (i32.add (local.get $i) (i32.const 1)))
+    (br $again)))";
+
+fn counter(info: &serde_json::Value, plugin: &str, name: &str) -> u64 {
+    info[format!("plugin:{plugin}")][name]
+        .as_str()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} for {plugin} in {info}"))
+}
+
+fn fire(rpc: &mut RawRpc, seq: u64, name: &str) {
+    let body = map(&[
+        ("Name", name.into()),
+        ("Payload", rmpv::Value::Binary(b"x".to_vec())),
+        ("Coalesce", false.into()),
+    ]);
+    rpc.request("event", seq, Some(body));
+    let header = rpc.read().expect("event answer");
+    assert_eq!(field(&header, "Error"), Some(&"".into()), "{header}");
+}
+
+/// The agent's open file descriptors.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn host_call_time_bombs_leave_queries_members_and_the_stop_on_time() {
+    let wat_dir = tempfile::tempdir().unwrap();
+    let bombs = [
+        ("logbomb", LOG_BOMB),
+        ("randombomb", RANDOM_BOMB),
+        ("stdoutbomb", STDOUT_BOMB),
+    ];
+    let mut builder = Node::builder(next_net(), 1)
+        .plugin("upcase", "upcase")
+        .config("[plugins.upcase]\nevents = \"query:upcase\"\n");
+    for (name, handle) in bombs {
+        let file = hostile(&wat_dir, name, 1040, handle);
+        builder = builder
+            .raw_plugin_file(&format!("{name}.wasm"), file)
+            .config(&format!(
+                "[plugins.{name}]\nevents = \"user:boom\"\nevent_timeout = \"500ms\"\n\
+                 max_memory_mib = 128\nfuel_per_event = 1000000000000\n"
+            ));
+    }
+    let mut node = builder.start();
+    // Enough events to keep every bomb busy for the whole test (6 s each at 500 ms).
+    let mut rpc = RawRpc::handshake(node.rpc);
+    for seq in 1..=12 {
+        fire(&mut rpc, seq, "boom");
+    }
+    for i in 0..5 {
+        let started = Instant::now();
+        let members = stdout_ok(&node.cli(&["members"]));
+        assert!(members.contains("node1"), "{members}");
+        let took = started.elapsed();
+        let text = stdout_ok(&node.go_cli(&["query", "-timeout=3s", "upcase", &format!("q{i}")]));
+        assert!(
+            text.contains(&format!("Response from 'node1': Q{i}")),
+            "query {i} while the bombs run: {text}\nmembers took {took:?}\n{}",
+            node.log()
+        );
+    }
+    // Every bomb event ends at its deadline, counted as a timeout, not as handled.
+    let info = eventually(Duration::from_secs(60), || {
+        let info = node.info();
+        bombs
+            .iter()
+            .all(|(name, _)| counter(&info, name, "timeouts") == 12)
+            .then_some(info)
+    })
+    .unwrap_or_else(|| panic!("bombs timed out each event: {}", node.info()));
+    for (name, _) in bombs {
+        assert_eq!(counter(&info, name, "handled"), 0, "{name}: {info}");
+    }
+    assert!(counter(&info, "upcase", "handled") >= 5, "{info}");
+    // The stop waits for no bomb beyond its deadline and its 1 s shutdown.
+    let started = Instant::now();
+    node.send_signal("TERM");
+    let status = node.wait_exit(Duration::from_secs(30));
+    assert!(status.is_some(), "agent still running 30 s after SIGTERM");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "stop took {took:?}");
+}
+
+#[test]
+fn a_plugin_opening_files_without_end_holds_a_bounded_number() {
+    let wat_dir = tempfile::tempdir().unwrap();
+    let file = hostile(&wat_dir, "fdbomb", 1, FD_BOMB);
+    let mut node = Node::builder(next_net(), 1)
+        .plugin("upcase", "upcase")
+        .raw_plugin_file("fdbomb.wasm", file)
+        .config(
+            "[plugins.upcase]\nevents = \"query:upcase\"\n\
+             [plugins.fdbomb]\nevents = \"user:boom\"\ndirs = { \"/data\" = \"fdbomb\" }\n",
+        )
+        .start();
+    let pid = node.child().id();
+    let before = descriptors(pid);
+    let mut rpc = RawRpc::handshake(node.rpc);
+    let mut most = before;
+    for seq in 1..=10 {
+        fire(&mut rpc, seq, "boom");
+        for _ in 0..20 {
+            most = most.max(descriptors(pid));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let info = eventually(Duration::from_secs(30), || {
+        let info = node.info();
+        (counter(&info, "fdbomb", "traps") == 10).then_some(info)
+    })
+    .unwrap_or_else(|| panic!("each event trapped at the cap: {}", node.info()));
+    assert_eq!(counter(&info, "fdbomb", "handled"), 0, "{info}");
+    assert!(
+        most < before + 128 + 32,
+        "{before} descriptors at start, {most} at most while the plugin opened files"
+    );
+    node.wait_for_log("WASI resources", Duration::from_secs(5));
+    let text = stdout_ok(&node.go_cli(&["query", "-timeout=3s", "upcase", "still"]));
+    assert!(text.contains("Response from 'node1': STILL"), "{text}");
+    let members = stdout_ok(&node.cli(&["members"]));
+    assert!(members.contains("alive"), "{members}");
+}
