@@ -908,6 +908,8 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    use crate::plugin::{Capabilities, Grants};
+
     fn request(name: &str) -> abi::JobStart {
         abi::JobStart {
             name: name.to_owned(),
@@ -1122,11 +1124,14 @@ mod tests {
     }
 
     /// A plugin whose `serf_job` does what the job argument's last byte says: `e` logs
-    /// "step" and exits 7, `f` fails with status 3 and an error text, `t` traps, `l` loops.
+    /// "step" and exits 7, `f` fails with status 3 and an error text, `t` traps, `l` loops,
+    /// `r` asks for random bytes forever (a host-call bomb that burns almost no fuel).
     const WORKER: &str = r#"(module
         (import "serf" "log" (func $log (param i32 i32 i32) (result i32)))
         (import "serf" "set_error" (func $set_error (param i32 i32) (result i32)))
-        (memory (export "memory") 1)
+        (import "wasi_snapshot_preview1" "random_get"
+            (func $random_get (param i32 i32) (result i32)))
+        (memory (export "memory") 20)
         (data (i32.const 16) "stepbad deploy")
         (func (export "serf_plugin_abi_v1"))
         (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
@@ -1144,6 +1149,10 @@ mod tests {
                     (drop (call $set_error (i32.const 20) (i32.const 10)))
                     (return (i32.const 3))))
             (if (i32.eq (local.get $mode) (i32.const 116)) (then unreachable))
+            (if (i32.eq (local.get $mode) (i32.const 114))
+                (then (loop $bomb
+                    (drop (call $random_get (i32.const 65536) (i32.const 1048576)))
+                    (br $bomb))))
             (loop $forever (br $forever))
             i32.const 0))"#;
 
@@ -1159,8 +1168,8 @@ mod tests {
         }
     }
 
-    /// Plugins `p` (the default job budget) and `small` (10^7 fuel per job), both [`WORKER`],
-    /// and `plain` (without `serf_job`), on a runtime of their own, with a pool whose records
+    /// Plugins `p` (the default job budget), `small` (10^7 fuel per job) and `quick` (a
+    /// 300 ms `job_timeout`), all [`WORKER`], and `plain` (without `serf_job`), on a runtime of their own, with a pool whose records
     /// live in `dir/jobs`.
     fn start_pool(dir: &Path) -> (tokio::runtime::Runtime, Arc<PluginHost>, Jobs) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1174,6 +1183,10 @@ mod tests {
         let plain = dir.join("plain.wasm");
         std::fs::write(&plain, wat::parse_str(without_job).unwrap()).unwrap();
         let spec = |name: &str, job_fuel: u64| PluginSpec {
+            grants: Grants {
+                capabilities: Capabilities::all(),
+                ..Grants::default()
+            },
             name: name.to_owned(),
             path: if name == "plain" {
                 plain.clone()
@@ -1183,11 +1196,15 @@ mod tests {
             filter: super::super::EventFilter::all(),
             limits: super::super::Limits {
                 job_fuel,
+                job_timeout: if name == "quick" {
+                    Duration::from_millis(300)
+                } else {
+                    super::super::Limits::DEFAULT.job_timeout
+                },
                 ..super::super::Limits::DEFAULT
             },
             dirs: BTreeMap::new(),
             config: toml::Table::new(),
-            grants: Default::default(),
         };
         let jobs = Jobs::open(Some(dir.join("jobs")), 1).unwrap();
         let host = runtime.block_on(PluginHost::start(
@@ -1195,6 +1212,7 @@ mod tests {
             vec![
                 spec("p", 1_000_000_000_000),
                 spec("small", 10_000_000),
+                spec("quick", 1_000_000_000_000),
                 spec("plain", 1),
             ],
             "node",
@@ -1273,9 +1291,30 @@ mod tests {
         assert_eq!(record.error, "killed by the plugin");
         assert_eq!(jobs.num_running(), 0);
 
+        // A job that spends its time in host calls burns almost no fuel, yet a kill and the
+        // job's deadline stop it within about an epoch tick (it ran for minutes before).
+        let id = start("p", "r");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while jobs.get(id, None).unwrap().state != JobState::Running {
+            assert!(Instant::now() < deadline, "job {id} never ran");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let killed_at = Instant::now();
+        jobs.kill(id, None).unwrap();
+        let record = ended(&jobs, id);
+        assert_eq!(record.state, JobState::Killed, "{record:?}");
+        assert!(killed_at.elapsed() < Duration::from_secs(3), "{record:?}");
+        let started_at = Instant::now();
+        let record = ended(&jobs, start("quick", "r"));
+        assert_eq!(record.state, JobState::Failed, "{record:?}");
+        assert_eq!(record.error, "wall-clock timeout after 300ms");
+        assert!(started_at.elapsed() < Duration::from_secs(5), "{record:?}");
+
         // Each end went to its plugin's queue, past its filter.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while offered(&host, "p") < 4 || offered(&host, "small") < 1 {
+        while offered(&host, "p") < 5 || offered(&host, "small") < 1 || offered(&host, "quick") < 1
+        {
             assert!(Instant::now() < deadline, "job-done events missing");
             std::thread::sleep(Duration::from_millis(10));
         }

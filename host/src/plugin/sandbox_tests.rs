@@ -355,4 +355,3 @@ fn control_characters_in_plugin_text_are_escaped() {
         "a\\rb\\u{1b}[2Kc\\u{7f}\\u{9b}\\u{2028}"
     );
 }
-
