@@ -360,6 +360,7 @@ impl Capability {
             IMPORT_MEMBERS => Some(Capability::Members),
             IMPORT_FIRE_EVENT => Some(Capability::Events),
             IMPORT_QUERY => Some(Capability::Queries),
+            IMPORT_JOB_START => Some(Capability::Jobs),
             _ => None,
         }
     }

@@ -355,3 +355,95 @@ fn control_characters_in_plugin_text_are_escaped() {
         "a\\rb\\u{1b}[2Kc\\u{7f}\\u{9b}\\u{2028}"
     );
 }
+
+/// A plugin whose `serf_handle` calls the host function its input names with arguments from
+/// its input: byte 0 picks the function, then three little-endian i32s. Whatever the guest
+/// passes, the host answers with a status and neither traps nor panics.
+const CALLER: &str = r#"(module
+    (import "serf" "log" (func $log (param i32 i32 i32) (result i32)))
+    (import "serf" "set_error" (func $set_error (param i32 i32) (result i32)))
+    (import "serf" "respond" (func $respond (param i32 i32) (result i32)))
+    (import "serf" "members" (func $members (param i32 i32) (result i32)))
+    (import "serf" "fire_event" (func $fire_event (param i32 i32) (result i32)))
+    (import "serf" "query" (func $query (param i32 i32) (result i32)))
+    (import "serf" "job_start" (func $job_start (param i32 i32) (result i32)))
+    (import "serf" "job_status" (func $job_status (param i32 i32 i32) (result i32)))
+    (import "serf" "job_kill" (func $job_kill (param i32) (result i32)))
+    (import "serf" "job_reap" (func $job_reap (param i32) (result i32)))
+    (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+    (memory (export "memory") 2)
+    (func (export "serf_plugin_abi_v1"))
+    (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
+    (func (export "serf_init") (param i32 i32) (result i32) i32.const 0)
+    (func (export "serf_job") (param i32 i32) (result i32) i32.const 0)
+    (func (export "serf_handle") (param $p i32) (param $n i32) (result i32)
+        (local $a i32) (local $b i32) (local $c i32)
+        (if (i32.lt_u (local.get $n) (i32.const 13)) (then (return (i32.const 0))))
+        (local.set $a (i32.load (i32.add (local.get $p) (i32.const 1))))
+        (local.set $b (i32.load (i32.add (local.get $p) (i32.const 5))))
+        (local.set $c (i32.load (i32.add (local.get $p) (i32.const 9))))
+        (block $done (block $11 (block $10 (block $9 (block $8 (block $7 (block $6 (block $5
+        (block $4 (block $3 (block $2 (block $1 (block $0
+            (br_table $0 $1 $2 $3 $4 $5 $6 $7 $8 $9 $10 $11
+                (i32.rem_u (i32.load8_u (local.get $p)) (i32.const 12))))
+            (drop (call $log (local.get $a) (local.get $b) (local.get $c))) (br $done))
+            (drop (call $set_error (local.get $a) (local.get $b))) (br $done))
+            (drop (call $respond (local.get $a) (local.get $b))) (br $done))
+            (drop (call $members (local.get $a) (local.get $b))) (br $done))
+            (drop (call $fire_event (local.get $a) (local.get $b))) (br $done))
+            (drop (call $query (local.get $a) (local.get $b))) (br $done))
+            (drop (call $job_start (local.get $a) (local.get $b))) (br $done))
+            (drop (call $job_status (local.get $a) (local.get $b) (local.get $c))) (br $done))
+            (drop (call $job_kill (local.get $a))) (br $done))
+            (drop (call $job_reap (local.get $a))) (br $done))
+            (drop (call $random_get (local.get $a) (local.get $b))) (br $done))
+            (drop (call $log (i32.const 2) (i32.add (local.get $p) (i32.const 13))
+                (i32.sub (local.get $n) (i32.const 13)))))
+        i32.const 0))"#;
+
+/// Arguments that hit the edges: pointers into the input (whose rest is arbitrary bytes, so
+/// requests decode garbage), at and past the end of memory, negative, huge.
+fn argument() -> impl proptest::strategy::Strategy<Value = i32> {
+    use proptest::prelude::*;
+    prop_oneof![
+        1037i32..1300,
+        0i32..200,
+        Just(131_072 - 16),
+        Just(131_072),
+        Just(i32::MAX),
+        Just(-1),
+        Just(i32::MIN),
+        any::<i32>(),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    #[test]
+    fn host_functions_answer_any_guest_arguments_with_a_status(
+        calls in proptest::collection::vec(
+            (0u8..12, argument(), argument(), argument(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)),
+            1..8,
+        )
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let engine = Engine::new(None);
+            let loaded = load(&engine, CALLER);
+            let mut spec = spec(Limits::DEFAULT, BTreeMap::new());
+            spec.grants.capabilities = super::Capabilities::all();
+            let mut instance = start(&loaded, &spec).await.unwrap();
+            for (op, a, b, c, rest) in calls {
+                let mut input = vec![op];
+                for value in [a, b, c] {
+                    input.extend_from_slice(&value.to_le_bytes());
+                }
+                input.extend_from_slice(&rest);
+                let query = (op == 2).then(|| QueryKey { ltime: 1, id: 7 });
+                let outcome = instance.handle(&[], &input, query).await;
+                proptest::prop_assert!(outcome.is_ok(), "op {op} ({a}, {b}, {c}): {outcome:?}");
+            }
+            Ok(())
+        })?;
+    }
+}
