@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Engine, LoadedModule};
 use super::instance::{CallError, Instance, InstanceContext};
+use super::stdio::OutputWindow;
 use super::{EventFilter, Grants, HostServices, Limits, PluginSpec};
 use crate::serf::QueryKey;
 use serf_plugin_sdk::abi::Status;
@@ -77,12 +78,21 @@ fn deadline_limits() -> Limits {
 }
 
 async fn start(loaded: &LoadedModule, spec: &PluginSpec) -> Result<Instance, CallError> {
+    start_with(loaded, spec, Arc::default()).await
+}
+
+/// [`start`], with the plugin's output rate limit shared with the caller.
+async fn start_with(
+    loaded: &LoadedModule,
+    spec: &PluginSpec,
+    output: Arc<OutputWindow>,
+) -> Result<Instance, CallError> {
     let context = Arc::new(InstanceContext {
         plugin: Arc::from("hostile"),
         node: Arc::from("node"),
         services: Arc::new(NoServices),
         response_limit: 1024,
-        output: Arc::default(),
+        output,
     });
     Instance::start(loaded, spec, context, &[]).await
 }
@@ -446,4 +456,36 @@ proptest::proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_lines_past_the_rate_limit_are_counted_across_traps_and_instances() {
+    // Each event writes 300 lines to stdout and then traps.
+    let wat = plugin(
+        1,
+        "(data (i32.const 64) \"line\\n\")",
+        "(i32.store (i32.const 0) (i32.const 64))
+         (i32.store (i32.const 4) (i32.const 5))
+         (block $done (loop $again
+            (br_if $done (i32.ge_u (local.get $i) (i32.const 300)))
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br $again)))
+         unreachable",
+    );
+    let engine = Engine::new(None);
+    let loaded = load(&engine, &wat);
+    let spec = spec(Limits::DEFAULT, BTreeMap::new());
+    let output = Arc::new(OutputWindow::default());
+    for _ in 0..2 {
+        // A fresh instance after each trap, as the dispatcher starts one.
+        let mut instance = start_with(&loaded, &spec, Arc::clone(&output))
+            .await
+            .unwrap();
+        let error = instance.handle(&[], b"burst", None).await.unwrap_err();
+        assert!(matches!(error, CallError::Panicked(_)), "{error:?}");
+    }
+    // 100 lines a second for the plugin, not per instance: of 600 lines, 500 or more were
+    // dropped (fewer only if the second rolled over between the bursts).
+    assert!(output.dropped() >= 400, "{} dropped", output.dropped());
 }
