@@ -188,7 +188,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLimits {
-    /// Fuel for one event (about 10^10 per CPU-second).
+    /// Fuel for one event (1 G is 0.1-0.5 s of CPU, by instruction mix).
     pub fuel_per_event: Option<u64>,
     /// Fuel for instantiating and initialising the plugin.
     pub fuel_init: Option<u64>,
@@ -200,7 +200,7 @@ pub struct FileLimits {
     /// Events waiting for the plugin before new ones are dropped.
     pub queue_capacity: Option<usize>,
     // Jobs (ABI v1.1).
-    /// Fuel for one job (about 10^10 per CPU-second).
+    /// Fuel for one job (1 G is 0.1-0.5 s of CPU, by instruction mix).
     pub job_fuel: Option<u64>,
     /// Wall-clock deadline for one job, e.g. `"15m"`.
     #[serde(default, with = "humantime_serde")]

@@ -62,7 +62,7 @@ struct RunArgs {
     /// A directory to grant, read-write: guest path = host directory; repeatable.
     #[arg(long = "dir", value_name = "GUEST=HOST")]
     dir: Vec<String>,
-    /// Fuel for the event (default 1000000000, about 0.1 s of CPU).
+    /// Fuel for the event (default 1000000000, 0.1-0.5 s of CPU).
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
 }

@@ -39,7 +39,7 @@ use serf_plugin_sdk::abi::{self, Status};
 /// The budgets one plugin runs under, per event unless named otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Fuel for one event: about 10^10 units per CPU-second, so 1 G ≈ 0.1 s.
+    /// Fuel for one event: 1 G is 0.1–0.5 s of CPU, by instruction mix (docs/plugin-abi.md §7).
     pub fuel_per_event: u64,
     /// Fuel for instantiating and initialising (Go's runtime start needs about 1 M).
     pub fuel_init: u64,
@@ -50,7 +50,7 @@ pub struct Limits {
     /// Events queued for the plugin before new ones are dropped (and counted).
     pub queue_capacity: NonZeroUsize,
     // Jobs (ABI v1.1): the budget of each long job, which runs in an instance of its own.
-    /// Fuel for one job's `serf_job` call: 10^12 ≈ 100 s of CPU.
+    /// Fuel for one job's `serf_job` call: 10^12 is 100-500 s of CPU.
     pub job_fuel: u64,
     /// Wall-clock deadline for one job, sleeps included.
     pub job_timeout: Duration,
