@@ -7,8 +7,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serf_plugin_sdk::abi;
@@ -55,8 +55,8 @@ struct Wasm {
     settings_hash: u64,
 }
 
-/// How often the engine's epoch advances. On every tick a running guest yields to the plugin
-/// runtime and checks its wall-clock deadline, so a deadline is kept to about a tick plus
+/// How often the engines' epoch advances while a guest runs. On every tick a running guest
+/// yields to the plugin runtime and checks its wall-clock deadline, so a deadline is kept to about a tick plus
 /// the longest host call ([`instance::MAX_WASI_COPY_BYTES`] and the other per-call caps).
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -87,28 +87,90 @@ fn config() -> wasmtime::Config {
     config
 }
 
-/// Advances `engine`'s epoch every [`EPOCH_TICK`] on a thread of its own, until the engine
-/// is dropped.
-fn start_epoch_ticker(engine: &wasmtime::Engine) -> std::io::Result<()> {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("serf-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
+/// The thread that advances the epoch of every engine every [`EPOCH_TICK`] while a guest runs
+/// somewhere, and sleeps while none does, so that an idle agent does not wake up a hundred
+/// times a second.
+struct Ticker {
+    engines: Mutex<Vec<wasmtime::EngineWeak>>,
+    /// Calls into guests in progress ([`EpochBusy`] guards).
+    busy: AtomicUsize,
+    thread: std::thread::Thread,
+}
+
+static TICKER: OnceLock<Result<Ticker, String>> = OnceLock::new();
+
+fn ticker() -> Result<&'static Ticker, String> {
+    TICKER
+        .get_or_init(|| {
+            std::thread::Builder::new()
+                .name("serf-epoch".into())
+                .spawn(tick_loop)
+                .map(|handle| Ticker {
+                    engines: Mutex::default(),
+                    busy: AtomicUsize::new(0),
+                    thread: handle.thread().clone(),
+                })
+                .map_err(|error| format!("cannot start the epoch thread: {error}"))
         })
-        .map(drop)
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn tick_loop() {
+    // The ticker is set once this thread runs (the spawner stores it right after the spawn).
+    let ticker = loop {
+        match TICKER.get() {
+            Some(Ok(ticker)) => break ticker,
+            Some(Err(_)) => return,
+            None => std::thread::park_timeout(EPOCH_TICK),
+        }
+    };
+    loop {
+        if ticker.busy.load(Ordering::Acquire) == 0 {
+            // Woken by the next call's guard; the timeout only guards against a lost wake-up.
+            std::thread::park_timeout(Duration::from_secs(1));
+            continue;
+        }
+        std::thread::sleep(EPOCH_TICK);
+        let mut engines = ticker.engines.lock().unwrap_or_else(|e| e.into_inner());
+        engines.retain(|weak| match weak.upgrade() {
+            Some(engine) => {
+                engine.increment_epoch();
+                true
+            }
+            None => false,
+        });
+    }
+}
+
+/// Marks a call into a guest in progress, so that the epoch ticks while it runs.
+pub(crate) struct EpochBusy(&'static Ticker);
+
+/// Starts the epoch ticking (if it was idle) until the guard is dropped. Without a ticker
+/// (its thread could not start, so no engine exists either) there is nothing to do.
+pub(crate) fn epoch_busy() -> Option<EpochBusy> {
+    let ticker = ticker().ok()?;
+    if ticker.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+        ticker.thread.unpark();
+    }
+    Some(EpochBusy(ticker))
+}
+
+impl Drop for EpochBusy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Wasm {
     fn new() -> wasmtime::Result<Wasm> {
         let engine = wasmtime::Engine::new(&config())?;
-        start_epoch_ticker(&engine)?;
+        ticker()
+            .map_err(|message| wasmtime::format_err!("{message}"))?
+            .engines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(engine.weak());
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut StoreState| {
             &mut state.wasi

@@ -314,6 +314,7 @@ impl Instance {
             .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
             .and_then(|()| store.set_fuel(limits.fuel_init))
             .map_err(|error| CallError::Crashed(format!("{error:#}")))?;
+        let busy = super::engine::epoch_busy();
         let started = tokio::time::timeout(limits.event_timeout, async {
             let instance = loaded.pre.instantiate_async(&mut store).await?;
             if let Ok(initialize) =
@@ -324,6 +325,7 @@ impl Instance {
             wasmtime::Result::Ok(instance)
         })
         .await;
+        drop(busy);
         let instance = match started {
             Err(_elapsed) => return Err(CallError::Timeout(limits.event_timeout)),
             Ok(Err(error)) => {
@@ -404,6 +406,7 @@ impl Instance {
         }
         let deadline = self.limits.event_timeout.min(SHUTDOWN_TIMEOUT);
         self.store.data_mut().deadline = Instant::now() + deadline;
+        let _busy = super::engine::epoch_busy();
         let _ = tokio::time::timeout(deadline, shutdown.call_async(&mut self.store, ())).await;
     }
 
@@ -430,6 +433,7 @@ impl Instance {
         let store = &mut self.store;
         let memory = self.memory;
         let input_buffer = self.input_buffer.clone();
+        let busy = super::engine::epoch_busy();
         let outcome = tokio::time::timeout(timeout, async {
             let ptr = input_buffer.call_async(&mut *store, len_i32).await?;
             let start = Some(ptr as u32).filter(|&p| p != 0).map(|p| p as usize);
@@ -449,6 +453,7 @@ impl Instance {
             wasmtime::Result::Ok(Ok(code))
         })
         .await;
+        drop(busy);
         let call = std::mem::take(&mut self.store.data_mut().call);
         let context = &self.store.data().context;
         context.output.flush(&context.plugin);
