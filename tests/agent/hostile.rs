@@ -173,3 +173,42 @@ fn a_plugin_opening_files_without_end_holds_a_bounded_number() {
     let members = stdout_ok(&node.cli(&["members"]));
     assert!(members.contains("alive"), "{members}");
 }
+
+/// Context switches of the agent's thread named `name`, if it has one.
+fn thread_switches(pid: u32, name: &str) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        let switches = status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches"))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        return Some(switches);
+    }
+    None
+}
+
+#[test]
+fn the_epoch_thread_sleeps_while_no_plugin_runs() {
+    let mut node = Node::builder(next_net(), 1)
+        .plugin("upcase", "upcase")
+        .config("[plugins.upcase]\nevents = \"query:upcase\"\n")
+        .start();
+    let text = stdout_ok(&node.go_cli(&["query", "-timeout=2s", "upcase", "tick"]));
+    assert!(text.contains("TICK"), "{text}");
+    let pid = node.child().id();
+    let before = thread_switches(pid, "serf-epoch").expect("the epoch thread runs");
+    std::thread::sleep(Duration::from_secs(2));
+    let after = thread_switches(pid, "serf-epoch").expect("the epoch thread runs");
+    // Ticking, it would switch about 200 times in 2 s; asleep, about twice.
+    assert!(
+        after - before < 50,
+        "{} context switches while idle",
+        after - before
+    );
+}
