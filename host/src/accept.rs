@@ -187,6 +187,23 @@ impl Drop for Admission {
     }
 }
 
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`, as it does Go's,
+/// which asks for that value): a burst of connections waits in the kernel, not in SYN retries.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (a restarted agent must
+/// be able to bind while old connections linger in TIME_WAIT).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Counters of one [`Acceptor`].
 #[derive(Debug, Default)]
 pub struct AcceptStats {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -244,8 +244,8 @@ async fn bind_both(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)>
     let mut tries = 0;
     loop {
         tries += 1;
-        let listener =
-            listen(addr).with_context(|| format!("cannot listen for gossip streams on {addr}"))?;
+        let listener = crate::accept::listen(addr)
+            .with_context(|| format!("cannot listen for gossip streams on {addr}"))?;
         let port = listener
             .local_addr()
             .context("cannot read the gossip listener's address")?
@@ -286,18 +286,6 @@ fn enlarge_receive_buffer(udp: &UdpSocket) {
     if let Ok(granted) = socket.recv_buffer_size() {
         tracing::debug!(granted, "gossip UDP receive buffer");
     }
-}
-
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    // A restarted agent must be able to bind while old connections linger in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 async fn accept_loop(

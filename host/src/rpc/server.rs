@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -124,7 +124,7 @@ pub struct RpcServer {
 impl RpcServer {
     /// Binds `addr` and serves until [`RpcServer::shutdown`].
     pub async fn start(agent: AgentHandle, addr: SocketAddr) -> std::io::Result<RpcServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::accept::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let doorway = Doorway::new(PENDING_PER_SOURCE, PENDING_TOTAL);
