@@ -224,7 +224,7 @@ impl<R> Deadlined<R> {
         self.deadline = Deadline::Armed;
     }
 
-    fn from_first_byte(&mut self) {
+    fn arm_on_first_byte(&mut self) {
         self.deadline = Deadline::FromFirstByte;
     }
 }
@@ -451,7 +451,7 @@ async fn serve(
             if reader.buffered().is_empty() {
                 // Idle between requests: no deadline and no buffer until the next one starts.
                 reader.release_idle_buffer();
-                reader.get_mut().from_first_byte();
+                reader.get_mut().arm_on_first_byte();
             } else {
                 reader.get_mut().until(Instant::now() + REQUEST_TIMEOUT);
             }
@@ -646,7 +646,7 @@ mod tests {
     async fn an_idle_reader_waits_for_ever_but_a_started_request_must_finish() {
         let (read, mut write) = tokio::io::duplex(64);
         let mut reader = Deadlined::new(read);
-        reader.from_first_byte();
+        reader.arm_on_first_byte();
         let mut buf = [0u8; 8];
         let idle = tokio::time::timeout(Duration::from_secs(3600), reader.read(&mut buf)).await;
         assert!(idle.is_err(), "an idle connection is not timed out");
