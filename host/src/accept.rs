@@ -13,8 +13,9 @@
 //!   waiting connection (so the client gets an answer instead of hanging in the backlog, and the
 //!   listener is not woken again for it at once), waits, and logs at most one line per
 //!   [`ACCEPT_LOG_INTERVAL`].
-//! - [`raise_fd_limit`] lifts the soft `RLIMIT_NOFILE` to the hard limit at start, as Go's
-//!   runtime does for Serf since Go 1.19.
+//! - [`raise_fd_limit`] lifts the soft `RLIMIT_NOFILE` to the hard limit at start, as Serf
+//!   0.9.4's binary does (Go's runtime does it; `/usr/bin/serf` started with 1024:20000 runs
+//!   with 20000).
 //!
 //! It does not read requests or decide what a connection may do: the RPC server and the
 //! gossip transport do, and they say when a connection has proven itself.
@@ -394,6 +395,21 @@ mod tests {
         let (newest, _) = pending.admit(ip(1), 99_999);
         assert_eq!(pending.settle(newest), Some(99_999));
         assert!(pending.len() <= 64);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let Some(maximum) = limit.maximum else {
+            return; // Unlimited: nothing to raise to.
+        };
+        // One below the hard limit, so that other tests in this process lose nothing.
+        let mut lowered = limit;
+        lowered.current = Some(maximum - 1);
+        setrlimit(Resource::Nofile, lowered).unwrap();
+        assert_eq!(raise_fd_limit(), Some(maximum));
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(maximum));
     }
 
     #[tokio::test]

@@ -288,3 +288,63 @@ fn refused_encrypted_traffic_is_warned_about_rate_limited_and_counted() {
         .count();
     assert!(lines <= 3, "{lines} lines for 200 packets:\n{}", node.log());
 }
+
+#[test]
+fn events_a_stream_client_does_not_read_show_as_event_stream_drops() {
+    let net = next_net();
+    let node = Node::builder(net, 1).start();
+    // A `stream` client that never reads what it asked for.
+    let mut slow = RawRpc::handshake(node.rpc);
+    slow.request("stream", 1, Some(map(&[("Type", "user".into())])));
+    let stream_ok = slow.read().expect("the stream's answer");
+    assert_eq!(serf_tests::field(&stream_ok, "Error"), Some(&"".into()));
+
+    let mut firer = RawRpc::handshake(node.rpc);
+    let payload = rmpv::Value::Binary(vec![b'x'; 450]);
+    const BATCH: u64 = 500;
+    let mut seq = 0u64;
+    let mut drops = 0;
+    // Bounded: at most 200 batches (100,000 events), far more than the queues and socket
+    // buffers between the agent and the slow client hold.
+    for batch in 0..200 {
+        let mut bytes = Vec::new();
+        for _ in 0..BATCH {
+            seq += 1;
+            let header = map(&[("Command", "event".into()), ("Seq", seq.into())]);
+            let body = map(&[
+                ("Name", "flood".into()),
+                ("Payload", payload.clone()),
+                ("Coalesce", false.into()),
+            ]);
+            rmpv::encode::write_value(&mut bytes, &header).expect("encode");
+            rmpv::encode::write_value(&mut bytes, &body).expect("encode");
+        }
+        firer.send_bytes(&bytes);
+        for _ in 0..BATCH {
+            let reply = firer.read().expect("an event reply");
+            assert_eq!(
+                serf_tests::field(&reply, "Error"),
+                Some(&"".into()),
+                "{reply}"
+            );
+        }
+        if batch % 10 == 9 {
+            drops = counter(&node, "serf", "event_stream_drops");
+            if drops > 0 {
+                break;
+            }
+        }
+    }
+    assert!(
+        drops > 0,
+        "no drop shown after {seq} events: {:#}",
+        node.info()
+    );
+    // The drops happened where the report found them uncounted: on the client's write queue.
+    assert!(
+        node.log().contains("record dropped kind=Event"),
+        "{}",
+        node.log()
+    );
+    drop(slow);
+}
