@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map of modules and the rules between them.
 #![deny(unsafe_code)]
 
+pub mod accept;
 pub mod agent;
 pub mod cli;
 pub mod config;

@@ -3,6 +3,7 @@
 mod bad_input;
 mod basics;
 mod capabilities;
+mod doors;
 mod go_plugins;
 mod gossip;
 mod hostile;

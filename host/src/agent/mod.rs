@@ -48,7 +48,10 @@ const QUERY_OUTPUT_QUEUE: usize = 1024;
 pub const LEAVE_BOUND: Duration = Duration::from_secs(12);
 
 pub use join::retry_join;
-pub use transport::{MAX_INBOUND_STREAMS, MAX_OUTBOUND_STREAMS, TransportStats};
+pub use transport::{
+    FIRST_BYTE_TIMEOUT, MAX_INBOUND_STREAMS, MAX_OUTBOUND_STREAMS, PENDING_PER_SOURCE,
+    PENDING_TOTAL, TransportStats,
+};
 
 /// Why the agent did not do what a handle asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,9 +3,16 @@
 //! The agent task owns the UDP socket (it receives with `recv_from` and sends with
 //! `try_send_to`, never waiting for the network) and the receiving ends of two bounded
 //! channels: complete inbound stream messages, and the outcomes of outbound streams. TCP
-//! streams run on tasks of their own, at most [`MAX_INBOUND_STREAMS`] and
-//! [`MAX_OUTBOUND_STREAMS`] at a time, each under a deadline. This module moves bytes; what they
+//! streams run on tasks of their own, each under a deadline. This module moves bytes; what they
 //! mean is the core's business.
+//!
+//! Idle sockets cannot shut the gossip port (docs/compatibility.md, "Connection limits"): a
+//! peer sends its message as soon as it has connected, so an inbound connection that has sent
+//! nothing is *pending*, closed after [`FIRST_BYTE_TIMEOUT`], and pending connections are capped
+//! per source address and in total, a new one closing the oldest ([`crate::accept::Pending`]).
+//! Once its first byte is in, a stream takes one of [`MAX_INBOUND_STREAMS`] slots (over it, it
+//! is closed and counted) and must complete within the TCP timeout. At most
+//! [`MAX_OUTBOUND_STREAMS`] outbound streams run at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,21 +21,29 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::accept::{AcceptStats, Acceptor, Admission, Doorway};
 use crate::gossip::packet::{MAX_STREAM_BYTES, stream_frame_len};
 use crate::gossip::{DecodeError, StreamId, StreamRequest};
 
 /// The largest UDP packet read (memberlist's receive buffer).
 pub(super) const UDP_RECEIVE_BYTES: usize = 65536;
-/// Inbound TCP streams served at once; more are closed at once and counted.
-pub const MAX_INBOUND_STREAMS: usize = 128;
+/// Inbound TCP streams that have sent their first byte, served at once; more are closed at
+/// once and counted.
+pub const MAX_INBOUND_STREAMS: usize = 512;
 /// Outbound TCP streams running at once; more fail at once and are counted.
 pub const MAX_OUTBOUND_STREAMS: usize = 128;
-/// How long the accept loop pauses after a failed accept (e.g. out of file descriptors).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long an inbound connection may stay silent after it was accepted (at most the TCP
+/// timeout). memberlist writes its message right after connecting.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Inbound connections that have sent nothing yet, from one source address; a new one closes
+/// the oldest.
+pub const PENDING_PER_SOURCE: usize = 2048;
+/// Inbound connections that have sent nothing yet, in all; a new one closes the oldest.
+pub const PENDING_TOTAL: usize = 8192;
 /// Read size for stream messages.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -53,8 +68,18 @@ pub struct TransportStats {
     pub udp_send_failures: u64,
     /// Errors receiving from the UDP socket.
     pub udp_receive_errors: u64,
-    /// Inbound TCP connections closed unread because [`MAX_INBOUND_STREAMS`] were open.
+    /// Inbound TCP connections closed because [`MAX_INBOUND_STREAMS`] were open.
     pub inbound_streams_refused: u64,
+    /// Inbound connections open now that have sent nothing yet.
+    pub inbound_pending: u64,
+    /// Inbound connections closed because they sent nothing within [`FIRST_BYTE_TIMEOUT`].
+    pub inbound_first_byte_timeouts: u64,
+    /// Inbound connections that had sent nothing, closed to make room for newer ones.
+    pub inbound_pending_evicted: u64,
+    /// Failed accepts on the TCP listener.
+    pub accept_errors: u64,
+    /// Connections accepted and closed at once because the agent was out of file descriptors.
+    pub closed_out_of_fds: u64,
     /// Inbound streams that failed: timeout, oversized or malformed message, I/O error.
     pub inbound_stream_failures: u64,
     /// Inbound messages dropped because the agent's queue was full.
@@ -66,11 +91,14 @@ pub struct TransportStats {
 }
 
 /// Shared between the agent task and the stream tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Counters {
+    doorway: Doorway,
+    accept: Arc<AcceptStats>,
     udp_send_failures: AtomicU64,
     udp_receive_errors: AtomicU64,
     inbound_streams_refused: AtomicU64,
+    inbound_first_byte_timeouts: AtomicU64,
     inbound_stream_failures: AtomicU64,
     inbound_stream_drops: AtomicU64,
     outbound_streams_refused: AtomicU64,
@@ -78,6 +106,21 @@ pub(super) struct Counters {
 }
 
 impl Counters {
+    fn new() -> Counters {
+        Counters {
+            doorway: Doorway::new(PENDING_PER_SOURCE, PENDING_TOTAL),
+            accept: Arc::default(),
+            udp_send_failures: AtomicU64::default(),
+            udp_receive_errors: AtomicU64::default(),
+            inbound_streams_refused: AtomicU64::default(),
+            inbound_first_byte_timeouts: AtomicU64::default(),
+            inbound_stream_failures: AtomicU64::default(),
+            inbound_stream_drops: AtomicU64::default(),
+            outbound_streams_refused: AtomicU64::default(),
+            outbound_stream_failures: AtomicU64::default(),
+        }
+    }
+
     fn bump(counter: &AtomicU64) -> u64 {
         counter.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -88,6 +131,11 @@ impl Counters {
             udp_send_failures: load(&self.udp_send_failures),
             udp_receive_errors: load(&self.udp_receive_errors),
             inbound_streams_refused: load(&self.inbound_streams_refused),
+            inbound_pending: self.doorway.num_pending() as u64,
+            inbound_first_byte_timeouts: load(&self.inbound_first_byte_timeouts),
+            inbound_pending_evicted: self.doorway.num_evicted(),
+            accept_errors: load(&self.accept.errors),
+            closed_out_of_fds: load(&self.accept.closed_out_of_fds),
             inbound_stream_failures: load(&self.inbound_stream_failures),
             inbound_stream_drops: load(&self.inbound_stream_drops),
             outbound_streams_refused: load(&self.outbound_streams_refused),
@@ -123,12 +171,13 @@ impl Transport {
         let local_addr = listener
             .local_addr()
             .context("cannot read the gossip listener's address")?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new());
         // Each inbound task sends one message while it holds a permit, so this never fills.
         let (inbound_sender, inbound) = mpsc::channel(MAX_INBOUND_STREAMS);
         let (reply_sender, replies) = mpsc::channel(MAX_OUTBOUND_STREAMS);
+        let acceptor = Acceptor::new(listener, "gossip", Arc::clone(&counters.accept));
         let accept_task = tokio::spawn(accept_loop(
-            listener,
+            acceptor,
             Arc::new(Semaphore::new(MAX_INBOUND_STREAMS)),
             inbound_sender,
             tcp_timeout,
@@ -195,8 +244,8 @@ async fn bind_both(addr: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)>
     let mut tries = 0;
     loop {
         tries += 1;
-        let listener =
-            listen(addr).with_context(|| format!("cannot listen for gossip streams on {addr}"))?;
+        let listener = crate::accept::listen(addr)
+            .with_context(|| format!("cannot listen for gossip streams on {addr}"))?;
         let port = listener
             .local_addr()
             .context("cannot read the gossip listener's address")?
@@ -239,43 +288,33 @@ fn enlarge_receive_buffer(udp: &UdpSocket) {
     }
 }
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    // A restarted agent must be able to bind while old connections linger in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
 async fn accept_loop(
-    listener: TcpListener,
+    mut acceptor: Acceptor,
     permits: Arc<Semaphore>,
     inbound: mpsc::Sender<InboundStream>,
     tcp_timeout: Duration,
     counters: Arc<Counters>,
 ) {
+    let first_byte_timeout = FIRST_BYTE_TIMEOUT.min(tcp_timeout);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::debug!(%error, "gossip accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            let refused = Counters::bump(&counters.inbound_streams_refused);
-            tracing::warn!(%peer, refused, "too many inbound gossip streams; connection closed");
-            continue;
-        };
+        let (stream, peer) = acceptor.accept().await;
+        let admission = counters.doorway.admit(peer);
+        let permits = Arc::clone(&permits);
         let inbound = inbound.clone();
         let counters = Arc::clone(&counters);
         tokio::spawn(async move {
-            let deadline = Instant::now() + tcp_timeout;
+            let accepted = Instant::now();
+            if !first_byte(&stream, peer, admission, first_byte_timeout, &counters).await {
+                return;
+            }
+            let Ok(permit) = permits.try_acquire_owned() else {
+                let refused = Counters::bump(&counters.inbound_streams_refused);
+                if refused.is_power_of_two() {
+                    tracing::warn!(%peer, refused, "too many inbound gossip streams; connection closed");
+                }
+                return;
+            };
+            let deadline = accepted + tcp_timeout;
             let served =
                 tokio::time::timeout_at(deadline, serve_inbound(stream, peer, &inbound, &counters))
                     .await
@@ -286,6 +325,40 @@ async fn accept_loop(
             }
             drop(permit);
         });
+    }
+}
+
+/// Waits for an inbound connection's first byte while it is pending; false when the
+/// connection is to be closed (silent too long, evicted, closed or failed).
+async fn first_byte(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    mut admission: Admission,
+    timeout: Duration,
+    counters: &Counters,
+) -> bool {
+    let mut byte = [0u8; 1];
+    let evicted = admission.evicted().clone();
+    let peeked = tokio::select! {
+        () = evicted.cancelled() => {
+            tracing::debug!(%peer, "silent gossip connection closed to make room");
+            return false;
+        }
+        peeked = tokio::time::timeout(timeout, stream.peek(&mut byte)) => peeked,
+    };
+    match peeked {
+        Ok(Ok(read)) if read > 0 => admission.settle(),
+        Ok(Ok(_)) => false,
+        Ok(Err(error)) => {
+            let failures = Counters::bump(&counters.inbound_stream_failures);
+            tracing::debug!(%peer, %error, failures, "inbound gossip stream failed");
+            false
+        }
+        Err(_) => {
+            let timeouts = Counters::bump(&counters.inbound_first_byte_timeouts);
+            tracing::debug!(%peer, timeouts, "gossip connection sent nothing; closed");
+            false
+        }
     }
 }
 

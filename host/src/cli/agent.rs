@@ -61,6 +61,9 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     let hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     println!("==> Starting Serf agent...");
     tracing::info!(target: "serf_host::agent", "Serf agent starting");
+    // Connections are bounded by file descriptors, not by fixed caps: take all we may.
+    let open_files = crate::accept::raise_fd_limit();
+    tracing::debug!(open_files, "open file limit");
     let agent = Agent::start(config.clone(), logs).await?;
     println!("==> Starting Serf agent RPC...");
     let rpc = match RpcServer::start(agent.handle(), config.rpc_addr).await {

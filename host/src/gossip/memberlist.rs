@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use super::awareness::Awareness;
 use super::broadcast::{BroadcastId, BroadcastQueue};
 use super::keyring::{ENCRYPTION_OVERHEAD, Keyring};
+use super::log_limit::LogLimiter;
 use super::message::{
     Ack, Alive, Dead, ErrResp, IndirectPing, Message, Nack, Ping, PushNodeState, PushPull,
     StateCode, Suspect,
@@ -41,6 +42,18 @@ const MAX_COMPOUND_PARTS: usize = 255;
 const PUSH_PULL_SCALE_THRESHOLD: usize = 32;
 /// Indirect probes this node runs for others at once; more are refused.
 const MAX_RELAYS: usize = 1024;
+/// At most one warning per this interval about packets (and one about streams) that
+/// encryption refused; each line counts the ones held back since the last.
+const CRYPTO_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a decode error means the sender's encryption does not match ours: a key we do not
+/// have, plaintext where encryption is required, or ciphertext where it is not configured.
+fn is_crypto_refusal(error: &DecodeError) -> bool {
+    matches!(
+        error,
+        DecodeError::Decrypt | DecodeError::NotEncrypted | DecodeError::EncryptionNotConfigured
+    )
+}
 
 #[derive(Debug, Clone)]
 struct NodeEntry {
@@ -152,6 +165,9 @@ pub struct Memberlist<D: Delegate> {
     stream_requests: VecDeque<StreamRequest>,
     leave: Option<Leave>,
     stats: Stats,
+    /// Warnings about packets and streams that encryption refused, one per interval each.
+    packet_crypto_log: LogLimiter,
+    stream_crypto_log: LogLimiter,
 }
 
 impl<D: Delegate> std::fmt::Debug for Memberlist<D> {
@@ -273,6 +289,8 @@ impl<D: Delegate> Memberlist<D> {
             stream_requests: VecDeque::new(),
             leave: None,
             stats: Stats::default(),
+            packet_crypto_log: LogLimiter::new(CRYPTO_LOG_INTERVAL),
+            stream_crypto_log: LogLimiter::new(CRYPTO_LOG_INTERVAL),
             config,
             delegate,
             rng,
@@ -425,6 +443,12 @@ impl<D: Delegate> Memberlist<D> {
             Ok(unpacked) => unpacked,
             Err(error) => {
                 self.stats.packets_dropped += 1;
+                if is_crypto_refusal(&error) {
+                    self.stats.packets_decrypt_failed += 1;
+                    if let Some(suppressed) = self.packet_crypto_log.check(now) {
+                        tracing::warn!(%from, %error, suppressed, "decrypt packet failed");
+                    }
+                }
                 return Err(error);
             }
         };
@@ -474,7 +498,14 @@ impl<D: Delegate> Memberlist<D> {
                 return None;
             }
             Err(error) => {
-                tracing::debug!(%from, %error, "failed to receive stream");
+                if is_crypto_refusal(&error) {
+                    self.stats.streams_decrypt_failed += 1;
+                    if let Some(suppressed) = self.stream_crypto_log.check(now) {
+                        tracing::warn!(%from, %error, suppressed, "failed to receive stream");
+                    }
+                } else {
+                    tracing::debug!(%from, %error, "failed to receive stream");
+                }
                 self.stats.stream_errors += 1;
                 let reply = Message::Err(ErrResp {
                     error: error.to_string(),

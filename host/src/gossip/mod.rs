@@ -9,6 +9,7 @@ pub mod awareness;
 pub mod broadcast;
 pub mod error;
 pub mod keyring;
+pub mod log_limit;
 pub mod lzw;
 pub mod memberlist;
 pub mod message;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 pub use broadcast::{BroadcastId, BroadcastQueue};
 pub use error::DecodeError;
 pub use keyring::Keyring;
+pub use log_limit::LogLimiter;
 pub use memberlist::Memberlist;
 pub use message::Vsn;
 
@@ -189,6 +191,11 @@ pub struct Stats {
     pub streams_in: u64,
     pub streams_out: u64,
     pub stream_errors: u64,
+    /// Packets refused by encryption: no key opened them, or plaintext arrived where
+    /// encryption is required (also counted in `packets_dropped`).
+    pub packets_decrypt_failed: u64,
+    /// Inbound streams refused by encryption, the same way (also in `stream_errors`).
+    pub streams_decrypt_failed: u64,
     /// Local health (0 = healthy).
     pub awareness: u32,
     /// memberlist broadcasts waiting to be sent.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::protocol::{self, QueryRecord, StreamRecord, errors};
-use super::server::{Flow, Session};
+use super::server::{Flow, RecordKind, Session};
 use crate::agent::AgentError;
 use crate::config::LogLevel;
 use crate::plugin::EventFilter;
@@ -205,7 +205,7 @@ pub(super) async fn stream(
                 },
             };
             let record = stream_record(&event, &pending);
-            if !outbox.record(seq, &record) {
+            if !outbox.record(RecordKind::Event, seq, &record) {
                 return;
             }
         }
@@ -279,6 +279,7 @@ pub(super) async fn monitor(
     let task = tokio::spawn(async move {
         for line in backlog {
             if !outbox.record(
+                RecordKind::Log,
                 seq,
                 &protocol::LogRecord {
                     log: line.text.to_string(),
@@ -295,6 +296,7 @@ pub(super) async fn monitor(
             match line {
                 Ok(line) if line.level >= level => {
                     if !outbox.record(
+                        RecordKind::Log,
                         seq,
                         &protocol::LogRecord {
                             log: line.text.to_string(),
@@ -375,7 +377,7 @@ pub(super) async fn query(
                 QueryOutput::Done => QueryRecord::done(),
             };
             let done = record.kind == protocol::QueryRecordType::Done;
-            if !outbox.record(seq, &record) || done {
+            if !outbox.record(RecordKind::Query, seq, &record) || done {
                 return;
             }
         }
@@ -518,6 +520,14 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
         ]),
     );
     let logs = session.agent.logs();
+    let rpc = session.outbox.stats();
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    // A record is dropped either by the agent (the stream's queue is full) or here (the
+    // client's write queue is): both are drops the client never sees.
+    let event_stream_drops = stats.stream_drops + load(&rpc.dropped_events);
+    let query_answer_drops = stats.query_output_drops + load(&rpc.dropped_query_records);
+    let monitor_lagged_lines = logs.lagged() + load(&rpc.dropped_log_lines);
     sections.insert(
         "serf".into(),
         section(vec![
@@ -550,10 +560,29 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
                 serf.counters.coordinate_resets.to_string(),
             ),
             ("event_streams", stats.num_streams.to_string()),
-            ("event_stream_drops", stats.stream_drops.to_string()),
-            ("query_answer_drops", stats.query_output_drops.to_string()),
+            ("event_stream_drops", event_stream_drops.to_string()),
+            ("query_answer_drops", query_answer_drops.to_string()),
             ("plugin_response_drops", stats.respond_drops.to_string()),
-            ("monitor_lagged_lines", logs.lagged().to_string()),
+            ("monitor_lagged_lines", monitor_lagged_lines.to_string()),
+        ]),
+    );
+    sections.insert(
+        "rpc".into(),
+        section(vec![
+            ("connections", load(&rpc.connections).to_string()),
+            ("open", load(&rpc.open).to_string()),
+            ("pending", rpc.pending().to_string()),
+            ("pending_evicted", rpc.pending_evicted().to_string()),
+            (
+                "handshake_timeouts",
+                load(&rpc.handshake_timeouts).to_string(),
+            ),
+            ("request_timeouts", load(&rpc.request_timeouts).to_string()),
+            ("accept_errors", load(&rpc.accept.errors).to_string()),
+            (
+                "closed_out_of_fds",
+                load(&rpc.accept.closed_out_of_fds).to_string(),
+            ),
         ]),
     );
     let gossip = &stats.gossip;
@@ -568,6 +597,14 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
             ("streams_in", gossip.streams_in.to_string()),
             ("streams_out", gossip.streams_out.to_string()),
             ("stream_errors", gossip.stream_errors.to_string()),
+            (
+                "packets_decrypt_failed",
+                gossip.packets_decrypt_failed.to_string(),
+            ),
+            (
+                "streams_decrypt_failed",
+                gossip.streams_decrypt_failed.to_string(),
+            ),
             ("awareness", gossip.awareness.to_string()),
             ("queued_broadcasts", gossip.queued_broadcasts.to_string()),
             ("pending_joins", stats.pending_joins.to_string()),
@@ -580,6 +617,17 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
                 "inbound_streams_refused",
                 transport.inbound_streams_refused.to_string(),
             ),
+            ("inbound_pending", transport.inbound_pending.to_string()),
+            (
+                "inbound_first_byte_timeouts",
+                transport.inbound_first_byte_timeouts.to_string(),
+            ),
+            (
+                "inbound_pending_evicted",
+                transport.inbound_pending_evicted.to_string(),
+            ),
+            ("accept_errors", transport.accept_errors.to_string()),
+            ("closed_out_of_fds", transport.closed_out_of_fds.to_string()),
             (
                 "inbound_stream_failures",
                 transport.inbound_stream_failures.to_string(),

@@ -1056,6 +1056,8 @@ enum ScanResult {
 }
 
 const READ_CHUNK_BYTES: usize = 8 * 1024;
+/// The first read into an empty, unallocated buffer goes through the stack, this large.
+const FIRST_READ_BYTES: usize = 512;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader with [`DEFAULT_MAX_FRAME_BYTES`].
@@ -1087,8 +1089,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.reader
     }
 
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
+
     pub fn into_inner(self) -> R {
         self.reader
+    }
+
+    /// Frees the read buffer when nothing is buffered, so that a connection waiting idle
+    /// between requests holds no buffer.
+    pub fn release_idle_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
     }
 
     /// Whether the next object is in the buffer already, so that reading it will not wait
@@ -1109,8 +1123,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.scan = Scan::new();
                 return Ok(Some(frame));
             }
-            self.buf.reserve(READ_CHUNK_BYTES);
-            let read = self.reader.read_buf(&mut self.buf).await?;
+            let read = if self.buf.capacity() == 0 {
+                // Waiting for the start of an object with no buffer: an idle connection
+                // holds none. Cancel-safe, as `read` is.
+                let mut first = [0u8; FIRST_READ_BYTES];
+                let read = self.reader.read(&mut first).await?;
+                self.buf.extend_from_slice(&first[..read]);
+                read
+            } else {
+                self.buf.reserve(READ_CHUNK_BYTES);
+                self.reader.read_buf(&mut self.buf).await?
+            };
             if read == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);

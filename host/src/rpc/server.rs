@@ -4,8 +4,18 @@
 //! (handshake first, then auth when configured; an unknown command or an undecodable body
 //! closes the connection). A second task per connection writes: replies and the records of
 //! `stream`, `monitor` and `query` all go through one bounded queue, and records for a client
-//! that does not keep up are dropped and counted rather than waited for. A semaphore caps
-//! connections; a frame size limit caps memory per connection.
+//! that does not keep up are dropped and counted rather than waited for.
+//!
+//! Idle or slow sockets cannot lock clients out (docs/compatibility.md, "Connection limits"):
+//! there is no fixed cap on connections (file descriptors are the bound, and the agent raises
+//! its soft limit to the hard one at start). A connection must finish its handshake (and `auth`
+//! when `rpc_auth` is set) within [`HANDSHAKE_TIMEOUT`] of being accepted; until then it is
+//! *pending*, and pending connections are capped per source address and in total, the oldest
+//! being closed to make room for a new one ([`crate::accept::Pending`]). After the handshake a
+//! connection may stay idle as long as it likes (`monitor` and `stream` clients do), but once
+//! the first byte of a request arrives the whole request must follow within
+//! [`REQUEST_TIMEOUT`]. A frame size limit caps the memory of a request, and an idle
+//! connection holds no read buffer.
 //!
 //! Requests are handled one after the other, as Serf does, with one exception that keeps
 //! their order: consecutive `event` requests that a client has pipelined are handed to the
@@ -14,23 +24,34 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::handlers;
 use super::protocol::{self, FrameReader, RequestHeader, ResponseHeader, command, errors};
+use crate::accept::{AcceptStats, Acceptor, Admission, Doorway};
 use crate::agent::{AgentHandle, PendingUserEvent};
 use crate::serf::QueryKey;
 
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 256;
+/// From accept to a completed handshake (and `auth`, when `rpc_auth` is set).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// From the first byte of a request to its last.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections before their handshake from one source address; a new one closes the oldest.
+pub const PENDING_PER_SOURCE: usize = 2048;
+/// Connections before their handshake in all; a new one closes the oldest.
+pub const PENDING_TOTAL: usize = 8192;
 /// Frames queued for one client before stream records are dropped.
 const WRITE_QUEUE: usize = 1024;
 /// Queued frames are joined into writes of about this size.
@@ -38,13 +59,59 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Pipelined `event` requests handed to the agent before their replies are waited for.
 const EVENT_PIPELINE: usize = 64;
 
-/// Counters shared by every connection.
+/// What kind of record a slow client missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RecordKind {
+    /// An event of a `stream`.
+    Event,
+    /// A log line of a `monitor`.
+    Log,
+    /// An ack or response of a `query`.
+    Query,
+}
+
+/// Counters shared by every connection, for `serf info` (section `rpc`, and the drop counters
+/// of section `serf`).
 #[derive(Default)]
 pub struct ServerStats {
     /// Connections accepted.
     pub connections: AtomicU64,
-    /// Stream, monitor and query records dropped because a client was too slow.
-    pub dropped_records: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections closed because their handshake (or auth) did not come in time.
+    pub handshake_timeouts: AtomicU64,
+    /// Connections closed because a request started but did not finish in time.
+    pub request_timeouts: AtomicU64,
+    /// `stream` events dropped because a client was too slow.
+    pub dropped_events: AtomicU64,
+    /// `monitor` lines dropped because a client was too slow.
+    pub dropped_log_lines: AtomicU64,
+    /// `query` acks and responses dropped because a client was too slow.
+    pub dropped_query_records: AtomicU64,
+    /// The listener's failed accepts.
+    pub accept: Arc<AcceptStats>,
+    /// Pending (not yet handshaken) connections, for the eviction counter.
+    doorway: Option<Doorway>,
+}
+
+impl ServerStats {
+    /// Pending connections closed to make room for new ones.
+    pub fn pending_evicted(&self) -> u64 {
+        self.doorway.as_ref().map_or(0, Doorway::num_evicted)
+    }
+
+    /// Connections waiting for their handshake now.
+    pub fn pending(&self) -> usize {
+        self.doorway.as_ref().map_or(0, Doorway::num_pending)
+    }
+
+    fn dropped(&self, kind: RecordKind) -> &AtomicU64 {
+        match kind {
+            RecordKind::Event => &self.dropped_events,
+            RecordKind::Log => &self.dropped_log_lines,
+            RecordKind::Query => &self.dropped_query_records,
+        }
+    }
 }
 
 /// A listening RPC server.
@@ -57,11 +124,16 @@ pub struct RpcServer {
 impl RpcServer {
     /// Binds `addr` and serves until [`RpcServer::shutdown`].
     pub async fn start(agent: AgentHandle, addr: SocketAddr) -> std::io::Result<RpcServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::accept::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let stats = Arc::new(ServerStats::default());
-        let task = tokio::spawn(accept_loop(listener, agent, stats, stop.clone()));
+        let doorway = Doorway::new(PENDING_PER_SOURCE, PENDING_TOTAL);
+        let stats = Arc::new(ServerStats {
+            doorway: Some(doorway.clone()),
+            ..ServerStats::default()
+        });
+        let acceptor = Acceptor::new(listener, "rpc", Arc::clone(&stats.accept));
+        let task = tokio::spawn(accept_loop(acceptor, doorway, agent, stats, stop.clone()));
         Ok(RpcServer {
             local_addr,
             task,
@@ -82,28 +154,19 @@ impl RpcServer {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    mut acceptor: Acceptor,
+    doorway: Doorway,
     agent: AgentHandle,
     stats: Arc<ServerStats>,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => return,
-            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
-        };
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "rpc accept failed");
-                    continue;
-                }
-            },
+            accepted = acceptor.accept() => accepted,
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
+        let admission = doorway.admit(peer);
         let agent = agent.clone();
         let stats = Arc::clone(&stats);
         let stop = stop.clone();
@@ -111,17 +174,84 @@ async fn accept_loop(
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::debug!("rpc client connected");
+                stats.open.fetch_add(1, Ordering::Relaxed);
+                let evicted = admission.evicted().clone();
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    () = serve(stream, agent, stats) => {}
+                    () = evicted.cancelled() => {
+                        tracing::debug!("rpc client closed before its handshake to make room");
+                    }
+                    () = serve(stream, agent, Arc::clone(&stats), admission) => {}
                 }
+                stats.open.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!("rpc client disconnected");
-                drop(permit);
             },
             span,
         ));
     }
 }
+
+/// The read half of a connection under its read deadline: a fixed instant (the handshake's),
+/// or [`REQUEST_TIMEOUT`] from the first byte of a request, or none. A read past the deadline
+/// fails with `TimedOut`.
+struct Deadlined<R> {
+    inner: R,
+    deadline: Deadline,
+    sleep: Pin<Box<Sleep>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// Reads may wait forever (not used while reading a request).
+    Off,
+    /// Armed by the first byte read.
+    FromFirstByte,
+    /// Armed: `sleep` fires at the deadline.
+    Armed,
+}
+
+impl<R> Deadlined<R> {
+    fn new(inner: R) -> Deadlined<R> {
+        Deadlined {
+            inner,
+            deadline: Deadline::Off,
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+        }
+    }
+
+    fn until(&mut self, at: Instant) {
+        self.sleep.as_mut().reset(at);
+        self.deadline = Deadline::Armed;
+    }
+
+    fn arm_on_first_byte(&mut self) {
+        self.deadline = Deadline::FromFirstByte;
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Deadlined<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.deadline == Deadline::Armed && this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.deadline == Deadline::FromFirstByte
+            && matches!(poll, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+        {
+            this.until(Instant::now() + REQUEST_TIMEOUT);
+        }
+        poll
+    }
+}
+
+type Reader = FrameReader<Deadlined<OwnedReadHalf>>;
 
 /// The sending side of a connection, shared by the reader and the stream tasks.
 #[derive(Clone)]
@@ -154,7 +284,7 @@ impl Outbox {
     }
 
     /// Queues a stream record without waiting; returns false once the client is gone.
-    pub(super) fn record<B: Serialize>(&self, seq: u64, body: &B) -> bool {
+    pub(super) fn record<B: Serialize>(&self, kind: RecordKind, seq: u64, body: &B) -> bool {
         let frame = match protocol::encode_frame(&ResponseHeader::ok(seq), Some(body)) {
             Ok(frame) => frame,
             Err(error) => {
@@ -165,14 +295,19 @@ impl Outbox {
         match self.frames.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                let dropped = self.stats.dropped_records.fetch_add(1, Ordering::Relaxed) + 1;
+                let dropped = self.stats.dropped(kind).fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
-                    tracing::warn!(dropped, "rpc client too slow; record dropped");
+                    tracing::warn!(?kind, dropped, "rpc client too slow; record dropped");
                 }
                 true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// The server's counters.
+    pub(super) fn stats(&self) -> &ServerStats {
+        &self.stats
     }
 
     /// Waits until the client is gone.
@@ -192,6 +327,8 @@ fn encode_reply<B: Serialize>(seq: u64, error: &str, body: Option<&B>) -> Option
 pub(super) struct Session {
     pub(super) agent: AgentHandle,
     pub(super) outbox: Outbox,
+    /// The connection's place among pending connections, until it has proven itself.
+    admission: Option<Admission>,
     handshake: bool,
     authenticated: bool,
     /// `stream` and `monitor` tasks by request Seq.
@@ -262,8 +399,14 @@ pub(super) enum Flow {
     CloseAndStop,
 }
 
-async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
+async fn serve(
+    stream: TcpStream,
+    agent: AgentHandle,
+    stats: Arc<ServerStats>,
+    admission: Admission,
+) {
     let _ = stream.set_nodelay(true);
+    let handshake_deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let (read, mut write) = stream.into_split();
     let (frames, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let writer = tokio::spawn(async move {
@@ -281,9 +424,11 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
         }
         let _ = write.shutdown().await;
     });
+    let stats_for_timeouts = Arc::clone(&stats);
     let mut session = Session {
         agent,
         outbox: Outbox { frames, stats },
+        admission: Some(admission),
         handshake: false,
         authenticated: false,
         streams: HashMap::new(),
@@ -291,7 +436,8 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
         pending_queries: Arc::default(),
         pending_events: VecDeque::new(),
     };
-    let mut reader = FrameReader::new(read);
+    let mut reader = FrameReader::new(Deadlined::new(read));
+    reader.get_mut().until(handshake_deadline);
     let mut stop_agent = false;
     loop {
         // Pipelined events are answered once no further request is buffered (or enough
@@ -301,6 +447,15 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
         {
             session.flush_events().await;
         }
+        if session.admission.is_none() {
+            if reader.buffered().is_empty() {
+                // Idle between requests: no deadline and no buffer until the next one starts.
+                reader.release_idle_buffer();
+                reader.get_mut().arm_on_first_byte();
+            } else {
+                reader.get_mut().until(Instant::now() + REQUEST_TIMEOUT);
+            }
+        }
         match read_request(&mut reader, &mut session).await {
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) => break,
@@ -309,7 +464,30 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
                 break;
             }
             Err(error) => {
-                tracing::debug!(%error, "rpc connection closed");
+                if is_timeout(&error) {
+                    let counter = if session.admission.is_some() {
+                        &stats_for_timeouts.handshake_timeouts
+                    } else {
+                        &stats_for_timeouts.request_timeouts
+                    };
+                    let timeouts = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::debug!(
+                        handshake = session.admission.is_none(),
+                        timeouts,
+                        "rpc connection timed out"
+                    );
+                } else {
+                    tracing::debug!(%error, "rpc connection closed");
+                }
+                break;
+            }
+        }
+        if session.admission.is_some() && session.is_trusted() {
+            // Handshake (and auth) done: the connection may stay, idle if it likes, and
+            // can no longer be closed to make room.
+            if let Some(mut admission) = session.admission.take()
+                && !admission.settle()
+            {
                 break;
             }
         }
@@ -326,9 +504,21 @@ async fn serve(stream: TcpStream, agent: AgentHandle, stats: Arc<ServerStats>) {
     }
 }
 
+fn is_timeout(error: &protocol::FrameError) -> bool {
+    matches!(error, protocol::FrameError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+impl Session {
+    /// Whether the client has done what the agent requires before it may idle: a handshake,
+    /// and `auth` when `rpc_auth` is set.
+    fn is_trusted(&self) -> bool {
+        self.handshake && (self.authenticated || self.agent.config().rpc_auth.is_none())
+    }
+}
+
 /// Reads one request (a header and, for most commands, a body) and handles it.
 async fn read_request(
-    reader: &mut FrameReader<OwnedReadHalf>,
+    reader: &mut Reader,
     session: &mut Session,
 ) -> Result<Flow, protocol::FrameError> {
     let Some(header) = reader.read::<RequestHeader>().await? else {
@@ -421,10 +611,70 @@ async fn read_request(
 
 /// Reads and decodes a request body; an undecodable one ends the connection, as in Serf.
 async fn body<T: serde::de::DeserializeOwned>(
-    reader: &mut FrameReader<OwnedReadHalf>,
+    reader: &mut Reader,
 ) -> Result<T, protocol::FrameError> {
     match reader.read::<T>().await? {
         Some(body) => Ok(body),
         None => Err(protocol::FrameError::Truncated { buffered: 0 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn records_a_slow_client_misses_are_counted_by_kind() {
+        let (frames, _queue) = mpsc::channel(1);
+        let stats = Arc::new(ServerStats::default());
+        let outbox = Outbox {
+            frames,
+            stats: Arc::clone(&stats),
+        };
+        assert!(outbox.record(RecordKind::Event, 1, &"first"));
+        assert!(outbox.record(RecordKind::Event, 1, &"dropped"));
+        assert!(outbox.record(RecordKind::Log, 2, &"dropped"));
+        assert!(outbox.record(RecordKind::Query, 3, &"dropped"));
+        assert_eq!(stats.dropped_events.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.dropped_log_lines.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.dropped_query_records.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_reader_waits_for_ever_but_a_started_request_must_finish() {
+        let (read, mut write) = tokio::io::duplex(64);
+        let mut reader = Deadlined::new(read);
+        reader.arm_on_first_byte();
+        let mut buf = [0u8; 8];
+        let idle = tokio::time::timeout(Duration::from_secs(3600), reader.read(&mut buf)).await;
+        assert!(idle.is_err(), "an idle connection is not timed out");
+
+        write.write_all(&[0x82]).await.unwrap();
+        assert_eq!(reader.read(&mut buf).await.unwrap(), 1);
+        let started = Instant::now();
+        let error = reader.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fixed_deadline_holds_however_the_bytes_trickle() {
+        let (read, mut write) = tokio::io::duplex(64);
+        let mut reader = Deadlined::new(read);
+        let start = Instant::now();
+        reader.until(start + HANDSHAKE_TIMEOUT);
+        let mut buf = [0u8; 8];
+        let error = loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            write.write_all(&[0]).await.unwrap();
+            match reader.read(&mut buf).await {
+                Ok(_) => continue,
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(start.elapsed() <= HANDSHAKE_TIMEOUT + Duration::from_secs(1));
     }
 }
