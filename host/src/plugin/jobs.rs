@@ -1196,7 +1196,6 @@ mod tests {
             Arc::new(PoolServices(jobs.clone())),
             runtime.handle(),
         ));
-        let host = Arc::new(host);
         jobs.attach(&host);
         (runtime, host, jobs)
     }
