@@ -5,6 +5,7 @@ mod basics;
 mod capabilities;
 mod go_plugins;
 mod gossip;
+mod hostile;
 mod jobs;
 mod keys;
 mod python_client;
