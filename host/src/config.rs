@@ -184,7 +184,7 @@ pub struct FileConfig {
     pub job_workers: Option<usize>,
     /// Largest plugin file read, in MiB (default 64).
     pub plugin_max_size_mib: Option<u64>,
-    /// Wall-clock budget to compile one plugin, e.g. `"20s"` (default 20 s).
+    /// Wall-clock budget to compile one plugin, e.g. `"30s"` (default 30 s).
     #[serde(default, with = "humantime_serde")]
     pub plugin_compile_timeout: Option<Duration>,
     /// Memory budget (resident) to compile one plugin, in MiB (default 1024).

@@ -235,6 +235,9 @@ impl NodeBuilder {
         );
         let loaded = eventually(Duration::from_secs(60), || {
             let output = node.cli(&["info", "-format=json"]);
+            if !output.status.success() {
+                return Some(()); // RPC wants a key (`rpc_auth`): nothing to wait for then.
+            }
             let info: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
             let loading = info
                 .as_object()?

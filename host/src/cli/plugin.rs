@@ -40,7 +40,7 @@ struct CheckArgs {
     /// Largest file accepted, in MiB, as the agent's plugin_max_size_mib (default 64).
     #[arg(long, value_name = "MIB")]
     max_size_mib: Option<u64>,
-    /// Longest compilation accepted, as the agent's plugin_compile_timeout (default 20s).
+    /// Longest compilation accepted, as the agent's plugin_compile_timeout (default 30s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     compile_timeout: Option<Duration>,
     /// Most memory a compilation may take, in MiB, as plugin_compile_memory_mib (default 1024).
