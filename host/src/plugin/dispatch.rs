@@ -1100,16 +1100,14 @@ impl Runner {
                     }
                     self.instance = None;
                     let max = self.version.spec.limits.max_consecutive_traps;
-                    match self.slot.rates.record_failure(Instant::now(), max) {
-                        AfterFailure::Restart {
-                            delay,
-                            consecutive,
-                            log: true,
-                            unlogged,
-                        } => {
-                            tracing::warn!(plugin = %self.slot.name, seq, kind = error.kind(), %error, consecutive, restart_in = ?delay, unlogged_traps = unlogged, "plugin trapped; instance recycled");
+                    let now = Instant::now();
+                    match self.slot.rates.record_failure(now, max) {
+                        AfterFailure::Restart { delay, consecutive } => {
+                            // At most one such warning a second; the rest are counted.
+                            if let Some(unlogged) = self.slot.rates.take_failure_log(now) {
+                                tracing::warn!(plugin = %self.slot.name, seq, kind = error.kind(), %error, consecutive, restart_in = ?delay, unlogged_failures = unlogged, "plugin trapped; instance recycled");
+                            }
                         }
-                        AfterFailure::Restart { .. } => {}
                         AfterFailure::Park { consecutive } => {
                             give_up = Some(format!(
                                 "trapped {consecutive} times in a row (max_consecutive_traps), \
@@ -1119,7 +1117,9 @@ impl Runner {
                     }
                 } else {
                     self.slot.rates.record_success();
-                    tracing::warn!(plugin = %self.slot.name, seq, %error, "plugin failed to handle event");
+                    if let Some(unlogged) = self.slot.rates.take_failure_log(Instant::now()) {
+                        tracing::warn!(plugin = %self.slot.name, seq, %error, unlogged_failures = unlogged, "plugin failed to handle event");
+                    }
                 }
             }
         }

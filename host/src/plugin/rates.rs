@@ -17,8 +17,9 @@ pub const MAX_CLUSTER_MESSAGES_PER_SECOND: u32 = 10;
 /// Lines a plugin may log through `serf.log` per second, across all its instances; the rest
 /// get `RateLimited`, and their number is logged once the second is over.
 pub const MAX_LOG_LINES_PER_SECOND: u32 = 100;
-/// Trap warnings logged per plugin per second; the rest are counted in the next one.
-pub const MAX_TRAP_LOGS_PER_SECOND: u32 = 1;
+/// Warnings about failed calls (traps, and events the plugin refused) logged per plugin per
+/// second; the rest are counted in the next one.
+pub const MAX_FAILURE_LOGS_PER_SECOND: u32 = 1;
 /// The wait before restarting after the second failure in a row; it doubles with each further
 /// one, up to [`MAX_RESTART_DELAY`]. The first restart is immediate.
 pub const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
@@ -76,10 +77,6 @@ pub enum AfterFailure {
         delay: Duration,
         /// Consecutive failures so far.
         consecutive: u32,
-        /// Whether to log this failure (trap warnings are limited to one a second).
-        log: bool,
-        /// Trap warnings not logged since the last one.
-        unlogged: u64,
     },
     /// Give up: the plugin has failed `consecutive` times in a row.
     Park {
@@ -92,8 +89,8 @@ pub enum AfterFailure {
 struct State {
     messages: Window,
     logs: Window,
-    trap_logs: Window,
-    unlogged_traps: u64,
+    failure_logs: Window,
+    unlogged_failures: u64,
     /// Failed calls in a row, each within [`FAILURE_WINDOW`] of the previous one.
     consecutive: u32,
     last_failure: Option<Instant>,
@@ -122,8 +119,8 @@ impl PluginRates {
             state: Mutex::new(State {
                 messages: Window::new(now),
                 logs: Window::new(now),
-                trap_logs: Window::new(now),
-                unlogged_traps: 0,
+                failure_logs: Window::new(now),
+                unlogged_failures: 0,
                 consecutive: 0,
                 last_failure: None,
                 restart_at: None,
@@ -176,18 +173,19 @@ impl PluginRates {
         }
         let delay = restart_delay(consecutive);
         state.restart_at = Some(now + delay);
-        let (log, _) = state.trap_logs.take(now, MAX_TRAP_LOGS_PER_SECOND);
-        let unlogged = if log {
-            std::mem::take(&mut state.unlogged_traps)
+        AfterFailure::Restart { delay, consecutive }
+    }
+
+    /// Whether a warning about a failed call may be logged now: `Some` with the number of
+    /// such warnings left out since the last one, or `None` (and it is counted).
+    pub fn take_failure_log(&self, now: Instant) -> Option<u64> {
+        let mut state = self.lock();
+        let (allowed, _) = state.failure_logs.take(now, MAX_FAILURE_LOGS_PER_SECOND);
+        if allowed {
+            Some(std::mem::take(&mut state.unlogged_failures))
         } else {
-            state.unlogged_traps += 1;
-            0
-        };
-        AfterFailure::Restart {
-            delay,
-            consecutive,
-            log,
-            unlogged,
+            state.unlogged_failures += 1;
+            None
         }
     }
 
@@ -306,17 +304,13 @@ mod tests {
     }
 
     #[test]
-    fn trap_warnings_are_limited_to_one_a_second() {
+    fn failure_warnings_are_limited_to_one_a_second() {
         let now = Instant::now();
         let rates = PluginRates::new(now);
-        let logged = |after: AfterFailure| match after {
-            AfterFailure::Restart { log, unlogged, .. } => (log, unlogged),
-            AfterFailure::Park { .. } => panic!("parked"),
-        };
-        assert_eq!(logged(rates.record_failure(now, 100)), (true, 0));
-        assert_eq!(logged(rates.record_failure(now, 100)), (false, 0));
-        assert_eq!(logged(rates.record_failure(now, 100)), (false, 0));
+        assert_eq!(rates.take_failure_log(now), Some(0));
+        assert_eq!(rates.take_failure_log(now), None);
+        assert_eq!(rates.take_failure_log(now), None);
         let next = now + Duration::from_secs(1);
-        assert_eq!(logged(rates.record_failure(next, 100)), (true, 2));
+        assert_eq!(rates.take_failure_log(next), Some(2));
     }
 }
