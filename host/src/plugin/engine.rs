@@ -274,21 +274,20 @@ impl Engine {
             path: path.to_path_buf(),
             message,
         };
+        // Unique per compilation: two plugins may share a module and compile at once.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let (artifact, is_temporary) = match &cached {
             Some(file) => {
                 ensure_cache_dir(file).map_err(|e| fail(format!("cannot use the cache: {e}")))?;
-                (
-                    file.with_extension(format!("tmp{}", std::process::id())),
-                    false,
-                )
+                (file.with_extension(format!("tmp{unique}")), false)
             }
             None => {
-                static NEXT: AtomicU64 = AtomicU64::new(0);
-                let name = format!(
-                    "serf-plugin-{}-{}.cwasm",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::Relaxed)
-                );
+                let name = format!("serf-plugin-{unique}.cwasm");
                 (std::env::temp_dir().join(name), true)
             }
         };
