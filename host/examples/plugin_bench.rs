@@ -165,6 +165,7 @@ async fn measure(
         node: Arc::from("bench-node"),
         services: Arc::clone(&services) as Arc<dyn HostServices>,
         response_limit: 1024,
+        rates: Arc::default(),
     });
     let init = abi::encode(&InitContext {
         abi: abi::ABI_VERSION,

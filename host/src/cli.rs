@@ -84,6 +84,14 @@ enum Command {
     Plugin(plugin::PluginArgs),
     /// Prints the Serf version
     Version,
+    /// Compiles one plugin module for the agent, in a child process it can stop (internal)
+    #[command(name = "__compile-plugin", hide = true)]
+    CompilePlugin {
+        /// Bytes of the module, read from stdin.
+        len: usize,
+        /// The file to write the compiled module into.
+        out: std::path::PathBuf,
+    },
 }
 
 /// How every client subcommand reaches the agent.
@@ -394,6 +402,14 @@ pub fn run(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>
         .clone()
         .try_get_matches_from(normalized)
         .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches));
+    // Plugins compile in a child process of this very binary, under the compile budget.
+    // `/proc/self/exe` still runs after the binary was replaced on disk (an upgrade).
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        crate::plugin::engine::set_compiler_program(proc_exe.to_path_buf());
+    } else if let Ok(program) = std::env::current_exe() {
+        crate::plugin::engine::set_compiler_program(program);
+    }
     match parsed {
         Ok(cli) => ExitCode::from(execute(cli.command)),
         Err(error) => ExitCode::from(report_parse_error(&error, &args, subcommand.as_deref())),
@@ -510,6 +526,7 @@ fn execute(command: Command) -> u8 {
         Command::Reload(args) => block_on(reload(args)),
         Command::Jobs(args) => block_on(jobs(args)),
         Command::Plugin(args) => plugin::run(args),
+        Command::CompilePlugin { len, out } => crate::plugin::engine::compile_child(len, &out),
     }
 }
 

@@ -180,8 +180,15 @@ pub struct FileConfig {
     pub handlers: Vec<FileHandler>,
     /// Reload when serf.toml or a plugin file changes (default true).
     pub auto_reload: Option<bool>,
-    /// Threads that run plugins' long jobs (default 2).
+    /// Threads that run plugins' long jobs (default 2, at most 64).
     pub job_workers: Option<usize>,
+    /// Largest plugin file read, in MiB (default 64).
+    pub plugin_max_size_mib: Option<u64>,
+    /// Wall-clock budget to compile one plugin, e.g. `"30s"` (default 30 s).
+    #[serde(default, with = "humantime_serde")]
+    pub plugin_compile_timeout: Option<Duration>,
+    /// Memory budget (resident) to compile one plugin, in MiB (default 1024).
+    pub plugin_compile_memory_mib: Option<u64>,
 }
 
 /// Per-plugin limits as written in `serf.toml`.
@@ -209,6 +216,8 @@ pub struct FileLimits {
     pub job_max_memory_mib: Option<usize>,
     /// Jobs that may not have ended at once; 0 forbids jobs.
     pub max_jobs: Option<usize>,
+    /// Failed calls in a row after which the plugin is parked until a reload.
+    pub max_consecutive_traps: Option<u32>,
 }
 
 /// One `[plugins.NAME]` table.
@@ -248,6 +257,8 @@ pub struct FilePlugin {
     pub job_max_memory_mib: Option<usize>,
     /// Jobs that may not have ended at once; 0 forbids jobs.
     pub max_jobs: Option<usize>,
+    /// Failed calls in a row after which the plugin is parked until a reload.
+    pub max_consecutive_traps: Option<u32>,
     /// Capabilities granted: `members`, `events`, `queries` (default: none).
     #[serde(default)]
     pub capabilities: Vec<String>,
@@ -269,6 +280,7 @@ impl FilePlugin {
             job_timeout: self.job_timeout,
             job_max_memory_mib: self.job_max_memory_mib,
             max_jobs: self.max_jobs,
+            max_consecutive_traps: self.max_consecutive_traps,
         }
     }
 }
@@ -354,10 +366,32 @@ pub struct Config {
     pub auto_reload: bool,
     /// Threads that run plugins' long jobs, started with the first job.
     pub job_workers: NonZeroUsize,
+    /// How large a plugin file may be, and how long and how much memory compiling it may take.
+    pub plugin_budget: crate::plugin::engine::CompileBudget,
 }
 
 /// Threads that run plugins' long jobs unless `job_workers` says otherwise.
 pub const DEFAULT_JOB_WORKERS: usize = 2;
+/// The most threads `job_workers` may ask for.
+pub const MAX_JOB_WORKERS: usize = 64;
+/// The largest `queue_capacity` of a plugin or shell handler.
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+/// The most jobs `max_jobs` may allow at once (the job table keeps 256 records per plugin).
+pub const MAX_MAX_JOBS: usize = 256;
+/// The largest `max_memory_mib` and `job_max_memory_mib`: a wasm32 memory holds 4 GiB.
+pub const MAX_MEMORY_MIB: usize = 4096;
+/// The longest `event_timeout`.
+pub const MAX_EVENT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest `job_timeout`.
+pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The largest `max_consecutive_traps`.
+pub const MAX_CONSECUTIVE_TRAPS: u32 = 10_000;
+/// The largest `plugin_max_size_mib`.
+pub const MAX_PLUGIN_SIZE_MIB: u64 = 1024;
+/// The longest `plugin_compile_timeout`.
+pub const MAX_COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The largest `plugin_compile_memory_mib`.
+pub const MAX_COMPILE_MEMORY_MIB: u64 = 64 << 10;
 
 /// The shortest pause between background join attempts (Serf raises shorter ones to this).
 pub const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -632,7 +666,7 @@ impl Config {
             .clone()
             .or_else(|| file.plugin_dir.map(|dir| base.join(dir)));
         let defaults = apply_limits(Limits::DEFAULT, file.plugin_defaults.as_ref())
-            .map_err(|(key, value)| invalid(key, &value, "must be greater than zero"))?;
+            .map_err(|(key, value, reason)| invalid(key, &value, &reason))?;
         let plugins = resolve_plugins(file.plugins, base, plugin_dir.as_deref(), defaults)?;
         // Serf concatenates the file's lists and the flags' (file first).
         let mut start_join = file.start_join.unwrap_or_default();
@@ -721,8 +755,12 @@ impl Config {
             flags: flags.clone(),
             plugin_dir,
             auto_reload: file.auto_reload.unwrap_or(true),
-            job_workers: NonZeroUsize::new(file.job_workers.unwrap_or(DEFAULT_JOB_WORKERS))
-                .ok_or_else(|| invalid("job_workers", "0", "must be greater than zero"))?,
+            job_workers: resolve_job_workers(file.job_workers)?,
+            plugin_budget: resolve_budget(
+                file.plugin_max_size_mib,
+                file.plugin_compile_timeout,
+                file.plugin_compile_memory_mib,
+            )?,
         })
     }
 }
@@ -835,6 +873,58 @@ fn default_data_dir() -> Option<PathBuf> {
         .map(|home| PathBuf::from(home).join(".local/state/serf"))
 }
 
+fn resolve_job_workers(workers: Option<usize>) -> Result<NonZeroUsize, ConfigError> {
+    let workers = workers.unwrap_or(DEFAULT_JOB_WORKERS);
+    if workers > MAX_JOB_WORKERS {
+        return Err(invalid(
+            "job_workers",
+            &workers.to_string(),
+            &format!("must be at most {MAX_JOB_WORKERS}"),
+        ));
+    }
+    NonZeroUsize::new(workers)
+        .ok_or_else(|| invalid("job_workers", "0", "must be greater than zero"))
+}
+
+fn resolve_budget(
+    size_mib: Option<u64>,
+    timeout: Option<Duration>,
+    memory_mib: Option<u64>,
+) -> Result<crate::plugin::engine::CompileBudget, ConfigError> {
+    let mut budget = crate::plugin::engine::CompileBudget::DEFAULT;
+    if let Some(mib) = size_mib {
+        if mib == 0 || mib > MAX_PLUGIN_SIZE_MIB {
+            return Err(invalid(
+                "plugin_max_size_mib",
+                &mib.to_string(),
+                &format!("must be 1 to {MAX_PLUGIN_SIZE_MIB}"),
+            ));
+        }
+        budget.max_module_bytes = mib << 20;
+    }
+    if let Some(timeout) = timeout {
+        if timeout.is_zero() || timeout > MAX_COMPILE_TIMEOUT {
+            return Err(invalid(
+                "plugin_compile_timeout",
+                &format!("{timeout:?}"),
+                &format!("must be greater than zero and at most {MAX_COMPILE_TIMEOUT:?}"),
+            ));
+        }
+        budget.timeout = timeout;
+    }
+    if let Some(mib) = memory_mib {
+        if !(64..=MAX_COMPILE_MEMORY_MIB).contains(&mib) {
+            return Err(invalid(
+                "plugin_compile_memory_mib",
+                &mib.to_string(),
+                &format!("must be 64 to {MAX_COMPILE_MEMORY_MIB}"),
+            ));
+        }
+        budget.max_memory_bytes = mib << 20;
+    }
+    Ok(budget)
+}
+
 fn invalid(key: &'static str, value: &str, reason: &str) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -858,57 +948,87 @@ pub fn parse_host_port(
         .map_err(|_| invalid(key, text, "expected ip or ip:port"))
 }
 
-/// Applies written limits over `base`; an error names the key and value that is zero.
-fn apply_limits(base: Limits, file: Option<&FileLimits>) -> Result<Limits, (&'static str, String)> {
+/// Why a written limit was refused: its key, its value as written, and the rule it breaks.
+type LimitError = (&'static str, String, String);
+
+/// Applies written limits over `base`; an error names the key, the value and the rule.
+fn apply_limits(base: Limits, file: Option<&FileLimits>) -> Result<Limits, LimitError> {
     let Some(file) = file else { return Ok(base) };
     let mut limits = base;
+    let zero = |key: &'static str, value: String| (key, value, "must be greater than zero".into());
+    let above = |key: &'static str, value: String, max: String| {
+        (key, value, format!("must be at most {max}"))
+    };
+    let mib = |key: &'static str, mib: usize| -> Result<usize, LimitError> {
+        if mib == 0 {
+            return Err(zero(key, "0".into()));
+        }
+        if mib > MAX_MEMORY_MIB {
+            return Err(above(key, mib.to_string(), MAX_MEMORY_MIB.to_string()));
+        }
+        Ok(mib << 20)
+    };
+    let timeout = |key: &'static str, timeout: Duration, max: Duration| {
+        if timeout.is_zero() {
+            return Err(zero(key, "0s".into()));
+        }
+        if timeout > max {
+            return Err(above(key, format!("{timeout:?}"), format!("{max:?}")));
+        }
+        Ok(timeout)
+    };
     if let Some(fuel) = file.fuel_per_event {
         limits.fuel_per_event = nonzero_u64("fuel_per_event", fuel)?;
     }
     if let Some(fuel) = file.fuel_init {
         limits.fuel_init = nonzero_u64("fuel_init", fuel)?;
     }
-    if let Some(mib) = file.max_memory_mib {
-        if mib == 0 {
-            return Err(("max_memory_mib", "0".into()));
-        }
-        limits.max_memory_bytes = mib.saturating_mul(1 << 20);
+    if let Some(value) = file.max_memory_mib {
+        limits.max_memory_bytes = mib("max_memory_mib", value)?;
     }
-    if let Some(timeout) = file.event_timeout {
-        if timeout.is_zero() {
-            return Err(("event_timeout", "0s".into()));
-        }
-        limits.event_timeout = timeout;
+    if let Some(value) = file.event_timeout {
+        limits.event_timeout = timeout("event_timeout", value, MAX_EVENT_TIMEOUT)?;
     }
     if let Some(capacity) = file.queue_capacity {
+        if capacity > MAX_QUEUE_CAPACITY {
+            let max = MAX_QUEUE_CAPACITY.to_string();
+            return Err(above("queue_capacity", capacity.to_string(), max));
+        }
         limits.queue_capacity =
-            NonZeroUsize::new(capacity).ok_or(("queue_capacity", "0".to_owned()))?;
+            NonZeroUsize::new(capacity).ok_or_else(|| zero("queue_capacity", "0".into()))?;
     }
     // Jobs (ABI v1.1); `max_jobs = 0` is allowed: it forbids jobs.
     if let Some(fuel) = file.job_fuel {
         limits.job_fuel = nonzero_u64("job_fuel", fuel)?;
     }
-    if let Some(timeout) = file.job_timeout {
-        if timeout.is_zero() {
-            return Err(("job_timeout", "0s".into()));
-        }
-        limits.job_timeout = timeout;
+    if let Some(value) = file.job_timeout {
+        limits.job_timeout = timeout("job_timeout", value, MAX_JOB_TIMEOUT)?;
     }
-    if let Some(mib) = file.job_max_memory_mib {
-        if mib == 0 {
-            return Err(("job_max_memory_mib", "0".into()));
-        }
-        limits.job_max_memory_bytes = mib.saturating_mul(1 << 20);
+    if let Some(value) = file.job_max_memory_mib {
+        limits.job_max_memory_bytes = mib("job_max_memory_mib", value)?;
     }
     if let Some(max) = file.max_jobs {
+        if max > MAX_MAX_JOBS {
+            return Err(above("max_jobs", max.to_string(), MAX_MAX_JOBS.to_string()));
+        }
         limits.max_jobs = max;
+    }
+    if let Some(max) = file.max_consecutive_traps {
+        if max == 0 {
+            return Err(zero("max_consecutive_traps", "0".into()));
+        }
+        if max > MAX_CONSECUTIVE_TRAPS {
+            let limit = MAX_CONSECUTIVE_TRAPS.to_string();
+            return Err(above("max_consecutive_traps", max.to_string(), limit));
+        }
+        limits.max_consecutive_traps = max;
     }
     Ok(limits)
 }
 
-fn nonzero_u64(key: &'static str, value: u64) -> Result<u64, (&'static str, String)> {
+fn nonzero_u64(key: &'static str, value: u64) -> Result<u64, LimitError> {
     if value == 0 {
-        Err((key, "0".into()))
+        Err((key, "0".into(), "must be greater than zero".into()))
     } else {
         Ok(value)
     }
@@ -957,13 +1077,10 @@ fn resolve_plugins(
             })?,
             None => EventFilter::all(),
         };
-        let limits = apply_limits(defaults, Some(&table.limits())).map_err(|(key, value)| {
-            invalid(
-                key,
-                &value,
-                &format!("plugin {name}: must be greater than zero"),
-            )
-        })?;
+        let limits =
+            apply_limits(defaults, Some(&table.limits())).map_err(|(key, value, reason)| {
+                invalid(key, &value, &format!("plugin {name}: {reason}"))
+            })?;
         let dirs = table
             .dirs
             .iter()
@@ -1047,6 +1164,10 @@ fn resolve_handlers(
             handler.timeout = Some(timeout);
         }
         if let Some(capacity) = table.queue_capacity {
+            if capacity > MAX_QUEUE_CAPACITY {
+                let reason = format!("queue_capacity must be at most {MAX_QUEUE_CAPACITY}");
+                return Err(refuse(command, &reason));
+            }
             handler.queue_capacity = NonZeroUsize::new(capacity)
                 .ok_or_else(|| refuse(command, "queue_capacity must be greater than zero"))?;
         }
@@ -1133,6 +1254,27 @@ mod tests {
             ("log_level = \"loud\"", "log level"),
             ("user_event_size_limit = 10000", "9216"),
             ("[plugin_defaults]\nqueue_capacity = 0", "queue_capacity"),
+            (
+                "job_workers = 100000",
+                "job_workers \"100000\": must be at most 64",
+            ),
+            (
+                "[plugin_defaults]\nqueue_capacity = 100000000",
+                "queue_capacity \"100000000\": must be at most 1048576",
+            ),
+            (
+                "[plugin_defaults]\nmax_jobs = 1000",
+                "max_jobs \"1000\": must be at most 256",
+            ),
+            ("[plugin_defaults]\nmax_memory_mib = 5000", "max_memory_mib"),
+            ("[plugin_defaults]\nevent_timeout = \"2h\"", "event_timeout"),
+            (
+                "[plugin_defaults]\nmax_consecutive_traps = 0",
+                "max_consecutive_traps",
+            ),
+            ("plugin_max_size_mib = 0", "plugin_max_size_mib"),
+            ("plugin_compile_timeout = \"1h\"", "plugin_compile_timeout"),
+            ("plugin_compile_memory_mib = 1", "plugin_compile_memory_mib"),
             (
                 "[plugin_defaults]\nevent_timeout = \"soon\"",
                 "event_timeout",

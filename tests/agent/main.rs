@@ -3,6 +3,7 @@
 mod bad_input;
 mod basics;
 mod capabilities;
+mod containment;
 mod doors;
 mod go_plugins;
 mod gossip;

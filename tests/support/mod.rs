@@ -217,7 +217,8 @@ impl NodeBuilder {
         self
     }
 
-    /// Starts the agent and waits until its RPC port answers.
+    /// Starts the agent and waits until its RPC port answers and its plugins have loaded (or
+    /// failed to: plugins load in the background while the agent already answers).
     pub fn start(self) -> Node {
         let mut node = self.spawn();
         let up = eventually(Duration::from_secs(60), || {
@@ -229,6 +230,24 @@ impl NodeBuilder {
         assert!(
             up.is_some(),
             "agent {} never opened RPC: {}",
+            node.name,
+            node.log()
+        );
+        let loaded = eventually(Duration::from_secs(60), || {
+            let output = node.cli(&["info", "-format=json"]);
+            if !output.status.success() {
+                return Some(()); // RPC wants a key (`rpc_auth`): nothing to wait for then.
+            }
+            let info: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            let loading = info
+                .as_object()?
+                .values()
+                .any(|section| section["state"] == "loading");
+            (!loading).then_some(())
+        });
+        assert!(
+            loaded.is_some(),
+            "agent {} never loaded its plugins: {}",
             node.name,
             node.log()
         );

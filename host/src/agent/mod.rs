@@ -249,8 +249,8 @@ impl Drop for PluginRuntime {
 }
 
 impl Agent {
-    /// Loads the plugins, then starts the agent task on the current runtime and the plugins on
-    /// a runtime of their own.
+    /// Starts loading the plugins on a runtime of their own, then starts the agent task on the
+    /// current runtime without waiting for them.
     pub async fn start(config: Config, logs: LogHub) -> anyhow::Result<Agent> {
         use anyhow::Context as _;
         let plugin_runtime = PluginRuntime(Some(
@@ -261,7 +261,7 @@ impl Agent {
                 .build()
                 .context("cannot start the plugin runtime")?,
         ));
-        let engine = Engine::new(config.plugin_cache_dir.clone());
+        let engine = Engine::new(config.plugin_cache_dir.clone()).with_budget(config.plugin_budget);
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let respond_drops = Arc::new(AtomicU64::new(0));
         let member_snapshot = Arc::new(MemberSnapshot::for_plugins(&config.plugins));
@@ -279,16 +279,16 @@ impl Agent {
             limits: config.serf_limits,
             next_query_handle: AtomicU32::new(0),
         });
-        let plugins = PluginHost::start(
+        // Plugins load in the background: gossip and RPC answer while they compile, and
+        // events queue for each until it runs.
+        let plugins = PluginHost::spawn(
             engine,
             config.plugins.clone(),
             &config.node_name,
             config.serf_limits,
             services.clone(),
             plugin_runtime.handle(),
-        )
-        .await;
-        let plugins = Arc::new(plugins);
+        );
         jobs.attach(&plugins);
         let handlers = Arc::new(ShellHandlers::start(
             config.handlers.clone(),

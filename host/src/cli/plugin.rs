@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serf_plugin_sdk::abi::Capability;
 
+use crate::plugin::engine::CompileBudget;
 use crate::plugin::instance::CallError;
 use crate::plugin::tool::{self, CallReport, CheckReport, LogLine, RunOptions, RunReport};
 use crate::plugin::{Capabilities, Grants};
@@ -36,6 +37,31 @@ struct CheckArgs {
     /// The plugin module.
     #[arg(value_name = "FILE.wasm")]
     file: PathBuf,
+    /// Largest file accepted, in MiB, as the agent's plugin_max_size_mib (default 64).
+    #[arg(long, value_name = "MIB")]
+    max_size_mib: Option<u64>,
+    /// Longest compilation accepted, as the agent's plugin_compile_timeout (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    compile_timeout: Option<Duration>,
+    /// Most memory a compilation may take, in MiB, as plugin_compile_memory_mib (default 1024).
+    #[arg(long, value_name = "MIB")]
+    compile_memory_mib: Option<u64>,
+}
+
+impl CheckArgs {
+    fn budget(&self) -> CompileBudget {
+        let mut budget = CompileBudget::DEFAULT;
+        if let Some(mib) = self.max_size_mib {
+            budget.max_module_bytes = mib.saturating_mul(1 << 20);
+        }
+        if let Some(timeout) = self.compile_timeout {
+            budget.timeout = timeout;
+        }
+        if let Some(mib) = self.compile_memory_mib {
+            budget.max_memory_bytes = mib.saturating_mul(1 << 20);
+        }
+        budget
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,7 +96,7 @@ struct RunArgs {
 /// Runs `serf plugin ...`; returns the exit code.
 pub(super) fn run(args: PluginArgs) -> u8 {
     let outcome = match args.command {
-        PluginCommand::Check(args) => tool::check(&args.file).map(|report| {
+        PluginCommand::Check(args) => tool::check(&args.file, args.budget()).map(|report| {
             print!("{}", format_check(&report));
             0
         }),

@@ -9,9 +9,15 @@
 //! to the side. The queue, the `seq` numbers and the counters belong to the plugin, not to a
 //! version, so a reload loses and reorders nothing. [`super::reload`] decides what changes;
 //! this module only applies it.
+//!
+//! Plugins load in the background: [`PluginHost::spawn`] returns at once and events queue
+//! for a plugin while it compiles. A plugin that keeps failing is backed off and then parked
+//! ([`super::rates`]); a panic in host code during one of its calls parks it too, with the
+//! panic as the reason. A parked plugin shows `failed` in `serf info`, its queued and new
+//! events are discarded (and counted), and a reload revives it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, LoadedModule};
 use super::instance::{CallError, Instance, InstanceContext};
+use super::rates::{AfterFailure, PluginRates};
 use super::{EventFilter, HostServices, LoadError, PluginSpec};
 use crate::serf::{self, QueryKey};
 
@@ -115,6 +122,14 @@ impl EventQueue {
         lock(&self.state).closed = true;
         self.ready.notify_one();
     }
+
+    /// Empties the queue; returns how many events it held.
+    fn drain(&self) -> usize {
+        let mut state = lock(&self.state);
+        let drained = state.items.len();
+        state.items.clear();
+        drained
+    }
 }
 
 /// Counters of one plugin, written by its task, by the dispatcher and by reloads. They
@@ -138,6 +153,7 @@ struct Counters {
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     jobs: AtomicU64,
+    discarded: AtomicU64,
     latency: Histogram,
 }
 
@@ -147,6 +163,10 @@ struct Slot {
     queue: EventQueue,
     counters: Counters,
     status: Mutex<Status>,
+    /// Rate windows and trap history, shared by every instance of every version.
+    rates: Arc<PluginRates>,
+    /// Parked (see [`Status::parked`]), readable without the lock on the dispatch path.
+    parked: AtomicBool,
 }
 
 /// What a reload compares with, and what `serf info` shows besides the counters.
@@ -161,6 +181,11 @@ struct Status {
     last_reload_error: Option<String>,
     /// The plugin task's inbox for new versions; `None` when no task runs.
     swaps: Option<mpsc::Sender<Swap>>,
+    /// Its module is still being read and compiled at start-up; events queue meanwhile.
+    loading: bool,
+    /// It failed too often in a row, or host code panicked in one of its calls: no task
+    /// runs, its events are discarded, and a reload revives it.
+    parked: bool,
 }
 
 /// A plugin that has a task, as the dispatcher sees it.
@@ -178,6 +203,8 @@ pub struct PluginHost {
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutdown: CancellationToken,
+    /// True once every plugin named at start-up has loaded or failed to.
+    loaded: tokio::sync::watch::Sender<bool>,
     engine: Engine,
     runtime: tokio::runtime::Handle,
     node: Arc<str>,
@@ -238,6 +265,14 @@ pub struct PluginStatsSnapshot {
     pub last_reload_error: String,
     /// Long jobs the plugin started.
     pub jobs: u64,
+    /// Events discarded because the plugin was parked or failed to load.
+    pub discarded: u64,
+    /// `fire_event` and `query` calls refused by the plugin-wide rate limit.
+    pub rate_limited_messages: u64,
+    /// `serf.log` lines refused by the plugin-wide rate limit.
+    pub rate_limited_logs: u64,
+    /// stdout and stderr lines dropped by the plugin's rate limit (100 a second).
+    pub rate_limited_output: u64,
 }
 
 /// Why [`PluginHost::deliver_to`] did not queue an event. Nothing was queued.
@@ -297,8 +332,67 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PluginHost {
-    /// Loads every plugin (compiling on blocking threads, in parallel) and starts one task per
-    /// plugin on `runtime`. A plugin that fails to load is logged and kept out; the rest run.
+    /// Starts loading every plugin in the background (reading and compiling on blocking
+    /// threads, in parallel) and returns at once; each plugin gets its task once it has
+    /// loaded, and events queue for it meanwhile. A plugin that fails to load is logged and
+    /// kept out (its queued events are discarded); the rest run.
+    pub fn spawn(
+        engine: Engine,
+        specs: Vec<PluginSpec>,
+        node: &str,
+        limits: crate::config::SerfLimits,
+        services: Arc<dyn HostServices>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Arc<PluginHost> {
+        let host = Arc::new(PluginHost {
+            routes: RwLock::new(Arc::from(Vec::new())),
+            slots: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            shutdown: CancellationToken::new(),
+            loaded: tokio::sync::watch::Sender::new(false),
+            engine,
+            runtime: runtime.clone(),
+            node: Arc::from(node),
+            limits,
+            services,
+        });
+        {
+            let mut slots = lock(&host.slots);
+            for spec in &specs {
+                let slot = Slot::new(spec);
+                lock(&slot.status).loading = true;
+                slots.insert(spec.name.clone(), Arc::new(slot));
+            }
+        }
+        host.publish();
+        let loader = Arc::clone(&host);
+        runtime.spawn(async move {
+            let loads: Vec<_> = specs
+                .into_iter()
+                .map(|spec| {
+                    let engine = loader.engine.clone();
+                    loader.runtime.spawn_blocking(move || {
+                        let loaded = engine
+                            .read(&spec.path)
+                            .and_then(|bytes| PluginHost::compile(&engine, &spec, &bytes));
+                        (spec, loaded)
+                    })
+                })
+                .collect();
+            for load in loads {
+                // A load that panicked leaves its plugin "loading"; a reload retries it.
+                if let Ok((spec, loaded)) = load.await
+                    && !loader.shutdown.is_cancelled()
+                {
+                    loader.add(spec, loaded);
+                }
+            }
+            loader.loaded.send_replace(true);
+        });
+        host
+    }
+
+    /// [`PluginHost::spawn`], then waits until every plugin has loaded or failed to.
     pub async fn start(
         engine: Engine,
         specs: Vec<PluginSpec>,
@@ -306,38 +400,16 @@ impl PluginHost {
         limits: crate::config::SerfLimits,
         services: Arc<dyn HostServices>,
         runtime: &tokio::runtime::Handle,
-    ) -> PluginHost {
-        let loads: Vec<_> = specs
-            .into_iter()
-            .map(|spec| {
-                let engine = engine.clone();
-                runtime.spawn_blocking(move || {
-                    let loaded = std::fs::read(&spec.path)
-                        .map_err(|source| LoadError::Read {
-                            path: spec.path.clone(),
-                            source,
-                        })
-                        .and_then(|bytes| PluginHost::compile(&engine, &spec, &bytes));
-                    (spec, loaded)
-                })
-            })
-            .collect();
-        let host = PluginHost {
-            routes: RwLock::new(Arc::from(Vec::new())),
-            slots: Mutex::new(BTreeMap::new()),
-            tasks: Mutex::new(Vec::new()),
-            shutdown: CancellationToken::new(),
-            engine,
-            runtime: runtime.clone(),
-            node: Arc::from(node),
-            limits,
-            services,
-        };
-        for load in loads {
-            let (spec, loaded) = load.await.expect("plugin loading never panics");
-            host.add(spec, loaded);
-        }
+    ) -> Arc<PluginHost> {
+        let host = PluginHost::spawn(engine, specs, node, limits, services, runtime);
+        host.loaded().await;
         host
+    }
+
+    /// Waits until every plugin named at start-up has loaded or failed to.
+    pub async fn loaded(&self) {
+        let mut loaded = self.loaded.subscribe();
+        let _ = loaded.wait_for(|loaded| *loaded).await;
     }
 
     /// Hands an event to every running plugin whose filter takes it. Never waits.
@@ -388,7 +460,7 @@ impl PluginHost {
             status.swaps.as_ref()?;
             (status.spec.clone(), status.loaded.clone()?)
         };
-        let version = self.version(spec, loaded);
+        let version = self.version(&slot, spec, loaded);
         Some(super::jobs::JobSource {
             loaded: version.loaded,
             spec: version.spec,
@@ -433,7 +505,8 @@ impl PluginHost {
             .values()
             .filter_map(|slot| {
                 let status = lock(&slot.status);
-                status.swaps.as_ref().map(|_| Route {
+                // A loading plugin queues its events; a parked one counts them discarded.
+                (status.swaps.is_some() || status.loading || status.parked).then(|| Route {
                     slot: Arc::clone(slot),
                     filter: status.spec.filter.clone(),
                 })
@@ -442,13 +515,13 @@ impl PluginHost {
         *self.routes.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(routes);
     }
 
-    fn version(&self, spec: PluginSpec, loaded: LoadedModule) -> Version {
+    fn version(&self, slot: &Slot, spec: PluginSpec, loaded: LoadedModule) -> Version {
         let context = Arc::new(InstanceContext {
             plugin: Arc::from(spec.name.as_str()),
             node: Arc::clone(&self.node),
             services: Arc::clone(&self.services),
             response_limit: self.limits.query_response_size_limit,
-            output: Arc::default(),
+            rates: Arc::clone(&slot.rates),
         });
         let init = abi::encode(&abi::InitContext {
             abi: abi::ABI_VERSION,
@@ -514,7 +587,10 @@ impl PluginHost {
         spec: PluginSpec,
         loaded: LoadedModule,
     ) -> Result<Prepared, CallError> {
-        let version = self.version(spec, loaded);
+        let version = match self.slot(&spec.name) {
+            Some(slot) => self.version(&slot, spec, loaded),
+            None => self.version(&Slot::new(&spec), spec, loaded),
+        };
         let instance = Instance::start(
             &version.loaded,
             &version.spec,
@@ -579,9 +655,13 @@ impl PluginHost {
         match loaded {
             Err(error) => {
                 tracing::error!(plugin = %slot.name, %error, "plugin failed to load");
-                let mut status = lock(&slot.status);
-                status.spec = spec;
-                status.failure = Some(error.to_string());
+                {
+                    let mut status = lock(&slot.status);
+                    status.spec = spec;
+                    status.failure = Some(error.to_string());
+                    status.loading = false;
+                }
+                slot.discard_queued();
             }
             Ok(loaded) => {
                 tracing::info!(
@@ -592,28 +672,90 @@ impl PluginHost {
                     "plugin loaded"
                 );
                 slot.queue.set_capacity(spec.limits.queue_capacity.get());
-                let (swaps, inbox) = mpsc::channel(1);
                 {
                     let mut status = lock(&slot.status);
                     status.spec = spec.clone();
                     status.loaded = Some(loaded.clone());
-                    status.failure = None;
                     status.last_reload_error = None;
-                    status.swaps = Some(swaps);
                 }
-                let runner = Runner {
-                    slot: Arc::clone(&slot),
-                    version: self.version(spec, loaded),
-                    instance: None,
-                    backoff: Backoff::default(),
-                };
-                let task = self.runtime.spawn(runner.run(inbox, self.shutdown.clone()));
-                let mut tasks = lock(&self.tasks);
-                tasks.retain(|task| !task.is_finished());
-                tasks.push(task);
+                slot.rates.clear_failures();
+                let version = self.version(&slot, spec, loaded);
+                self.spawn_runner(&slot, version);
             }
         }
         self.publish();
+    }
+
+    /// Starts the task of a plugin (no task runs for it) and a watcher of that task: when the
+    /// task gives up (too many failures in a row) or panics (a bug in host code during one of
+    /// the plugin's calls), the watcher parks the plugin, with the reason logged at error and
+    /// shown as its state.
+    fn spawn_runner(&self, slot: &Arc<Slot>, version: Version) {
+        let (swaps, inbox) = mpsc::channel(1);
+        {
+            let mut status = lock(&slot.status);
+            status.failure = None;
+            status.swaps = Some(swaps);
+            status.loading = false;
+            status.parked = false;
+        }
+        slot.parked.store(false, Ordering::Relaxed);
+        let runner = Runner {
+            slot: Arc::clone(slot),
+            version,
+            instance: None,
+            backoff: Backoff::default(),
+        };
+        let task = self.runtime.spawn(runner.run(inbox, self.shutdown.clone()));
+        let slot = Arc::clone(slot);
+        let watcher = self.runtime.spawn(async move {
+            let reason = match task.await {
+                Ok(RunEnd::Stopped) => return,
+                Ok(RunEnd::GaveUp(reason)) => reason,
+                Err(error) if error.is_panic() => {
+                    let panic = error.into_panic();
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".to_owned());
+                    format!("host error during a plugin call: {message}")
+                }
+                // Cancelled: the runtime is stopping.
+                Err(_) => return,
+            };
+            slot.park(&reason);
+        });
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(watcher);
+    }
+
+    /// Revives every parked plugin with the version it had, its failures forgotten (its rate
+    /// windows are kept). A reload does this first.
+    pub(super) fn revive_parked(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        let mut revived = false;
+        for slot in slots {
+            let (spec, loaded) = {
+                let status = lock(&slot.status);
+                if !status.parked {
+                    continue;
+                }
+                let Some(loaded) = status.loaded.clone() else {
+                    continue;
+                };
+                (status.spec.clone(), loaded)
+            };
+            slot.rates.clear_failures();
+            tracing::info!(plugin = %slot.name, "parked plugin revived by a reload");
+            let version = self.version(&slot, spec, loaded);
+            self.spawn_runner(&slot, version);
+            revived = true;
+        }
+        if revived {
+            self.publish();
+        }
     }
 
     /// Stops routing events to a plugin and forgets it. Its task still handles the events
@@ -658,12 +800,44 @@ impl Slot {
                 failure: None,
                 last_reload_error: None,
                 swaps: None,
+                loading: false,
+                parked: false,
             }),
+            rates: Arc::new(PluginRates::default()),
+            parked: AtomicBool::new(false),
+        }
+    }
+
+    /// Parks the plugin: no task runs for it until a reload, and its events are discarded.
+    fn park(&self, reason: &str) {
+        tracing::error!(plugin = %self.name, %reason, "plugin parked; a reload revives it");
+        self.parked.store(true, Ordering::Relaxed);
+        {
+            let mut status = lock(&self.status);
+            status.failure = Some(format!("{reason} (parked until a reload)"));
+            status.swaps = None;
+            status.parked = true;
+        }
+        self.discard_queued();
+    }
+
+    /// Counts the events still queued as discarded and drops them.
+    fn discard_queued(&self) {
+        let drained = self.queue.drain() as u64;
+        if drained > 0 {
+            self.counters
+                .discarded
+                .fetch_add(drained, Ordering::Relaxed);
         }
     }
 
     /// Queues an event and returns its `seq`, or counts and (now and then) logs its drop.
     fn offer(&self, event: Arc<Encoded>) -> Option<u64> {
+        if self.parked.load(Ordering::Relaxed) {
+            self.counters.offered.fetch_add(1, Ordering::Relaxed);
+            self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         if let Some(seq) = self.queue.push(&self.counters.offered, event) {
             return Some(seq);
         }
@@ -682,8 +856,12 @@ impl Slot {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let (failure, filter, sha256, last_reload_error) = {
             let status = lock(&self.status);
+            let failure = match &status.failure {
+                None if status.loading => Some(String::new()),
+                failure => failure.clone(),
+            };
             (
-                status.failure.clone(),
+                failure,
                 status.spec.filter.to_string(),
                 status
                     .loaded
@@ -695,10 +873,11 @@ impl Slot {
         };
         PluginStatsSnapshot {
             name: self.name.to_string(),
-            state: failure.map_or_else(
-                || "running".to_owned(),
-                |reason| format!("failed: {reason}"),
-            ),
+            state: match failure {
+                None => "running".to_owned(),
+                Some(reason) if reason.is_empty() => "loading".to_owned(),
+                Some(reason) => format!("failed: {reason}"),
+            },
             filter,
             sha256,
             offered: load(&c.offered),
@@ -722,6 +901,10 @@ impl Slot {
             reload_failures: load(&c.reload_failures),
             last_reload_error,
             jobs: load(&c.jobs),
+            discarded: load(&c.discarded),
+            rate_limited_messages: self.rates.refused().0,
+            rate_limited_logs: self.rates.refused().1,
+            rate_limited_output: self.rates.output.dropped(),
         }
     }
 }
@@ -764,6 +947,14 @@ impl Backoff {
     }
 }
 
+/// How a plugin's task ended.
+enum RunEnd {
+    /// The agent is stopping, or the plugin was removed.
+    Stopped,
+    /// It failed too often in a row; the reason says how.
+    GaveUp(String),
+}
+
 /// One plugin's task state.
 struct Runner {
     slot: Arc<Slot>,
@@ -773,9 +964,25 @@ struct Runner {
 }
 
 impl Runner {
-    async fn run(mut self, mut swaps: mpsc::Receiver<Swap>, shutdown: CancellationToken) {
+    async fn run(mut self, mut swaps: mpsc::Receiver<Swap>, shutdown: CancellationToken) -> RunEnd {
         let slot = Arc::clone(&self.slot);
         loop {
+            // After a failure the next instance starts only after the plugin's backoff; the
+            // events wait in the queue (dropped and counted if it fills).
+            if self.instance.is_none()
+                && let Some(at) = slot.rates.restart_at()
+                && at > Instant::now()
+            {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    Some(swap) = swaps.recv() => {
+                        self.swap(swap).await;
+                        continue;
+                    }
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
             // A new version goes in before the next event, never during one.
             let queued = tokio::select! {
                 biased;
@@ -799,13 +1006,18 @@ impl Runner {
                     query: None,
                     received: Instant::now(),
                 };
-                self.deliver(0, &notice).await;
+                if let Some(reason) = self.deliver(0, &notice).await {
+                    return RunEnd::GaveUp(reason);
+                }
             }
-            self.deliver(queued.seq, &queued.event).await;
+            if let Some(reason) = self.deliver(queued.seq, &queued.event).await {
+                return RunEnd::GaveUp(reason);
+            }
         }
         if let Some(instance) = self.instance.take() {
             instance.shutdown().await;
         }
+        RunEnd::Stopped
     }
 
     /// Puts a new version in place of the old, whose instance gets its `serf_shutdown`.
@@ -818,25 +1030,28 @@ impl Runner {
         );
         self.version = version;
         self.backoff.reset();
+        self.slot.rates.clear_failures();
         if let Some(old) = self.instance.replace(instance) {
             old.shutdown().await;
         }
         let _ = swap.done.send(());
     }
 
-    async fn deliver(&mut self, seq: u64, event: &Encoded) {
+    /// Hands one event to the plugin, starting an instance if none runs. Returns why the
+    /// plugin should be parked, if it failed once too often in a row.
+    async fn deliver(&mut self, seq: u64, event: &Encoded) -> Option<String> {
         let counters = &self.slot.counters;
         let now = Instant::now();
         if let Some((_, deadline)) = event.query
             && now >= deadline
         {
             counters.expired.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         if self.instance.is_none() {
             if self.backoff.is_waiting(now) {
                 counters.skipped.fetch_add(1, Ordering::Relaxed);
-                return;
+                return None;
             }
             let version = &self.version;
             match Instance::start(
@@ -859,17 +1074,19 @@ impl Runner {
                     let retry_in = self.backoff.fail(now);
                     tracing::warn!(plugin = %self.slot.name, %error, ?retry_in, "plugin failed to start");
                     lock(&self.slot.status).failure = Some(format!("cannot start: {error}"));
-                    return;
+                    return None;
                 }
             }
         }
         let instance = self.instance.as_mut().expect("started above");
         let header = envelope_header(seq);
         let query = event.query.map(|(key, _)| key);
+        let mut give_up = None;
         match instance.handle(&header, &event.body, query).await {
             Ok(cost) => {
                 counters.handled.fetch_add(1, Ordering::Relaxed);
                 counters.fuel_used.fetch_add(cost.fuel, Ordering::Relaxed);
+                self.slot.rates.record_success();
             }
             Err(error) => {
                 let counter = match &error {
@@ -885,13 +1102,32 @@ impl Runner {
                         counters.traps.fetch_add(1, Ordering::Relaxed);
                     }
                     self.instance = None;
-                    tracing::warn!(plugin = %self.slot.name, seq, kind = error.kind(), %error, "plugin trapped; instance recycled");
+                    let max = self.version.spec.limits.max_consecutive_traps;
+                    let now = Instant::now();
+                    match self.slot.rates.record_failure(now, max) {
+                        AfterFailure::Restart { delay, consecutive } => {
+                            // At most one such warning a second; the rest are counted.
+                            if let Some(unlogged) = self.slot.rates.take_failure_log(now) {
+                                tracing::warn!(plugin = %self.slot.name, seq, kind = error.kind(), %error, consecutive, restart_in = ?delay, unlogged_failures = unlogged, "plugin trapped; instance recycled");
+                            }
+                        }
+                        AfterFailure::Park { consecutive } => {
+                            give_up = Some(format!(
+                                "trapped {consecutive} times in a row (max_consecutive_traps), \
+                                 the last time: {error}"
+                            ));
+                        }
+                    }
                 } else {
-                    tracing::warn!(plugin = %self.slot.name, seq, %error, "plugin failed to handle event");
+                    self.slot.rates.record_success();
+                    if let Some(unlogged) = self.slot.rates.take_failure_log(Instant::now()) {
+                        tracing::warn!(plugin = %self.slot.name, seq, %error, unlogged_failures = unlogged, "plugin failed to handle event");
+                    }
                 }
             }
         }
         counters.latency.record(event.received.elapsed());
+        give_up
     }
 }
 
@@ -1159,6 +1395,150 @@ mod tests {
         assert_eq!(histogram.buckets.len(), buckets);
         assert_eq!(histogram.quantile(0.0), Duration::ZERO);
         assert!(histogram.quantile(1.0) > Duration::from_secs(1 << 30));
+    }
+
+    /// Services that count the events plugins fire, or panic when asked to fire one.
+    struct Firing {
+        fired: AtomicU64,
+        panic: bool,
+    }
+
+    impl HostServices for Firing {
+        fn respond(&self, _: &str, _: QueryKey, _: Vec<u8>) -> Result<(), abi::Status> {
+            Ok(())
+        }
+
+        fn fire_event(&self, _: &str, _: abi::FireEvent) -> Result<(), abi::Status> {
+            assert!(!self.panic, "a bug in host code");
+            self.fired.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// A runtime and a host running `tests/wat/firetrap.wat` as `p`, granted `events`.
+    fn start_firetrap(
+        dir: &std::path::Path,
+        fires: u32,
+        trap: bool,
+        services: Arc<Firing>,
+    ) -> (tokio::runtime::Runtime, Arc<PluginHost>) {
+        let text = include_str!("../../../tests/wat/firetrap.wat")
+            .replace("FIRES", &fires.to_string())
+            .replace("TRAP", if trap { "1" } else { "0" });
+        let path = dir.join("p.wasm");
+        std::fs::write(&path, wat::parse_str(text).unwrap()).unwrap();
+        let spec = PluginSpec {
+            name: "p".into(),
+            path,
+            filter: EventFilter::all(),
+            limits: super::super::Limits {
+                max_consecutive_traps: 1000,
+                ..super::super::Limits::DEFAULT
+            },
+            dirs: BTreeMap::new(),
+            config: toml::Table::new(),
+            grants: super::super::Grants {
+                capabilities: super::super::Capabilities::from_names(&["events"]).unwrap(),
+                ..Default::default()
+            },
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let host = runtime.block_on(PluginHost::start(
+            Engine::new(None),
+            vec![spec],
+            "node",
+            crate::config::SerfLimits::SERF,
+            services,
+            runtime.handle(),
+        ));
+        (runtime, host)
+    }
+
+    fn user_event(n: u64) -> abi::Event {
+        abi::Event::User(abi::UserEvent {
+            name: "go".into(),
+            payload: Vec::new(),
+            ltime: n,
+            coalesce: false,
+        })
+    }
+
+    fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_event_rate_limit_survives_traps() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Arc::new(Firing {
+            fired: AtomicU64::new(0),
+            panic: false,
+        });
+        let (runtime, host) = start_firetrap(dir.path(), 10, true, Arc::clone(&services));
+        let started = Instant::now();
+        for n in 1..=4 {
+            host.deliver_to("p", &user_event(n)).unwrap();
+        }
+        wait_for("four traps", || host.stats()[0].traps == 4);
+        let elapsed = started.elapsed();
+        let fired = services.fired.load(Ordering::Relaxed);
+        // Ten a second for the plugin, whatever its instances: before, each fresh instance
+        // had ten of its own, and four traps made forty.
+        let bound = 10 * (elapsed.as_secs() + 1);
+        assert!(fired >= 10, "the first instance fires its ten: {fired}");
+        assert!(fired <= bound, "{fired} events in {elapsed:?}");
+        let stats = &host.stats()[0];
+        assert_eq!(stats.rate_limited_messages, 40 - fired, "{stats:?}");
+        assert_eq!(stats.starts, 4, "{stats:?}");
+        runtime.block_on(host.shutdown());
+    }
+
+    #[test]
+    fn a_panic_in_host_code_parks_the_plugin_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Arc::new(Firing {
+            fired: AtomicU64::new(0),
+            panic: true,
+        });
+        let (runtime, host) = start_firetrap(dir.path(), 1, false, services);
+        assert_eq!(host.stats()[0].state, "running");
+        host.deliver_to("p", &user_event(1)).unwrap();
+        wait_for("the plugin to fail", || host.stats()[0].state != "running");
+        let stats = host.stats().remove(0);
+        assert!(
+            stats
+                .state
+                .starts_with("failed: host error during a plugin call")
+                && stats.state.contains("a bug in host code"),
+            "{stats:?}"
+        );
+        // Nothing queues for it any more: events are discarded and counted.
+        assert_eq!(
+            host.deliver_to("p", &user_event(2)),
+            Err(DeliverError::NotRunning("p".into()))
+        );
+        let event = serf::Event::User(serf::UserEvent {
+            name: "go".into(),
+            payload: Vec::new(),
+            ltime: 3,
+            coalesce: false,
+        });
+        host.dispatch(&event);
+        let stats = host.stats().remove(0);
+        assert_eq!((stats.discarded, stats.queue_depth), (1, 0), "{stats:?}");
+        // A reload revives it.
+        host.revive_parked();
+        assert_eq!(host.stats()[0].state, "running");
+        assert!(host.deliver_to("p", &user_event(4)).is_ok());
+        runtime.block_on(host.shutdown());
     }
 
     #[test]

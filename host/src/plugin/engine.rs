@@ -4,12 +4,21 @@
 //! SHA-256 and a hash of the engine's compilation settings, so a restart does not recompile
 //! and an artifact from other settings is never loaded. Compilation is blocking work: callers
 //! run it on a blocking thread, never on the agent's task.
+//!
+//! A plugin file is read only if it is a regular file no larger than
+//! [`CompileBudget::max_module_bytes`] ([`read_module`]). wasmtime cannot interrupt a
+//! compilation, so where the `serf` binary is known ([`set_compiler_program`], done by the
+//! command line) a module is compiled in a child process, `serf __compile-plugin`, which is
+//! killed when it passes [`CompileBudget::timeout`] or [`CompileBudget::max_memory_bytes`] of
+//! resident memory; its artifact goes through the same cache path as any other. Without the
+//! binary (library tests), compilation runs in-process under the size limit only.
 
 use std::hash::{Hash, Hasher};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serf_plugin_sdk::abi;
 use sha2::{Digest, Sha256};
@@ -46,7 +55,45 @@ pub struct Engine {
     cache_dir: Option<PathBuf>,
     cache_hits: Arc<AtomicU64>,
     cache_misses: Arc<AtomicU64>,
+    budget: CompileBudget,
 }
+
+/// How large a plugin file may be, and what compiling it may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileBudget {
+    /// The largest `.wasm` file read, in bytes (`plugin_max_size_mib`).
+    pub max_module_bytes: u64,
+    /// Wall-clock time one compilation may take (`plugin_compile_timeout`).
+    pub timeout: Duration,
+    /// Resident memory of the compiling process (`plugin_compile_memory_mib`), in bytes.
+    pub max_memory_bytes: u64,
+}
+
+impl CompileBudget {
+    /// 64 MiB files, 30 s and 1 GiB to compile: our Go example plugins (2 to 2.5 MB) take
+    /// about 5 s and 80 MB on a busy 2-core machine, the Rust ones (250 kB) about 1 s.
+    pub const DEFAULT: CompileBudget = CompileBudget {
+        max_module_bytes: 64 << 20,
+        timeout: Duration::from_secs(30),
+        max_memory_bytes: 1 << 30,
+    };
+}
+
+/// The `serf` binary, which compiles modules in a child process; unset: compile in-process.
+static COMPILER_PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes every engine compile in a child process running `program __compile-plugin` (the
+/// `serf` binary itself), so that the compile budget can stop it. Set once, by the command
+/// line; later calls change nothing.
+pub fn set_compiler_program(program: PathBuf) {
+    let _ = COMPILER_PROGRAM.set(program);
+}
+
+/// The hidden subcommand that compiles one module for [`Engine`].
+pub const COMPILE_SUBCOMMAND: &str = "__compile-plugin";
+
+/// How often the parent looks at a compiling child's memory.
+const COMPILE_POLL: Duration = Duration::from_millis(10);
 
 /// The parts of [`Engine`] that exist once the first plugin is loaded.
 struct Wasm {
@@ -198,7 +245,24 @@ impl Engine {
             cache_dir,
             cache_hits: Arc::default(),
             cache_misses: Arc::default(),
+            budget: CompileBudget::DEFAULT,
         }
+    }
+
+    /// This engine with `budget` for reading and compiling modules.
+    pub fn with_budget(mut self, budget: CompileBudget) -> Engine {
+        self.budget = budget;
+        self
+    }
+
+    /// The budget modules are read and compiled under.
+    pub fn budget(&self) -> CompileBudget {
+        self.budget
+    }
+
+    /// Reads a plugin file under this engine's size limit (see [`read_module`]). Blocking.
+    pub fn read(&self, path: &Path) -> Result<Vec<u8>, LoadError> {
+        read_module(path, self.budget.max_module_bytes)
     }
 
     /// The wasmtime engine and linker, started on the first call.
@@ -227,10 +291,7 @@ impl Engine {
 
     /// Reads, compiles (or loads from the cache) and validates a plugin. Blocking.
     pub fn load_file(&self, path: &Path) -> Result<LoadedModule, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = self.read(path)?;
         self.load(path, &bytes)
     }
 
@@ -240,6 +301,14 @@ impl Engine {
         if !bytes.starts_with(b"\0asm") {
             return Err(LoadError::NotWasm {
                 path: path.to_path_buf(),
+            });
+        }
+        let size = bytes.len() as u64;
+        if size > self.budget.max_module_bytes {
+            return Err(LoadError::TooLarge {
+                path: path.to_path_buf(),
+                size,
+                max: self.budget.max_module_bytes,
             });
         }
         let sha256 = hex(&Sha256::digest(bytes));
@@ -286,6 +355,9 @@ impl Engine {
             }
         }
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
+        if let Some(program) = COMPILER_PROGRAM.get() {
+            return self.compile_in_child(program, path, bytes, cached);
+        }
         let module = Module::new(&wasm.engine, bytes).map_err(|error| LoadError::Compile {
             path: path.to_path_buf(),
             message: format!("{error:#}"),
@@ -299,6 +371,297 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Compiles `bytes` in a child process under the budget, then loads its artifact through
+    /// the cache file (or a private temporary file without a cache).
+    fn compile_in_child(
+        &self,
+        program: &Path,
+        path: &Path,
+        bytes: &[u8],
+        cached: Option<PathBuf>,
+    ) -> Result<(Module, bool), LoadError> {
+        let wasm = self.wasm(path)?;
+        let fail = |message: String| LoadError::Compile {
+            path: path.to_path_buf(),
+            message,
+        };
+        // Unique per compilation: two plugins may share a module and compile at once.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let (artifact, is_temporary) = match &cached {
+            Some(file) => {
+                ensure_cache_dir(file).map_err(|e| fail(format!("cannot use the cache: {e}")))?;
+                (file.with_extension(format!("tmp{unique}")), false)
+            }
+            None => {
+                let name = format!("serf-plugin-{unique}.cwasm");
+                (std::env::temp_dir().join(name), true)
+            }
+        };
+        // Created here, exclusively and private; the child only writes into it.
+        let _ = std::fs::remove_file(&artifact);
+        create_private(&artifact)
+            .map_err(|e| fail(format!("cannot create {}: {e}", artifact.display())))?;
+        let outcome = run_compiler(program, bytes, &artifact, self.budget);
+        let loaded = outcome.map_err(fail).and_then(|()| {
+            let file = match &cached {
+                Some(file) => {
+                    std::fs::rename(&artifact, file)
+                        .map_err(|e| fail(format!("cannot cache the compiled module: {e}")))?;
+                    file.as_path()
+                }
+                None => artifact.as_path(),
+            };
+            deserialize_cached(&wasm.engine, file)
+                .map_err(|error| fail(format!("cannot load the compiled module: {error:#}")))
+        });
+        if is_temporary || loaded.is_err() {
+            let _ = std::fs::remove_file(&artifact);
+        }
+        Ok((loaded?, false))
+    }
+}
+
+/// Runs `program __compile-plugin` on `bytes` (sent on its stdin), writing the artifact to
+/// `artifact`; kills it at the budget's deadline or memory cap. The error says which.
+fn run_compiler(
+    program: &Path,
+    bytes: &[u8],
+    artifact: &Path,
+    budget: CompileBudget,
+) -> Result<(), String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .arg(COMPILE_SUBCOMMAND)
+        .arg(bytes.len().to_string())
+        .arg(artifact)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot start the compiler {}: {error}", program.display()))?;
+    let started = Instant::now();
+    // The child reads its input at once, then waits on stdin for the end of this process.
+    let mut stdin = child.stdin.take();
+    if let Some(pipe) = stdin.as_mut()
+        && let Err(error) = pipe.write_all(bytes)
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("cannot hand the module to the compiler: {error}"));
+    }
+    let mut peak = 0;
+    let verdict = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {}
+            Err(error) => break Err(format!("cannot wait for the compiler: {error}")),
+        }
+        let resident = resident_bytes(child.id()).unwrap_or(0);
+        peak = peak.max(resident);
+        if resident > budget.max_memory_bytes {
+            break Err(format!(
+                "compiling needs more than the {} MiB budget (plugin_compile_memory_mib); \
+                 stopped after {:.1?}",
+                budget.max_memory_bytes >> 20,
+                started.elapsed()
+            ));
+        }
+        if started.elapsed() > budget.timeout {
+            break Err(format!(
+                "compiling takes longer than the {:?} budget (plugin_compile_timeout); \
+                 stopped at {} MiB",
+                budget.timeout,
+                peak >> 20
+            ));
+        }
+        std::thread::sleep(COMPILE_POLL);
+    };
+    drop(stdin);
+    let status = match verdict {
+        Ok(status) => status,
+        Err(reason) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(reason);
+        }
+    };
+    tracing::debug!(elapsed = ?started.elapsed(), peak_mib = peak >> 20, "plugin compiled in a child process");
+    if status.success() {
+        return Ok(());
+    }
+    let mut message = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        let _ = stderr.take(4096).read_to_string(&mut message);
+    }
+    let message = message.trim();
+    Err(if message.is_empty() {
+        format!("the compiler stopped: {status}")
+    } else {
+        message.to_owned()
+    })
+}
+
+/// A process's resident memory, from `/proc` (Linux); `None` elsewhere or once it is gone.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `serf __compile-plugin LEN OUT`: reads LEN bytes of a module from stdin, compiles it with
+/// the agent's engine settings and writes the artifact into OUT (created by the parent).
+/// Exits when stdin closes, so it never outlives the agent. Returns the exit code.
+pub fn compile_child(len: usize, out: &Path) -> u8 {
+    let mut bytes = vec![0; len];
+    let mut stdin = std::io::stdin().lock();
+    if let Err(error) = stdin.read_exact(&mut bytes) {
+        let _ = writeln!(std::io::stderr(), "cannot read the module: {error}");
+        return 1;
+    }
+    drop(stdin);
+    std::thread::spawn(|| {
+        // The parent holds our stdin open while it waits for us; its end ends us.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(2);
+    });
+    let compiled = Wasm::new().and_then(|wasm| wasm.engine.precompile_module(&bytes));
+    let artifact = match compiled {
+        Ok(artifact) => artifact,
+        Err(error) => {
+            let _ = write!(std::io::stderr(), "{error:#}");
+            return 1;
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(out)
+        .and_then(|mut file| file.write_all(&artifact));
+    match written {
+        Ok(()) => 0,
+        Err(error) => {
+            let _ = write!(std::io::stderr(), "cannot write {}: {error}", out.display());
+            1
+        }
+    }
+}
+
+/// Creates `file` for writing by this user only; fails if it exists.
+fn create_private(file: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(file).map(drop)
+}
+
+/// `O_NONBLOCK` where its value is the generic Linux one: opening a FIFO then never waits.
+#[cfg(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )
+))]
+const O_NONBLOCK: i32 = 0o4000;
+
+/// Reads a plugin file: only a regular file (a symlink is followed) of at most `max_bytes`.
+/// The type and size are checked before opening and again on the opened file, which is
+/// opened non-blocking (a FIFO swapped in cannot hang the reader) and read through a bounded
+/// reader (a file that grows is refused, not read to its end). Blocking.
+pub fn read_module(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let check = |metadata: &std::fs::Metadata| -> Result<(), LoadError> {
+        if !metadata.is_file() {
+            return Err(LoadError::NotRegular {
+                path: path.to_path_buf(),
+                kind: file_kind(&metadata.file_type()),
+            });
+        }
+        if metadata.len() > max_bytes {
+            return Err(LoadError::TooLarge {
+                path: path.to_path_buf(),
+                size: metadata.len(),
+                max: max_bytes,
+            });
+        }
+        Ok(())
+    };
+    check(&std::fs::metadata(path).map_err(read_error)?)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64"
+        )
+    ))]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(read_error)?;
+    check(&file.metadata().map_err(read_error)?)?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    let size = bytes.len() as u64;
+    if size > max_bytes {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            max: max_bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+/// A file type as an error message names it.
+fn file_kind(file_type: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a FIFO";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
 /// Loads a compiled module written by [`store_cached`].
 #[allow(unsafe_code)]
 fn deserialize_cached(engine: &wasmtime::Engine, file: &Path) -> wasmtime::Result<Module> {
@@ -309,7 +672,8 @@ fn deserialize_cached(engine: &wasmtime::Engine, file: &Path) -> wasmtime::Resul
     unsafe { Module::deserialize_file(engine, file) }
 }
 
-fn store_cached(module: &Module, file: &Path) -> std::io::Result<()> {
+/// Creates the cache directory of `file` (0700) if it does not exist.
+fn ensure_cache_dir(file: &Path) -> std::io::Result<()> {
     let dir = file
         .parent()
         .expect("cache files live in the cache directory");
@@ -321,6 +685,11 @@ fn store_cached(module: &Module, file: &Path) -> std::io::Result<()> {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
     }
+    Ok(())
+}
+
+fn store_cached(module: &Module, file: &Path) -> std::io::Result<()> {
+    ensure_cache_dir(file)?;
     let bytes = module.serialize().map_err(std::io::Error::other)?;
     let temp = file.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&temp, bytes)?;
@@ -538,6 +907,70 @@ mod tests {
             error.contains("export serf_job has signature (i32) -> (i32)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn only_regular_files_under_the_size_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.wasm");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|status| status.success()), "mkfifo failed");
+        let error = read_module(&fifo, 1 << 20).unwrap_err().to_string();
+        assert!(
+            error.ends_with("x.wasm: it is a FIFO, not a regular file"),
+            "{error}"
+        );
+        let zero = dir.path().join("zero.wasm");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let error = read_module(&zero, 1 << 20).unwrap_err().to_string();
+        assert!(
+            error.ends_with("it is a character device, not a regular file"),
+            "{error}"
+        );
+        let error = read_module(dir.path(), 1 << 20).unwrap_err().to_string();
+        assert!(
+            error.ends_with("it is a directory, not a regular file"),
+            "{error}"
+        );
+        let big = dir.path().join("big.wasm");
+        std::fs::write(&big, vec![0u8; 2048]).unwrap();
+        let error = read_module(&big, 1024).unwrap_err().to_string();
+        assert!(
+            error.contains("2048 bytes exceed the limit of 1024 bytes (plugin_max_size_mib)"),
+            "{error}"
+        );
+        assert_eq!(read_module(&big, 2048).unwrap().len(), 2048);
+        let engine = Engine::new(None).with_budget(CompileBudget {
+            max_module_bytes: 16,
+            ..CompileBudget::DEFAULT
+        });
+        let error = load(&engine, GOOD).unwrap_err().to_string();
+        assert!(error.contains("exceed the limit of 16 bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_compiler_past_its_deadline_is_stopped_and_the_module_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("slow-compiler");
+        std::fs::write(&program, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let budget = CompileBudget {
+            timeout: Duration::from_millis(200),
+            ..CompileBudget::DEFAULT
+        };
+        let started = Instant::now();
+        let error = run_compiler(&program, b"", &dir.path().join("out"), budget).unwrap_err();
+        assert!(
+            error.contains("longer than the 200ms budget (plugin_compile_timeout)"),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "not stopped");
+        let failing = dir.path().join("failing-compiler");
+        std::fs::write(&failing, "#!/bin/sh\necho 'no good' >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let error = run_compiler(&failing, b"", &dir.path().join("out"), budget).unwrap_err();
+        assert_eq!(error, "no good");
     }
 
     #[test]

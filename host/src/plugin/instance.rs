@@ -21,7 +21,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder, WasiView};
 use super::engine::LoadedModule;
 use super::grants::Grants;
 use super::jobs::{JobCall, JobId};
-use super::stdio::{LogPipe, OutputWindow};
+use super::stdio::LogPipe;
 use super::{HostServices, Limits, PluginSpec};
 use crate::serf::QueryKey;
 
@@ -36,8 +36,6 @@ pub(crate) const HOST_FUNCTIONS: [(&str, &str); 3] = [
 const NO_ERROR_TEXT: &str = "no error text given";
 /// Longest log line or error text taken from a plugin, in bytes.
 const MAX_TEXT_BYTES: usize = 4096;
-/// Log lines a plugin may write per second before the rest are dropped (and counted).
-const MAX_LOG_LINES_PER_SECOND: u32 = 100;
 /// How long `serf_shutdown` may run at most, whatever the event timeout.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Fuel between two yields to the runtime: well under a millisecond of guest work, so plugins
@@ -73,8 +71,8 @@ pub struct InstanceContext {
     pub services: Arc<dyn HostServices>,
     /// Serf's limit on an encoded query response, in bytes.
     pub response_limit: usize,
-    /// The rate limit on the plugin's stdout and stderr lines, shared by its instances.
-    pub(crate) output: Arc<OutputWindow>,
+    /// The plugin's rate windows, shared by all its instances so a trap resets none.
+    pub rates: Arc<super::rates::PluginRates>,
 }
 
 /// The state a plugin's store carries.
@@ -85,11 +83,9 @@ pub struct StoreState {
     deadline: Instant,
     context: Arc<InstanceContext>,
     call: CallState,
-    log_window: (Instant, u32),
     /// Set in a job's instance (ABI v1.1, jobs).
     job: Option<JobCall>,
-    /// What the plugin is granted, and its rate window for events and queries (ABI v1.1,
-    /// capabilities).
+    /// What the plugin is granted (ABI v1.1, capabilities).
     capabilities: CapabilityState,
 }
 
@@ -272,8 +268,10 @@ impl Instance {
         job: Option<JobCall>,
     ) -> Result<Instance, CallError> {
         let mut wasi = WasiCtxBuilder::new();
-        let (stdout, stderr) =
-            LogPipe::pair(Arc::clone(&context.plugin), Arc::clone(&context.output));
+        let (stdout, stderr) = LogPipe::pair(
+            Arc::clone(&context.plugin),
+            Arc::clone(&context.rates.output),
+        );
         wasi.stdout(stdout).stderr(stderr);
         for (key, value) in &spec.grants.env {
             wasi.env(key, value);
@@ -295,7 +293,6 @@ impl Instance {
             deadline: Instant::now() + spec.limits.event_timeout,
             context,
             call: CallState::default(),
-            log_window: (Instant::now(), 0),
             job,
             capabilities: CapabilityState::new(spec.grants.clone()),
         };
@@ -456,7 +453,7 @@ impl Instance {
         drop(busy);
         let call = std::mem::take(&mut self.store.data_mut().call);
         let context = &self.store.data().context;
-        context.output.flush(&context.plugin);
+        context.rates.output.flush(&context.plugin);
         match outcome {
             Err(_elapsed) => Err(CallError::Timeout(timeout)),
             Ok(Err(error)) => Err(classify(&self.store, error, budget, timeout)),
@@ -604,17 +601,13 @@ pub(crate) fn add_host_functions(linker: &mut Linker<StoreState>) -> wasmtime::R
                 Err(status) => return status.code(),
             };
             let state = caller.data_mut();
-            let now = Instant::now();
-            if now.duration_since(state.log_window.0) >= Duration::from_secs(1) {
-                let dropped = state.log_window.1.saturating_sub(MAX_LOG_LINES_PER_SECOND);
-                if dropped > 0 {
-                    let plugin = &*state.context.plugin;
-                    tracing::warn!(target: "plugin", plugin, dropped, "plugin log lines dropped by the rate limit");
-                }
-                state.log_window = (now, 0);
+            // The window is the plugin's, not this instance's: a trap does not reset it.
+            let allowance = state.context.rates.take_log_line(Instant::now());
+            if allowance.refused_before > 0 {
+                let (plugin, dropped) = (&*state.context.plugin, allowance.refused_before);
+                tracing::warn!(target: "plugin", plugin, dropped, "plugin log lines dropped by the rate limit");
             }
-            state.log_window.1 += 1;
-            if state.log_window.1 > MAX_LOG_LINES_PER_SECOND {
+            if !allowance.allowed {
                 return Status::RateLimited.code();
             }
             // Jobs (ABI v1.1): a job's lines also go to its output tail.
@@ -871,33 +864,18 @@ pub(crate) const CAPABILITY_FUNCTIONS: [(&str, &str); 3] = [
     (abi::IMPORT_QUERY, "(i32, i32) -> (i32)"),
 ];
 
-/// User events and queries one plugin may send per second, together; the rest get
-/// `RateLimited`. It bounds a plugin that answers events with events.
-pub const MAX_CLUSTER_MESSAGES_PER_SECOND: u32 = 10;
+pub use super::rates::MAX_CLUSTER_MESSAGES_PER_SECOND;
 /// Longest `fire_event` or `query` request read from a guest; Serf's own limits are far lower.
 const MAX_REQUEST_BYTES: usize = 64 << 10;
 
-/// One instance's grants and its rate window.
+/// One instance's grants (its rate window is the plugin's: `InstanceContext::rates`).
 struct CapabilityState {
     grants: Grants,
-    window: (Instant, u32),
 }
 
 impl CapabilityState {
     fn new(grants: Grants) -> CapabilityState {
-        CapabilityState {
-            grants,
-            window: (Instant::now(), 0),
-        }
-    }
-
-    /// Counts one user event or query; false once the second's allowance is spent.
-    fn take_message(&mut self, now: Instant) -> bool {
-        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
-            self.window = (now, 0);
-        }
-        self.window.1 = self.window.1.saturating_add(1);
-        self.window.1 <= MAX_CLUSTER_MESSAGES_PER_SECOND
+        CapabilityState { grants }
     }
 }
 
@@ -926,8 +904,7 @@ fn read_request<T: serde::de::DeserializeOwned>(
     }
     let bytes = read_guest(caller, ptr, len)?;
     let request = abi::decode(&bytes).map_err(|_| Status::BadArgument)?;
-    let state = &mut caller.data_mut().capabilities;
-    if !state.take_message(Instant::now()) {
+    if !caller.data().context.rates.take_message(Instant::now()) {
         return Err(Status::RateLimited);
     }
     Ok(request)

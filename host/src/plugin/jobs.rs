@@ -1220,7 +1220,6 @@ mod tests {
             Arc::new(PoolServices(jobs.clone())),
             runtime.handle(),
         ));
-        let host = Arc::new(host);
         jobs.attach(&host);
         (runtime, host, jobs)
     }

@@ -14,6 +14,7 @@ pub mod filter;
 pub mod grants;
 pub mod instance;
 pub mod jobs;
+pub mod rates;
 pub mod reload;
 #[cfg(test)]
 mod sandbox_tests;
@@ -58,6 +59,9 @@ pub struct Limits {
     pub job_max_memory_bytes: usize,
     /// Jobs of the plugin that may not have ended at once; 0 forbids jobs.
     pub max_jobs: usize,
+    /// Failed calls in a row (each within a minute of the last) after which the plugin is
+    /// parked: state `failed` until a reload (see [`rates`]).
+    pub max_consecutive_traps: u32,
 }
 
 impl Limits {
@@ -73,6 +77,7 @@ impl Limits {
         job_timeout: Duration::from_secs(15 * 60),
         job_max_memory_bytes: 128 << 20,
         max_jobs: 4,
+        max_consecutive_traps: rates::DEFAULT_MAX_CONSECUTIVE_TRAPS,
     };
 }
 
@@ -137,6 +142,15 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The path names a FIFO, device, socket or directory: it was not opened.
+    #[error("cannot read {path}: it is {kind}, not a regular file")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// The file is larger than the limit (`plugin_max_size_mib`): it was not read, or not
+    /// to its end.
+    #[error(
+        "cannot read {path}: {size} bytes exceed the limit of {max} bytes (plugin_max_size_mib)"
+    )]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
     /// The bytes are not a WebAssembly module.
     #[error("{path} is not a WebAssembly module")]
     NotWasm { path: PathBuf },

@@ -425,7 +425,10 @@ impl Reloader {
     async fn reload_here(&self, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.one_at_a_time.lock().await;
         tracing::info!(%trigger, "reloading configuration");
+        // The plugins named at start-up first finish loading, then parked ones come back.
+        self.plugins.loaded().await;
         let flags = self.running.flags.clone();
+        let engine = self.plugins.engine();
         let read = tokio::task::spawn_blocking(move || {
             let config = Config::from_flags(&flags)?;
             let files: Vec<PluginFile> = config
@@ -433,10 +436,7 @@ impl Reloader {
                 .iter()
                 .map(|spec| PluginFile {
                     spec: spec.clone(),
-                    bytes: std::fs::read(&spec.path).map_err(|source| LoadError::Read {
-                        path: spec.path.clone(),
-                        source,
-                    }),
+                    bytes: engine.read(&spec.path),
                 })
                 .collect();
             let targets = WatchTargets::of(&config);
@@ -462,6 +462,7 @@ impl Reloader {
         let latest = Arc::clone(&self.latest.lock().unwrap_or_else(|e| e.into_inner()));
         let settings = self.live.apply(&latest, &config).await;
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        self.plugins.revive_parked();
         let plugins = apply(&self.plugins, files).await;
         self.targets.send_if_modified(|current| {
             let modified = *current != targets;
@@ -933,7 +934,7 @@ mod tests {
             Arc::new(NoServices),
             runtime.handle(),
         ));
-        (runtime, Arc::new(host), spec)
+        (runtime, host, spec)
     }
 
     /// Applies `specs` as a reload that read them would.

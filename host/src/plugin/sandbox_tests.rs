@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Engine, LoadedModule};
 use super::instance::{CallError, Instance, InstanceContext};
-use super::stdio::OutputWindow;
+use super::rates::PluginRates;
 use super::{EventFilter, Grants, HostServices, Limits, PluginSpec};
 use crate::serf::QueryKey;
 use serf_plugin_sdk::abi::Status;
@@ -81,18 +81,18 @@ async fn start(loaded: &LoadedModule, spec: &PluginSpec) -> Result<Instance, Cal
     start_with(loaded, spec, Arc::default()).await
 }
 
-/// [`start`], with the plugin's output rate limit shared with the caller.
+/// [`start`], with the plugin's rate windows shared with the caller.
 async fn start_with(
     loaded: &LoadedModule,
     spec: &PluginSpec,
-    output: Arc<OutputWindow>,
+    rates: Arc<PluginRates>,
 ) -> Result<Instance, CallError> {
     let context = Arc::new(InstanceContext {
         plugin: Arc::from("hostile"),
         node: Arc::from("node"),
         services: Arc::new(NoServices),
         response_limit: 1024,
-        output,
+        rates,
     });
     Instance::start(loaded, spec, context, &[]).await
 }
@@ -476,10 +476,10 @@ async fn output_lines_past_the_rate_limit_are_counted_across_traps_and_instances
     let engine = Engine::new(None);
     let loaded = load(&engine, &wat);
     let spec = spec(Limits::DEFAULT, BTreeMap::new());
-    let output = Arc::new(OutputWindow::default());
+    let rates = Arc::new(PluginRates::default());
     for _ in 0..2 {
         // A fresh instance after each trap, as the dispatcher starts one.
-        let mut instance = start_with(&loaded, &spec, Arc::clone(&output))
+        let mut instance = start_with(&loaded, &spec, Arc::clone(&rates))
             .await
             .unwrap();
         let error = instance.handle(&[], b"burst", None).await.unwrap_err();
@@ -487,5 +487,6 @@ async fn output_lines_past_the_rate_limit_are_counted_across_traps_and_instances
     }
     // 100 lines a second for the plugin, not per instance: of 600 lines, 500 or more were
     // dropped (fewer only if the second rolled over between the bursts).
-    assert!(output.dropped() >= 400, "{} dropped", output.dropped());
+    let dropped = rates.output.dropped();
+    assert!(dropped >= 400, "{dropped} dropped");
 }

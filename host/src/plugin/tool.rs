@@ -16,7 +16,7 @@ use serf_plugin_sdk::abi::{self, Capability, Status};
 use tracing_subscriber::layer::SubscriberExt as _;
 use wasmtime::ExternType;
 
-use super::engine::LoadedModule;
+use super::engine::{CompileBudget, LoadedModule};
 use super::instance::{CallError, Instance, InstanceContext};
 use super::{Engine, EventFilter, Grants, HostServices, Limits, LoadError, PluginSpec};
 use crate::serf::QueryKey;
@@ -284,17 +284,15 @@ fn local_member() -> abi::Member {
     }
 }
 
-/// Validates `path` as the agent would, lists what it exports and imports, and starts it once
-/// with an empty config and no grants.
-pub fn check(path: &Path) -> Result<CheckReport, ToolError> {
-    let size_bytes = std::fs::metadata(path)
-        .map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+/// Validates `path` as the agent would (under `budget`: a file too large, or a compilation
+/// too long or too large, is refused as the agent refuses it), lists what it exports and
+/// imports, and starts it once with an empty config and no grants.
+pub fn check(path: &Path, budget: CompileBudget) -> Result<CheckReport, ToolError> {
+    let engine = Engine::new(None).with_budget(budget);
+    let bytes = engine.read(path)?;
+    let size_bytes = bytes.len() as u64;
     let started = Instant::now();
-    let loaded = Engine::new(None).load_file(path)?;
+    let loaded = engine.load(path, &bytes)?;
     let compile_time = started.elapsed();
     let module = loaded.pre.module();
     let exports = module
@@ -428,7 +426,7 @@ async fn start(
         node: Arc::from(LOCAL_NODE),
         services: Arc::clone(services) as Arc<dyn HostServices>,
         response_limit: RESPONSE_LIMIT,
-        output: Arc::default(),
+        rates: Arc::default(),
     });
     let init = abi::encode(&abi::InitContext {
         abi: abi::ABI_VERSION,
@@ -755,7 +753,7 @@ mod tests {
     fn check_lists_imports_with_their_capabilities_and_starts_the_plugin() {
         let dir = tempfile::tempdir().unwrap();
         let wasm = caller_wasm(dir.path());
-        let report = check(&wasm).unwrap();
+        let report = check(&wasm, CompileBudget::DEFAULT).unwrap();
         assert_eq!(report.abi_version, 1);
         assert_eq!(
             report.capabilities(),
@@ -775,7 +773,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.wasm");
         std::fs::write(&path, wat::parse_str("(module)").unwrap()).unwrap();
-        let error = check(&path).unwrap_err().to_string();
+        let error = check(&path, CompileBudget::DEFAULT)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("is not a serf plugin"), "{error}");
     }
 }

@@ -702,6 +702,16 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
                 ("reload_failures", plugin.reload_failures.to_string()),
                 ("last_reload_error", plugin.last_reload_error),
                 ("jobs", plugin.jobs.to_string()),
+                ("discarded", plugin.discarded.to_string()),
+                (
+                    "rate_limited_messages",
+                    plugin.rate_limited_messages.to_string(),
+                ),
+                ("rate_limited_logs", plugin.rate_limited_logs.to_string()),
+                (
+                    "rate_limited_output",
+                    plugin.rate_limited_output.to_string(),
+                ),
             ]),
         );
     }
