@@ -212,3 +212,73 @@ fn the_epoch_thread_sleeps_while_no_plugin_runs() {
         after - before
     );
 }
+
+#[test]
+fn plugin_text_cannot_forge_an_agent_log_line() {
+    // Logs, writes to stdout and sets as its error a text that starts a new, official-looking
+    // line with a terminal escape; then fails.
+    let forged = "ok\\n2026/12/07 10:00:00 [ERR] agent: FORGED\\1b[2K";
+    let handle = format!(
+        "(drop (call $log (i32.const 2) (i32.const 4096) (i32.const {len})))
+         (i32.store (i32.const 0) (i32.const 4096))
+         (i32.store (i32.const 4) (i32.const {len}))
+         (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+         (i32.store (i32.const 16) (i32.const 5000))
+         (i32.store (i32.const 20) (i32.const 1))
+         (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 8)))
+         (drop (call $set_error (i32.const 4096) (i32.const {len})))
+         (return (i32.const 1))",
+        len = "ok\n2026/12/07 10:00:00 [ERR] agent: FORGED\u{1b}[2K".len()
+    );
+    let wat_dir = tempfile::tempdir().unwrap();
+    let text = include_str!("../wat/hostile.wat")
+        .replace("PAGES", "1")
+        .replace("HANDLE", &handle)
+        .replace(
+            "(func (export \"serf_plugin_abi_v1\"))",
+            &format!(
+                "(data (i32.const 4096) \"{forged}\") (data (i32.const 5000) \"\\n\")
+                 (func (export \"serf_plugin_abi_v1\"))"
+            ),
+        );
+    let path = wat_dir.path().join("forger.wasm");
+    std::fs::write(&path, wat::parse_str(text).expect("valid")).unwrap();
+    let node = Node::builder(next_net(), 1)
+        .raw_plugin_file("forger.wasm", path)
+        .config("[plugins.forger]\nevents = \"user:boom\"\n")
+        .start();
+    let mut rpc = RawRpc::handshake(node.rpc);
+    fire(&mut rpc, 1, "boom");
+    node.wait_for_log("FORGED", Duration::from_secs(30));
+    // Give the three copies time to reach the log: `log` and the error keep the text on one
+    // line with the newline escaped; stdout is line-oriented, so its second line is a plugin
+    // line of its own.
+    let log = eventually(Duration::from_secs(10), || {
+        let log = node.log();
+        (log.matches("FORGED").count() >= 3).then_some(log)
+    })
+    .unwrap_or_else(|| panic!("three copies of the text: {}", node.log()));
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("FORGED")).collect();
+    for line in &lines {
+        let own = line.trim_start().split_once(" [").is_some_and(|(_, rest)| {
+            rest.starts_with("INFO] plugin: forger: ") || rest.starts_with("WARN] plugin: forger: ")
+        });
+        assert!(own, "a line that is not the plugin's: {line:?}");
+        assert!(
+            !line.contains('\u{1b}'),
+            "a raw escape reached the log: {line:?}"
+        );
+        assert!(
+            line.contains("\\u{1b}[2K"),
+            "the escape is shown escaped: {line:?}"
+        );
+    }
+    let escaped = lines
+        .iter()
+        .filter(|line| line.contains("ok\\n2026/12/07"))
+        .count();
+    assert_eq!(
+        escaped, 2,
+        "log and error text keep the newline escaped: {lines:?}"
+    );
+}

@@ -490,3 +490,60 @@ async fn output_lines_past_the_rate_limit_are_counted_across_traps_and_instances
     let dropped = rates.output.dropped();
     assert!(dropped >= 400, "{dropped} dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_never_returns_is_cut_off_after_its_second() {
+    // `serf_shutdown` logs 64 MiB texts forever.
+    let wat = plugin(1040, "", "").replace(
+        "(func (export \"serf_plugin_abi_v1\"))",
+        "(func (export \"serf_plugin_abi_v1\"))
+         (func (export \"serf_shutdown\")
+            (loop $again
+                (drop (call $log (i32.const 2) (i32.const 1048576) (i32.const 67108864)))
+                (br $again)))",
+    );
+    let engine = Engine::new(None);
+    let loaded = load(&engine, &wat);
+    let limits = Limits {
+        fuel_init: 1_000_000_000_000,
+        event_timeout: Duration::from_secs(30),
+        max_memory_bytes: 128 << 20,
+        ..Limits::DEFAULT
+    };
+    let spec = spec(limits, BTreeMap::new());
+    let instance = start(&loaded, &spec).await.unwrap();
+    let started = Instant::now();
+    instance.shutdown().await;
+    let took = started.elapsed();
+    assert!(
+        took < super::instance::SHUTDOWN_TIMEOUT + DEADLINE_SLACK,
+        "shutdown took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_job_needs_the_jobs_grant() {
+    // Returns job_start's status as its own.
+    let wat = r#"(module
+        (import "serf" "job_start" (func $job_start (param i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "serf_plugin_abi_v1"))
+        (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
+        (func (export "serf_init") (param i32 i32) (result i32) i32.const 0)
+        (func (export "serf_job") (param i32 i32) (result i32) i32.const 0)
+        (func (export "serf_handle") (param i32 i32) (result i32)
+            (call $job_start (i32.const 0) (i32.const 8))))"#;
+    let engine = Engine::new(None);
+    let loaded = load(&engine, wat);
+    let mut instance = start(&loaded, &spec(Limits::DEFAULT, BTreeMap::new()))
+        .await
+        .unwrap();
+    let error = instance.handle(&[], b"job", None).await.unwrap_err();
+    assert_eq!(
+        error,
+        CallError::Refused {
+            code: Status::Denied.code(),
+            message: "no error text given".into()
+        }
+    );
+}
