@@ -183,6 +183,21 @@ async fn plugin_stat(client: &Client, plugin: &str, key: &str) -> anyhow::Result
         .ok_or_else(|| anyhow::anyhow!("no {key} for plugin {plugin}"))
 }
 
+async fn wait_running(client: &Client, plugin: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = plugin_stat(client, plugin, "state").await?;
+        if state == "running" {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !state.starts_with("failed") && Instant::now() < deadline,
+            "plugin {plugin} is {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_handled(client: &Client, plugin: &str, events: u64) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -213,6 +228,10 @@ async fn bench_ours(serf: &Path, noop: &Path, events: u64) -> anyhow::Result<Out
     let _agent = spawn_pinned(serf, &args, dir.path())?;
     let addr = "127.0.0.201:7373";
     let client = connect(addr).await?;
+    // Plugins load in the background: measure once both run.
+    for plugin in ["flood", "paced"] {
+        wait_running(&client, plugin).await?;
+    }
 
     // Latency at a rate the agent sustains easily.
     let paced = connect(addr).await?;

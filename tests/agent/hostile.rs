@@ -202,6 +202,8 @@ fn the_epoch_thread_sleeps_while_no_plugin_runs() {
     let text = stdout_ok(&node.go_cli(&["query", "-timeout=2s", "upcase", "tick"]));
     assert!(text.contains("TICK"), "{text}");
     let pid = node.child().id();
+    // It ticks on for a second after the last call, then parks.
+    std::thread::sleep(Duration::from_millis(1500));
     let before = thread_switches(pid, "serf-epoch").expect("the epoch thread runs");
     std::thread::sleep(Duration::from_secs(2));
     let after = thread_switches(pid, "serf-epoch").expect("the epoch thread runs");

@@ -16,7 +16,7 @@
 use std::hash::{Hash, Hasher};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -135,14 +135,20 @@ fn config() -> wasmtime::Config {
 }
 
 /// The thread that advances the epoch of every engine every [`EPOCH_TICK`] while a guest runs
-/// somewhere, and sleeps while none does, so that an idle agent does not wake up a hundred
-/// times a second.
+/// somewhere, and parks once none has run for a second, so that an idle agent does not wake
+/// up a hundred times a second.
 struct Ticker {
     engines: Mutex<Vec<wasmtime::EngineWeak>>,
     /// Calls into guests in progress ([`EpochBusy`] guards).
     busy: AtomicUsize,
+    /// Set by the ticker before it parks; the guard that finds it set wakes the ticker.
+    parked: AtomicBool,
     thread: std::thread::Thread,
 }
+
+/// Ticks without a guest running before the ticker parks: a plugin busy with a stream of short
+/// events keeps the ticker awake instead of waking it for every event.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 100;
 
 static TICKER: OnceLock<Result<Ticker, String>> = OnceLock::new();
 
@@ -155,6 +161,7 @@ fn ticker() -> Result<&'static Ticker, String> {
                 .map(|handle| Ticker {
                     engines: Mutex::default(),
                     busy: AtomicUsize::new(0),
+                    parked: AtomicBool::new(false),
                     thread: handle.thread().clone(),
                 })
                 .map_err(|error| format!("cannot start the epoch thread: {error}"))
@@ -172,10 +179,23 @@ fn tick_loop() {
             None => std::thread::park_timeout(EPOCH_TICK),
         }
     };
+    let mut idle_ticks = 0;
     loop {
-        if ticker.busy.load(Ordering::Acquire) == 0 {
-            // Woken by the next call's guard; the timeout only guards against a lost wake-up.
-            std::thread::park_timeout(Duration::from_secs(1));
+        if ticker.busy.load(Ordering::SeqCst) == 0 {
+            idle_ticks += 1;
+        } else {
+            idle_ticks = 0;
+        }
+        if idle_ticks > IDLE_TICKS_BEFORE_PARKING {
+            ticker.parked.store(true, Ordering::SeqCst);
+            // A call that started before the flag was set finds it unset and does not wake
+            // us: look again before parking.
+            if ticker.busy.load(Ordering::SeqCst) == 0 {
+                // Woken by the next call's guard; the timeout only bounds a lost wake-up.
+                std::thread::park_timeout(Duration::from_secs(1));
+            }
+            ticker.parked.store(false, Ordering::SeqCst);
+            idle_ticks = 0;
             continue;
         }
         std::thread::sleep(EPOCH_TICK);
@@ -197,7 +217,8 @@ pub(crate) struct EpochBusy(&'static Ticker);
 /// (its thread could not start, so no engine exists either) there is nothing to do.
 pub(crate) fn epoch_busy() -> Option<EpochBusy> {
     let ticker = ticker().ok()?;
-    if ticker.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+    ticker.busy.fetch_add(1, Ordering::SeqCst);
+    if ticker.parked.swap(false, Ordering::SeqCst) {
         ticker.thread.unpark();
     }
     Some(EpochBusy(ticker))
