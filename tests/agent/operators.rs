@@ -1,11 +1,17 @@
 //! What operators meet beside Serf 0.9.4: each step runs against `/usr/bin/serf` and against
 //! ours (or in a cluster of both), and the two must agree.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use serf_tests::cluster::GoNode;
+use serf_tests::cluster::{GoNode, wait_statuses};
 use serf_tests::{Node, go_serf, next_net, run, serf_bin, stdout_ok};
+
+/// Start-up joins converge in a few seconds; a missed alive message waits for a push/pull.
+const CONVERGE: Duration = Duration::from_secs(45);
 
 /// Stdout and stderr together: Serf prints everything on stdout, we print agent errors on
 /// stderr.
@@ -85,6 +91,61 @@ fn tags_over_the_meta_limit_are_refused_and_the_old_ones_stay() {
                 Duration::from_secs(30),
             ));
             assert!(members.contains("alive  role=web"), "{members}");
+        }
+    }
+}
+
+/// The names `members -format=json` with `filters` lists, through `bin` at `rpc`.
+fn member_names(bin: &Path, rpc: SocketAddr, filters: &[&str]) -> BTreeSet<String> {
+    let output = run(
+        Command::new(bin)
+            .arg("members")
+            .arg(format!("-rpc-addr={rpc}"))
+            .arg("-format=json")
+            .args(filters),
+        Duration::from_secs(30),
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout_ok(&output)).expect("json");
+    json["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|m| m["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn members_filters_match_as_serfs_agent_does() {
+    let net = next_net();
+    let go = GoNode::start(net, 1, "go1", &["-tag", "role=web"]);
+    let ours = Node::builder(net, 2)
+        .arg(&format!("-join={}", go.bind))
+        .start();
+    wait_statuses(go.rpc, &[("go1", "alive"), ("node2", "alive")], CONVERGE);
+    wait_statuses(ours.rpc, &[("go1", "alive"), ("node2", "alive")], CONVERGE);
+    let both: BTreeSet<String> = ["go1".to_owned(), "node2".to_owned()].into();
+    let cases: [(&[&str], BTreeSet<String>); 5] = [
+        // A member without the tag is matched against "".
+        (&["-tag", "missing=.*"], both.clone()),
+        (&["-tag", "missing=x"], BTreeSet::new()),
+        (&["-tag", "role=.*"], both.clone()),
+        (&["-tag", "role=web"], ["go1".to_owned()].into()),
+        // `^al|zzz$`: an alternative is anchored at one end only.
+        (&["-status", "al|zzz"], both),
+    ];
+    for (filters, expected) in cases {
+        for rpc in [go.rpc, ours.rpc] {
+            for bin in [go_serf(), serf_bin()] {
+                assert_eq!(
+                    member_names(&bin, rpc, filters),
+                    expected,
+                    "members {filters:?} through {} at {rpc}",
+                    bin.display()
+                );
+            }
         }
     }
 }

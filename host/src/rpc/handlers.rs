@@ -81,7 +81,8 @@ pub(super) async fn members(
     seq: u64,
     filter: Option<protocol::MembersFilteredRequest>,
 ) -> Result<Flow, protocol::FrameError> {
-    let anchored = |expr: &str| Regex::new(&format!("^(?:{expr})$"));
+    // Serf wraps each expression as `^expr$` without a group: `a|b` is `^a` or `b$`.
+    let anchored = |expr: &str| Regex::new(&format!("^{expr}$"));
     let filter = match filter {
         None => None,
         Some(request) => {
@@ -119,9 +120,10 @@ pub(super) async fn members(
                 .as_ref()
                 .is_none_or(|re| re.is_match(member.status.as_str()))
                 && name.as_ref().is_none_or(|re| re.is_match(&member.name))
-                && tags
-                    .iter()
-                    .all(|(tag, re)| member.tags.get(tag).is_some_and(|v| re.is_match(v)))
+                // As Serf, a member without the tag is matched as if its value were "".
+                && tags.iter().all(|(tag, re)| {
+                    re.is_match(member.tags.get(tag).map(String::as_str).unwrap_or(""))
+                })
         })
         .map(rpc_member)
         .collect();
