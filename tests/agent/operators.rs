@@ -149,3 +149,77 @@ fn members_filters_match_as_serfs_agent_does() {
         }
     }
 }
+
+/// The lines of an agent's output up to the end of its banner; panics if the banner never
+/// ended.
+fn banner(log: &str) -> Vec<&str> {
+    let end = log
+        .find("==> Log data will now stream in as it occurs:")
+        .unwrap_or_else(|| panic!("no end of banner in {log}"));
+    log[..end].lines().collect()
+}
+
+/// A Serf log line: `2026/11/22 10:00:00 [INFO] agent: ...`.
+fn is_log_line(line: &str) -> bool {
+    ["[TRACE]", "[DEBUG]", "[INFO]", "[WARN]", "[ERR]"]
+        .iter()
+        .any(|level| line.contains(level))
+}
+
+#[test]
+fn no_log_line_lands_inside_the_start_up_banner() {
+    let net = next_net();
+    let go = GoNode::start(net, 1, "go1", &[]);
+    let mut agents = Vec::new();
+    // Several starts, each joining (the join logs while the banner prints), stdout and stderr
+    // into one file.
+    for n in 2..=4 {
+        let node = Node::builder(net, n)
+            .arg("-log-level=debug")
+            .arg(&format!("-join={}", go.bind))
+            .start();
+        agents.push(node);
+    }
+    let go2 = GoNode::start(net, 5, "go5", &[&format!("-join={}", go.bind)]);
+    let mut logs = Vec::new();
+    for node in &agents {
+        node.wait_for_log("==> Log data will now stream in", CONVERGE);
+        logs.push((node.name.clone(), node.log()));
+    }
+    let go_log = go2.log();
+    logs.push((go2.name.clone(), go_log));
+    for (name, log) in &logs {
+        let lines = banner(log);
+        assert!(
+            !lines.iter().any(|line| is_log_line(line)),
+            "{name}: a log line inside the banner:\n{log}"
+        );
+        // Serf's banner, line after line.
+        let starts: Vec<&str> = lines
+            .iter()
+            .map(|line| line.trim_start().split(':').next().unwrap_or_default())
+            .collect();
+        let expected = [
+            "==> Starting Serf agent...",
+            "==> Starting Serf agent RPC...",
+            "==> Serf agent running!",
+            "Node name",
+            "Bind addr",
+            "RPC addr",
+            "Encrypted",
+            "Snapshot",
+            "Profile",
+            "Message Compression Enabled",
+        ];
+        assert_eq!(&starts[..expected.len()], &expected, "{name}:\n{log}");
+        assert!(
+            starts.contains(&"==> Joining cluster...(replay")
+                && starts.contains(&"Join completed. Synced with 1 initial agents"),
+            "{name}:\n{log}"
+        );
+    }
+    // And the log streams once the banner is out.
+    for node in &agents {
+        node.wait_for_log("[INFO] agent: agent started", CONVERGE);
+    }
+}
