@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serf_tests::cluster::{GoNode, wait_statuses};
-use serf_tests::{Node, go_serf, next_net, run, serf_bin, stdout_ok};
+use serf_tests::{Node, RawRpc, field, go_serf, map, next_net, run, serf_bin, stdout_ok};
 
 /// Start-up joins converge in a few seconds; a missed alive message waits for a push/pull.
 const CONVERGE: Duration = Duration::from_secs(45);
@@ -221,5 +221,59 @@ fn no_log_line_lands_inside_the_start_up_banner() {
     // And the log streams once the banner is out.
     for node in &agents {
         node.wait_for_log("[INFO] agent: agent started", CONVERGE);
+    }
+}
+
+/// The `Payload` of the first user event and the first query that an RPC `stream` of `*` at
+/// `rpc` delivers while `fire` runs.
+fn streamed_payloads(rpc: SocketAddr, fire: impl FnOnce()) -> (rmpv::Value, rmpv::Value) {
+    let mut stream = RawRpc::handshake(rpc);
+    stream.request("stream", 1, Some(map(&[("Type", "*".into())])));
+    let header = stream.read().expect("stream accepted");
+    assert_eq!(field(&header, "Error"), Some(&"".into()), "{header}");
+    fire();
+    let (mut user, mut query) = (None, None);
+    // Each record is a header and a body; member events may come first. Bounded by count and
+    // by the connection's read timeout.
+    for _ in 0..20 {
+        if user.is_some() && query.is_some() {
+            break;
+        }
+        let _header = stream.read().expect("record header");
+        let record = stream.read().expect("record");
+        let payload = field(&record, "Payload").cloned();
+        match field(&record, "Event").and_then(rmpv::Value::as_str) {
+            Some("user") => user = user.or(payload),
+            Some("query") => query = query.or(payload),
+            _ => {}
+        }
+    }
+    (
+        user.expect("a user event was streamed"),
+        query.expect("a query was streamed"),
+    )
+}
+
+#[test]
+fn events_and_queries_without_payload_stream_a_nil_payload() {
+    let net = next_net();
+    let go = GoNode::start(net, 1, "go1", &[]);
+    let ours = Node::builder(net, 2).start();
+    for rpc in [go.rpc, ours.rpc] {
+        let fire = || {
+            for args in [&["event", "ev"][..], &["query", "-timeout=1s", "q"]] {
+                let (command, rest) = args.split_first().expect("a subcommand");
+                stdout_ok(&run(
+                    Command::new(go_serf())
+                        .arg(command)
+                        .arg(format!("-rpc-addr={rpc}"))
+                        .args(rest),
+                    Duration::from_secs(30),
+                ));
+            }
+        };
+        let (user, query) = streamed_payloads(rpc, fire);
+        assert_eq!(user, rmpv::Value::Nil, "user event payload from {rpc}");
+        assert_eq!(query, rmpv::Value::Nil, "query payload from {rpc}");
     }
 }

@@ -234,7 +234,7 @@ fn stream_record(
             event: protocol::USER_EVENT.to_owned(),
             ltime: user.ltime,
             name: user.name.clone(),
-            payload: Some(user.payload.clone()),
+            payload: nil_if_empty(&user.payload),
         }),
         Event::Query(query) => {
             let id = pending
@@ -246,10 +246,16 @@ fn stream_record(
                 id,
                 ltime: query.key.ltime,
                 name: query.name.clone(),
-                payload: Some(query.payload.clone()),
+                payload: nil_if_empty(&query.payload),
             })
         }
     }
+}
+
+/// A payload as Serf's agent streams it: an empty one is nil (Go decodes an empty payload
+/// from gossip as a nil slice, and a nil slice encodes as nil).
+fn nil_if_empty(payload: &[u8]) -> Option<Vec<u8>> {
+    (!payload.is_empty()).then(|| payload.to_vec())
 }
 
 pub(super) async fn monitor(
