@@ -2,13 +2,16 @@
 //! ours (or in a cluster of both), and the two must agree.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serf_tests::cluster::{GoNode, wait_statuses};
-use serf_tests::{Node, RawRpc, field, go_serf, map, next_net, run, serf_bin, stdout_ok};
+use serf_tests::{
+    Node, RawRpc, eventually, field, go_serf, map, next_net, run, serf_bin, shared_plugin_cache,
+    stdout_ok, wasm,
+};
 
 /// Start-up joins converge in a few seconds; a missed alive message waits for a push/pull.
 const CONVERGE: Duration = Duration::from_secs(45);
@@ -276,4 +279,103 @@ fn events_and_queries_without_payload_stream_a_nil_payload() {
         assert_eq!(user, rmpv::Value::Nil, "user event payload from {rpc}");
         assert_eq!(query, rmpv::Value::Nil, "query payload from {rpc}");
     }
+}
+
+/// Our agent started by hand: no `data_dir`, `HOME` set to `home`; killed (by PID) when
+/// dropped.
+struct Bare {
+    child: std::process::Child,
+    rpc: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Bare {
+    fn start(net: u8, n: u8, home: &Path) -> Bare {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).expect("plugin dir");
+        std::fs::copy(wasm("longjob"), plugins.join("longjob.wasm")).expect("copy plugin");
+        let ip = format!("127.{net}.0.{n}");
+        let rpc: SocketAddr = format!("{ip}:7373").parse().expect("rpc");
+        let config = format!(
+            "node_name = \"bare{n}\"\nbind = \"{ip}:7946\"\nrpc_addr = \"{rpc}\"\n\
+             plugin_dir = \"plugins\"\nplugin_cache_dir = \"{}\"\n[plugins.longjob]\n\
+             events = \"query:longjob\"\ncapabilities = [\"jobs\"]\n",
+            shared_plugin_cache().display()
+        );
+        std::fs::write(dir.path().join("serf.toml"), config).expect("serf.toml");
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
+        let child = Command::new(serf_bin())
+            .arg("agent")
+            .arg("-config-file=serf.toml")
+            .current_dir(dir.path())
+            .env("HOME", home)
+            .env_remove("XDG_STATE_HOME")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start serf agent");
+        let mut bare = Bare { child, rpc, dir };
+        let up = eventually(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = bare.child.try_wait() {
+                panic!("agent exited with {status}: {}", bare.log());
+            }
+            TcpStream::connect(rpc).ok()
+        });
+        assert!(up.is_some(), "agent never opened RPC: {}", bare.log());
+        bare
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let (command, rest) = args.split_first().expect("a subcommand");
+        run(
+            Command::new(serf_bin())
+                .arg(command)
+                .arg(format!("-rpc-addr={}", self.rpc))
+                .args(rest),
+            Duration::from_secs(30),
+        )
+    }
+
+    fn jobs(&self) -> Vec<serde_json::Value> {
+        let text = stdout_ok(&self.cli(&["jobs", "-format=json"]));
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{error}: {text}"))
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn agents_without_a_data_dir_keep_no_state_and_share_none() {
+    let net = next_net();
+    let home = tempfile::tempdir().expect("home");
+    let first = Bare::start(net, 1, home.path());
+    let text = stdout_ok(&first.cli(&["query", "-timeout=2s", "longjob", "start deploy 1"]));
+    assert!(text.contains("Response from 'bare1': started 1"), "{text}");
+    assert_eq!(first.jobs().len(), 1, "{}", first.log());
+    drop(first);
+
+    // Another agent, the same user: it starts with no jobs, as a Serf agent would.
+    let second = Bare::start(net, 2, home.path());
+    assert_eq!(
+        second.jobs(),
+        Vec::<serde_json::Value>::new(),
+        "{}",
+        second.log()
+    );
+    let left: Vec<_> = std::fs::read_dir(home.path())
+        .expect("home")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    assert!(left.is_empty(), "state written under HOME: {left:?}");
 }
