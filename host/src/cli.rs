@@ -140,7 +140,8 @@ struct MembersArgs {
         hide_default_value = true
     )]
     status: String,
-    /// Only members whose tag KEY matches REGEXP (anchored); repeatable.
+    /// Only members whose tag KEY matches REGEXP (anchored at both ends; a member without
+    /// the tag is matched as ""); repeatable.
     #[arg(long = "tag", value_name = "KEY=REGEXP")]
     tags: Vec<String>,
     #[command(flatten)]
@@ -175,7 +176,8 @@ struct QueryArgs {
     /// Only this node answers; repeatable.
     #[arg(long = "node", value_name = "NAME")]
     nodes: Vec<String>,
-    /// Only nodes whose tag KEY matches REGEXP (anchored) answer; repeatable.
+    /// Only nodes whose tag KEY matches REGEXP anywhere (unanchored, as in Serf) answer;
+    /// repeatable.
     #[arg(long = "tag", value_name = "KEY=REGEXP")]
     tags: Vec<String>,
     /// How long to wait for responses, e.g. 2s or 1m30s (default: the agent's).

@@ -379,3 +379,37 @@ fn agents_without_a_data_dir_keep_no_state_and_share_none() {
         .collect();
     assert!(left.is_empty(), "state written under HOME: {left:?}");
 }
+
+#[test]
+fn query_tag_filters_are_unanchored_and_the_help_says_so() {
+    let net = next_net();
+    let go = GoNode::start(net, 1, "go1", &["-tag", "role=webserver"]);
+    let ours = Node::builder(net, 2)
+        .arg("-tag")
+        .arg("role=webserver")
+        .start();
+    for (rpc, name) in [(go.rpc, "go1"), (ours.rpc, "node2")] {
+        for bin in [go_serf(), serf_bin()] {
+            let output = run(
+                Command::new(&bin)
+                    .arg("query")
+                    .arg(format!("-rpc-addr={rpc}"))
+                    .args(["-format=json", "-timeout=1s", "-tag", "role=eb", "q"]),
+                Duration::from_secs(30),
+            );
+            let json: serde_json::Value = serde_json::from_str(&stdout_ok(&output)).expect("json");
+            assert_eq!(json["Acks"], serde_json::json!([name]), "{}", bin.display());
+        }
+    }
+    let help = run(
+        Command::new(serf_bin()).args(["query", "-h"]),
+        Duration::from_secs(30),
+    );
+    let text = all_output(&help);
+    let tag_line = text
+        .lines()
+        .find(|line| line.contains("--tag"))
+        .unwrap_or_else(|| panic!("no -tag in {text}"));
+    assert!(!tag_line.contains("(anchored)"), "{tag_line}");
+    assert!(tag_line.contains("unanchored"), "{tag_line}");
+}
