@@ -72,6 +72,8 @@ enum Command {
     ForceLeave(ForceLeaveArgs),
     /// Estimates network round trip time between nodes
     Rtt(RttArgs),
+    /// Generates a new encryption key
+    Keygen(KeygenArgs),
     /// Manipulate the internal encryption keyring used by Serf
     Keys(KeysArgs),
     /// Modify tags of a running Serf agent
@@ -237,6 +239,14 @@ struct LeaveArgs {
     rpc: RpcFlags,
     /// Ignored, as by Serf.
     #[arg(hide = true)]
+    extra: Vec<OsString>,
+}
+
+/// Prints a new random 32-byte key, in base64, for `-encrypt` or `encrypt_key`.
+#[derive(Debug, clap::Args)]
+struct KeygenArgs {
+    /// Ignored, as by Serf (flags too).
+    #[arg(hide = true, allow_hyphen_values = true, trailing_var_arg = true)]
     extra: Vec<OsString>,
 }
 
@@ -467,6 +477,12 @@ fn subcommand_synopsis(name: &str) -> Option<(&'static str, &'static str)> {
              is set to the agent's node name. Note that these are node names as known to\n  \
              Serf as \"serf members\" would show, not IP addresses.",
         ),
+        "keygen" => (
+            "serf keygen",
+            "Generates a new encryption key that can be used to configure the\n  \
+             agent to encrypt traffic. The output of this command is already\n  \
+             in the proper format that the agent expects.",
+        ),
         "keys" => (
             "serf keys [options]...",
             "Manages the encryption keyring of every member of the cluster: the change\n  \
@@ -507,6 +523,7 @@ fn execute(command: Command) -> u8 {
         Command::Join(args) => block_on(join(args)),
         Command::ForceLeave(args) => block_on(force_leave(args)),
         Command::Rtt(args) => block_on(rtt(args)),
+        Command::Keygen(_) => keygen(),
         Command::Keys(args) => block_on(keys(args)),
         Command::Tags(args) => block_on(tags(args)),
         Command::Reload(args) => block_on(reload(args)),
@@ -540,6 +557,17 @@ fn block_on(command: impl Future<Output = Exit>) -> u8 {
             1
         }
     }
+}
+
+/// `serf keygen`: 32 bytes from the thread's CSPRNG (ChaCha, seeded by the operating system),
+/// in standard base64, as Serf prints them from `crypto/rand`.
+fn keygen() -> u8 {
+    use base64::Engine as _;
+    use rand::Rng as _;
+    let mut key = [0u8; 32];
+    rand::rng().fill(&mut key);
+    out(&base64::engine::general_purpose::STANDARD.encode(key));
+    0
 }
 
 fn print_version() {

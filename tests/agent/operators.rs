@@ -413,3 +413,73 @@ fn query_tag_filters_are_unanchored_and_the_help_says_so() {
     assert!(!tag_line.contains("(anchored)"), "{tag_line}");
     assert!(tag_line.contains("unanchored"), "{tag_line}");
 }
+
+/// Standard base64 (with padding) decoded; `None` if it is not.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let padding = text.bytes().rev().take_while(|&b| b == b'=').count();
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut bytes = Vec::new();
+    for byte in text.bytes().take(text.len() - padding) {
+        let value = ALPHABET.iter().position(|&a| a == byte)? as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            bytes.push((bits >> count) as u8);
+        }
+    }
+    Some(bytes)
+}
+
+/// `keygen` of `bin`: its key, checked to be Serf's format (one line of base64 on stdout,
+/// nothing on stderr, exit 0).
+fn keygen(bin: &Path) -> String {
+    let output = run(Command::new(bin).arg("keygen"), Duration::from_secs(30));
+    let text = stdout_ok(&output);
+    assert!(output.stderr.is_empty(), "{}", all_output(&output));
+    let key = text
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("no newline after {text:?}"));
+    assert!(!key.contains('\n'), "{text:?}");
+    let bytes = decode_base64(key).unwrap_or_else(|| panic!("not base64: {key:?}"));
+    assert_eq!(bytes.len(), 32, "{key}");
+    key.to_owned()
+}
+
+#[test]
+fn keygen_prints_a_new_32_byte_key_that_encrypts_a_mixed_cluster() {
+    assert_eq!(decode_base64("AAECAw=="), Some(vec![0, 1, 2, 3]));
+    // Serf's format, a new key at every run.
+    let go_keys = [keygen(&go_serf()), keygen(&go_serf())];
+    let our_keys = [keygen(&serf_bin()), keygen(&serf_bin())];
+    assert_ne!(go_keys[0], go_keys[1]);
+    assert_ne!(our_keys[0], our_keys[1]);
+    // `keygen -h` is help (on stderr, exit 0), as Serf's.
+    for bin in [go_serf(), serf_bin()] {
+        let output = run(
+            Command::new(&bin).args(["keygen", "-h"]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", all_output(&output));
+        assert!(output.stdout.is_empty(), "{}", all_output(&output));
+        let help = String::from_utf8_lossy(&output.stderr);
+        assert!(help.starts_with("Usage: serf keygen\n"), "{help}");
+    }
+
+    // Our key encrypts a cluster of Serf's agent and ours.
+    let key = &our_keys[0];
+    let net = next_net();
+    let go = GoNode::start(net, 1, "go1", &[&format!("-encrypt={key}")]);
+    let ours = Node::builder(net, 2)
+        .arg(&format!("-encrypt={key}"))
+        .arg(&format!("-join={}", go.bind))
+        .start();
+    wait_statuses(go.rpc, &[("go1", "alive"), ("node2", "alive")], CONVERGE);
+    wait_statuses(ours.rpc, &[("go1", "alive"), ("node2", "alive")], CONVERGE);
+    assert_eq!(ours.info()["serf"]["encrypted"], "true");
+}
