@@ -483,3 +483,27 @@ fn keygen_prints_a_new_32_byte_key_that_encrypts_a_mixed_cluster() {
     wait_statuses(ours.rpc, &[("go1", "alive"), ("node2", "alive")], CONVERGE);
     assert_eq!(ours.info()["serf"]["encrypted"], "true");
 }
+
+#[test]
+fn rejoin_without_a_snapshot_warns_before_the_banner() {
+    let net = next_net();
+    let go = GoNode::start(net, 1, "go1", &["-rejoin"]);
+    let ours = Node::builder(net, 2).arg("-rejoin").start();
+    ours.wait_for_log("==> Log data will now stream in", CONVERGE);
+    for log in [go.log(), ours.log()] {
+        assert!(
+            log.starts_with(
+                "==> Warning: 'RejoinAfterLeave' enabled without snapshot file\n\
+                 ==> Starting Serf agent...\n"
+            ),
+            "{log}"
+        );
+    }
+    // With a snapshot, no warning.
+    let snapshot = Node::builder(net, 3)
+        .arg("-rejoin")
+        .arg("-snapshot=snap")
+        .start();
+    snapshot.wait_for_log("==> Log data will now stream in", CONVERGE);
+    assert!(!snapshot.log().contains("Warning"), "{}", snapshot.log());
+}

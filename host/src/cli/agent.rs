@@ -65,6 +65,10 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    if config.rejoin_after_leave && config.snapshot_path.is_none() {
+        // Serf's words: without a snapshot there is nobody to rejoin.
+        println!("==> Warning: 'RejoinAfterLeave' enabled without snapshot file");
+    }
     println!("==> Starting Serf agent...");
     tracing::info!(target: "serf_host::agent", "Serf agent starting");
     let agent = Agent::start(config.clone(), logs.clone()).await?;
