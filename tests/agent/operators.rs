@@ -507,3 +507,108 @@ fn rejoin_without_a_snapshot_warns_before_the_banner() {
     snapshot.wait_for_log("==> Log data will now stream in", CONVERGE);
     assert!(!snapshot.log().contains("Warning"), "{}", snapshot.log());
 }
+
+/// Starts `serf reachability` of `bin` at `rpc` with `extra` flags, without waiting.
+fn spawn_reachability(bin: &Path, rpc: SocketAddr, extra: &[&str]) -> std::process::Child {
+    Command::new(bin)
+        .arg("reachability")
+        .arg(format!("-rpc-addr={rpc}"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start reachability")
+}
+
+/// Waits (bounded) for a child started by [`spawn_reachability`]; its exit code and stdout.
+fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
+    let done = eventually(Duration::from_secs(30), || child.try_wait().ok().flatten());
+    if done.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("reachability output");
+    assert!(done.is_some(), "reachability hung: {}", all_output(&output));
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn reachability_reports_as_serfs_does() {
+    let net = next_net();
+    let go = GoNode::start(net, 1, "go1", &[]);
+    let node2 = Node::builder(net, 2)
+        .arg(&format!("-join={}", go.bind))
+        .start();
+    let mut node3 = Node::builder(net, 3)
+        .arg(&format!("-join={}", go.bind))
+        .start();
+    let all = [("go1", "alive"), ("node2", "alive"), ("node3", "alive")];
+    wait_statuses(go.rpc, &all, CONVERGE);
+    wait_statuses(node2.rpc, &all, CONVERGE);
+
+    // Every live member acks: the same lines from both CLIs, against either agent.
+    let expected = "Total members: 3, live members: 3\nStarting reachability test...\n\
+                    Successfully contacted all live nodes\n";
+    for rpc in [go.rpc, node2.rpc] {
+        let runs: Vec<_> = [go_serf(), serf_bin()]
+            .iter()
+            .map(|bin| spawn_reachability(bin, rpc, &[]))
+            .collect();
+        for child in runs {
+            assert_eq!(finish(child), (Some(0), expected.to_owned()), "at {rpc}");
+        }
+        // -verbose: each ack, then the timing.
+        for bin in [go_serf(), serf_bin()] {
+            let (code, text) = finish(spawn_reachability(&bin, rpc, &["-verbose"]));
+            assert_eq!(code, Some(0), "{text}");
+            let lines: Vec<&str> = text.lines().collect();
+            let mut acks: Vec<&str> = lines[2..5].to_vec();
+            acks.sort_unstable();
+            assert_eq!(
+                acks,
+                [
+                    "\tAck from 'go1'",
+                    "\tAck from 'node2'",
+                    "\tAck from 'node3'"
+                ],
+                "{}: {text}",
+                bin.display()
+            );
+            assert!(
+                lines[5].starts_with("Query time: ")
+                    && lines[5].contains(" sec, time to last response: ")
+                    && lines[5].ends_with(" sec"),
+                "{}: {text}",
+                bin.display()
+            );
+            assert_eq!(lines[6], "Successfully contacted all live nodes", "{text}");
+        }
+    }
+
+    // A stopped agent is still listed alive for a while, but acks nothing. Both CLIs run at
+    // once, so they see the same members.
+    let pid = node3.child().id();
+    serf_tests::send_signal(pid, "STOP");
+    let runs: Vec<_> = [go_serf(), serf_bin()]
+        .iter()
+        .map(|bin| spawn_reachability(bin, go.rpc, &[]))
+        .collect();
+    let results: Vec<_> = runs.into_iter().map(finish).collect();
+    serf_tests::send_signal(pid, "CONT");
+    let expected = "Total members: 3, live members: 3\nStarting reachability test...\n\
+                    Received less acks than live nodes! Missing acks from:\n\tnode3\n\
+                    This could mean Serf gossip packets are being lost due to a misconfiguration or network issue.\n\
+                    \n\
+                    Troubleshooting tips:\n\
+                    * Ensure that the bind addr:port is accessible by all other nodes\n\
+                    * If an advertise address is set, ensure it routes to the bind address\n\
+                    * Check that no nodes are behind a NAT\n\
+                    * If nodes are behind firewalls or iptables, check that Serf traffic is permitted (UDP and TCP)\n\
+                    * Verify networking equipment is functional\n";
+    for result in results {
+        assert_eq!(result, (Some(1), expected.to_owned()));
+    }
+}
