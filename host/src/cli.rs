@@ -72,8 +72,12 @@ enum Command {
     ForceLeave(ForceLeaveArgs),
     /// Estimates network round trip time between nodes
     Rtt(RttArgs),
+    /// Generates a new encryption key
+    Keygen(KeygenArgs),
     /// Manipulate the internal encryption keyring used by Serf
     Keys(KeysArgs),
+    /// Test network reachability
+    Reachability(ReachabilityArgs),
     /// Modify tags of a running Serf agent
     Tags(TagsArgs),
     /// Reload the agent's configuration and plugins (an extension; SIGHUP does the same)
@@ -148,7 +152,8 @@ struct MembersArgs {
         hide_default_value = true
     )]
     status: String,
-    /// Only members whose tag KEY matches REGEXP (anchored); repeatable.
+    /// Only members whose tag KEY matches REGEXP (anchored at both ends; a member without
+    /// the tag is matched as ""); repeatable.
     #[arg(long = "tag", value_name = "KEY=REGEXP")]
     tags: Vec<String>,
     #[command(flatten)]
@@ -183,7 +188,8 @@ struct QueryArgs {
     /// Only this node answers; repeatable.
     #[arg(long = "node", value_name = "NAME")]
     nodes: Vec<String>,
-    /// Only nodes whose tag KEY matches REGEXP (anchored) answer; repeatable.
+    /// Only nodes whose tag KEY matches REGEXP anywhere (unanchored, as in Serf) answer;
+    /// repeatable.
     #[arg(long = "tag", value_name = "KEY=REGEXP")]
     tags: Vec<String>,
     /// How long to wait for responses, e.g. 2s or 1m30s (default: the agent's).
@@ -243,6 +249,29 @@ struct LeaveArgs {
     rpc: RpcFlags,
     /// Ignored, as by Serf.
     #[arg(hide = true)]
+    extra: Vec<OsString>,
+}
+
+/// Asks every member to acknowledge a ping query and compares the acks with the live members.
+#[derive(Debug, clap::Args)]
+struct ReachabilityArgs {
+    /// Print each ack and the query's timing.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_name = "BOOL",
+          value_parser = parse_go_bool)]
+    verbose: bool,
+    #[command(flatten)]
+    rpc: RpcFlags,
+    /// Ignored, as by Serf.
+    #[arg(hide = true)]
+    extra: Vec<OsString>,
+}
+
+/// Prints a new random 32-byte key, in base64, for `-encrypt` or `encrypt_key`.
+#[derive(Debug, clap::Args)]
+struct KeygenArgs {
+    /// Ignored, as by Serf (flags too).
+    #[arg(hide = true, allow_hyphen_values = true, trailing_var_arg = true)]
     extra: Vec<OsString>,
 }
 
@@ -481,6 +510,16 @@ fn subcommand_synopsis(name: &str) -> Option<(&'static str, &'static str)> {
              is set to the agent's node name. Note that these are node names as known to\n  \
              Serf as \"serf members\" would show, not IP addresses.",
         ),
+        "reachability" => (
+            "serf reachability [options]",
+            "Tests the network reachability of this node",
+        ),
+        "keygen" => (
+            "serf keygen",
+            "Generates a new encryption key that can be used to configure the\n  \
+             agent to encrypt traffic. The output of this command is already\n  \
+             in the proper format that the agent expects.",
+        ),
         "keys" => (
             "serf keys [options]...",
             "Manages the encryption keyring of every member of the cluster: the change\n  \
@@ -521,6 +560,8 @@ fn execute(command: Command) -> u8 {
         Command::Join(args) => block_on(join(args)),
         Command::ForceLeave(args) => block_on(force_leave(args)),
         Command::Rtt(args) => block_on(rtt(args)),
+        Command::Keygen(_) => keygen(),
+        Command::Reachability(args) => block_on(reachability(args)),
         Command::Keys(args) => block_on(keys(args)),
         Command::Tags(args) => block_on(tags(args)),
         Command::Reload(args) => block_on(reload(args)),
@@ -555,6 +596,135 @@ fn block_on(command: impl Future<Output = Exit>) -> u8 {
             1
         }
     }
+}
+
+/// Serf's advice after a reachability test that missed or got too many acks.
+const REACHABILITY_TIPS: &str = "
+Troubleshooting tips:
+* Ensure that the bind addr:port is accessible by all other nodes
+* If an advertise address is set, ensure it routes to the bind address
+* Check that no nodes are behind a NAT
+* If nodes are behind firewalls or iptables, check that Serf traffic is permitted (UDP and TCP)
+* Verify networking equipment is functional";
+
+/// `serf reachability`: Serf's `_serf_ping` query, every member asked to ack; the acks are
+/// compared with the members the agent lists as alive. Exit 1 when they differ or a node
+/// acked twice (two nodes of one name).
+async fn reachability(args: ReachabilityArgs) -> Exit {
+    let client = connect(&args.rpc).await?;
+    let members = client
+        .members()
+        .await
+        .map_err(failed("Error getting members"))?;
+    let live: std::collections::BTreeSet<String> = members
+        .iter()
+        .filter(|member| member.status == "alive")
+        .map(|member| member.name.clone())
+        .collect();
+    out(&format!(
+        "Total members: {}, live members: {}",
+        members.len(),
+        live.len()
+    ));
+    let request = QueryRequest {
+        filter_nodes: Vec::new(),
+        filter_tags: BTreeMap::new(),
+        name: format!("{}ping", crate::serf::INTERNAL_QUERY_PREFIX),
+        payload: None,
+        relay_factor: 0,
+        request_ack: true,
+        timeout: Duration::ZERO,
+    };
+    let mut records = client
+        .query(request)
+        .await
+        .map_err(failed("Error sending query"))?;
+    out("Starting reachability test...");
+    let start = std::time::Instant::now();
+    let mut last = start;
+    let mut acked = std::collections::BTreeSet::new();
+    let mut num_acks = 0_usize;
+    let mut duplicates = false;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let record = tokio::select! {
+            record = records.recv() => record,
+            () = &mut shutdown => {
+                out("Test interrupted");
+                return Err(1);
+            }
+        };
+        let Some(record) = record else { break };
+        // As the query command: an empty `From` (the `done` record) ends it.
+        if record.kind == QueryRecordType::Done || record.from.is_empty() {
+            break;
+        }
+        if record.kind != QueryRecordType::Ack {
+            continue;
+        }
+        if args.verbose {
+            out(&format!("\tAck from '{}'", record.from));
+        }
+        num_acks += 1;
+        if !acked.insert(record.from.clone()) {
+            duplicates = true;
+            out(&format!("Duplicate response from '{}'", record.from));
+        }
+        last = std::time::Instant::now();
+    }
+    if args.verbose {
+        out(&format!(
+            "Query time: {:.2} sec, time to last response: {:.2} sec",
+            start.elapsed().as_secs_f64(),
+            last.duration_since(start).as_secs_f64()
+        ));
+    }
+    let mut code = 0;
+    if duplicates {
+        out(
+            "Duplicate responses means there is a misconfiguration. Verify that node names are unique.",
+        );
+        code = 1;
+    }
+    // Serf compares counts, then lists names (in map order; we sort them).
+    match num_acks.cmp(&live.len()) {
+        std::cmp::Ordering::Equal => out("Successfully contacted all live nodes"),
+        std::cmp::Ordering::Greater => {
+            out("Received more acks than live nodes! Acks from non-live nodes:");
+            for name in acked.difference(&live) {
+                out(&format!("\t{name}"));
+            }
+            out(
+                "This could mean Serf is detecting false-failures due to a misconfiguration or network issue.",
+            );
+            out(REACHABILITY_TIPS);
+            return Err(1);
+        }
+        std::cmp::Ordering::Less => {
+            out("Received less acks than live nodes! Missing acks from:");
+            for name in live.difference(&acked) {
+                out(&format!("\t{name}"));
+            }
+            out(
+                "This could mean Serf gossip packets are being lost due to a misconfiguration or network issue.",
+            );
+            out(REACHABILITY_TIPS);
+            return Err(1);
+        }
+    }
+    Ok(code)
+}
+
+/// `serf keygen`: 32 bytes from the thread's CSPRNG (ChaCha, seeded by the operating system),
+/// in standard base64, as Serf prints them from `crypto/rand`.
+fn keygen() -> u8 {
+    use base64::Engine as _;
+    use rand::Rng as _;
+    let mut key = [0u8; 32];
+    rand::rng().fill(&mut key);
+    out(&base64::engine::general_purpose::STANDARD.encode(key));
+    0
 }
 
 fn print_version() {

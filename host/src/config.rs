@@ -125,7 +125,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Tags of this node.
     pub tags: Option<BTreeMap<String, String>>,
-    /// Agent state directory.
+    /// Agent state directory; none keeps no state on disk.
     pub data_dir: Option<PathBuf>,
     /// Directory of `*.wasm` plugins.
     pub plugin_dir: Option<PathBuf>,
@@ -637,8 +637,9 @@ impl Config {
         let data_dir = flags
             .data_dir
             .clone()
-            .or_else(|| file.data_dir.map(|dir| base.join(dir)))
-            .or_else(default_data_dir);
+            // No default: as a Serf agent, one without a data directory keeps no state on disk
+            // (job records in memory, plugins compiled at every start), and never another's.
+            .or_else(|| file.data_dir.map(|dir| base.join(dir)));
         let plugin_cache_dir = file
             .plugin_cache_dir
             .map(|dir| base.join(dir))
@@ -861,16 +862,6 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
         return Err(invalid());
     }
     Ok(Duration::from_nanos(total_nanos as u64))
-}
-
-/// `$XDG_STATE_HOME/serf`, else `$HOME/.local/state/serf`; none without a home.
-fn default_data_dir() -> Option<PathBuf> {
-    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(state).join("serf"));
-    }
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(|home| PathBuf::from(home).join(".local/state/serf"))
 }
 
 fn resolve_job_workers(workers: Option<usize>) -> Result<NonZeroUsize, ConfigError> {

@@ -20,6 +20,10 @@ use crate::config::LogLevel;
 /// Lines a new monitor replays, as in Serf.
 pub const LOG_BACKLOG_LINES: usize = 512;
 
+/// Lines held back from stderr while the banner prints ([`LogHub::hold_stderr`]); more than
+/// this opens the gate early, so a long start-up join never hides its log for good.
+pub const HELD_STDERR_LINES: usize = 4096;
+
 /// One formatted log line.
 #[derive(Debug, Clone)]
 pub struct LogLine {
@@ -37,6 +41,8 @@ struct Inner {
     /// The level of the lines written to stderr (a `LogLevel` as u8); a reload changes it.
     stderr_level: AtomicU8,
     lagged: AtomicU64,
+    /// Lines for stderr held back while the banner prints; `None` writes them at once.
+    held: Mutex<Option<Vec<String>>>,
 }
 
 /// Recent and live log lines for monitors. Cheap to clone.
@@ -62,6 +68,7 @@ impl LogHub {
                 monitor_level: AtomicU8::new(LogLevel::Err as u8),
                 stderr_level: AtomicU8::new(LogLevel::Info as u8),
                 lagged: AtomicU64::new(0),
+                held: Mutex::new(None),
             }),
         }
     }
@@ -103,6 +110,37 @@ impl LogHub {
         self.inner.lagged.load(Ordering::Relaxed)
     }
 
+    /// Holds the lines for stderr back until [`LogHub::release_stderr`], as Serf's gated log
+    /// writer does while `serf agent` prints its banner: no log line lands inside it.
+    /// Monitors get every line at once regardless.
+    pub fn hold_stderr(&self) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes the lines held back (in one write) and lets the next ones through; does nothing
+    /// when nothing is held.
+    pub fn release_stderr(&self) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lines) = held.take() {
+            write_lines(&lines);
+        }
+    }
+
+    /// Writes one line to stderr, or holds it back.
+    fn write_stderr(&self, line: String) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.as_mut() {
+            Some(lines) if lines.len() < HELD_STDERR_LINES => lines.push(line),
+            Some(lines) => {
+                lines.push(line);
+                write_lines(lines);
+                *held = None;
+            }
+            None => write_lines(&[line]),
+        }
+    }
+
     fn monitor_level(&self) -> LogLevel {
         level_from_u8(self.inner.monitor_level.load(Ordering::Relaxed))
     }
@@ -123,6 +161,17 @@ impl LogHub {
         tracing::callsite::rebuild_interest_cache();
         level_from_u8(previous)
     }
+}
+
+/// Writes log lines to stderr in one write, each indented as Serf's.
+fn write_lines(lines: &[String]) {
+    let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 5).sum());
+    for line in lines {
+        text.push_str("    ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 fn level_from_u8(level: u8) -> LogLevel {
@@ -207,8 +256,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
         text.push_str(&visitor.message);
         text.push_str(&visitor.fields);
         if level >= self.hub.level() {
-            let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "    {text}");
+            self.hub.write_stderr(text.clone());
         }
         self.hub.push(LogLine {
             level,

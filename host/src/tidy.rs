@@ -95,3 +95,37 @@ fn only_the_agent_task_touches_the_core() {
         );
     }
 }
+
+/// Every `*.md` file that the documentation names in backticks or links to is in the
+/// repository: users have only what is in it.
+#[test]
+fn docs_name_only_markdown_files_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ sits in the repository");
+    let mut docs: Vec<PathBuf> = ["README.md", "ARCHITECTURE.md", "plugin-sdk/README.md"]
+        .iter()
+        .map(|file| root.join(file))
+        .collect();
+    for entry in fs::read_dir(root.join("docs")).expect("docs/") {
+        docs.push(entry.expect("directory entry").path());
+    }
+    let mut missing = Vec::new();
+    for doc in docs
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+    {
+        let text = fs::read_to_string(doc).expect("doc");
+        // `name.md`, `dir/name.md` and link targets `](dir/name.md)` or `](name.md#anchor)`.
+        for piece in text.split(['`', '(', ')', ' ', '\n', '#']) {
+            if !piece.ends_with(".md") || piece.contains("://") || piece.contains('*') {
+                continue;
+            }
+            let beside = doc.parent().expect("a directory").join(piece);
+            if !root.join(piece).exists() && !beside.exists() {
+                missing.push(format!("{}: {piece}", doc.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs name missing files: {missing:#?}");
+}

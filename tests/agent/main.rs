@@ -10,6 +10,7 @@ mod gossip;
 mod hostile;
 mod jobs;
 mod keys;
+mod operators;
 mod python_client;
 mod reliability;
 mod reload;

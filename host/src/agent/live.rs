@@ -25,14 +25,18 @@ pub(super) struct AgentSettings {
 
 impl AgentSettings {
     /// Makes `tags` this node's (a member-update for everyone) unless they are already;
-    /// `Ok(false)` if they were.
-    async fn apply_tags(&self, tags: Tags) -> Result<bool, &'static str> {
+    /// `Ok(false)` if they were, an error if they do not fit in node meta.
+    async fn apply_tags(&self, tags: Tags) -> Result<bool, String> {
         let (reply, answer) = oneshot::channel();
+        let closed = || "agent is shutting down".to_owned();
         self.commands
             .send(Command::ApplyTags { tags, reply })
             .await
-            .map_err(|_| "agent is shutting down")?;
-        answer.await.map_err(|_| "agent is shutting down")
+            .map_err(|_| closed())?;
+        answer
+            .await
+            .map_err(|_| closed())?
+            .map_err(|error| error.to_string())
     }
 }
 

@@ -32,7 +32,7 @@ use crate::plugin::reload::{self, ReloadError, ReloadReport, Reloader, Trigger};
 use crate::plugin::{Engine, EventFilter, HostServices, PluginHost, ShellHandlers};
 use crate::serf::{
     self, Event, LamportTime, Member, QueryError, QueryKey, QueryOutput, QueryParams, RespondError,
-    Serf, Tags, UserEventError,
+    Serf, Tags, TagsError, UserEventError,
 };
 
 /// Commands waiting for the agent task before senders must wait (RPC) or fail (plugins).
@@ -71,6 +71,9 @@ pub enum AgentError {
     /// The graceful leave did not finish within [`LEAVE_BOUND`]; the agent may still stop.
     #[error("timeout while waiting for graceful leave")]
     LeaveTimeout,
+    /// The tags do not fit in node meta; nothing changed.
+    #[error(transparent)]
+    Tags(#[from] TagsError),
     /// The tags file could not be written; the tags were not changed.
     #[error("Failed to write tags file: {0}")]
     TagsFile(String),
@@ -148,12 +151,12 @@ enum Command {
     },
     SetTags {
         tags: Tags,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), TagsError>>,
     },
     /// Sets the tags unless they are this node's already; replies whether it did.
     ApplyTags {
         tags: Tags,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Result<bool, TagsError>>,
     },
     ForceLeave {
         node: String,
@@ -253,6 +256,10 @@ impl Agent {
     /// current runtime without waiting for them.
     pub async fn start(config: Config, logs: LogHub) -> anyhow::Result<Agent> {
         use anyhow::Context as _;
+        // As Serf, before anything starts: tags that do not fit in node meta would reach every
+        // peer as no tags at all.
+        serf::check_tags(&serf_config(&config, config.advertise), &config.tags)
+            .context("Error creating Serf")?;
         let plugin_runtime = PluginRuntime(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -537,12 +544,14 @@ impl AgentHandle {
         self.ask(|reply| Command::Stats { reply }).await
     }
 
-    /// Replaces this node's tags (writing the tags file first, if there is one).
+    /// Replaces this node's tags (writing the tags file first, if there is one). Tags too
+    /// large for node meta are refused before the file is written.
     pub async fn set_tags(&self, tags: Tags) -> Result<(), AgentError> {
+        serf::check_tags(&serf_config(&self.config, self.config.advertise), &tags)?;
         if let Some(path) = &self.config.tags_file {
             snapshot::write_tags_file(path, &tags).await?;
         }
-        self.ask(|reply| Command::SetTags { tags, reply }).await
+        Ok(self.ask(|reply| Command::SetTags { tags, reply }).await??)
     }
 
     /// Removes a failed member (`prune`: at once), as `serf force-leave` asks.
@@ -880,15 +889,16 @@ impl Shell {
                 });
             }
             Command::SetTags { tags, reply } => {
-                self.core.set_tags(now, tags);
-                let _ = reply.send(());
+                let _ = reply.send(self.core.set_tags(now, tags));
             }
             Command::ApplyTags { tags, reply } => {
                 let changed = self.core.local_member().tags != tags;
-                if changed {
-                    self.core.set_tags(now, tags);
-                }
-                let _ = reply.send(changed);
+                let result = if changed {
+                    self.core.set_tags(now, tags).map(|()| true)
+                } else {
+                    Ok(false)
+                };
+                let _ = reply.send(result);
             }
             Command::ForceLeave { node, prune, reply } => {
                 tracing::info!(%node, prune, "force leave requested");

@@ -5,7 +5,8 @@
 //! `-retry-max` attempts have failed. SIGINT leaves gracefully unless
 //! `skip_leave_on_interrupt`; SIGTERM leaves only with `leave_on_terminate`. As in Serf, a
 //! signal that stops the agent without a leave, or a leave that fails, exits 1. SIGHUP
-//! reloads the configuration, as `serf reload` does.
+//! reloads the configuration, as `serf reload` does. Log lines wait until the banner is out
+//! (`LogHub::hold_stderr`), as behind Serf's gated log writer.
 
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -30,6 +31,8 @@ pub(super) fn run(flags: &AgentFlags) -> u8 {
         }
     };
     let logs = LogHub::new();
+    // As Serf: the log starts streaming once the banner is out, so no line lands inside it.
+    logs.hold_stderr();
     let _ = tracing_subscriber::registry()
         .with(SerfLogLayer::new(logs.clone(), config.log_level))
         .try_init();
@@ -45,7 +48,10 @@ pub(super) fn run(flags: &AgentFlags) -> u8 {
             return 1;
         }
     };
-    match runtime.block_on(serve(config, logs)) {
+    let result = runtime.block_on(serve(config, logs.clone()));
+    // Whatever stopped the agent early, the lines held back say why.
+    logs.release_stderr();
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("==> Failed to start the Serf agent: {error:#}");
@@ -59,12 +65,16 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    if config.rejoin_after_leave && config.snapshot_path.is_none() {
+        // Serf's words: without a snapshot there is nobody to rejoin.
+        println!("==> Warning: 'RejoinAfterLeave' enabled without snapshot file");
+    }
     println!("==> Starting Serf agent...");
     tracing::info!(target: "serf_host::agent", "Serf agent starting");
     // Connections are bounded by file descriptors, not by fixed caps: take all we may.
     let open_files = crate::accept::raise_fd_limit();
     tracing::debug!(open_files, "open file limit");
-    let agent = Agent::start(config.clone(), logs).await?;
+    let agent = Agent::start(config.clone(), logs.clone()).await?;
     println!("==> Starting Serf agent RPC...");
     let rpc = match RpcServer::start(agent.handle(), config.rpc_addr).await {
         Ok(rpc) => rpc,
@@ -121,6 +131,7 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     println!();
     println!("==> Log data will now stream in as it occurs:");
     println!();
+    logs.release_stderr();
 
     let retry = spawn_retry_join(&config, &handle);
     let retry_abort = retry.as_ref().map(tokio::task::JoinHandle::abort_handle);

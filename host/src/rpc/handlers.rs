@@ -81,7 +81,8 @@ pub(super) async fn members(
     seq: u64,
     filter: Option<protocol::MembersFilteredRequest>,
 ) -> Result<Flow, protocol::FrameError> {
-    let anchored = |expr: &str| Regex::new(&format!("^(?:{expr})$"));
+    // Serf wraps each expression as `^expr$` without a group: `a|b` is `^a` or `b$`.
+    let anchored = |expr: &str| Regex::new(&format!("^{expr}$"));
     let filter = match filter {
         None => None,
         Some(request) => {
@@ -119,9 +120,10 @@ pub(super) async fn members(
                 .as_ref()
                 .is_none_or(|re| re.is_match(member.status.as_str()))
                 && name.as_ref().is_none_or(|re| re.is_match(&member.name))
-                && tags
-                    .iter()
-                    .all(|(tag, re)| member.tags.get(tag).is_some_and(|v| re.is_match(v)))
+                // As Serf, a member without the tag is matched as if its value were "".
+                && tags.iter().all(|(tag, re)| {
+                    re.is_match(member.tags.get(tag).map(String::as_str).unwrap_or(""))
+                })
         })
         .map(rpc_member)
         .collect();
@@ -232,7 +234,7 @@ fn stream_record(
             event: protocol::USER_EVENT.to_owned(),
             ltime: user.ltime,
             name: user.name.clone(),
-            payload: Some(user.payload.clone()),
+            payload: nil_if_empty(&user.payload),
         }),
         Event::Query(query) => {
             let id = pending
@@ -244,10 +246,16 @@ fn stream_record(
                 id,
                 ltime: query.key.ltime,
                 name: query.name.clone(),
-                payload: Some(query.payload.clone()),
+                payload: nil_if_empty(&query.payload),
             })
         }
     }
+}
+
+/// A payload as Serf's agent streams it: an empty one is nil (Go decodes an empty payload
+/// from gossip as a nil slice, and a nil slice encodes as nil).
+fn nil_if_empty(payload: &[u8]) -> Option<Vec<u8>> {
+    (!payload.is_empty()).then(|| payload.to_vec())
 }
 
 pub(super) async fn monitor(

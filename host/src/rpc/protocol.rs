@@ -397,7 +397,8 @@ pub struct QueryRequest {
         deserialize_with = "go::string_vec"
     )]
     pub filter_nodes: Vec<String>,
-    /// Tag name to anchored regex; empty = no filter (the CLI sends `{}`).
+    /// Tag name to regex, matched anywhere in the value (unanchored, as in Serf); empty = no
+    /// filter (the CLI sends `{}`).
     #[serde(rename = "FilterTags", deserialize_with = "go::string_map")]
     pub filter_tags: BTreeMap<String, String>,
     #[serde(rename = "Name", deserialize_with = "go::string")]

@@ -819,18 +819,19 @@ pub(super) fn versions_of(vsn: [u8; 6]) -> ProtocolVersions {
     }
 }
 
+/// `tags` as the node meta of a node with `config`: the `role` tag alone before Serf protocol
+/// 3, all of them encoded from then on.
+pub(super) fn encode_meta(config: &Config, tags: &Tags) -> Vec<u8> {
+    if config.memberlist.vsn[5] < 3 {
+        tags.get("role").cloned().unwrap_or_default().into_bytes()
+    } else {
+        wire::encode_tags(tags)
+    }
+}
+
 impl Delegate for Core {
     fn node_meta(&mut self, limit: usize) -> Vec<u8> {
-        let meta = if self.config.memberlist.vsn[5] < 3 {
-            self.config
-                .tags
-                .get("role")
-                .cloned()
-                .unwrap_or_default()
-                .into_bytes()
-        } else {
-            wire::encode_tags(&self.config.tags)
-        };
+        let meta = encode_meta(&self.config, &self.config.tags);
         if meta.len() > limit {
             tracing::error!("Encoded length of tags exceeds limit of {limit} bytes");
             return wire::encode_tags(&Tags::new());

@@ -189,6 +189,25 @@ pub enum RespondError {
     TooLarge(usize),
 }
 
+/// Why tags were refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagsError {
+    /// The tags, as node meta, exceed memberlist's limit (Serf's wording).
+    #[error("Encoded length of tags exceeds limit of {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Checks that `tags` fit in node meta as the node of `config` would encode them, as Serf
+/// does when it starts and on every tag change: a node whose meta did not fit would be seen by
+/// every peer without any tags.
+pub fn check_tags(config: &Config, tags: &Tags) -> Result<(), TagsError> {
+    let limit = gossip::memberlist::META_MAX_SIZE;
+    if core::encode_meta(config, tags).len() > limit {
+        return Err(TagsError::TooLarge(limit));
+    }
+    Ok(())
+}
+
 /// Counters and clocks for `serf info`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -537,8 +556,10 @@ impl Serf {
         Ok(())
     }
 
-    /// Replaces this node's tags, tells the cluster and the handlers (`member-update`).
-    pub fn set_tags(&mut self, now: Instant, tags: Tags) {
+    /// Replaces this node's tags, tells the cluster and the handlers (`member-update`);
+    /// refuses tags too large for node meta, changing nothing.
+    pub fn set_tags(&mut self, now: Instant, tags: Tags) -> Result<(), TagsError> {
+        check_tags(&self.core().config, &tags)?;
         let core = self.core_mut();
         let name = core.config.node_name.clone();
         core.config.tags = tags.clone();
@@ -551,6 +572,7 @@ impl Serf {
         }));
         self.ml.update_node(now);
         self.flush(now);
+        Ok(())
     }
 
     /// Starts a graceful leave: the leave intent goes out, then memberlist's leave, then a
@@ -911,6 +933,20 @@ mod tests {
     }
 
     #[test]
+    fn tags_over_512_encoded_bytes_are_refused_and_change_nothing() {
+        let (mut serf, now) = node(&[]);
+        let big: Tags = [("big".to_owned(), "x".repeat(600))].into();
+        assert_eq!(
+            serf.set_tags(now, big).unwrap_err().to_string(),
+            "Encoded length of tags exceeds limit of 512 bytes"
+        );
+        assert!(serf.local_member().tags.is_empty());
+        let fits: Tags = [("k".to_owned(), "x".repeat(500))].into();
+        serf.set_tags(now, fits.clone()).unwrap();
+        assert_eq!(serf.local_member().tags, fits);
+    }
+
+    #[test]
     fn local_member_joins_first() {
         let now = Instant::now();
         let config = Config::lan("a".into(), "127.0.0.10:7946".parse().unwrap(), Tags::new());
@@ -1097,7 +1133,8 @@ mod tests {
     #[test]
     fn tag_changes_emit_member_update() {
         let (mut serf, now) = node(&[("role", "web")]);
-        serf.set_tags(now, [("role".to_string(), "db".to_string())].into());
+        serf.set_tags(now, [("role".to_string(), "db".to_string())].into())
+            .unwrap();
         let Some(Event::Member(event)) = serf.poll_event() else {
             panic!()
         };
