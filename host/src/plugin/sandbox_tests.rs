@@ -449,7 +449,7 @@ proptest::proptest! {
                     input.extend_from_slice(&value.to_le_bytes());
                 }
                 input.extend_from_slice(&rest);
-                let query = (op == 2).then(|| QueryKey { ltime: 1, id: 7 });
+                let query = (op == 2).then_some(QueryKey { ltime: 1, id: 7 });
                 let outcome = instance.handle(&[], &input, query).await;
                 proptest::prop_assert!(outcome.is_ok(), "op {op} ({a}, {b}, {c}): {outcome:?}");
             }
