@@ -179,10 +179,10 @@ fn tick_loop() {
             None => std::thread::park_timeout(EPOCH_TICK),
         }
     };
-    let mut idle_ticks = 0;
+    let mut idle_ticks: u32 = 0;
     loop {
         if ticker.busy.load(Ordering::SeqCst) == 0 {
-            idle_ticks += 1;
+            idle_ticks = idle_ticks.saturating_add(1);
         } else {
             idle_ticks = 0;
         }
@@ -195,7 +195,7 @@ fn tick_loop() {
                 std::thread::park_timeout(Duration::from_secs(1));
             }
             ticker.parked.store(false, Ordering::SeqCst);
-            idle_ticks = 0;
+            // Still idle: park again at the top of the loop; busy: tick again.
             continue;
         }
         std::thread::sleep(EPOCH_TICK);
