@@ -218,7 +218,8 @@ pub(crate) struct EpochBusy(&'static Ticker);
 pub(crate) fn epoch_busy() -> Option<EpochBusy> {
     let ticker = ticker().ok()?;
     ticker.busy.fetch_add(1, Ordering::SeqCst);
-    if ticker.parked.swap(false, Ordering::SeqCst) {
+    // A load first: while the ticker is awake (a stream of events) this stays a read.
+    if ticker.parked.load(Ordering::SeqCst) && ticker.parked.swap(false, Ordering::SeqCst) {
         ticker.thread.unpark();
     }
     Some(EpochBusy(ticker))

@@ -24,6 +24,9 @@ pub(crate) struct OutputWindow {
     window: Mutex<Window>,
     /// Lines dropped by the rate limit since the plugin started.
     dropped: AtomicU64,
+    /// Lines dropped that no log line has reported yet, as [`Window::unreported`] holds them;
+    /// read without the lock at the end of every call.
+    unreported: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -43,6 +46,7 @@ impl Default for OutputWindow {
                 unreported: 0,
             }),
             dropped: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
         }
     }
 }
@@ -53,6 +57,7 @@ impl OutputWindow {
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         if window.started.elapsed() >= Duration::from_secs(1) {
             report(plugin, std::mem::take(&mut window.unreported));
+            self.unreported.store(0, Ordering::Relaxed);
             window.started = Instant::now();
             window.lines = 0;
         }
@@ -60,6 +65,7 @@ impl OutputWindow {
         if window.lines > MAX_LINES_PER_SECOND {
             window.unreported += 1;
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.unreported.store(window.unreported, Ordering::Relaxed);
             return false;
         }
         true
@@ -68,8 +74,12 @@ impl OutputWindow {
     /// Logs how many lines were dropped since the last report, if any. Called at the end of
     /// every call into the plugin, so a burst followed by silence or a trap is reported too.
     pub(crate) fn flush(&self, plugin: &str) {
+        if self.unreported.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let unreported = {
             let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            self.unreported.store(0, Ordering::Relaxed);
             std::mem::take(&mut window.unreported)
         };
         report(plugin, unreported);
