@@ -223,6 +223,17 @@ pub struct PluginStatsSnapshot {
     pub filter: String,
     /// SHA-256 of the module running (empty if none loaded).
     pub sha256: String,
+    /// The configured `.wasm` file.
+    pub path: std::path::PathBuf,
+    /// Its granted capabilities, e.g. `members,queries`, or `none`.
+    pub capabilities: String,
+    /// Granted directories: guest path → host directory.
+    pub dirs: BTreeMap<String, std::path::PathBuf>,
+    /// The names of the environment variables it is given (never their values, which may be
+    /// secrets).
+    pub env_keys: Vec<String>,
+    /// Its budgets.
+    pub limits: super::Limits,
     /// Events offered to it (its last `seq`).
     pub offered: u64,
     /// Events it handled and returned 0 for.
@@ -854,7 +865,7 @@ impl Slot {
     fn snapshot(&self) -> PluginStatsSnapshot {
         let c = &self.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let (failure, filter, sha256, last_reload_error) = {
+        let (failure, filter, sha256, last_reload_error, spec) = {
             let status = lock(&self.status);
             let failure = match &status.failure {
                 None if status.loading => Some(String::new()),
@@ -869,6 +880,13 @@ impl Slot {
                     .map(|loaded| loaded.sha256.clone())
                     .unwrap_or_default(),
                 status.last_reload_error.clone().unwrap_or_default(),
+                SpecView {
+                    path: status.spec.path.clone(),
+                    capabilities: status.spec.grants.capabilities.to_string(),
+                    dirs: status.spec.dirs.clone(),
+                    env_keys: status.spec.grants.env.keys().cloned().collect(),
+                    limits: status.spec.limits,
+                },
             )
         };
         PluginStatsSnapshot {
@@ -880,6 +898,11 @@ impl Slot {
             },
             filter,
             sha256,
+            path: spec.path,
+            capabilities: spec.capabilities,
+            dirs: spec.dirs,
+            env_keys: spec.env_keys,
+            limits: spec.limits,
             offered: load(&c.offered),
             handled: load(&c.handled),
             errors: load(&c.errors),
@@ -907,6 +930,15 @@ impl Slot {
             rate_limited_output: self.rates.output.dropped(),
         }
     }
+}
+
+/// What [`Slot::snapshot`] shows of a plugin's configuration.
+struct SpecView {
+    path: std::path::PathBuf,
+    capabilities: String,
+    dirs: BTreeMap<String, std::path::PathBuf>,
+    env_keys: Vec<String>,
+    limits: super::Limits,
 }
 
 /// Creates missing granted directories, so that a fresh checkout runs. Blocking.

@@ -477,6 +477,27 @@ impl Client {
             .jobs)
     }
 
+    // Plugins (our extension; Serf's agents answer "Unsupported command").
+
+    /// Every configured plugin of the agent, by name.
+    pub async fn plugin_list(&self) -> Result<Vec<protocol::Plugin>, RpcError> {
+        let reply = self.call::<()>(command::PLUGIN_LIST, None).await?;
+        Ok(reply
+            .body::<protocol::PluginsResponse>(command::PLUGIN_LIST)?
+            .plugins)
+    }
+
+    /// One plugin, with its grants, limits and counters; an unknown name is an error.
+    pub async fn plugin_status(&self, name: &str) -> Result<protocol::Plugin, RpcError> {
+        let request = protocol::PluginRequest {
+            name: name.to_owned(),
+        };
+        let reply = self.call(command::PLUGIN_STATUS, Some(&request)).await?;
+        Ok(reply
+            .body::<protocol::PluginResponse>(command::PLUGIN_STATUS)?
+            .plugin)
+    }
+
     /// One job's record.
     pub async fn job_show(&self, id: u64) -> Result<protocol::Job, RpcError> {
         self.job_command(command::JOB_SHOW, id).await

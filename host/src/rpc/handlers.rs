@@ -10,7 +10,7 @@ use super::protocol::{self, QueryRecord, StreamRecord, errors};
 use super::server::{Flow, RecordKind, Session};
 use crate::agent::AgentError;
 use crate::config::LogLevel;
-use crate::plugin::EventFilter;
+use crate::plugin::{EventFilter, PluginStatsSnapshot};
 use crate::serf::{self, Event, QueryOutput, QueryParams};
 
 /// Events an event stream may hold for a slow client, as in Serf.
@@ -682,46 +682,15 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
         ]),
     );
     for plugin in plugins.stats() {
-        let duration = |d: Duration| format!("{d:?}");
-        sections.insert(
-            format!("plugin:{}", plugin.name),
-            section(vec![
-                ("state", plugin.state),
-                ("events", plugin.filter),
-                ("sha256", plugin.sha256),
-                ("offered", plugin.offered.to_string()),
-                ("handled", plugin.handled.to_string()),
-                ("errors", plugin.errors.to_string()),
-                ("traps", plugin.traps.to_string()),
-                ("timeouts", plugin.timeouts.to_string()),
-                ("fuel_exhausted", plugin.fuel_exhausted.to_string()),
-                ("memory_exceeded", plugin.memory_exceeded.to_string()),
-                ("dropped", plugin.dropped.to_string()),
-                ("expired", plugin.expired.to_string()),
-                ("skipped", plugin.skipped.to_string()),
-                ("starts", plugin.starts.to_string()),
-                ("start_failures", plugin.start_failures.to_string()),
-                ("queue_depth", plugin.queue_depth.to_string()),
-                ("queue_capacity", plugin.queue_capacity.to_string()),
-                ("fuel_used", plugin.fuel_used.to_string()),
-                ("latency_p50", duration(plugin.latency_p50)),
-                ("latency_p99", duration(plugin.latency_p99)),
-                ("reloads", plugin.reloads.to_string()),
-                ("reload_failures", plugin.reload_failures.to_string()),
-                ("last_reload_error", plugin.last_reload_error),
-                ("jobs", plugin.jobs.to_string()),
-                ("discarded", plugin.discarded.to_string()),
-                (
-                    "rate_limited_messages",
-                    plugin.rate_limited_messages.to_string(),
-                ),
-                ("rate_limited_logs", plugin.rate_limited_logs.to_string()),
-                (
-                    "rate_limited_output",
-                    plugin.rate_limited_output.to_string(),
-                ),
-            ]),
-        );
+        let mut pairs = vec![
+            ("state", plugin.state.clone()),
+            ("events", plugin.filter.clone()),
+            ("sha256", plugin.sha256.clone()),
+            ("path", plugin.path.display().to_string()),
+            ("capabilities", plugin.capabilities.clone()),
+        ];
+        pairs.extend(plugin_counters(&plugin));
+        sections.insert(format!("plugin:{}", plugin.name), section(pairs));
     }
     for handler in session.agent.handlers().stats() {
         let timeout = handler
@@ -857,6 +826,146 @@ pub(super) async fn job(
     Ok(Flow::Continue)
 }
 
+// --- Plugins (our extension): the live view of this agent's plugins.
+
+/// A plugin's counters as its `plugin:NAME` section of `stats` shows them (after `state`,
+/// `events`, `sha256`, `path` and `capabilities`), in that order.
+fn plugin_counters(plugin: &PluginStatsSnapshot) -> Vec<(&'static str, String)> {
+    let duration = |d: Duration| format!("{d:?}");
+    vec![
+        ("offered", plugin.offered.to_string()),
+        ("handled", plugin.handled.to_string()),
+        ("errors", plugin.errors.to_string()),
+        ("traps", plugin.traps.to_string()),
+        ("timeouts", plugin.timeouts.to_string()),
+        ("fuel_exhausted", plugin.fuel_exhausted.to_string()),
+        ("memory_exceeded", plugin.memory_exceeded.to_string()),
+        ("dropped", plugin.dropped.to_string()),
+        ("expired", plugin.expired.to_string()),
+        ("skipped", plugin.skipped.to_string()),
+        ("starts", plugin.starts.to_string()),
+        ("start_failures", plugin.start_failures.to_string()),
+        ("queue_depth", plugin.queue_depth.to_string()),
+        ("queue_capacity", plugin.queue_capacity.to_string()),
+        ("fuel_used", plugin.fuel_used.to_string()),
+        ("latency_p50", duration(plugin.latency_p50)),
+        ("latency_p99", duration(plugin.latency_p99)),
+        ("reloads", plugin.reloads.to_string()),
+        ("reload_failures", plugin.reload_failures.to_string()),
+        ("last_reload_error", plugin.last_reload_error.clone()),
+        ("jobs", plugin.jobs.to_string()),
+        ("discarded", plugin.discarded.to_string()),
+        (
+            "rate_limited_messages",
+            plugin.rate_limited_messages.to_string(),
+        ),
+        ("rate_limited_logs", plugin.rate_limited_logs.to_string()),
+        (
+            "rate_limited_output",
+            plugin.rate_limited_output.to_string(),
+        ),
+    ]
+}
+
+/// A plugin's budgets by their `serf.toml` keys, in the units `serf.toml` takes.
+fn plugin_limits(limits: &crate::plugin::Limits) -> BTreeMap<String, String> {
+    let duration = |d: Duration| humantime::format_duration(d).to_string();
+    [
+        ("fuel_per_event", limits.fuel_per_event.to_string()),
+        ("fuel_init", limits.fuel_init.to_string()),
+        (
+            "max_memory_mib",
+            (limits.max_memory_bytes >> 20).to_string(),
+        ),
+        ("event_timeout", duration(limits.event_timeout)),
+        ("queue_capacity", limits.queue_capacity.to_string()),
+        ("job_fuel", limits.job_fuel.to_string()),
+        ("job_timeout", duration(limits.job_timeout)),
+        (
+            "job_max_memory_mib",
+            (limits.job_max_memory_bytes >> 20).to_string(),
+        ),
+        ("max_jobs", limits.max_jobs.to_string()),
+        (
+            "max_consecutive_traps",
+            limits.max_consecutive_traps.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+/// The RPC view of one plugin's snapshot.
+fn plugin_view(plugin: PluginStatsSnapshot) -> protocol::Plugin {
+    let counters = plugin_counters(&plugin)
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+    let capabilities = if plugin.capabilities == "none" {
+        Vec::new()
+    } else {
+        plugin.capabilities.split(',').map(str::to_owned).collect()
+    };
+    protocol::Plugin {
+        capabilities,
+        counters,
+        dirs: plugin
+            .dirs
+            .iter()
+            .map(|(guest, host)| (guest.clone(), host.display().to_string()))
+            .collect(),
+        env_keys: plugin.env_keys.clone(),
+        events: plugin.filter.clone(),
+        limits: plugin_limits(&plugin.limits),
+        name: plugin.name.clone(),
+        path: plugin.path.display().to_string(),
+        sha256: plugin.sha256.clone(),
+        state: plugin.state,
+    }
+}
+
+/// `plugin-list`: every configured plugin, by name.
+pub(super) async fn plugin_list(
+    session: &mut Session,
+    seq: u64,
+) -> Result<Flow, protocol::FrameError> {
+    let plugins = session
+        .agent
+        .plugins()
+        .stats()
+        .into_iter()
+        .map(plugin_view)
+        .collect();
+    let body = protocol::PluginsResponse { plugins };
+    session.outbox.reply(seq, "", Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
+/// `plugin-status`: one plugin; an unknown name is the error.
+pub(super) async fn plugin_status(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::PluginRequest,
+) -> Result<Flow, protocol::FrameError> {
+    let found = session
+        .agent
+        .plugins()
+        .stats()
+        .into_iter()
+        .find(|plugin| plugin.name == request.name);
+    let (plugin, error) = match found {
+        Some(plugin) => (plugin_view(plugin), String::new()),
+        None => (
+            protocol::Plugin::default(),
+            format!("no plugin named {:?} is configured", request.name),
+        ),
+    };
+    let body = protocol::PluginResponse { plugin };
+    session.outbox.reply(seq, &error, Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
 /// The coordinate the agent holds for a node (its own included); for an unknown node `Ok` is
 /// false and the coordinate all zero, as Serf answers.
 pub(super) async fn get_coordinate(
@@ -882,4 +991,19 @@ pub(super) async fn get_coordinate(
     };
     session.outbox.reply(seq, &error, Some(&body)).await;
     Ok(Flow::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_limits_use_serf_toml_keys_and_units() {
+        let limits = plugin_limits(&crate::plugin::Limits::DEFAULT);
+        assert_eq!(limits["max_memory_mib"], "64");
+        assert_eq!(limits["event_timeout"], "2s");
+        assert_eq!(limits["job_timeout"], "15m");
+        assert_eq!(limits["fuel_per_event"], "1000000000");
+        assert_eq!(limits.len(), 10);
+    }
 }

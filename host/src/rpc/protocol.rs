@@ -109,9 +109,14 @@ pub mod command {
     pub const JOB_KILL: &str = "job-kill";
     /// Body [`super::JobRequest`] (`ID` 0: every ended job), reply [`super::JobReapResponse`].
     pub const JOB_REAP: &str = "job-reap";
+    // Plugins (our extension): the live view of this agent's plugins.
+    /// No body, reply [`super::PluginsResponse`]: every configured plugin, by name.
+    pub const PLUGIN_LIST: &str = "plugin-list";
+    /// Body [`super::PluginRequest`], reply [`super::PluginResponse`].
+    pub const PLUGIN_STATUS: &str = "plugin-status";
 
     /// Every command the agent understands: Serf 0.9.4's, then our extensions.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 27] = [
         HANDSHAKE,
         AUTH,
         EVENT,
@@ -137,6 +142,8 @@ pub mod command {
         JOB_SHOW,
         JOB_KILL,
         JOB_REAP,
+        PLUGIN_LIST,
+        PLUGIN_STATUS,
     ];
 }
 
@@ -181,6 +188,7 @@ pub fn command_has_request_body(command: &str) -> bool {
             | command::STATS
             | command::RELOAD
             | command::JOBS_LIST
+            | command::PLUGIN_LIST
     ) && command::ALL.contains(&command)
 }
 
@@ -204,6 +212,8 @@ pub fn command_has_response_body(command: &str) -> bool {
             | command::JOB_SHOW
             | command::JOB_KILL
             | command::JOB_REAP
+            | command::PLUGIN_LIST
+            | command::PLUGIN_STATUS
     )
 }
 
@@ -694,6 +704,69 @@ pub struct JobReapResponse {
     /// The ids whose records were deleted.
     #[serde(rename = "Reaped", deserialize_with = "go::nil_default")]
     pub reaped: Vec<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plugins (our extension): `plugin-list`, `plugin-status`
+
+/// Request body of `plugin-status`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginRequest {
+    #[serde(rename = "Name", deserialize_with = "go::string")]
+    pub name: String,
+}
+
+/// One configured plugin as the agent runs it: what `serf plugin status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Plugin {
+    /// Granted capabilities (`members`, `events`, `queries`); empty for none.
+    #[serde(rename = "Capabilities", deserialize_with = "go::string_vec")]
+    pub capabilities: Vec<String>,
+    /// Every counter of its `plugin:NAME` section of `stats`, by key.
+    #[serde(rename = "Counters", deserialize_with = "go::string_map")]
+    pub counters: BTreeMap<String, String>,
+    /// Granted directories: guest path → host directory.
+    #[serde(rename = "Dirs", deserialize_with = "go::string_map")]
+    pub dirs: BTreeMap<String, String>,
+    /// The names of the environment variables it is given; never their values.
+    #[serde(rename = "EnvKeys", deserialize_with = "go::string_vec")]
+    pub env_keys: Vec<String>,
+    /// Its event filter, as in `serf.toml`.
+    #[serde(rename = "Events", deserialize_with = "go::string")]
+    pub events: String,
+    /// Its budgets, by their `serf.toml` key (`fuel_per_event`, `max_memory_mib`, ...).
+    #[serde(rename = "Limits", deserialize_with = "go::string_map")]
+    pub limits: BTreeMap<String, String>,
+    #[serde(rename = "Name", deserialize_with = "go::string")]
+    pub name: String,
+    /// The configured `.wasm` file.
+    #[serde(rename = "Path", deserialize_with = "go::string")]
+    pub path: String,
+    /// SHA-256 of the module running; empty while none is.
+    #[serde(rename = "Sha256", deserialize_with = "go::string")]
+    pub sha256: String,
+    /// `loading`, `running` or `failed: <reason>`.
+    #[serde(rename = "State", deserialize_with = "go::string")]
+    pub state: String,
+}
+
+/// Reply body of `plugin-list`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginsResponse {
+    /// Every configured plugin, by name.
+    #[serde(rename = "Plugins", deserialize_with = "go::nil_default")]
+    pub plugins: Vec<Plugin>,
+}
+
+/// Reply body of `plugin-status`, sent on error too (then all zero).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginResponse {
+    #[serde(rename = "Plugin", deserialize_with = "go::nil_default")]
+    pub plugin: Plugin,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1954,12 +2027,53 @@ mod tests {
     }
 
     #[test]
+    fn plugin_bodies_use_go_style_keys_and_round_trip() {
+        assert_eq!(
+            enc(&PluginRequest { name: "up".into() }),
+            hex("81a44e616d65a27570")
+        );
+        let plugin = Plugin {
+            capabilities: vec!["members".into()],
+            counters: BTreeMap::from([("handled".into(), "2".into())]),
+            dirs: BTreeMap::from([("/data".into(), "/var/data".into())]),
+            env_keys: vec!["REGION".into()],
+            events: "query:upcase".into(),
+            limits: BTreeMap::from([("max_memory_mib".into(), "64".into())]),
+            name: "upcase".into(),
+            path: "plugins/upcase.wasm".into(),
+            sha256: "ab".into(),
+            state: "running".into(),
+        };
+        let list = PluginsResponse {
+            plugins: vec![plugin.clone()],
+        };
+        assert_eq!(dec::<PluginsResponse>(&enc(&list)), list);
+        let reply = PluginResponse { plugin };
+        assert_eq!(dec::<PluginResponse>(&enc(&reply)), reply);
+        // Go clients may send nil for the list.
+        assert_eq!(
+            dec::<PluginsResponse>(&hex("81a7506c7567696e73c0")),
+            PluginsResponse::default()
+        );
+        assert!(command_has_request_body(command::PLUGIN_STATUS));
+        assert!(!command_has_request_body(command::PLUGIN_LIST));
+        assert!(command_has_response_body(command::PLUGIN_STATUS));
+        assert!(command_has_response_body(command::PLUGIN_LIST));
+    }
+
+    #[test]
     fn body_presence_rules_match_serf() {
         for command in command::ALL {
             let request = command_has_request_body(command);
             let expected = !matches!(
                 command,
-                "members" | "leave" | "list-keys" | "stats" | "reload" | "jobs-list"
+                "members"
+                    | "leave"
+                    | "list-keys"
+                    | "stats"
+                    | "reload"
+                    | "jobs-list"
+                    | "plugin-list"
             );
             assert_eq!(request, expected, "{command}");
         }

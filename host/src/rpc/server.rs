@@ -602,6 +602,8 @@ async fn read_request(
         command::JOB_SHOW | command::JOB_KILL | command::JOB_REAP => {
             handlers::job(session, seq, name, body(reader).await?).await
         }
+        command::PLUGIN_LIST => handlers::plugin_list(session, seq).await,
+        command::PLUGIN_STATUS => handlers::plugin_status(session, seq, body(reader).await?).await,
         command::GET_COORDINATE => {
             handlers::get_coordinate(session, seq, body(reader).await?).await
         }
