@@ -840,9 +840,18 @@ pub fn normalize_args(command: &clap::Command, args: Vec<OsString>) -> Vec<OsStr
     let Some(sub) = command.find_subcommand(&name) else {
         return args;
     };
-    // Subcommands with subcommands of their own (`serf plugin run`) take clap's own flags.
+    // Subcommands with subcommands of their own (`serf plugin run`) take clap's own flags,
+    // but for the client ones (`serf plugin list`), which take Serf's.
     if sub.has_subcommands() {
-        return args;
+        let rest = args[position..].to_vec();
+        return match subcommand_position(sub, &rest) {
+            Some((_, nested)) if plugin::CLIENT_COMMANDS.contains(&nested.as_str()) => {
+                let mut out = args[..position].to_vec();
+                out.extend(normalize_args(sub, rest));
+                out
+            }
+            _ => args,
+        };
     }
     let mut sub = sub.clone();
     sub.build();
@@ -2214,6 +2223,39 @@ mod tests {
             Some("bogus".to_owned())
         );
         assert_eq!(undefined_flag(sub, &os(&["x", "-bogus"])), None);
+    }
+
+    #[test]
+    fn plugin_list_and_status_take_serfs_flags_check_and_run_clap_s() {
+        assert_eq!(
+            normalized(&[
+                "serf",
+                "plugin",
+                "status",
+                "-format",
+                "json",
+                "-rpc-addr=a:1",
+                "up"
+            ]),
+            [
+                "serf",
+                "plugin",
+                "status",
+                "--format=json",
+                "--rpc-addr=a:1",
+                "--",
+                "up"
+            ]
+        );
+        assert_eq!(
+            normalized(&["serf", "plugin", "list", "-format=json"]),
+            ["serf", "plugin", "list", "--format=json"]
+        );
+        let run = ["serf", "plugin", "run", "x.wasm", "--event", "user:a"];
+        assert_eq!(normalized(&run), run);
+        let Command::Plugin(_) = parse(&["serf", "plugin", "status", "-format=json", "up"]) else {
+            panic!("not plugin")
+        };
     }
 
     #[test]

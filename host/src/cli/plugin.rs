@@ -1,9 +1,13 @@
-//! `serf plugin check` and `serf plugin run`: tools for plugin authors that need no agent.
+//! `serf plugin check` and `serf plugin run`: tools for plugin authors that need no agent;
+//! `serf plugin list` and `serf plugin status NAME`: the live view of a running agent's
+//! plugins, over the RPC commands `plugin-list` and `plugin-status`.
 //!
-//! The work is in [`crate::plugin::tool`]; this module parses the flags and prints the
-//! reports. Unlike Serf's subcommands, these take GNU-style flags anywhere on the line
-//! (`serf plugin run upcase.wasm --event query:upcase --payload foo`). Exit code 0 when the
-//! plugin loaded (check) or handled the event (run), 1 otherwise.
+//! The offline work is in [`crate::plugin::tool`]; this module parses the flags and prints
+//! the reports. Unlike Serf's subcommands, `check` and `run` take GNU-style flags anywhere on
+//! the line (`serf plugin run upcase.wasm --event query:upcase --payload foo`). Exit code 0
+//! when the plugin loaded (check) or handled the event (run), 1 otherwise. `list` and
+//! `status` are client commands like `serf jobs`: Serf's flags (`-format`, `-rpc-addr`,
+//! `-rpc-auth`) before the name, exit code 1 on any error (an unknown name included).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,6 +20,7 @@ use crate::plugin::engine::CompileBudget;
 use crate::plugin::instance::CallError;
 use crate::plugin::tool::{self, CallReport, CheckReport, LogLine, RunOptions, RunReport};
 use crate::plugin::{Capabilities, Grants};
+use crate::rpc::protocol::Plugin;
 
 /// Tools for writing plugins: check a module, or run it against one synthetic event.
 #[derive(Debug, clap::Args)]
@@ -30,6 +35,34 @@ enum PluginCommand {
     Check(CheckArgs),
     /// Runs a plugin against one synthetic event and prints its log, response, fuel and time
     Run(RunArgs),
+    /// Lists a running agent's plugins: state, version, file and event filter
+    List(ListArgs),
+    /// Shows one plugin of a running agent: state, grants, limits and counters
+    Status(StatusArgs),
+}
+
+/// The client subcommands of `serf plugin`, which take Serf's flags (see [`super::normalize_args`]).
+pub(super) const CLIENT_COMMANDS: [&str; 2] = ["list", "status"];
+
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    /// Output format: text or json.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    format: String,
+    #[command(flatten)]
+    rpc: super::RpcFlags,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Output format: text or json.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    format: String,
+    #[command(flatten)]
+    rpc: super::RpcFlags,
+    /// The plugin's name, as `serf plugin list` shows it.
+    #[arg(value_name = "NAME")]
+    name: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +129,8 @@ struct RunArgs {
 /// Runs `serf plugin ...`; returns the exit code.
 pub(super) fn run(args: PluginArgs) -> u8 {
     let outcome = match args.command {
+        PluginCommand::List(args) => return super::block_on(list(args)),
+        PluginCommand::Status(args) => return super::block_on(status(args)),
         PluginCommand::Check(args) => tool::check(&args.file, args.budget()).map(|report| {
             print!("{}", format_check(&report));
             0
@@ -118,6 +153,129 @@ pub(super) fn run(args: PluginArgs) -> u8 {
             1
         }
     }
+}
+
+/// `text` → false, `json` → true; anything else is printed as an error.
+fn json_format(format: &str) -> Result<bool, u8> {
+    match format {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        other => {
+            super::out(&format!("Invalid format: {other}"));
+            Err(1)
+        }
+    }
+}
+
+async fn list(args: ListArgs) -> super::Exit {
+    let json = json_format(&args.format)?;
+    let client = super::connect(&args.rpc).await?;
+    let plugins = client
+        .plugin_list()
+        .await
+        .map_err(super::failed("Error listing plugins"))?;
+    if json {
+        return super::print_json(&serde_json::Value::Array(
+            plugins.iter().map(plugin_json).collect(),
+        ));
+    }
+    super::out(&format_plugins_text(&plugins));
+    Ok(0)
+}
+
+async fn status(args: StatusArgs) -> super::Exit {
+    let json = json_format(&args.format)?;
+    let client = super::connect(&args.rpc).await?;
+    let plugin = client
+        .plugin_status(&args.name)
+        .await
+        .map_err(super::failed("Error getting plugin status"))?;
+    if json {
+        return super::print_json(&plugin_json(&plugin));
+    }
+    super::out(&format_plugin_text(&plugin));
+    Ok(0)
+}
+
+/// `serf plugin list`: one line per plugin, in columns; the SHA-256 cut to 12 digits.
+fn format_plugins_text(plugins: &[Plugin]) -> String {
+    if plugins.is_empty() {
+        return "No plugins configured".to_owned();
+    }
+    let cell = |text: &str| text.replace(['|', '\n'], " ");
+    let mut lines = vec!["NAME|STATE|SHA256|EVENTS|PATH".to_owned()];
+    for plugin in plugins {
+        let sha = plugin.sha256.get(..12).unwrap_or(&plugin.sha256);
+        lines.push(format!(
+            "{}|{}|{}|{}|{}",
+            cell(&plugin.name),
+            cell(&plugin.state),
+            if sha.is_empty() { "-" } else { sha },
+            cell(&plugin.events),
+            cell(&plugin.path),
+        ));
+    }
+    super::columnize(&lines)
+}
+
+/// `serf plugin status NAME`: sections of `key = value` lines, as `serf info` prints them.
+/// Environment variables are listed by name only.
+fn format_plugin_text(plugin: &Plugin) -> String {
+    let mut text = String::new();
+    let mut section = |title: &str, pairs: Vec<(String, String)>| {
+        let _ = writeln!(text, "{title}:");
+        for (key, value) in pairs {
+            let _ = writeln!(text, "\t{key} = {value}");
+        }
+    };
+    let pair = |key: &str, value: &str| (key.to_owned(), value.to_owned());
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(",")
+        }
+    };
+    section(
+        "plugin",
+        vec![
+            pair("name", &plugin.name),
+            pair("state", &plugin.state),
+            pair("path", &plugin.path),
+            pair("sha256", &plugin.sha256),
+            pair("events", &plugin.events),
+        ],
+    );
+    let mut grants = vec![
+        pair("capabilities", &list(&plugin.capabilities)),
+        pair("env_keys", &list(&plugin.env_keys)),
+    ];
+    if plugin.dirs.is_empty() {
+        grants.push(pair("dirs", "none"));
+    }
+    for (guest, host) in &plugin.dirs {
+        grants.push((format!("dir {guest}"), host.clone()));
+    }
+    section("grants", grants);
+    section("limits", plugin.limits.clone().into_iter().collect());
+    section("counters", plugin.counters.clone().into_iter().collect());
+    text.trim().to_owned()
+}
+
+/// A plugin for `-format json`.
+fn plugin_json(plugin: &Plugin) -> serde_json::Value {
+    serde_json::json!({
+        "name": plugin.name,
+        "state": plugin.state,
+        "path": plugin.path,
+        "sha256": plugin.sha256,
+        "events": plugin.events,
+        "capabilities": plugin.capabilities,
+        "dirs": plugin.dirs,
+        "env_keys": plugin.env_keys,
+        "limits": plugin.limits,
+        "counters": plugin.counters,
+    })
 }
 
 fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
@@ -311,6 +469,58 @@ fn millis(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plugin(name: &str, state: &str) -> Plugin {
+        Plugin {
+            name: name.into(),
+            state: state.into(),
+            events: "*".into(),
+            path: format!("plugins/{name}.wasm"),
+            ..Plugin::default()
+        }
+    }
+
+    #[test]
+    fn plugins_list_as_columns_with_a_short_sha() {
+        let mut up = plugin("upcase", "running");
+        up.sha256 = "7bbd1fcfaf7498adddd43c15002db9ce".into();
+        let text = format_plugins_text(&[up, plugin("bad", "failed: not|wasm")]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("NAME "), "{text}");
+        assert!(lines[1].contains(" 7bbd1fcfaf74 "), "{text}");
+        assert!(!lines[1].contains("7bbd1fcfaf749"), "{text}");
+        assert!(lines[2].contains("failed: not wasm"), "{text}");
+        assert!(lines[2].contains(" - "), "{text}");
+        assert_eq!(format_plugins_text(&[]), "No plugins configured");
+    }
+
+    #[test]
+    fn a_plugins_status_shows_grants_limits_and_counters_as_info_does() {
+        let mut up = plugin("upcase", "running");
+        up.capabilities = vec!["members".into(), "queries".into()];
+        up.env_keys = vec!["REGION".into()];
+        up.dirs = BTreeMap::from([("/data".into(), "/srv/data".into())]);
+        up.limits = BTreeMap::from([("fuel_per_event".into(), "5".into())]);
+        up.counters = BTreeMap::from([("handled".into(), "2".into())]);
+        let text = format_plugin_text(&up);
+        assert!(
+            text.starts_with("plugin:\n\tname = upcase\n\tstate = running\n"),
+            "{text}"
+        );
+        for expected in [
+            "grants:\n\tcapabilities = members,queries\n\tenv_keys = REGION\n\tdir /data = /srv/data\n",
+            "limits:\n\tfuel_per_event = 5\n",
+            "counters:\n\thandled = 2",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in {text}");
+        }
+        let bare = format_plugin_text(&plugin("hello", "loading"));
+        assert!(
+            bare.contains("\tcapabilities = none\n\tenv_keys = none\n\tdirs = none\n"),
+            "{bare}"
+        );
+    }
 
     #[test]
     fn config_values_are_typed_as_serf_toml_types_them() {
