@@ -60,6 +60,30 @@ pub(super) fn run(flags: &AgentFlags) -> u8 {
     }
 }
 
+/// The banner's `Plugins:` line from each plugin's state (`running`, `loading`,
+/// `failed: ...`) at that moment: plugins load in the background, so only those already
+/// running are counted as such, and a failed one never is.
+fn plugins_line(states: &[&str]) -> String {
+    if states.is_empty() {
+        return "none configured".to_owned();
+    }
+    let running = states.iter().filter(|s| **s == "running").count();
+    let loading = states.iter().filter(|s| **s == "loading").count();
+    let failed = states.len() - running - loading;
+    let mut parts = vec![format!("{running} running")];
+    if loading > 0 {
+        parts.push(format!("{loading} loading in the background"));
+    }
+    if failed > 0 {
+        parts.push(format!("{failed} failed"));
+    }
+    let mut line = format!("{} configured: {}", states.len(), parts.join(", "));
+    if running < states.len() {
+        line.push_str(" (`serf plugin list` shows their state)");
+    }
+    line
+}
+
 /// Runs the agent until it should stop; returns the exit code.
 async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -87,7 +111,7 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     let handle = agent.handle();
     let reloads = reload_on_hangup(hangup, handle.clone());
     let plugins = handle.plugins().stats();
-    let running = plugins.iter().filter(|p| p.state == "running").count();
+    let states: Vec<&str> = plugins.iter().map(|p| p.state.as_str()).collect();
     println!("==> Serf agent running!");
     println!("                      Node name: '{}'", config.node_name);
     println!("                      Bind addr: '{}'", config.bind);
@@ -108,10 +132,7 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
         "    Message Compression Enabled: {}",
         config.enable_compression
     );
-    println!(
-        "                        Plugins: {running} of {} loaded",
-        plugins.len()
-    );
+    println!("                        Plugins: {}", plugins_line(&states));
     if !config.start_join.is_empty() {
         println!("==> Joining cluster...(replay: {})", config.replay_on_join);
         match handle
@@ -247,4 +268,27 @@ fn spawn_retry_join(
         interval,
         max_attempts,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plugins_line;
+
+    #[test]
+    fn the_banner_counts_only_running_plugins_as_running() {
+        assert_eq!(plugins_line(&[]), "none configured");
+        assert_eq!(
+            plugins_line(&["running", "running"]),
+            "2 configured: 2 running"
+        );
+        assert_eq!(
+            plugins_line(&["running", "failed: not a wasm module", "loading"]),
+            "3 configured: 1 running, 1 loading in the background, 1 failed \
+             (`serf plugin list` shows their state)"
+        );
+        assert_eq!(
+            plugins_line(&["failed: x", "failed: y"]),
+            "2 configured: 0 running, 2 failed (`serf plugin list` shows their state)"
+        );
+    }
 }
