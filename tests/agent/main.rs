@@ -11,6 +11,7 @@ mod hostile;
 mod jobs;
 mod keys;
 mod operators;
+mod plugin_view;
 mod python_client;
 mod reliability;
 mod reload;
