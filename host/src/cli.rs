@@ -84,7 +84,7 @@ enum Command {
     Reload(ReloadArgs),
     /// List, show, kill or reap the plugins' long jobs (an extension)
     Jobs(JobsArgs),
-    /// Checks a plugin module or runs it against a synthetic event, with no agent (an extension)
+    /// Lists or shows a running agent's plugins, or checks or runs a module offline (an extension)
     Plugin(plugin::PluginArgs),
     /// Prints the Serf version
     Version,
