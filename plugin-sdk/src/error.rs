@@ -71,7 +71,8 @@ pub enum HostError {
     BadArgument,
     /// [`Status::InvalidMemory`]: a pointer and length do not lie inside the guest's memory.
     InvalidMemory,
-    /// [`Status::NotAllowed`]: `respond` outside a query, or a second time for one query.
+    /// [`Status::NotAllowed`]: `respond` outside a query, a second time for one query, or to a
+    /// query another plugin on this node answered first (a node sends one answer per query).
     NotAllowed,
     /// [`Status::TooLarge`]: the payload is over its limit (Serf's query response limit).
     TooLarge,

@@ -720,6 +720,7 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
                     "rate_limited_output",
                     plugin.rate_limited_output.to_string(),
                 ),
+                ("refused_responses", plugin.refused_responses.to_string()),
             ]),
         );
     }

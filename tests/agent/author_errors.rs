@@ -1,0 +1,47 @@
+//! What a plugin author sees when something is wrong: errors the plugin gets back, counters in
+//! `serf info`, and log lines that name the cause.
+
+use std::time::Duration;
+
+use serf_tests::{Node, eventually, next_net, stdout_ok};
+
+fn counter(info: &serde_json::Value, plugin: &str, name: &str) -> u64 {
+    info[format!("plugin:{plugin}")][name]
+        .as_str()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} for {plugin} in {info}"))
+}
+
+/// Two plugins answer the same query: one answer goes out, and the other plugin's `respond`
+/// fails (its error and refused-response counters say so) instead of returning Ok.
+#[test]
+fn a_second_answer_to_a_query_is_an_error_the_plugin_sees() {
+    let node = Node::builder(next_net(), 1)
+        .plugin("upcase", "first")
+        .plugin("upcase", "second")
+        .config(
+            "[plugins.first]\nevents = \"query:upcase\"\n\
+             [plugins.second]\nevents = \"query:upcase\"\n",
+        )
+        .start();
+    let text = stdout_ok(&node.cli(&["query", "-timeout=1s", "upcase", "foo"]));
+    assert!(text.contains("Total Responses: 1"), "{text}");
+
+    let counts = eventually(Duration::from_secs(10), || {
+        let info = node.info();
+        let count = |name| counter(&info, "first", name) + counter(&info, "second", name);
+        (count("handled") + count("errors") == 2).then(|| {
+            (
+                count("handled"),
+                count("errors"),
+                count("refused_responses"),
+            )
+        })
+    });
+    assert_eq!(counts, Some((1, 1, 1)), "{}", node.log());
+    assert!(
+        !node.log().contains("response already sent"),
+        "the refusal reached the plugin, not only the log: {}",
+        node.log()
+    );
+}
