@@ -362,6 +362,9 @@ pub struct Config {
     /// The plugin directory (`-plugins` or `plugin_dir`), whose new `.wasm` files a reload
     /// picks up.
     pub plugin_dir: Option<PathBuf>,
+    /// Plugins of the plugin directory without a `[plugins.NAME]` table: they get
+    /// [`EventFilter::UNCONFIGURED`], and the agent warns about each when it loads them.
+    pub plugins_without_table: Vec<String>,
     /// Watch serf.toml and the plugin files, and reload when they change.
     pub auto_reload: bool,
     /// Threads that run plugins' long jobs, started with the first job.
@@ -571,6 +574,17 @@ impl FileConfig {
 }
 
 impl Config {
+    /// Warns about each plugin that runs without a `[plugins.NAME]` table.
+    pub fn warn_plugins_without_table(&self) {
+        for name in &self.plugins_without_table {
+            tracing::warn!(
+                plugin = %name,
+                "plugin {name} has no [plugins.{name}] table: it gets member and user events but no queries (events = \"{}\"); add the table with events = \"...\" to choose",
+                EventFilter::UNCONFIGURED
+            );
+        }
+    }
+
     /// Loads the config file named by the flags (if any) and resolves it with them.
     pub fn from_flags(flags: &AgentFlags) -> Result<Config, ConfigError> {
         let (file, base) = match &flags.config_file {
@@ -668,7 +682,12 @@ impl Config {
             .or_else(|| file.plugin_dir.map(|dir| base.join(dir)));
         let defaults = apply_limits(Limits::DEFAULT, file.plugin_defaults.as_ref())
             .map_err(|(key, value, reason)| invalid(key, &value, &reason))?;
-        let plugins = resolve_plugins(file.plugins, base, plugin_dir.as_deref(), defaults)?;
+        let plugins = resolve_plugins(&file.plugins, base, plugin_dir.as_deref(), defaults)?;
+        let plugins_without_table = plugins
+            .iter()
+            .filter(|spec| !file.plugins.contains_key(&spec.name))
+            .map(|spec| spec.name.clone())
+            .collect();
         // Serf concatenates the file's lists and the flags' (file first).
         let mut start_join = file.start_join.unwrap_or_default();
         start_join.extend(flags.join.iter().cloned());
@@ -755,6 +774,7 @@ impl Config {
             handlers: resolve_handlers(file.event_handlers, file.handlers, &flags.event_handlers)?,
             flags: flags.clone(),
             plugin_dir,
+            plugins_without_table,
             auto_reload: file.auto_reload.unwrap_or(true),
             job_workers: resolve_job_workers(file.job_workers)?,
             plugin_budget: resolve_budget(
@@ -1027,7 +1047,7 @@ fn nonzero_u64(key: &'static str, value: u64) -> Result<u64, LimitError> {
 
 /// Merges `[plugins.*]` tables with the `*.wasm` files of the plugin directory.
 fn resolve_plugins(
-    tables: BTreeMap<String, FilePlugin>,
+    tables: &BTreeMap<String, FilePlugin>,
     base: &Path,
     plugin_dir: Option<&Path>,
     defaults: Limits,
@@ -1048,7 +1068,7 @@ fn resolve_plugins(
         }
     }
     let mut specs = Vec::new();
-    for (name, table) in &tables {
+    for (name, table) in tables {
         if table.enabled == Some(false) {
             continue;
         }
@@ -1093,7 +1113,7 @@ fn resolve_plugins(
             specs.push(PluginSpec {
                 name,
                 path,
-                filter: EventFilter::all(),
+                filter: EventFilter::unconfigured(),
                 limits: defaults,
                 dirs: BTreeMap::new(),
                 config: toml::Table::new(),
@@ -1319,6 +1339,13 @@ mod tests {
         assert_eq!(a.dirs["/data"], Path::new("/etc/serf/data"));
         assert_eq!(a.config["file"].as_str(), Some("/data/x"));
         assert_eq!(config.plugins[1].limits.fuel_per_event, 5);
+        // `b` has no table: member and user events, no queries, and a warning at load.
+        assert_eq!(config.plugins[1].filter, EventFilter::unconfigured());
+        assert_eq!(
+            config.plugins[1].filter.to_string(),
+            "member-join,member-leave,member-failed,member-update,member-reap,user"
+        );
+        assert_eq!(config.plugins_without_table, ["b"]);
         assert_eq!(
             config.plugins[2].path,
             Path::new("/etc/serf/more/extra.wasm")

@@ -45,3 +45,24 @@ fn a_second_answer_to_a_query_is_an_error_the_plugin_sees() {
         node.log()
     );
 }
+
+/// A `.wasm` dropped into the plugin directory without a `[plugins.NAME]` table gets member
+/// and user events but no queries, and the agent says so when it loads it.
+#[test]
+fn a_plugin_without_a_table_gets_no_queries_and_is_warned_about() {
+    let node = Node::builder(next_net(), 1)
+        .plugin("upcase", "loose")
+        .start();
+    node.wait_for_log(
+        "plugin loose has no [plugins.loose] table: it gets member and user events but no queries",
+        Duration::from_secs(10),
+    );
+    let info = node.info();
+    assert_eq!(
+        info["plugin:loose"]["events"],
+        "member-join,member-leave,member-failed,member-update,member-reap,user",
+        "{info}"
+    );
+    let text = stdout_ok(&node.cli(&["query", "-timeout=500ms", "upcase", "foo"]));
+    assert!(text.contains("Total Responses: 0"), "{text}");
+}

@@ -287,6 +287,7 @@ impl Agent {
             next_query_handle: AtomicU32::new(0),
             answered: AnsweredQueries::default(),
         });
+        config.warn_plugins_without_table();
         // Plugins load in the background: gossip and RPC answer while they compile, and
         // events queue for each until it runs.
         let plugins = PluginHost::spawn(
