@@ -555,11 +555,13 @@ pub enum ConfigError {
 }
 
 impl FileConfig {
-    /// Parses `serf.toml` text; `path` is only used in messages.
+    /// Parses `serf.toml` text; `path` is only used in messages. An error in a value names
+    /// the value's key path and line: `plugins.upcase.events: invalid type: integer `42`,
+    /// expected a string (line 3, column 10)`.
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: error.to_string().trim_end().to_owned(),
+            message: describe_toml_error(text, &error),
         })
     }
 
@@ -571,6 +573,69 @@ impl FileConfig {
         })?;
         FileConfig::parse(&text, path)
     }
+}
+
+/// `key.path: message (line L, column C)` for an error whose place is a value of a
+/// well-formed document (a wrong type, an unknown field); toml's own text for a syntax error.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let place = error.span().and_then(|span| {
+        let document = toml::de::DeTable::parse(text).ok()?;
+        let mut keys = Vec::new();
+        if !key_path(document.get_ref(), span.start, &mut keys) {
+            keys.clear();
+        }
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        let line_start = text[..span.start.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let column = text[line_start..span.start.min(text.len())].chars().count() + 1;
+        Some((keys.join("."), line, column))
+    });
+    match place {
+        Some((keys, line, column)) if !keys.is_empty() => {
+            let message = error.message().trim_end();
+            format!("{keys}: {message} (line {line}, column {column})")
+        }
+        _ => error.to_string().trim_end().to_owned(),
+    }
+}
+
+/// Pushes onto `keys` the path of the innermost key or value of `table` whose span holds
+/// `at`, array elements as `[i]` on the key before them; true if one does. Every table is
+/// searched, since one defined by a `[header]` spans only its header.
+fn key_path(table: &toml::de::DeTable<'_>, at: usize, keys: &mut Vec<String>) -> bool {
+    for (key, value) in table {
+        keys.push(key.get_ref().to_string());
+        if key.span().contains(&at) || value_path(value, at, keys) {
+            return true;
+        }
+        keys.pop();
+    }
+    false
+}
+
+fn value_path(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    at: usize,
+    keys: &mut Vec<String>,
+) -> bool {
+    let found = match value.get_ref() {
+        toml::de::DeValue::Table(table) => key_path(table, at, keys),
+        toml::de::DeValue::Array(array) => array.iter().enumerate().any(|(i, element)| {
+            let key = keys.len() - 1;
+            let plain = keys[key].clone();
+            keys[key].push_str(&format!("[{i}]"));
+            let depth = keys.len();
+            if value_path(element, at, keys) {
+                return true;
+            }
+            keys.truncate(depth);
+            keys[key] = plain;
+            false
+        }),
+        _ => false,
+    };
+    found || value.span().contains(&at)
 }
 
 impl Config {
@@ -1209,6 +1274,49 @@ mod tests {
     fn resolve(text: &str, flags: &AgentFlags) -> Result<Config, ConfigError> {
         let file = FileConfig::parse(text, Path::new("serf.toml"))?;
         Config::resolve(file, Path::new("/etc/serf"), flags)
+    }
+
+    #[test]
+    fn every_config_error_names_its_key() {
+        let cases = [
+            (
+                "log_level = 42\n",
+                "log_level: invalid type: integer `42`, expected",
+            ),
+            (
+                "[plugins.upcase]\nevents = 42\n",
+                "plugins.upcase.events: invalid type: integer `42`, expected a string (line 2, column 10)",
+            ),
+            (
+                "plugins.upcase.events = true\n",
+                "plugins.upcase.events: invalid type: boolean `true`, expected a string",
+            ),
+            (
+                "[plugins.upcase]\ndirs = { \"/data\" = 7 }\n",
+                "plugins.upcase.dirs./data: invalid type: integer `7`",
+            ),
+            (
+                "[plugins.upcase]\ncapabilities = [\"members\", 3]\n",
+                "plugins.upcase.capabilities[1]: invalid type: integer `3`, expected a string",
+            ),
+            (
+                "[plugin_defaults]\nfuel_per_event = \"lots\"\n",
+                "plugin_defaults.fuel_per_event: invalid type: string \"lots\"",
+            ),
+            (
+                "[[handlers]]\ncommand = \"true\"\n[[handlers]]\ncommand = 5\n",
+                "handlers[1].command: invalid type: integer `5`, expected a string (line 4",
+            ),
+            ("[plugins.upcase]\nevnts = \"*\"\n", "plugins.upcase"),
+        ];
+        for (text, expected) in cases {
+            let error = FileConfig::parse(text, Path::new("serf.toml")).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!("invalid config file serf.toml: {expected}")),
+                "{text:?}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serf_tests::{Node, eventually, next_net, stdout_ok};
+use serf_tests::{Node, eventually, next_net, run, serf_bin, stdout_ok};
 
 fn counter(info: &serde_json::Value, plugin: &str, name: &str) -> u64 {
     info[format!("plugin:{plugin}")][name]
@@ -65,4 +65,26 @@ fn a_plugin_without_a_table_gets_no_queries_and_is_warned_about() {
     );
     let text = stdout_ok(&node.cli(&["query", "-timeout=500ms", "upcase", "foo"]));
     assert!(text.contains("Total Responses: 0"), "{text}");
+}
+
+/// A value of the wrong type in serf.toml is refused with its key path and line.
+#[test]
+fn a_config_value_of_the_wrong_type_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serf.toml");
+    std::fs::write(&path, "node_name = \"a\"\n[plugins.upcase]\nevents = 42\n").unwrap();
+    let output = run(
+        std::process::Command::new(serf_bin())
+            .arg("agent")
+            .arg(format!("-config-file={}", path.display())),
+        Duration::from_secs(30),
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "plugins.upcase.events: invalid type: integer `42`, expected a string (line 3, column 10)"
+        ),
+        "{stderr}"
+    );
 }
