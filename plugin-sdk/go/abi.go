@@ -138,7 +138,7 @@ func (e HostError) reason() string {
 	case ErrUnavailable:
 		return "host unavailable"
 	case ErrDenied:
-		return "capability not granted"
+		return "capability not granted: add it to capabilities = [...] in the plugin's [plugins.NAME] table in serf.toml"
 	}
 	return "unknown host status " + strconv.Itoa(int(e))
 }
