@@ -362,6 +362,9 @@ pub struct Config {
     /// The plugin directory (`-plugins` or `plugin_dir`), whose new `.wasm` files a reload
     /// picks up.
     pub plugin_dir: Option<PathBuf>,
+    /// Plugins of the plugin directory without a `[plugins.NAME]` table: they get
+    /// [`EventFilter::UNCONFIGURED`], and the agent warns about each when it loads them.
+    pub plugins_without_table: Vec<String>,
     /// Watch serf.toml and the plugin files, and reload when they change.
     pub auto_reload: bool,
     /// Threads that run plugins' long jobs, started with the first job.
@@ -552,11 +555,13 @@ pub enum ConfigError {
 }
 
 impl FileConfig {
-    /// Parses `serf.toml` text; `path` is only used in messages.
+    /// Parses `serf.toml` text; `path` is only used in messages. An error in a value names
+    /// the value's key path and line: `plugins.upcase.events: invalid type: integer `42`,
+    /// expected a string (line 3, column 10)`.
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: error.to_string().trim_end().to_owned(),
+            message: describe_toml_error(text, &error),
         })
     }
 
@@ -570,7 +575,81 @@ impl FileConfig {
     }
 }
 
+/// `key.path: message (line L, column C)` for an error whose place is a value of a
+/// well-formed document (a wrong type, an unknown field); toml's own text for a syntax error.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let place = error.span().and_then(|span| {
+        let document = toml::de::DeTable::parse(text).ok()?;
+        let mut keys = Vec::new();
+        if !key_path(document.get_ref(), span.start, &mut keys) {
+            keys.clear();
+        }
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        let line_start = text[..span.start.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let column = text[line_start..span.start.min(text.len())].chars().count() + 1;
+        Some((keys.join("."), line, column))
+    });
+    match place {
+        Some((keys, line, column)) if !keys.is_empty() => {
+            let message = error.message().trim_end();
+            format!("{keys}: {message} (line {line}, column {column})")
+        }
+        _ => error.to_string().trim_end().to_owned(),
+    }
+}
+
+/// Pushes onto `keys` the path of the innermost key or value of `table` whose span holds
+/// `at`, array elements as `[i]` on the key before them; true if one does. Every table is
+/// searched, since one defined by a `[header]` spans only its header.
+fn key_path(table: &toml::de::DeTable<'_>, at: usize, keys: &mut Vec<String>) -> bool {
+    for (key, value) in table {
+        keys.push(key.get_ref().to_string());
+        if key.span().contains(&at) || value_path(value, at, keys) {
+            return true;
+        }
+        keys.pop();
+    }
+    false
+}
+
+fn value_path(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    at: usize,
+    keys: &mut Vec<String>,
+) -> bool {
+    let found = match value.get_ref() {
+        toml::de::DeValue::Table(table) => key_path(table, at, keys),
+        toml::de::DeValue::Array(array) => array.iter().enumerate().any(|(i, element)| {
+            let key = keys.len() - 1;
+            let plain = keys[key].clone();
+            keys[key].push_str(&format!("[{i}]"));
+            let depth = keys.len();
+            if value_path(element, at, keys) {
+                return true;
+            }
+            keys.truncate(depth);
+            keys[key] = plain;
+            false
+        }),
+        _ => false,
+    };
+    found || value.span().contains(&at)
+}
+
 impl Config {
+    /// Warns about each plugin that runs without a `[plugins.NAME]` table.
+    pub fn warn_plugins_without_table(&self) {
+        for name in &self.plugins_without_table {
+            tracing::warn!(
+                plugin = %name,
+                "plugin {name} has no [plugins.{name}] table: it gets member and user events but no queries (events = \"{}\"); add the table with events = \"...\" to choose",
+                EventFilter::UNCONFIGURED
+            );
+        }
+    }
+
     /// Loads the config file named by the flags (if any) and resolves it with them.
     pub fn from_flags(flags: &AgentFlags) -> Result<Config, ConfigError> {
         let (file, base) = match &flags.config_file {
@@ -668,7 +747,12 @@ impl Config {
             .or_else(|| file.plugin_dir.map(|dir| base.join(dir)));
         let defaults = apply_limits(Limits::DEFAULT, file.plugin_defaults.as_ref())
             .map_err(|(key, value, reason)| invalid(key, &value, &reason))?;
-        let plugins = resolve_plugins(file.plugins, base, plugin_dir.as_deref(), defaults)?;
+        let plugins = resolve_plugins(&file.plugins, base, plugin_dir.as_deref(), defaults)?;
+        let plugins_without_table = plugins
+            .iter()
+            .filter(|spec| !file.plugins.contains_key(&spec.name))
+            .map(|spec| spec.name.clone())
+            .collect();
         // Serf concatenates the file's lists and the flags' (file first).
         let mut start_join = file.start_join.unwrap_or_default();
         start_join.extend(flags.join.iter().cloned());
@@ -755,6 +839,7 @@ impl Config {
             handlers: resolve_handlers(file.event_handlers, file.handlers, &flags.event_handlers)?,
             flags: flags.clone(),
             plugin_dir,
+            plugins_without_table,
             auto_reload: file.auto_reload.unwrap_or(true),
             job_workers: resolve_job_workers(file.job_workers)?,
             plugin_budget: resolve_budget(
@@ -1027,7 +1112,7 @@ fn nonzero_u64(key: &'static str, value: u64) -> Result<u64, LimitError> {
 
 /// Merges `[plugins.*]` tables with the `*.wasm` files of the plugin directory.
 fn resolve_plugins(
-    tables: BTreeMap<String, FilePlugin>,
+    tables: &BTreeMap<String, FilePlugin>,
     base: &Path,
     plugin_dir: Option<&Path>,
     defaults: Limits,
@@ -1048,7 +1133,7 @@ fn resolve_plugins(
         }
     }
     let mut specs = Vec::new();
-    for (name, table) in &tables {
+    for (name, table) in tables {
         if table.enabled == Some(false) {
             continue;
         }
@@ -1093,7 +1178,7 @@ fn resolve_plugins(
             specs.push(PluginSpec {
                 name,
                 path,
-                filter: EventFilter::all(),
+                filter: EventFilter::unconfigured(),
                 limits: defaults,
                 dirs: BTreeMap::new(),
                 config: toml::Table::new(),
@@ -1189,6 +1274,49 @@ mod tests {
     fn resolve(text: &str, flags: &AgentFlags) -> Result<Config, ConfigError> {
         let file = FileConfig::parse(text, Path::new("serf.toml"))?;
         Config::resolve(file, Path::new("/etc/serf"), flags)
+    }
+
+    #[test]
+    fn every_config_error_names_its_key() {
+        let cases = [
+            (
+                "log_level = 42\n",
+                "log_level: invalid type: integer `42`, expected",
+            ),
+            (
+                "[plugins.upcase]\nevents = 42\n",
+                "plugins.upcase.events: invalid type: integer `42`, expected a string (line 2, column 10)",
+            ),
+            (
+                "plugins.upcase.events = true\n",
+                "plugins.upcase.events: invalid type: boolean `true`, expected a string",
+            ),
+            (
+                "[plugins.upcase]\ndirs = { \"/data\" = 7 }\n",
+                "plugins.upcase.dirs./data: invalid type: integer `7`",
+            ),
+            (
+                "[plugins.upcase]\ncapabilities = [\"members\", 3]\n",
+                "plugins.upcase.capabilities[1]: invalid type: integer `3`, expected a string",
+            ),
+            (
+                "[plugin_defaults]\nfuel_per_event = \"lots\"\n",
+                "plugin_defaults.fuel_per_event: invalid type: string \"lots\"",
+            ),
+            (
+                "[[handlers]]\ncommand = \"true\"\n[[handlers]]\ncommand = 5\n",
+                "handlers[1].command: invalid type: integer `5`, expected a string (line 4",
+            ),
+            ("[plugins.upcase]\nevnts = \"*\"\n", "plugins.upcase"),
+        ];
+        for (text, expected) in cases {
+            let error = FileConfig::parse(text, Path::new("serf.toml")).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!("invalid config file serf.toml: {expected}")),
+                "{text:?}: {message}"
+            );
+        }
     }
 
     #[test]
@@ -1319,6 +1447,13 @@ mod tests {
         assert_eq!(a.dirs["/data"], Path::new("/etc/serf/data"));
         assert_eq!(a.config["file"].as_str(), Some("/data/x"));
         assert_eq!(config.plugins[1].limits.fuel_per_event, 5);
+        // `b` has no table: member and user events, no queries, and a warning at load.
+        assert_eq!(config.plugins[1].filter, EventFilter::unconfigured());
+        assert_eq!(
+            config.plugins[1].filter.to_string(),
+            "member-join,member-leave,member-failed,member-update,member-reap,user"
+        );
+        assert_eq!(config.plugins_without_table, ["b"]);
         assert_eq!(
             config.plugins[2].path,
             Path::new("/etc/serf/more/extra.wasm")

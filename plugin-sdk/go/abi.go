@@ -51,7 +51,8 @@ const (
 	StatusBadArgument Status = -1
 	// StatusInvalidMemory means a pointer and length do not lie inside the guest's memory.
 	StatusInvalidMemory Status = -2
-	// StatusNotAllowed means not here: respond outside a query, or a second time.
+	// StatusNotAllowed means not here: respond outside a query, a second time, or to a query
+	// another plugin on this node answered first.
 	StatusNotAllowed Status = -3
 	// StatusTooLarge means the payload is over its limit (Serf's query response limit).
 	StatusTooLarge Status = -4
@@ -80,7 +81,8 @@ const (
 	ErrBadArgument = HostError(StatusBadArgument)
 	// ErrInvalidMemory: a pointer and length do not lie inside the guest's memory.
 	ErrInvalidMemory = HostError(StatusInvalidMemory)
-	// ErrNotAllowed: Respond outside a query, or a second time for one query.
+	// ErrNotAllowed: Respond outside a query, a second time for one query, or to a query
+	// another plugin on this node answered first (a node sends one answer per query).
 	ErrNotAllowed = HostError(StatusNotAllowed)
 	// ErrTooLarge: the payload is over its limit (Serf's query response limit).
 	ErrTooLarge = HostError(StatusTooLarge)
@@ -136,7 +138,7 @@ func (e HostError) reason() string {
 	case ErrUnavailable:
 		return "host unavailable"
 	case ErrDenied:
-		return "capability not granted"
+		return "capability not granted: add it to capabilities = [...] in the plugin's [plugins.NAME] table in serf.toml"
 	}
 	return "unknown host status " + strconv.Itoa(int(e))
 }

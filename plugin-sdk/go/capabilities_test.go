@@ -74,7 +74,7 @@ func TestDeniedIsAKnownHostError(t *testing.T) {
 	if !errors.Is(err, ErrDenied) || !ErrDenied.Known() {
 		t.Fatal(err)
 	}
-	if err.Error() != "host call failed: capability not granted" {
+	if err.Error() != "host call failed: capability not granted: add it to capabilities = [...] in the plugin's [plugins.NAME] table in serf.toml" {
 		t.Fatal(err.Error())
 	}
 }

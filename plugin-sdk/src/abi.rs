@@ -95,7 +95,8 @@ pub enum Status {
     BadArgument = -1,
     /// A pointer and length do not lie inside the guest's memory.
     InvalidMemory = -2,
-    /// Not allowed here: `respond` outside a query, or a second time for the same query.
+    /// Not allowed here: `respond` outside a query, a second time for the same query, or to a
+    /// query another plugin on this node answered already.
     NotAllowed = -3,
     /// The payload is over its limit (a query response over Serf's size limit).
     TooLarge = -4,

@@ -71,7 +71,8 @@ pub enum HostError {
     BadArgument,
     /// [`Status::InvalidMemory`]: a pointer and length do not lie inside the guest's memory.
     InvalidMemory,
-    /// [`Status::NotAllowed`]: `respond` outside a query, or a second time for one query.
+    /// [`Status::NotAllowed`]: `respond` outside a query, a second time for one query, or to a
+    /// query another plugin on this node answered first (a node sends one answer per query).
     NotAllowed,
     /// [`Status::TooLarge`]: the payload is over its limit (Serf's query response limit).
     TooLarge,
@@ -84,6 +85,10 @@ pub enum HostError {
     /// [`Status::Denied`]: the plugin's `serf.toml` table does not grant the capability this
     /// call needs (`capabilities = ["members", "events", "queries"]`).
     Denied,
+    /// The call is not linked into this module: the SDK's crate feature of this name is off
+    /// (`members`, `events`, `queries`, `jobs`). The host was not asked; its [`Self::status`]
+    /// is [`Status::Denied`] for a capability and [`Status::NotAllowed`] for jobs.
+    FeatureMissing(&'static str),
     /// A negative code this SDK does not know (from a newer host).
     Unknown(i32),
 }
@@ -124,6 +129,8 @@ impl HostError {
             HostError::NotFound => Some(Status::NotFound),
             HostError::Unavailable => Some(Status::Unavailable),
             HostError::Denied => Some(Status::Denied),
+            HostError::FeatureMissing("jobs") => Some(Status::NotAllowed),
+            HostError::FeatureMissing(_) => Some(Status::Denied),
             HostError::Unknown(_) => None,
         }
     }
@@ -147,7 +154,15 @@ impl fmt::Display for HostError {
             HostError::RateLimited => f.write_str("rate limited"),
             HostError::NotFound => f.write_str("not found"),
             HostError::Unavailable => f.write_str("host unavailable"),
-            HostError::Denied => f.write_str("capability not granted"),
+            HostError::Denied => f.write_str(
+                "capability not granted: add it to capabilities = [...] in the plugin's \
+                 [plugins.NAME] table in serf.toml",
+            ),
+            HostError::FeatureMissing(feature) => write!(
+                f,
+                "{feature} needs the SDK's `{feature}` feature in Cargo.toml \
+                 (serf-plugin-sdk = {{ features = [\"{feature}\"] }})"
+            ),
             HostError::Unknown(code) => write!(f, "unknown host status {code}"),
         }
     }
@@ -166,6 +181,30 @@ mod tests {
             assert_eq!(error.code(), code);
             assert_eq!(error.status().map(Status::code), Some(code));
         }
+    }
+
+    #[test]
+    fn a_capability_error_says_which_half_is_missing() {
+        let grant = HostError::Denied.to_string();
+        assert!(
+            grant.starts_with("capability not granted: add it to capabilities"),
+            "{grant}"
+        );
+        assert!(grant.contains("serf.toml"), "{grant}");
+        let feature = HostError::FeatureMissing("members").to_string();
+        assert_eq!(
+            feature,
+            "members needs the SDK's `members` feature in Cargo.toml \
+             (serf-plugin-sdk = { features = [\"members\"] })"
+        );
+        assert_eq!(
+            HostError::FeatureMissing("members").status(),
+            Some(Status::Denied)
+        );
+        assert_eq!(
+            HostError::FeatureMissing("jobs").status(),
+            Some(Status::NotAllowed)
+        );
     }
 
     #[test]

@@ -232,15 +232,15 @@ impl Host for WasmHost {
 
 /// Says, at warn level, which crate feature a capability call needs, and denies the call.
 #[allow(dead_code, reason = "unused when every capability feature is on")]
-fn missing_feature(method: &str, feature: &str) -> HostError {
+fn missing_feature(method: &str, feature: &'static str) -> HostError {
     log(
         LogLevel::Warn,
         &format!(
-            "host.{method}() needs the serf-plugin-sdk crate feature \"{feature}\" \
-             (and capabilities = [\"{feature}\"] in serf.toml)"
+            "host.{method}() needs the serf-plugin-sdk crate feature \"{feature}\" in \
+             Cargo.toml (the grant in serf.toml is the other half)"
         ),
     );
-    HostError::Denied
+    HostError::FeatureMissing(feature)
 }
 
 /// The member list through `serf.members`: asks with a buffer, and again with a larger one
@@ -406,9 +406,9 @@ pub fn shutdown() {
 fn jobs_feature_missing(method: &str) -> HostError {
     log(
         LogLevel::Warn,
-        &format!("host.{method}() needs the serf-plugin-sdk crate feature \"jobs\""),
+        &format!("host.{method}() needs the serf-plugin-sdk crate feature \"jobs\" in Cargo.toml"),
     );
-    HostError::NotAllowed
+    HostError::FeatureMissing("jobs")
 }
 
 /// A job's status through `serf.job_status`: asks with a buffer, and again with a larger one

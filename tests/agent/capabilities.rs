@@ -70,7 +70,8 @@ fn every_capability_is_denied_by_default_and_works_once_granted() {
 
     // Denied by default: each host call returns Denied, logged once per capability; the
     // sandbox shows no environment and no files.
-    let denied = "err:capability not granted";
+    let denied = "err:capability not granted: add it to capabilities = [...] in the plugin's \
+                  [plugins.NAME] table in serf.toml";
     for command in ["members", "members", "fire:fired:v0", "query:upcase:foo"] {
         assert_eq!(ask(&plain, command), denied, "{command}");
     }

@@ -1,5 +1,6 @@
 //! Real `serf` agents on loopback, driven by our CLI, by Serf 0.9.4's CLI and by raw RPC.
 
+mod author_errors;
 mod bad_input;
 mod basics;
 mod capabilities;

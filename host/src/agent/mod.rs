@@ -285,7 +285,9 @@ impl Agent {
             members: Arc::clone(&member_snapshot),
             limits: config.serf_limits,
             next_query_handle: AtomicU32::new(0),
+            answered: AnsweredQueries::default(),
         });
+        config.warn_plugins_without_table();
         // Plugins load in the background: gossip and RPC answer while they compile, and
         // events queue for each until it runs.
         let plugins = PluginHost::spawn(
@@ -653,6 +655,55 @@ struct Services {
     limits: crate::config::SerfLimits,
     /// The last query handle handed out.
     next_query_handle: AtomicU32,
+    /// Queries a plugin answered: a second plugin's answer is refused at its call.
+    answered: AnsweredQueries,
+}
+
+/// The keys of the last [`AnsweredQueries::REMEMBERED`] queries a plugin answered, so that
+/// a later `respond` to one of them fails in the plugin (`NotAllowed`) instead of being
+/// dropped with a warning by the agent task. Queries end within seconds; far more than the
+/// queries in flight are remembered.
+#[derive(Default)]
+struct AnsweredQueries(
+    std::sync::Mutex<(
+        std::collections::HashSet<QueryKey>,
+        std::collections::VecDeque<QueryKey>,
+    )>,
+);
+
+impl AnsweredQueries {
+    const REMEMBERED: usize = 4096;
+
+    /// Claims `key`; false if it was claimed already.
+    fn claim(&self, key: QueryKey) -> bool {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (set, order) = &mut *guard;
+        if !set.insert(key) {
+            return false;
+        }
+        order.push_back(key);
+        if order.len() > Self::REMEMBERED
+            && let Some(oldest) = order.pop_front()
+        {
+            set.remove(&oldest);
+        }
+        true
+    }
+
+    /// Gives `key` back after its answer could not be queued.
+    fn release(&self, key: QueryKey) {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (set, order) = &mut *guard;
+        if set.remove(&key) {
+            order.retain(|&k| k != key);
+        }
+    }
 }
 
 impl HostServices for Services {
@@ -661,6 +712,9 @@ impl HostServices for Services {
     }
 
     fn respond(&self, plugin: &str, query: QueryKey, payload: Vec<u8>) -> Result<(), Status> {
+        if !self.answered.claim(query) {
+            return Err(Status::NotAllowed);
+        }
         let command = Command::Respond {
             key: query,
             payload,
@@ -668,6 +722,7 @@ impl HostServices for Services {
             reply: None,
         };
         self.commands.try_send(command).map_err(|error| {
+            self.answered.release(query);
             if matches!(error, mpsc::error::TrySendError::Full(_)) {
                 let dropped = self.drops.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
@@ -1393,6 +1448,26 @@ mod tests {
         config
     }
 
+    #[test]
+    fn a_query_is_answered_once_and_a_released_claim_can_be_retried() {
+        let answered = AnsweredQueries::default();
+        let key = |id| QueryKey { ltime: 1, id };
+        assert!(answered.claim(key(1)));
+        assert!(!answered.claim(key(1)), "a second answer is refused");
+        answered.release(key(1));
+        assert!(
+            answered.claim(key(1)),
+            "an answer that could not be queued frees the query"
+        );
+        for id in 2..=AnsweredQueries::REMEMBERED as u32 + 1 {
+            assert!(answered.claim(key(id)));
+        }
+        assert!(
+            answered.claim(key(1)),
+            "the oldest claim is forgotten beyond the bound"
+        );
+    }
+
     async fn agent() -> Agent {
         named_agent("solo").await
     }
@@ -1691,6 +1766,7 @@ mod tests {
             members: Arc::new(MemberSnapshot::for_plugins(&[])),
             limits: crate::config::SerfLimits::SERF,
             next_query_handle: AtomicU32::new(0),
+            answered: AnsweredQueries::default(),
         };
         (services, receiver)
     }

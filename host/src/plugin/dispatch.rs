@@ -284,6 +284,9 @@ pub struct PluginStatsSnapshot {
     pub rate_limited_logs: u64,
     /// stdout and stderr lines dropped by the plugin's rate limit (100 a second).
     pub rate_limited_output: u64,
+    /// `respond` calls refused with `NotAllowed`: outside a query, a second answer to one
+    /// query, or a query another plugin (or an RPC client) on this node answered first.
+    pub refused_responses: u64,
 }
 
 /// Why [`PluginHost::deliver_to`] did not queue an event. Nothing was queued.
@@ -928,6 +931,7 @@ impl Slot {
             rate_limited_messages: self.rates.refused().0,
             rate_limited_logs: self.rates.refused().1,
             rate_limited_output: self.rates.output.dropped(),
+            refused_responses: self.rates.refused_responses.load(Ordering::Relaxed),
         }
     }
 }

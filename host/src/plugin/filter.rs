@@ -39,6 +39,16 @@ impl EventFilter {
         }
     }
 
+    /// What a plugin in the plugin directory without a `[plugins.NAME]` table gets: member and
+    /// user events, no queries (a query is answered by one plugin, so answering is opted into).
+    pub const UNCONFIGURED: &str =
+        "member-join,member-leave,member-failed,member-update,member-reap,user";
+
+    /// [`EventFilter::UNCONFIGURED`], parsed.
+    pub fn unconfigured() -> EventFilter {
+        EventFilter::parse(EventFilter::UNCONFIGURED).expect("a valid filter")
+    }
+
     /// Parses a comma-separated filter. Tokens are not trimmed, as in Serf.
     pub fn parse(text: &str) -> Result<EventFilter, FilterError> {
         let entries = text

@@ -107,7 +107,8 @@ impl Grants {
                 target: "plugin",
                 plugin,
                 capability = capability.name(),
-                "plugin call denied: grant it with capabilities = [\"{}\"] in its serf.toml table",
+                "plugin call denied: {} is not granted: add capabilities = [\"{}\"] to [plugins.{plugin}] in serf.toml",
+                capability.name(),
                 capability.name()
             );
         }

@@ -643,11 +643,19 @@ pub(crate) fn add_host_functions(linker: &mut Linker<StoreState>) -> wasmtime::R
         abi::IMPORT_RESPOND,
         |mut caller: Caller<'_, StoreState>, ptr: i32, len: i32| -> i32 {
             let state = caller.data();
+            let refused = || {
+                state
+                    .context
+                    .rates
+                    .refused_responses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Status::NotAllowed.code()
+            };
             let Some(query) = state.call.query else {
-                return Status::NotAllowed.code();
+                return refused();
             };
             if state.call.responded {
-                return Status::NotAllowed.code();
+                return refused();
             }
             let limit = state.context.response_limit;
             if usize::try_from(len).is_ok_and(|len| len > limit) {
@@ -666,7 +674,15 @@ pub(crate) fn add_host_functions(linker: &mut Linker<StoreState>) -> wasmtime::R
                     caller.data_mut().call.responded = true;
                     Status::Ok.code()
                 }
-                Err(status) => status.code(),
+                Err(status) => {
+                    if status == Status::NotAllowed {
+                        context
+                            .rates
+                            .refused_responses
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    status.code()
+                }
             }
         },
     )?;

@@ -106,6 +106,9 @@ pub struct PluginRates {
     state: Mutex<State>,
     /// The rate limit on the plugin's stdout and stderr lines.
     pub(crate) output: Arc<super::stdio::OutputWindow>,
+    /// `respond` calls refused: outside a query, a second answer, or a query this node
+    /// already answered (another plugin or an RPC client was first).
+    pub(crate) refused_responses: std::sync::atomic::AtomicU64,
 }
 
 impl Default for PluginRates {
@@ -130,6 +133,7 @@ impl PluginRates {
                 refused_log_lines: 0,
             }),
             output: Arc::default(),
+            refused_responses: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -431,6 +431,7 @@ impl Reloader {
         let engine = self.plugins.engine();
         let read = tokio::task::spawn_blocking(move || {
             let config = Config::from_flags(&flags)?;
+            config.warn_plugins_without_table();
             let files: Vec<PluginFile> = config
                 .plugins
                 .iter()

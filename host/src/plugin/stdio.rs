@@ -165,6 +165,9 @@ impl LogPipe {
 
     fn emit(&self, line: &[u8]) {
         let plugin = &*self.plugin;
+        if self.is_stderr && is_backtrace_hint(line) {
+            return;
+        }
         if !self.window.admit(plugin) {
             return;
         }
@@ -244,5 +247,28 @@ impl AsyncWrite for LogPipe {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Rust's default panic hook ends with a hint to set `RUST_BACKTRACE=1`, which cannot work in
+/// the sandbox (a plugin sees only the environment its `env` table grants, and wasm has no
+/// unwinder to print a backtrace): the line is not forwarded.
+fn is_backtrace_hint(line: &[u8]) -> bool {
+    line.starts_with(b"note: run with `RUST_BACKTRACE=1`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rust_backtrace_hint_is_not_forwarded() {
+        assert!(is_backtrace_hint(
+            b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace"
+        ));
+        assert!(!is_backtrace_hint(
+            b"thread 'main' panicked at src/lib.rs:3:5:"
+        ));
+        assert!(!is_backtrace_hint(b"my note: run with care"));
     }
 }

@@ -301,13 +301,19 @@ pub fn check(path: &Path, budget: CompileBudget) -> Result<CheckReport, ToolErro
         .collect();
     let mut serf_imports = Vec::new();
     let mut wasi_imports = Vec::new();
+    // Each import once: Go modules import `fd_write` (and others) more than once.
     for import in module.imports() {
         if import.module() == abi::IMPORT_MODULE {
-            serf_imports.push(SerfImport {
-                name: import.name().to_owned(),
-                capability: Capability::of_import(import.name()),
-            });
-        } else {
+            if !serf_imports
+                .iter()
+                .any(|known: &SerfImport| known.name == import.name())
+            {
+                serf_imports.push(SerfImport {
+                    name: import.name().to_owned(),
+                    capability: Capability::of_import(import.name()),
+                });
+            }
+        } else if !wasi_imports.iter().any(|known| known == import.name()) {
             wasi_imports.push(import.name().to_owned());
         }
     }
@@ -766,6 +772,28 @@ mod tests {
                 .contains(&("serf_handle".to_owned(), "(i32, i32) -> (i32)".to_owned()))
         );
         assert!(report.init.result.is_ok(), "{:?}", report.init);
+    }
+
+    #[test]
+    fn check_lists_each_import_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("twice.wasm");
+        let fd_write = r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#;
+        let log = r#"(import "serf" "log" (func (param i32 i32 i32) (result i32)))"#;
+        let text = CALLER.replacen(
+            "(memory",
+            &format!("{fd_write}\n{fd_write}\n{log}\n{log}\n(memory"),
+            1,
+        );
+        std::fs::write(&path, wat::parse_str(text).unwrap()).unwrap();
+        let report = check(&path, CompileBudget::DEFAULT).unwrap();
+        assert_eq!(report.wasi_imports, ["fd_write"]);
+        let names: Vec<&str> = report
+            .serf_imports
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(names, ["members", "fire_event", "query", "log"]);
     }
 
     #[test]

@@ -864,6 +864,7 @@ fn plugin_counters(plugin: &PluginStatsSnapshot) -> Vec<(&'static str, String)> 
             "rate_limited_output",
             plugin.rate_limited_output.to_string(),
         ),
+        ("refused_responses", plugin.refused_responses.to_string()),
     ]
 }
 
