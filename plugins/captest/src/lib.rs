@@ -132,7 +132,8 @@ mod tests {
         for command in ["members", "fire:e:x", "query:upcase:foo"] {
             assert_eq!(
                 ask(&mut plugin, &mut host, command),
-                "err:capability not granted"
+                "err:capability not granted: add it to capabilities = [...] in the plugin's \
+                 [plugins.NAME] table in serf.toml"
             );
         }
     }
