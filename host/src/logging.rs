@@ -218,12 +218,33 @@ fn short_target(target: &str) -> &str {
     }
 }
 
+/// The level a line counts as. A dependency's debug lines (wasmtime's and cranelift's
+/// internals: tens of thousands of lines for one plugin compile) count as trace, so
+/// `-log-level=debug` shows the agent's own detail and `trace` shows everything.
+fn effective_level(metadata: &Metadata<'_>) -> LogLevel {
+    let level = level_of(metadata.level());
+    let ours = metadata.target().starts_with("serf_host") || metadata.target() == "plugin";
+    if !ours && level == LogLevel::Debug {
+        LogLevel::Trace
+    } else {
+        level
+    }
+}
+
+/// `text` on one line: a newline or carriage return inside an entry (a multi-line error)
+/// is written as `\n` or `\r`, so every entry is one line of the log.
+fn one_line(text: &mut String) {
+    if text.contains(['\n', '\r']) {
+        *text = text.replace('\r', "\\r").replace('\n', "\\n");
+    }
+}
+
 impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
     fn register_callsite(
         &self,
         metadata: &'static Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        if level_of(metadata.level()) >= self.hub.level() {
+        if effective_level(metadata) >= self.hub.level() {
             tracing::subscriber::Interest::always()
         } else {
             // A monitor may ask for more detail later: decide per event.
@@ -232,12 +253,15 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
     }
 
     fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
-        let level = level_of(metadata.level());
+        let level = effective_level(metadata);
         level >= self.hub.level() || level >= self.hub.monitor_level()
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let metadata = event.metadata();
+        if effective_level(metadata) < self.hub.level().min(self.hub.monitor_level()) {
+            return;
+        }
         let level = level_of(metadata.level());
         let mut visitor = LineVisitor::default();
         event.record(&mut visitor);
@@ -255,7 +279,8 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for SerfLogLayer {
         }
         text.push_str(&visitor.message);
         text.push_str(&visitor.fields);
-        if level >= self.hub.level() {
+        one_line(&mut text);
+        if effective_level(metadata) >= self.hub.level() {
             self.hub.write_stderr(text.clone());
         }
         self.hub.push(LogLine {
@@ -359,6 +384,38 @@ mod tests {
         // `2026/11/22 10:00:00 ` is 20 characters.
         assert_eq!(texts[0].as_bytes()[4], b'/');
         assert_eq!(texts[0].as_bytes()[19], b' ');
+    }
+
+    #[test]
+    fn dependency_internals_wait_for_trace_and_entries_stay_on_one_line() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let hub = LogHub::new();
+        let subscriber =
+            tracing_subscriber::registry().with(SerfLogLayer::new(hub.clone(), LogLevel::Debug));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "cranelift_codegen::machinst", "internals");
+            tracing::info!(target: "wasmtime::runtime", "a dependency's info");
+            tracing::debug!(target: "serf_host::agent", "our detail");
+            tracing::warn!(target: "serf_host::config", "bad config:\n  line 2\r");
+            hub.set_level(LogLevel::Trace);
+            tracing::debug!(target: "cranelift_codegen::machinst", "internals at trace");
+        });
+        let (lines, _) = hub.subscribe(LogLevel::Trace);
+        let texts: Vec<&str> = lines.iter().map(|l| &*l.text).collect();
+        assert_eq!(texts.len(), 4, "{texts:?}");
+        assert!(
+            texts[0].ends_with("wasmtime: a dependency's info"),
+            "{texts:?}"
+        );
+        assert!(texts[1].ends_with("agent: our detail"), "{texts:?}");
+        assert!(
+            texts[2].ends_with("config: bad config:\\n  line 2\\r"),
+            "{texts:?}"
+        );
+        assert!(
+            texts[3].ends_with("cranelift_codegen: internals at trace"),
+            "{texts:?}"
+        );
     }
 
     #[test]
