@@ -3,14 +3,7 @@
 
 use std::time::Duration;
 
-use serf_tests::{Node, eventually, next_net, run, serf_bin, stdout_ok};
-
-fn counter(info: &serde_json::Value, plugin: &str, name: &str) -> u64 {
-    info[format!("plugin:{plugin}")][name]
-        .as_str()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} for {plugin} in {info}"))
-}
+use serf_tests::{Node, eventually, next_net, plugin_counter, run, serf_bin, stdout_ok};
 
 /// Two plugins answer the same query: one answer goes out, and the other plugin's `respond`
 /// fails (its error and refused-response counters say so) instead of returning Ok.
@@ -29,7 +22,8 @@ fn a_second_answer_to_a_query_is_an_error_the_plugin_sees() {
 
     let counts = eventually(Duration::from_secs(10), || {
         let info = node.info();
-        let count = |name| counter(&info, "first", name) + counter(&info, "second", name);
+        let count =
+            |name| plugin_counter(&info, "first", name) + plugin_counter(&info, "second", name);
         (count("handled") + count("errors") == 2).then(|| {
             (
                 count("handled"),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serf_tests::{Node, eventually, next_net, serf_bin, stdout_ok, wasm};
+use serf_tests::{Node, eventually, next_net, noop_module, serf_bin, stdout_ok, wasm};
 
 /// `tests/wat/firetrap.wat`: fires `fires` `boom` events per event, then traps if `trap`.
 fn firetrap(fires: u32, trap: bool) -> Vec<u8> {
@@ -11,19 +11,6 @@ fn firetrap(fires: u32, trap: bool) -> Vec<u8> {
         .replace("FIRES", &fires.to_string())
         .replace("TRAP", if trap { "1" } else { "0" });
     wat::parse_str(text).expect("firetrap is valid text")
-}
-
-/// A plugin that handles every event by doing nothing: its `offered` counts events.
-fn counter() -> Vec<u8> {
-    wat::parse_str(
-        r#"(module
-          (memory (export "memory") 1)
-          (func (export "serf_plugin_abi_v1"))
-          (func (export "serf_input_buffer") (param i32) (result i32) (i32.const 1024))
-          (func (export "serf_init") (param i32 i32) (result i32) (i32.const 0))
-          (func (export "serf_handle") (param i32 i32) (result i32) (i32.const 0)))"#,
-    )
-    .expect("counter is valid text")
 }
 
 /// A valid plugin of about `bytes` bytes whose `serf_handle` is one huge function: cheap to
@@ -103,18 +90,6 @@ fn huge_module(bytes: usize, nested: bool) -> Vec<u8> {
 /// 7 MB: the size of the module that kept agents from answering for 40 s.
 const HUGE_BYTES: usize = 7_000_000;
 
-fn stat(node: &Node, plugin: &str, key: &str) -> Option<String> {
-    node.info()[format!("plugin:{plugin}")][key]
-        .as_str()
-        .map(str::to_owned)
-}
-
-fn number(node: &Node, plugin: &str, key: &str) -> u64 {
-    stat(node, plugin, key)
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} for {plugin}:\n{}", node.info()))
-}
-
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).expect("write module");
@@ -144,13 +119,16 @@ fn fifo_and_device_plugin_files_are_refused_and_the_agent_answers() {
         "{log}"
     );
     for plugin in ["x", "zero"] {
-        let state = stat(&node, plugin, "state").unwrap_or_default();
+        let state = node.plugin_stat(plugin, "state").unwrap_or_default();
         assert!(
             state.starts_with("failed: cannot read"),
             "{plugin}: {state}"
         );
     }
-    assert_eq!(stat(&node, "upcase", "state").as_deref(), Some("running"));
+    assert_eq!(
+        node.plugin_stat("upcase", "state").as_deref(),
+        Some("running")
+    );
     node.signal_and_expect_exit("TERM", 1);
 }
 
@@ -174,12 +152,13 @@ fn a_module_over_the_compile_budget_is_refused_at_start_on_reload_and_by_check()
     });
     assert!(members.is_some(), "no answer\n{}", node.log());
     assert_eq!(
-        stat(&node, "slow", "state").as_deref(),
+        node.plugin_stat("slow", "state").as_deref(),
         Some("loading"),
         "the agent answers while the module compiles"
     );
     let state = eventually(Duration::from_secs(60), || {
-        stat(&node, "slow", "state").filter(|state| state.starts_with("failed"))
+        node.plugin_stat("slow", "state")
+            .filter(|state| state.starts_with("failed"))
     })
     .unwrap_or_else(|| panic!("never refused\n{}", node.log()));
     assert!(state.contains("plugin_compile_timeout"), "{state}");
@@ -191,9 +170,13 @@ fn a_module_over_the_compile_budget_is_refused_at_start_on_reload_and_by_check()
     let output = node.cli(&["reload"]);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(text.contains("budget"), "{text}\n{}", node.log());
-    assert_eq!(stat(&node, "upcase", "state").as_deref(), Some("running"));
+    assert_eq!(
+        node.plugin_stat("upcase", "state").as_deref(),
+        Some("running")
+    );
     assert!(
-        stat(&node, "upcase", "last_reload_error").is_some_and(|error| error.contains("budget"))
+        node.plugin_stat("upcase", "last_reload_error")
+            .is_some_and(|error| error.contains("budget"))
     );
 
     // And `serf plugin check`: a module too slow to compile is stopped at its deadline...
@@ -245,34 +228,41 @@ fn a_plugin_that_keeps_trapping_is_parked_and_a_reload_revives_it() {
         fire();
     }
     let state = eventually(Duration::from_secs(30), || {
-        stat(&node, "looper", "state").filter(|state| state.starts_with("failed"))
+        node.plugin_stat("looper", "state")
+            .filter(|state| state.starts_with("failed"))
     })
     .unwrap_or_else(|| panic!("never parked\n{}", node.log()));
     assert!(state.contains("trapped 3 times in a row"), "{state}");
     assert!(state.contains("parked until a reload"), "{state}");
     let settled = eventually(Duration::from_secs(30), || {
-        (number(&node, "looper", "discarded") == 3).then_some(())
+        (node.plugin_number("looper", "discarded") == 3).then_some(())
     });
     assert!(settled.is_some(), "{}", node.info());
-    assert_eq!(number(&node, "looper", "traps"), 3);
-    assert_eq!(number(&node, "looper", "queue_depth"), 0);
+    assert_eq!(node.plugin_number("looper", "traps"), 3);
+    assert_eq!(node.plugin_number("looper", "queue_depth"), 0);
     // Parked, it takes nothing more: new events are discarded and counted.
     fire();
     let discarded = eventually(Duration::from_secs(30), || {
-        (number(&node, "looper", "discarded") == 4).then_some(())
+        (node.plugin_number("looper", "discarded") == 4).then_some(())
     });
     assert!(discarded.is_some(), "{}", node.info());
-    assert_eq!(number(&node, "looper", "traps"), 3);
+    assert_eq!(node.plugin_number("looper", "traps"), 3);
     assert!(node.log().contains("plugin parked"), "{}", node.log());
 
     stdout_ok(&node.cli(&["reload"]));
-    assert_eq!(stat(&node, "looper", "state").as_deref(), Some("running"));
+    assert_eq!(
+        node.plugin_stat("looper", "state").as_deref(),
+        Some("running")
+    );
     fire();
     let trapped = eventually(Duration::from_secs(30), || {
-        (number(&node, "looper", "traps") == 4).then_some(())
+        (node.plugin_number("looper", "traps") == 4).then_some(())
     });
     assert!(trapped.is_some(), "{}", node.info());
-    assert_eq!(stat(&node, "looper", "state").as_deref(), Some("running"));
+    assert_eq!(
+        node.plugin_stat("looper", "state").as_deref(),
+        Some("running")
+    );
 }
 
 #[test]
@@ -283,7 +273,7 @@ fn the_event_rate_limit_survives_traps() {
             "amp.wasm",
             write(files.path(), "a.wasm", &firetrap(10, true)),
         )
-        .raw_plugin_file("count.wasm", write(files.path(), "c.wasm", &counter()))
+        .raw_plugin_file("count.wasm", write(files.path(), "c.wasm", &noop_module()))
         .config(
             "[plugins.amp]\nevents = \"user:go\"\ncapabilities = [\"events\"]\n\
              max_consecutive_traps = 100\n[plugins.count]\nevents = \"user:boom\"\n",
@@ -294,13 +284,13 @@ fn the_event_rate_limit_survives_traps() {
         stdout_ok(&node.cli(&["event", "-coalesce=false", "go", "x"]));
     }
     let trapped = eventually(Duration::from_secs(30), || {
-        (number(&node, "amp", "traps") == 5).then_some(started.elapsed())
+        (node.plugin_number("amp", "traps") == 5).then_some(started.elapsed())
     });
     let elapsed = trapped.unwrap_or_else(|| panic!("{}", node.info()));
-    let limited = number(&node, "amp", "rate_limited_messages");
+    let limited = node.plugin_number("amp", "rate_limited_messages");
     let fired = 50 - limited;
     let counted = eventually(Duration::from_secs(30), || {
-        (number(&node, "count", "offered") == fired).then_some(())
+        (node.plugin_number("count", "offered") == fired).then_some(())
     });
     assert!(counted.is_some(), "{fired} fired\n{}", node.info());
     // Ten a second for the plugin: five fresh instances used to fire fifty at once.
@@ -316,7 +306,7 @@ fn events_that_trigger_themselves_on_two_nodes_stay_within_the_rate_limit() {
     let net = next_net();
     let files = tempfile::tempdir().unwrap();
     let amp = write(files.path(), "a.wasm", &firetrap(10, true));
-    let count = write(files.path(), "c.wasm", &counter());
+    let count = write(files.path(), "c.wasm", &noop_module());
     let config = "[plugins.amp]\nevents = \"user:boom\"\ncapabilities = [\"events\"]\n\
                   max_consecutive_traps = 10000\n[plugins.count]\nevents = \"user:boom\"\n";
     let start = |n| {
@@ -331,12 +321,12 @@ fn events_that_trigger_themselves_on_two_nodes_stay_within_the_rate_limit() {
     stdout_ok(&one.cli(&["event", "-coalesce=false", "boom", "x"]));
     // Let it run a while, then measure the rate node1 sees over a few seconds.
     let warm = eventually(Duration::from_secs(30), || {
-        (number(&one, "count", "offered") > 20).then_some(())
+        (one.plugin_number("count", "offered") > 20).then_some(())
     });
     assert!(warm.is_some(), "no amplification at all?\n{}", one.info());
-    let (from, first) = (Instant::now(), number(&one, "count", "offered"));
+    let (from, first) = (Instant::now(), one.plugin_number("count", "offered"));
     std::thread::sleep(Duration::from_secs(5));
-    let (elapsed, last) = (from.elapsed(), number(&one, "count", "offered"));
+    let (elapsed, last) = (from.elapsed(), one.plugin_number("count", "offered"));
     let seen = last - first;
     let rate = seen as f64 / elapsed.as_secs_f64();
     // The figure docs/plugin-abi.md quotes (shown with `-- --nocapture`).
@@ -348,5 +338,5 @@ fn events_that_trigger_themselves_on_two_nodes_stay_within_the_rate_limit() {
     // window's worth each at the edges of the measurement.
     let bound = 20 * (elapsed.as_secs() + 2);
     assert!(seen <= bound, "{seen} events in {elapsed:?}");
-    assert!(number(&one, "amp", "rate_limited_messages") > 0);
+    assert!(one.plugin_number("amp", "rate_limited_messages") > 0);
 }

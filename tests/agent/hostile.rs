@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serf_tests::{Node, RawRpc, eventually, field, map, next_net, stdout_ok};
+use serf_tests::{Node, RawRpc, eventually, field, map, next_net, plugin_counter, stdout_ok};
 
 /// tests/wat/hostile.wat with `handle` as its `serf_handle` body, written to a file.
 fn hostile(dir: &tempfile::TempDir, name: &str, pages: u32, handle: &str) -> PathBuf {
@@ -50,13 +50,6 @@ const FD_BOMB: &str = "(block $done (loop $again
         (i32.const 1) (i64.const 66) (i64.const 66) (i32.const 0) (i32.const 4096)))
     (local.set $i (i32.add (local.get $i) (i32.const 1)))
     (br $again)))";
-
-fn counter(info: &serde_json::Value, plugin: &str, name: &str) -> u64 {
-    info[format!("plugin:{plugin}")][name]
-        .as_str()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} for {plugin} in {info}"))
-}
 
 fn fire(rpc: &mut RawRpc, seq: u64, name: &str) {
     let body = map(&[
@@ -117,14 +110,14 @@ fn host_call_time_bombs_leave_queries_members_and_the_stop_on_time() {
         let info = node.info();
         bombs
             .iter()
-            .all(|(name, _)| counter(&info, name, "timeouts") == 12)
+            .all(|(name, _)| plugin_counter(&info, name, "timeouts") == 12)
             .then_some(info)
     })
     .unwrap_or_else(|| panic!("bombs timed out each event: {}", node.info()));
     for (name, _) in bombs {
-        assert_eq!(counter(&info, name, "handled"), 0, "{name}: {info}");
+        assert_eq!(plugin_counter(&info, name, "handled"), 0, "{name}: {info}");
     }
-    assert!(counter(&info, "upcase", "handled") >= 5, "{info}");
+    assert!(plugin_counter(&info, "upcase", "handled") >= 5, "{info}");
     // The stop waits for no bomb beyond its deadline and its 1 s shutdown.
     let started = Instant::now();
     node.send_signal("TERM");
@@ -159,10 +152,10 @@ fn a_plugin_opening_files_without_end_holds_a_bounded_number() {
     }
     let info = eventually(Duration::from_secs(30), || {
         let info = node.info();
-        (counter(&info, "fdbomb", "traps") == 10).then_some(info)
+        (plugin_counter(&info, "fdbomb", "traps") == 10).then_some(info)
     })
     .unwrap_or_else(|| panic!("each event trapped at the cap: {}", node.info()));
-    assert_eq!(counter(&info, "fdbomb", "handled"), 0, "{info}");
+    assert_eq!(plugin_counter(&info, "fdbomb", "handled"), 0, "{info}");
     assert!(
         most < before + 128 + 32,
         "{before} descriptors at start, {most} at most while the plugin opened files"

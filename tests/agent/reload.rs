@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serf_tests::cluster::{GoNode, members, wait_statuses};
-use serf_tests::{Node, RawRpc, eventually, field, go_serf, map, next_net, serf_bin, stdout_ok};
+use serf_tests::{
+    Node, RawRpc, eventually, field, go_serf, map, next_net, noop_module, serf_bin, stdout_ok,
+};
 
 /// A plugin that appends `tag` and then every envelope it gets (msgpack, self-delimiting) to
 /// `records.bin` in its first granted directory; `serf_init` returns `init_status`. Two tags
@@ -18,19 +20,6 @@ fn recorder(tag: u8, init_status: i32) -> Vec<u8> {
         .replace("INIT_STATUS", &init_status.to_string())
         .replace("TAG", &tag.to_string());
     wat::parse_str(text).expect("the recorder is valid text")
-}
-
-/// A plugin that handles every event by doing nothing.
-fn noop() -> Vec<u8> {
-    wat::parse_str(
-        r#"(module
-          (memory (export "memory") 1)
-          (func (export "serf_plugin_abi_v1"))
-          (func (export "serf_input_buffer") (param i32) (result i32) (i32.const 1024))
-          (func (export "serf_init") (param i32 i32) (result i32) (i32.const 0))
-          (func (export "serf_handle") (param i32 i32) (result i32) (i32.const 0)))"#,
-    )
-    .expect("noop is valid text")
 }
 
 /// What a recorder wrote: (tag, seq, payload) per envelope.
@@ -69,13 +58,6 @@ fn wasm_file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, bytes).expect("write wasm");
     path
-}
-
-/// One plugin counter or field from `serf info`.
-fn stat(node: &Node, plugin: &str, key: &str) -> Option<String> {
-    node.info()[format!("plugin:{plugin}")][key]
-        .as_str()
-        .map(str::to_owned)
 }
 
 /// Fires user event `rec` with `payload` (never coalesced) and waits for the agent's answer.
@@ -150,8 +132,8 @@ fn a_reload_in_the_middle_of_5000_events_loses_and_reorders_nothing() {
         all[first_b..].iter().all(|(tag, _, _)| *tag == b'B'),
         "the old version came back"
     );
-    assert_eq!(stat(&node, "rec", "reloads").as_deref(), Some("1"));
-    assert_eq!(stat(&node, "rec", "dropped").as_deref(), Some("0"));
+    assert_eq!(node.plugin_stat("rec", "reloads").as_deref(), Some("1"));
+    assert_eq!(node.plugin_stat("rec", "dropped").as_deref(), Some("0"));
 }
 
 #[test]
@@ -175,24 +157,26 @@ fn a_broken_wasm_over_a_good_one_leaves_it_working_until_fixed() {
 
     std::fs::write(&plugin, b"\0asm but not really").unwrap();
     let error = eventually(Duration::from_secs(30), || {
-        stat(&node, "rec", "last_reload_error").filter(|error| !error.is_empty())
+        node.plugin_stat("rec", "last_reload_error")
+            .filter(|error| !error.is_empty())
     });
     let error = error.unwrap_or_else(|| panic!("the watcher missed the write\n{}", node.log()));
     assert!(error.contains("cannot compile"), "{error}");
-    assert_eq!(stat(&node, "rec", "state").as_deref(), Some("running"));
+    assert_eq!(node.plugin_stat("rec", "state").as_deref(), Some("running"));
     send(2);
 
     // A version that compiles but refuses to start is no better.
     std::fs::write(&plugin, recorder(b'B', 7)).unwrap();
     let refused = eventually(Duration::from_secs(30), || {
-        stat(&node, "rec", "last_reload_error").filter(|error| error.contains("failed to start"))
+        node.plugin_stat("rec", "last_reload_error")
+            .filter(|error| error.contains("failed to start"))
     });
     assert!(refused.is_some(), "{}", node.log());
     send(3);
 
     std::fs::write(&plugin, recorder(b'B', 0)).unwrap();
     let fixed = eventually(Duration::from_secs(30), || {
-        (stat(&node, "rec", "reloads").as_deref() == Some("1")).then_some(())
+        (node.plugin_stat("rec", "reloads").as_deref() == Some("1")).then_some(())
     });
     assert!(
         fixed.is_some(),
@@ -201,8 +185,14 @@ fn a_broken_wasm_over_a_good_one_leaves_it_working_until_fixed() {
     );
     send(4);
     assert_eq!(tags(&file), "AAAB");
-    assert_eq!(stat(&node, "rec", "last_reload_error").as_deref(), Some(""));
-    assert_eq!(stat(&node, "rec", "reload_failures").as_deref(), Some("2"));
+    assert_eq!(
+        node.plugin_stat("rec", "last_reload_error").as_deref(),
+        Some("")
+    );
+    assert_eq!(
+        node.plugin_stat("rec", "reload_failures").as_deref(),
+        Some("2")
+    );
     node.wait_for_log(
         "plugin reload failed; the running version stays",
         Duration::ZERO,
@@ -232,7 +222,8 @@ fn serf_toml_changes_apply_on_sighup_and_serf_reload() {
     node.send_signal("HUP");
     node.wait_for_log("==> Caught signal: hangup", Duration::from_secs(10));
     let started = eventually(Duration::from_secs(30), || {
-        stat(&node, "second", "state").filter(|state| state == "running")
+        node.plugin_stat("second", "state")
+            .filter(|state| state == "running")
     });
     assert!(started.is_some(), "{}", node.log());
     fire(&mut rpc, 1, "both");
@@ -283,16 +274,17 @@ fn wasm_files_added_to_or_removed_from_the_plugin_dir_start_and_stop() {
     let plugin = node.dir.path().join("plugins/dropin.wasm");
     // Written elsewhere and renamed in, as deployment tools do.
     let staged = node.dir.path().join("dropin.tmp");
-    std::fs::write(&staged, noop()).unwrap();
+    std::fs::write(&staged, noop_module()).unwrap();
     std::fs::rename(&staged, &plugin).unwrap();
     let running = eventually(Duration::from_secs(30), || {
-        stat(&node, "dropin", "state").filter(|state| state == "running")
+        node.plugin_stat("dropin", "state")
+            .filter(|state| state == "running")
     });
     assert!(running.is_some(), "{}", node.log());
     let mut rpc = RawRpc::handshake(node.rpc);
     fire(&mut rpc, 1, "hello");
     let handled = eventually(Duration::from_secs(30), || {
-        (stat(&node, "dropin", "handled").as_deref() == Some("1")).then_some(())
+        (node.plugin_stat("dropin", "handled").as_deref() == Some("1")).then_some(())
     });
     assert!(handled.is_some(), "{}", node.log());
 

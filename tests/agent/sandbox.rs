@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serf_tests::{Node, RawRpc, eventually, field, map, next_net, stdout_ok};
+use serf_tests::{Node, RawRpc, eventually, field, map, next_net, plugin_counter, stdout_ok};
 
 /// One misbehaving plugin per mode, each on `user:boom` and `query:boom` only.
 fn misbehaving(mode: &str) -> String {
@@ -10,13 +10,6 @@ fn misbehaving(mode: &str) -> String {
         "[plugins.{mode}]\nevents = \"user:boom,query:boom\"\nevent_timeout = \"500ms\"\n\
          max_memory_mib = 16\nconfig = {{ mode = \"{mode}\" }}\n"
     )
-}
-
-fn counter(info: &serde_json::Value, plugin: &str, name: &str) -> u64 {
-    info[format!("plugin:{plugin}")][name]
-        .as_str()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} for {plugin} in {info}"))
 }
 
 #[test]
@@ -80,33 +73,42 @@ fn misbehaving_plugins_are_contained_and_others_keep_order() {
         modes
             .iter()
             .all(|mode| {
-                counter(&info, mode, "offered") == 11 && counter(&info, mode, "queue_depth") == 0
+                plugin_counter(&info, mode, "offered") == 11
+                    && plugin_counter(&info, mode, "queue_depth") == 0
             })
             .then_some(info)
     })
     .expect("misbehavers drained their queues");
     assert!(
-        counter(&info, "loop", "fuel_exhausted") + counter(&info, "loop", "timeouts") >= 10,
+        plugin_counter(&info, "loop", "fuel_exhausted") + plugin_counter(&info, "loop", "timeouts")
+            >= 10,
         "{info}"
     );
-    assert!(counter(&info, "alloc", "memory_exceeded") >= 10, "{info}");
-    assert!(counter(&info, "trap", "traps") >= 10, "{info}");
-    assert!(counter(&info, "garbage", "errors") >= 10, "{info}");
+    assert!(
+        plugin_counter(&info, "alloc", "memory_exceeded") >= 10,
+        "{info}"
+    );
+    assert!(plugin_counter(&info, "trap", "traps") >= 10, "{info}");
+    assert!(plugin_counter(&info, "garbage", "errors") >= 10, "{info}");
     assert_eq!(
-        counter(&info, "garbage", "traps"),
+        plugin_counter(&info, "garbage", "traps"),
         0,
         "garbage output must not crash: {info}"
     );
-    assert!(counter(&info, "sleep", "timeouts") >= 10, "{info}");
+    assert!(plugin_counter(&info, "sleep", "timeouts") >= 10, "{info}");
     for mode in ["loop", "alloc", "trap", "sleep"] {
         assert!(
-            counter(&info, mode, "starts") >= 10,
+            plugin_counter(&info, mode, "starts") >= 10,
             "{mode} is recycled after each trap: {info}"
         );
     }
-    assert_eq!(counter(&info, "memresponse", "handled"), 990, "{info}");
-    assert_eq!(counter(&info, "memresponse", "traps"), 0, "{info}");
-    assert_eq!(counter(&info, "memresponse", "dropped"), 0, "{info}");
+    assert_eq!(
+        plugin_counter(&info, "memresponse", "handled"),
+        990,
+        "{info}"
+    );
+    assert_eq!(plugin_counter(&info, "memresponse", "traps"), 0, "{info}");
+    assert_eq!(plugin_counter(&info, "memresponse", "dropped"), 0, "{info}");
     let log = node.log();
     assert!(log.contains("plugin panicked"), "{log}");
     assert!(log.contains("memory limit"), "{log}");
@@ -133,11 +135,11 @@ fn a_full_queue_drops_counts_and_tells_the_plugin() {
     }
     let info = eventually(Duration::from_secs(30), || {
         let info = node.info();
-        (counter(&info, "sleep", "queue_depth") == 0).then_some(info)
+        (plugin_counter(&info, "sleep", "queue_depth") == 0).then_some(info)
     })
     .expect("queue drained");
-    let dropped = counter(&info, "sleep", "dropped");
+    let dropped = plugin_counter(&info, "sleep", "dropped");
     assert!(dropped >= 10, "{info}");
-    assert_eq!(counter(&info, "sleep", "offered"), 20, "{info}");
+    assert_eq!(plugin_counter(&info, "sleep", "offered"), 20, "{info}");
     node.wait_for_log("plugin queue full; event dropped", Duration::from_secs(5));
 }

@@ -396,6 +396,44 @@ impl Node {
         let output = self.cli(&["info", "-format=json"]);
         serde_json::from_str(&stdout_ok(&output)).expect("info json")
     }
+
+    /// One field of a plugin's section in `serf info`, if it has it.
+    pub fn plugin_stat(&self, plugin: &str, key: &str) -> Option<String> {
+        plugin_stat(&self.info(), plugin, key)
+    }
+
+    /// One counter of a plugin's section in `serf info`; panics if it has none.
+    pub fn plugin_number(&self, plugin: &str, key: &str) -> u64 {
+        plugin_counter(&self.info(), plugin, key)
+    }
+}
+
+/// One field of a plugin's section in a `serf info -format=json` answer, if it has it.
+pub fn plugin_stat(info: &serde_json::Value, plugin: &str, key: &str) -> Option<String> {
+    info[format!("plugin:{plugin}")][key]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// One counter of a plugin's section in a `serf info -format=json` answer; panics (showing
+/// the answer) if it has none.
+pub fn plugin_counter(info: &serde_json::Value, plugin: &str, key: &str) -> u64 {
+    plugin_stat(info, plugin, key)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} for {plugin} in {info}"))
+}
+
+/// A plugin that handles every event by doing nothing (its `offered` counts events).
+pub fn noop_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (memory (export "memory") 1)
+          (func (export "serf_plugin_abi_v1"))
+          (func (export "serf_input_buffer") (param i32) (result i32) (i32.const 1024))
+          (func (export "serf_init") (param i32 i32) (result i32) (i32.const 0))
+          (func (export "serf_handle") (param i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .expect("the no-op module is valid text")
 }
 
 impl Drop for Node {
