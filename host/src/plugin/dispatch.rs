@@ -1503,14 +1503,6 @@ mod tests {
         })
     }
 
-    fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     #[test]
     fn the_event_rate_limit_survives_traps() {
         let dir = tempfile::tempdir().unwrap();
@@ -1523,7 +1515,7 @@ mod tests {
         for n in 1..=4 {
             host.deliver_to("p", &user_event(n)).unwrap();
         }
-        wait_for("four traps", || host.stats()[0].traps == 4);
+        crate::plugin::wait_until("four traps", || host.stats()[0].traps == 4);
         let elapsed = started.elapsed();
         let fired = services.fired.load(Ordering::Relaxed);
         // Ten a second for the plugin, whatever its instances: before, each fresh instance
@@ -1547,7 +1539,7 @@ mod tests {
         let (runtime, host) = start_firetrap(dir.path(), 1, false, services);
         assert_eq!(host.stats()[0].state, "running");
         host.deliver_to("p", &user_event(1)).unwrap();
-        wait_for("the plugin to fail", || host.stats()[0].state != "running");
+        crate::plugin::wait_until("the plugin to fail", || host.stats()[0].state != "running");
         let stats = host.stats().remove(0);
         assert!(
             stats

@@ -587,18 +587,26 @@ fn create_private(file: &Path) -> std::io::Result<()> {
     options.open(file).map(drop)
 }
 
-/// `O_NONBLOCK` where its value is the generic Linux one: opening a FIFO then never waits.
-#[cfg(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    )
-))]
-const O_NONBLOCK: i32 = 0o4000;
+/// Makes `options` open non-blocking (opening a FIFO then never waits), where `O_NONBLOCK`
+/// has the generic Linux value; elsewhere the type checks around the open stand alone.
+fn open_nonblocking(options: &mut std::fs::OpenOptions) {
+    let _ = &options;
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64"
+        )
+    ))]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        const O_NONBLOCK: i32 = 0o4000;
+        options.custom_flags(O_NONBLOCK);
+    }
+}
 
 /// Reads a plugin file: only a regular file (a symlink is followed) of at most `max_bytes`.
 /// The type and size are checked before opening and again on the opened file, which is
@@ -628,20 +636,7 @@ pub fn read_module(path: &Path, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
     check(&std::fs::metadata(path).map_err(read_error)?)?;
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
-    #[cfg(all(
-        target_os = "linux",
-        any(
-            target_arch = "x86_64",
-            target_arch = "x86",
-            target_arch = "aarch64",
-            target_arch = "arm",
-            target_arch = "riscv64"
-        )
-    ))]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(O_NONBLOCK);
-    }
+    open_nonblocking(&mut options);
     let file = options.open(path).map_err(read_error)?;
     check(&file.metadata().map_err(read_error)?)?;
     let mut bytes = Vec::new();

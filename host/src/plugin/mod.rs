@@ -168,3 +168,16 @@ pub enum LoadError {
         message: String,
     },
 }
+
+/// Polls `done` every 10 ms until it holds; fails the test after 30 s, naming `what`.
+#[cfg(test)]
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -961,14 +961,6 @@ mod tests {
             .unwrap_or_else(|| panic!("no plugin {name}"))
     }
 
-    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     #[test]
     fn a_version_swapped_in_mid_stream_loses_and_reorders_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -982,7 +974,7 @@ mod tests {
                 }
             })
         };
-        wait_until("a third of the stream", || {
+        crate::plugin::wait_until("a third of the stream", || {
             stats(&host, "rec").handled >= 1500
         });
         std::fs::write(&spec.path, recorder(b'B', 0)).unwrap();
@@ -991,7 +983,7 @@ mod tests {
         assert_eq!(outcomes.len(), 1, "{outcomes:?}");
         assert_eq!(outcomes[0].to_string(), "plugin rec: replaced (module)");
         stream.join().unwrap();
-        wait_until("the whole stream", || stats(&host, "rec").handled == 5000);
+        crate::plugin::wait_until("the whole stream", || stats(&host, "rec").handled == 5000);
 
         let records = records(&dir.path().join("data"));
         let seqs: Vec<u64> = records.iter().map(|(_, seq, _)| *seq).collect();
@@ -1024,7 +1016,7 @@ mod tests {
         let (runtime, host, spec) = start_recorder(dir.path());
         let send = |n: usize| {
             host.dispatch(&user_event(n.to_string()));
-            wait_until("the event", || records(&data).len() == n);
+            crate::plugin::wait_until("the event", || records(&data).len() == n);
         };
         send(1);
         std::fs::write(&spec.path, b"garbage").unwrap();
@@ -1068,7 +1060,7 @@ mod tests {
         let outcomes = reload(&runtime, &host, &[spec.clone(), second.clone()]);
         assert_eq!(outcomes[0].to_string(), "plugin second: added");
         host.dispatch(&user_event("one".into()));
-        wait_until("both plugins", || {
+        crate::plugin::wait_until("both plugins", || {
             records(&data).len() == 1 && records(&dir.path().join("second")).len() == 1
         });
 
@@ -1101,7 +1093,7 @@ mod tests {
             host.deliver_to("second", &event),
             Err(crate::plugin::DeliverError::UnknownPlugin("second".into()))
         );
-        wait_until("the direct event", || records(&data).len() == 2);
+        crate::plugin::wait_until("the direct event", || records(&data).len() == 2);
         assert_eq!(records(&data)[1], (b'A', 2, "direct".to_owned()));
         runtime.block_on(host.shutdown());
     }
