@@ -930,7 +930,7 @@ impl Slot {
             discarded: load(&c.discarded),
             rate_limited_messages: self.rates.refused().0,
             rate_limited_logs: self.rates.refused().1,
-            rate_limited_output: self.rates.output.dropped(),
+            rate_limited_output: self.rates.refused_output_lines(),
             refused_responses: self.rates.refused_responses.load(Ordering::Relaxed),
         }
     }

@@ -268,10 +268,8 @@ impl Instance {
         job: Option<JobCall>,
     ) -> Result<Instance, CallError> {
         let mut wasi = WasiCtxBuilder::new();
-        let (stdout, stderr) = LogPipe::pair(
-            Arc::clone(&context.plugin),
-            Arc::clone(&context.rates.output),
-        );
+        let (stdout, stderr) =
+            LogPipe::pair(Arc::clone(&context.plugin), Arc::clone(&context.rates));
         wasi.stdout(stdout).stderr(stderr);
         for (key, value) in &spec.grants.env {
             wasi.env(key, value);
@@ -453,7 +451,7 @@ impl Instance {
         drop(busy);
         let call = std::mem::take(&mut self.store.data_mut().call);
         let context = &self.store.data().context;
-        context.rates.output.flush(&context.plugin);
+        super::stdio::report_output_drops(&context.plugin, context.rates.take_unreported_output());
         match outcome {
             Err(_elapsed) => Err(CallError::Timeout(timeout)),
             Ok(Err(error)) => Err(classify(&self.store, error, budget, timeout)),

@@ -8,7 +8,8 @@
 //! and longer before each restart, and is finally parked (its state `failed`, until a reload).
 //! Every method takes the current time and never blocks beyond a short mutex section.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// User events and queries one plugin may send per second, together, across all its
@@ -17,6 +18,9 @@ pub const MAX_CLUSTER_MESSAGES_PER_SECOND: u32 = 10;
 /// Lines a plugin may log through `serf.log` per second, across all its instances; the rest
 /// get `RateLimited`, and their number is logged once the second is over.
 pub const MAX_LOG_LINES_PER_SECOND: u32 = 100;
+/// Lines a plugin's stdout and stderr together may write per second, across all its
+/// instances; the rest are dropped and counted.
+pub const MAX_OUTPUT_LINES_PER_SECOND: u32 = 100;
 /// Warnings about failed calls (traps, and events the plugin refused) logged per plugin per
 /// second; the rest are counted in the next one.
 pub const MAX_FAILURE_LOGS_PER_SECOND: u32 = 1;
@@ -89,6 +93,7 @@ pub enum AfterFailure {
 struct State {
     messages: Window,
     logs: Window,
+    output: Window,
     failure_logs: Window,
     unlogged_failures: u64,
     /// Failed calls in a row, each within [`FAILURE_WINDOW`] of the previous one.
@@ -98,17 +103,19 @@ struct State {
     restart_at: Option<Instant>,
     refused_messages: u64,
     refused_log_lines: u64,
+    refused_output_lines: u64,
 }
 
 /// The plugin-wide rate windows and trap history (see the module docs).
 #[derive(Debug)]
 pub struct PluginRates {
     state: Mutex<State>,
-    /// The rate limit on the plugin's stdout and stderr lines.
-    pub(crate) output: Arc<super::stdio::OutputWindow>,
+    /// stdout and stderr lines dropped that no warning has reported yet; read without the
+    /// lock at the end of every call.
+    unreported_output: AtomicU64,
     /// `respond` calls refused: outside a query, a second answer, or a query this node
     /// already answered (another plugin or an RPC client was first).
-    pub(crate) refused_responses: std::sync::atomic::AtomicU64,
+    pub(crate) refused_responses: AtomicU64,
 }
 
 impl Default for PluginRates {
@@ -124,6 +131,7 @@ impl PluginRates {
             state: Mutex::new(State {
                 messages: Window::new(now),
                 logs: Window::new(now),
+                output: Window::new(now),
                 failure_logs: Window::new(now),
                 unlogged_failures: 0,
                 consecutive: 0,
@@ -131,9 +139,10 @@ impl PluginRates {
                 restart_at: None,
                 refused_messages: 0,
                 refused_log_lines: 0,
+                refused_output_lines: 0,
             }),
-            output: Arc::default(),
-            refused_responses: std::sync::atomic::AtomicU64::new(0),
+            unreported_output: AtomicU64::new(0),
+            refused_responses: AtomicU64::new(0),
         }
     }
 
@@ -158,6 +167,38 @@ impl PluginRates {
             allowed,
             refused_before,
         }
+    }
+
+    /// Counts one stdout or stderr line: whether it may be logged, and the dropped lines no
+    /// warning has reported yet, to report now, when this line opened a new second.
+    pub fn take_output_line(&self, now: Instant) -> (bool, u64) {
+        let mut state = self.lock();
+        let (allowed, refused_before) = state.output.take(now, MAX_OUTPUT_LINES_PER_SECOND);
+        state.refused_output_lines += u64::from(!allowed);
+        let to_report = if refused_before > 0 {
+            self.unreported_output.swap(0, Ordering::Relaxed)
+        } else {
+            0
+        };
+        if !allowed {
+            self.unreported_output.fetch_add(1, Ordering::Relaxed);
+        }
+        (allowed, to_report)
+    }
+
+    /// The dropped stdout and stderr lines no warning has reported yet, now counted as
+    /// reported. Called at the end of every call, so a burst followed by silence or a trap is
+    /// reported too.
+    pub fn take_unreported_output(&self) -> u64 {
+        if self.unreported_output.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.unreported_output.swap(0, Ordering::Relaxed)
+    }
+
+    /// stdout and stderr lines dropped by the rate limit so far.
+    pub fn refused_output_lines(&self) -> u64 {
+        self.lock().refused_output_lines
     }
 
     /// Records a failed call (a trap) and says whether to restart, after which wait, or to

@@ -487,7 +487,7 @@ async fn output_lines_past_the_rate_limit_are_counted_across_traps_and_instances
     }
     // 100 lines a second for the plugin, not per instance: of 600 lines, 500 or more were
     // dropped (fewer only if the second rolled over between the bursts).
-    let dropped = rates.output.dropped();
+    let dropped = rates.refused_output_lines();
     assert!(dropped >= 400, "{dropped} dropped");
 }
 

@@ -2,96 +2,22 @@
 
 use std::borrow::Cow;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use super::rates::PluginRates;
+
 /// Longest line kept; longer output is split at this many bytes.
 const MAX_LINE_BYTES: usize = 4096;
-/// Lines a plugin's stdout and stderr together may log per second; the rest are counted.
-const MAX_LINES_PER_SECOND: u32 = 100;
 
-/// The rate limit on one plugin's output lines, shared by the stdout and stderr of all its
-/// instances (a fresh instance does not get a fresh allowance).
-#[derive(Debug)]
-pub(crate) struct OutputWindow {
-    window: Mutex<Window>,
-    /// Lines dropped by the rate limit since the plugin started.
-    dropped: AtomicU64,
-    /// Lines dropped that no log line has reported yet, as [`Window::unreported`] holds them;
-    /// read without the lock at the end of every call.
-    unreported: AtomicU64,
-}
-
-#[derive(Debug)]
-struct Window {
-    started: Instant,
-    lines: u32,
-    /// Lines dropped that no log line has reported yet.
-    unreported: u64,
-}
-
-impl Default for OutputWindow {
-    fn default() -> OutputWindow {
-        OutputWindow {
-            window: Mutex::new(Window {
-                started: Instant::now(),
-                lines: 0,
-                unreported: 0,
-            }),
-            dropped: AtomicU64::new(0),
-            unreported: AtomicU64::new(0),
-        }
-    }
-}
-
-impl OutputWindow {
-    /// Counts one line; false if the second's allowance is spent (the line is dropped).
-    fn admit(&self, plugin: &str) -> bool {
-        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        if window.started.elapsed() >= Duration::from_secs(1) {
-            report(plugin, std::mem::take(&mut window.unreported));
-            self.unreported.store(0, Ordering::Relaxed);
-            window.started = Instant::now();
-            window.lines = 0;
-        }
-        window.lines = window.lines.saturating_add(1);
-        if window.lines > MAX_LINES_PER_SECOND {
-            window.unreported += 1;
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.unreported.store(window.unreported, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    /// Logs how many lines were dropped since the last report, if any. Called at the end of
-    /// every call into the plugin, so a burst followed by silence or a trap is reported too.
-    pub(crate) fn flush(&self, plugin: &str) {
-        if self.unreported.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let unreported = {
-            let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-            self.unreported.store(0, Ordering::Relaxed);
-            std::mem::take(&mut window.unreported)
-        };
-        report(plugin, unreported);
-    }
-
-    /// Lines dropped by the rate limit so far.
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-}
-
-fn report(plugin: &str, dropped: u64) {
+/// Warns about `dropped` output lines, if any.
+pub(crate) fn report_output_drops(plugin: &str, dropped: u64) {
     if dropped > 0 {
         tracing::warn!(target: "plugin", plugin, dropped, "plugin output lines dropped by the rate limit");
     }
@@ -123,17 +49,17 @@ pub(crate) struct LogPipe {
     plugin: Arc<str>,
     is_stderr: bool,
     pending: Arc<Mutex<Vec<u8>>>,
-    window: Arc<OutputWindow>,
+    rates: Arc<PluginRates>,
 }
 
 impl LogPipe {
     /// A pair for stdout and stderr, under the plugin's shared rate limit.
-    pub(crate) fn pair(plugin: Arc<str>, window: Arc<OutputWindow>) -> (LogPipe, LogPipe) {
+    pub(crate) fn pair(plugin: Arc<str>, rates: Arc<PluginRates>) -> (LogPipe, LogPipe) {
         let pipe = |is_stderr| LogPipe {
             plugin: Arc::clone(&plugin),
             is_stderr,
             pending: Arc::default(),
-            window: Arc::clone(&window),
+            rates: Arc::clone(&rates),
         };
         (pipe(false), pipe(true))
     }
@@ -168,7 +94,9 @@ impl LogPipe {
         if self.is_stderr && is_backtrace_hint(line) {
             return;
         }
-        if !self.window.admit(plugin) {
+        let (allowed, to_report) = self.rates.take_output_line(Instant::now());
+        report_output_drops(plugin, to_report);
+        if !allowed {
             return;
         }
         let line = String::from_utf8_lossy(line);
@@ -190,7 +118,7 @@ impl Drop for LogPipe {
                 self.emit(&pending);
             }
             drop(pending);
-            self.window.flush(&self.plugin);
+            report_output_drops(&self.plugin, self.rates.take_unreported_output());
         }
     }
 }
