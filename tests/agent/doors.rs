@@ -328,9 +328,12 @@ fn events_a_stream_client_does_not_read_show_as_event_stream_drops() {
                 "{reply}"
             );
         }
+        // Records can be dropped on the agent's channel to the stream (when a burst outruns
+        // the session) or on the client's write queue (once the socket is full): go on until
+        // the write queue has dropped one, the kind this test is about.
         if batch % 10 == 9 {
             drops = counter(&node, "serf", "event_stream_drops");
-            if drops > 0 {
+            if drops > 0 && node.log().contains("record dropped kind=Event") {
                 break;
             }
         }
