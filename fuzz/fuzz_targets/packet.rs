@@ -5,9 +5,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use serf_host::gossip::Keyring;
-use serf_host::gossip::message::Message;
-use serf_host::gossip::packet::unpack_packet;
+use serf_gossip::Keyring;
+use serf_gossip::message::Message;
+use serf_gossip::packet::unpack_packet;
 
 /// The key of the captured encrypted test cluster (bytes 0x00..0x1f), so seeds taken from
 /// real encrypted traffic decrypt.

@@ -5,9 +5,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use serf_host::gossip::Keyring;
-use serf_host::gossip::message::Message;
-use serf_host::gossip::packet::{stream_frame_len, unpack_stream};
+use serf_gossip::Keyring;
+use serf_gossip::message::Message;
+use serf_gossip::packet::{stream_frame_len, unpack_stream};
 
 /// The key of the captured encrypted test cluster (bytes 0x00..0x1f).
 fn keyring() -> &'static Keyring {

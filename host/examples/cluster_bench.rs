@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use serf_host::rpc::client::Client;
+use serf_rpc::client::Client;
 
 const GOSSIP_PORT: u16 = 7946;
 const RPC_PORT: u16 = 7373;
@@ -1091,7 +1091,7 @@ impl Cluster {
             let arrived = arrived.clone();
             listeners.spawn(async move {
                 while let Some(record) = stream.recv().await {
-                    if let serf_host::rpc::protocol::StreamRecord::User(user) = record {
+                    if let serf_rpc::protocol::StreamRecord::User(user) = record {
                         let _ = arrived.send((i, user.payload.unwrap_or_default(), Instant::now()));
                     }
                 }
@@ -1127,7 +1127,7 @@ impl Cluster {
         listeners.abort_all();
         for _ in 0..QUERY_TRIALS {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let request = serf_host::rpc::protocol::QueryRequest {
+            let request = serf_rpc::protocol::QueryRequest {
                 name: "upcase".to_owned(),
                 payload: Some(b"foo".to_vec()),
                 ..Default::default()
@@ -1144,7 +1144,7 @@ impl Cluster {
             while let Ok(Some(record)) =
                 tokio::time::timeout_at(deadline.into(), records.recv()).await
             {
-                use serf_host::rpc::protocol::QueryRecordType;
+                use serf_rpc::protocol::QueryRecordType;
                 match record.kind {
                     QueryRecordType::Response if !record.from.is_empty() => {
                         // Serf hands a handler its payload plus a newline, which `tr` keeps.

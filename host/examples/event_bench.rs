@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serf_host::rpc::client::Client;
+use serf_rpc::client::Client;
 
 const CONNECTIONS: usize = 4;
 const IN_FLIGHT_PER_CONNECTION: usize = 64;

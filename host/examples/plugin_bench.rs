@@ -31,10 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serf_host::plugin::instance::{Instance, InstanceContext};
-use serf_host::plugin::{Engine, EventFilter, HostServices, Limits, PluginSpec};
-use serf_host::serf::QueryKey;
+use serf_core::QueryKey;
 use serf_plugin_sdk::abi::{self, Envelope, Event, InitContext, Query, Status, UserEvent};
+use serf_plugins::instance::{Instance, InstanceContext};
+use serf_plugins::{Engine, EventFilter, HostServices, Limits, PluginSpec};
 
 /// Takes every response, counting them.
 #[derive(Default)]

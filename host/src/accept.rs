@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::gossip::LogLimiter;
+use serf_gossip::LogLimiter;
 
 /// At most one log line about failed accepts per listener per this interval.
 pub const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);

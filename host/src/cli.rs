@@ -1,5 +1,5 @@
 //! The `serf` command line: Go-style flags parsed with clap, and the client subcommands, which
-//! talk to an agent over [`crate::rpc::client`] and print exactly what Serf 0.9.4 prints.
+//! talk to an agent over [`serf_rpc::client`] and print exactly what Serf 0.9.4 prints.
 //!
 //! Owns argument parsing, output formats (text and `-format json`) and exit codes; see
 //! `docs/cli.md` for the captured reference output. The only module that prints. It does not
@@ -24,8 +24,8 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 
 pub use crate::config::{parse_go_bool, parse_go_duration};
-use crate::rpc::client::{self, Client};
-use crate::rpc::protocol::{Member, QueryRecordType, QueryRequest, Stats, StreamRecord};
+use serf_rpc::client::{self, Client};
+use serf_rpc::protocol::{Member, QueryRecordType, QueryRequest, Stats, StreamRecord};
 
 /// Where the CLI finds the agent when neither `-rpc-addr` nor `SERF_RPC_ADDR` says.
 pub const DEFAULT_RPC_ADDR: &str = "127.0.0.1:7373";
@@ -435,9 +435,9 @@ pub fn run(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>
     // `/proc/self/exe` still runs after the binary was replaced on disk (an upgrade).
     let proc_exe = std::path::Path::new("/proc/self/exe");
     if proc_exe.exists() {
-        crate::plugin::engine::set_compiler_program(proc_exe.to_path_buf());
+        serf_plugins::engine::set_compiler_program(proc_exe.to_path_buf());
     } else if let Ok(program) = std::env::current_exe() {
-        crate::plugin::engine::set_compiler_program(program);
+        serf_plugins::engine::set_compiler_program(program);
     }
     match parsed {
         Ok(cli) => ExitCode::from(execute(cli.command)),
@@ -567,7 +567,7 @@ fn execute(command: Command) -> u8 {
         Command::Reload(args) => block_on(reload(args)),
         Command::Jobs(args) => block_on(jobs(args)),
         Command::Plugin(args) => plugin::run(args),
-        Command::CompilePlugin { len, out } => crate::plugin::engine::compile_child(len, &out),
+        Command::CompilePlugin { len, out } => serf_plugins::engine::compile_child(len, &out),
     }
 }
 
@@ -629,7 +629,7 @@ async fn reachability(args: ReachabilityArgs) -> Exit {
     let request = QueryRequest {
         filter_nodes: Vec::new(),
         filter_tags: BTreeMap::new(),
-        name: format!("{}ping", crate::serf::INTERNAL_QUERY_PREFIX),
+        name: format!("{}ping", serf_core::INTERNAL_QUERY_PREFIX),
         payload: None,
         relay_factor: 0,
         request_ack: true,
@@ -728,7 +728,7 @@ fn keygen() -> u8 {
 }
 
 fn print_version() {
-    let [min, max, _] = crate::serf::ProtocolVersions::SERF_0_9_4.delegate;
+    let [min, max, _] = serf_core::ProtocolVersions::SERF_0_9_4.delegate;
     out(&version_text(min, max));
 }
 
@@ -1288,7 +1288,7 @@ async fn reload(args: ReloadArgs) -> Exit {
     }
     for plugin in &response.plugins {
         let error = Some(plugin.error.as_str()).filter(|error| !error.is_empty());
-        out(&crate::plugin::reload::describe_outcome(
+        out(&crate::agent::reload::describe_outcome(
             &plugin.name,
             &plugin.change,
             &plugin.detail,
@@ -1592,7 +1592,7 @@ fn format_ms(ms: u64) -> String {
 }
 
 /// How long a job ran (or has been running, at `now_ms`), to the second.
-fn job_elapsed(job: &crate::rpc::protocol::Job, now_ms: u64) -> String {
+fn job_elapsed(job: &serf_rpc::protocol::Job, now_ms: u64) -> String {
     let end = if job.ended_ms == 0 {
         now_ms
     } else {
@@ -1603,7 +1603,7 @@ fn job_elapsed(job: &crate::rpc::protocol::Job, now_ms: u64) -> String {
 }
 
 /// `serf jobs`: one line per job, in columns.
-pub fn format_jobs_text(jobs: &[crate::rpc::protocol::Job], now_ms: u64) -> String {
+pub fn format_jobs_text(jobs: &[serf_rpc::protocol::Job], now_ms: u64) -> String {
     if jobs.is_empty() {
         return "No jobs".to_owned();
     }
@@ -1630,7 +1630,7 @@ pub fn format_jobs_text(jobs: &[crate::rpc::protocol::Job], now_ms: u64) -> Stri
 }
 
 /// `serf jobs -show ID`: every field, then the output tail.
-pub fn format_job_text(job: &crate::rpc::protocol::Job, now_ms: u64) -> String {
+pub fn format_job_text(job: &serf_rpc::protocol::Job, now_ms: u64) -> String {
     let exit = if job.state == "finished" {
         job.exit_status.to_string()
     } else {
@@ -1661,7 +1661,7 @@ pub fn format_job_text(job: &crate::rpc::protocol::Job, now_ms: u64) -> String {
 }
 
 /// A job for `-format json`.
-fn job_json(job: &crate::rpc::protocol::Job) -> serde_json::Value {
+fn job_json(job: &serf_rpc::protocol::Job) -> serde_json::Value {
     let time = |ms: u64| (ms != 0).then(|| format_ms(ms));
     serde_json::json!({
         "id": job.id,
@@ -1681,16 +1681,16 @@ fn job_json(job: &crate::rpc::protocol::Job) -> serde_json::Value {
 pub fn format_rtt(
     a: &str,
     b: &str,
-    coordinate_a: &crate::rpc::protocol::Coordinate,
-    coordinate_b: &crate::rpc::protocol::Coordinate,
+    coordinate_a: &serf_rpc::protocol::Coordinate,
+    coordinate_b: &serf_rpc::protocol::Coordinate,
 ) -> Option<String> {
-    let vivaldi = |c: &crate::rpc::protocol::Coordinate| crate::serf::wire::Coordinate {
+    let vivaldi = |c: &serf_rpc::protocol::Coordinate| serf_core::wire::Coordinate {
         vec: c.vec.clone(),
         error: c.error,
         adjustment: c.adjustment,
         height: c.height,
     };
-    let rtt = crate::serf::coordinate::distance(&vivaldi(coordinate_a), &vivaldi(coordinate_b))?;
+    let rtt = serf_core::coordinate::distance(&vivaldi(coordinate_a), &vivaldi(coordinate_b))?;
     let millis = rtt.as_secs_f64() * 1000.0;
     Some(format!("Estimated {a} <-> {b} rtt: {millis:.3} ms"))
 }
@@ -2099,7 +2099,7 @@ fn go_member(member: &Member) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::protocol::{MemberEventRecord, MemberEventType, UserEventRecord};
+    use serf_rpc::protocol::{MemberEventRecord, MemberEventType, UserEventRecord};
 
     fn os(args: &[&str]) -> Vec<OsString> {
         args.iter().map(OsString::from).collect()
@@ -2578,7 +2578,7 @@ mod tests {
 
     #[test]
     fn rtt_line_matches_serf() {
-        use crate::rpc::protocol::Coordinate;
+        use serf_rpc::protocol::Coordinate;
         let bits = [
             0xbef5500cfbdf3166_u64,
             0xbf081404ccb0b7c4,
@@ -2681,8 +2681,8 @@ mod tests {
 
     // --- Jobs (our extension).
 
-    fn job(state: &str, ended_ms: u64) -> crate::rpc::protocol::Job {
-        crate::rpc::protocol::Job {
+    fn job(state: &str, ended_ms: u64) -> serf_rpc::protocol::Job {
+        serf_rpc::protocol::Job {
             arg: b"10".to_vec(),
             ended_ms,
             error: String::new(),

@@ -6,6 +6,7 @@
 //! This module reads the config file and the keyring file and lists the plugin directory,
 //! nothing else.
 
+use serf_core::SerfLimits;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -14,9 +15,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::gossip::Keyring;
-use crate::gossip::keyring::{self, KeyringError};
-use crate::plugin::{EventFilter, FilterError, Limits, PluginSpec};
+use serf_gossip::Keyring;
+use serf_gossip::keyring::{self, KeyringError};
+use serf_plugins::{EventFilter, FilterError, Limits, PluginSpec};
 
 /// Serf's default gossip port.
 pub const DEFAULT_BIND_PORT: u16 = 7946;
@@ -356,7 +357,7 @@ pub struct Config {
     /// SIGINT stops without leaving.
     pub skip_leave_on_interrupt: bool,
     /// Shell event handlers: `event_handlers`, then `[[handlers]]`, then `-event-handler`.
-    pub handlers: Vec<crate::plugin::HandlerSpec>,
+    pub handlers: Vec<crate::agent::shell::HandlerSpec>,
     /// The flags this was resolved from: a reload resolves them again with the file re-read.
     pub flags: AgentFlags,
     /// The plugin directory (`-plugins` or `plugin_dir`), whose new `.wasm` files a reload
@@ -370,7 +371,7 @@ pub struct Config {
     /// Threads that run plugins' long jobs, started with the first job.
     pub job_workers: NonZeroUsize,
     /// How large a plugin file may be, and how long and how much memory compiling it may take.
-    pub plugin_budget: crate::plugin::engine::CompileBudget,
+    pub plugin_budget: serf_plugins::engine::CompileBudget,
 }
 
 /// Threads that run plugins' long jobs unless `job_workers` says otherwise.
@@ -433,26 +434,6 @@ impl Profile {
             Profile::Local => "local",
         }
     }
-}
-
-/// Serf's size limits (reference 3.16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SerfLimits {
-    /// Maximum `len(name) + len(payload)` of a user event, in bytes.
-    pub user_event_size_limit: usize,
-    /// Maximum encoded query, in bytes.
-    pub query_size_limit: usize,
-    /// Maximum encoded query response, in bytes.
-    pub query_response_size_limit: usize,
-}
-
-impl SerfLimits {
-    /// Serf 0.9.4's agent defaults.
-    pub const SERF: SerfLimits = SerfLimits {
-        user_event_size_limit: 512,
-        query_size_limit: 1024,
-        query_response_size_limit: 1024,
-    };
 }
 
 /// Serf's log levels, most verbose first.
@@ -734,7 +715,7 @@ impl Config {
                 .query_response_size_limit
                 .unwrap_or(SerfLimits::SERF.query_response_size_limit),
         };
-        if serf_limits.user_event_size_limit > crate::serf::USER_EVENT_SIZE_HARD_LIMIT {
+        if serf_limits.user_event_size_limit > serf_core::USER_EVENT_SIZE_HARD_LIMIT {
             return Err(invalid(
                 "user_event_size_limit",
                 &serf_limits.user_event_size_limit.to_string(),
@@ -966,8 +947,8 @@ fn resolve_budget(
     size_mib: Option<u64>,
     timeout: Option<Duration>,
     memory_mib: Option<u64>,
-) -> Result<crate::plugin::engine::CompileBudget, ConfigError> {
-    let mut budget = crate::plugin::engine::CompileBudget::DEFAULT;
+) -> Result<serf_plugins::engine::CompileBudget, ConfigError> {
+    let mut budget = serf_plugins::engine::CompileBudget::DEFAULT;
     if let Some(mib) = size_mib {
         if mib == 0 || mib > MAX_PLUGIN_SIZE_MIB {
             return Err(invalid(
@@ -1182,7 +1163,7 @@ fn resolve_plugins(
                 limits: defaults,
                 dirs: BTreeMap::new(),
                 config: toml::Table::new(),
-                grants: crate::plugin::Grants::default(),
+                grants: serf_plugins::Grants::default(),
             });
         }
     }
@@ -1191,8 +1172,8 @@ fn resolve_plugins(
 }
 
 /// A plugin table's `capabilities` and `env`; an unknown capability is an error.
-fn resolve_grants(name: &str, table: &FilePlugin) -> Result<crate::plugin::Grants, ConfigError> {
-    use crate::plugin::{Capabilities, grants};
+fn resolve_grants(name: &str, table: &FilePlugin) -> Result<serf_plugins::Grants, ConfigError> {
+    use serf_plugins::{Capabilities, grants};
     let capabilities = Capabilities::from_names(&table.capabilities).map_err(|unknown| {
         invalid(
             "capabilities",
@@ -1204,7 +1185,7 @@ fn resolve_grants(name: &str, table: &FilePlugin) -> Result<crate::plugin::Grant
         grants::check_env_name(key)
             .map_err(|reason| invalid("env", key, &format!("plugin {name}: {reason}")))?;
     }
-    Ok(crate::plugin::Grants {
+    Ok(serf_plugins::Grants {
         capabilities,
         env: table.env.clone(),
         ..Default::default()
@@ -1216,8 +1197,8 @@ fn resolve_handlers(
     file_specs: Option<Vec<String>>,
     tables: Vec<FileHandler>,
     flag_specs: &[String],
-) -> Result<Vec<crate::plugin::HandlerSpec>, ConfigError> {
-    use crate::plugin::HandlerSpec;
+) -> Result<Vec<crate::agent::shell::HandlerSpec>, ConfigError> {
+    use crate::agent::shell::HandlerSpec;
     let refuse = |value: &str, reason: &str| invalid("event handler", value, reason);
     let parse = |spec: &String| HandlerSpec::parse(spec).map_err(|e| refuse(spec, &e.to_string()));
     let mut handlers: Vec<HandlerSpec> = file_specs

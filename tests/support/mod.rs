@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -111,19 +111,7 @@ pub fn next_net() -> u8 {
 const FIRST_NET: u8 = 100;
 const LAST_NET: u8 = 249;
 
-/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
-pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use serf_testkit::eventually;
 
 /// Runs a command to completion, killing it after `timeout`.
 pub fn run(command: &mut Command, timeout: Duration) -> Output {

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::gossip::JoinOutcome;
+use serf_gossip::JoinOutcome;
 
 /// A seed address split into host and port: `[name/]host[:port]`, `[v6]:port`, `[v6]`, or a
 /// bare IPv6 address; the port defaults to `default_port`. The optional node name before `/`
@@ -76,7 +76,7 @@ pub(crate) async fn resolve_join_addr(
     }
     let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map_err(|error| format!("lookup {host}: {}", crate::go_text::io_error(&error)))?
+        .map_err(|error| format!("lookup {host}: {}", serf_rpc::go_text::io_error(&error)))?
         .collect();
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(found.len());
     for addr in found {
@@ -202,7 +202,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::JoinId;
+    use serf_gossip::JoinId;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn split(text: &str) -> Result<(String, u16), String> {

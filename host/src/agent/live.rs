@@ -10,11 +10,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Command;
+use crate::agent::reload::LiveSettings;
+use crate::agent::shell::ShellHandlers;
 use crate::config::Config;
 use crate::logging::LogHub;
-use crate::plugin::ShellHandlers;
-use crate::plugin::reload::LiveSettings;
-use crate::serf::Tags;
+use serf_core::Tags;
 
 /// What a reload needs of the agent to apply its live settings.
 pub(super) struct AgentSettings {

@@ -10,6 +10,8 @@
 
 mod join;
 mod live;
+pub mod reload;
+pub mod shell;
 pub mod snapshot;
 mod transport;
 
@@ -25,15 +27,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Profile};
-use crate::gossip::{self, JoinId, JoinOutcome};
 use crate::logging::LogHub;
-use crate::plugin::jobs::Jobs;
-use crate::plugin::reload::{self, ReloadError, ReloadReport, Reloader, Trigger};
-use crate::plugin::{Engine, EventFilter, HostServices, PluginHost, ShellHandlers};
-use crate::serf::{
+use reload::{ReloadError, ReloadReport, Reloader, Trigger};
+use serf_core::{
     self, Event, LamportTime, Member, QueryError, QueryKey, QueryOutput, QueryParams, RespondError,
     Serf, Tags, TagsError, UserEventError,
 };
+use serf_gossip::{JoinId, JoinOutcome};
+use serf_plugins::jobs::Jobs;
+use serf_plugins::{Engine, EventFilter, HostServices, PluginHost};
+use shell::ShellHandlers;
 
 /// Commands waiting for the agent task before senders must wait (RPC) or fail (plugins).
 const COMMAND_QUEUE: usize = 1024;
@@ -83,7 +86,7 @@ pub enum AgentError {
 #[derive(Debug, Clone)]
 pub struct AgentStats {
     /// The core's counters.
-    pub serf: serf::Stats,
+    pub serf: serf_core::Stats,
     /// This node.
     pub local: Member,
     /// Events dropped because an event stream (RPC `stream`) was full.
@@ -95,7 +98,7 @@ pub struct AgentStats {
     /// Event streams open.
     pub num_streams: usize,
     /// The membership layer's counters.
-    pub gossip: gossip::Stats,
+    pub gossip: serf_gossip::Stats,
     /// Socket and stream counters.
     pub transport: TransportStats,
     /// Whether gossip is encrypted.
@@ -144,7 +147,7 @@ enum Command {
     },
     Coordinate {
         node: String,
-        reply: oneshot::Sender<Option<serf::wire::Coordinate>>,
+        reply: oneshot::Sender<Option<serf_core::wire::Coordinate>>,
     },
     Stats {
         reply: oneshot::Sender<AgentStats>,
@@ -183,7 +186,7 @@ enum Command {
     },
     /// A key query (`serf keys`): its answers and how many members should answer.
     KeyQuery {
-        command: serf::keys::KeyCommand,
+        command: serf_core::keys::KeyCommand,
         key: Vec<u8>,
         reply: oneshot::Sender<Result<(QueryStream, usize), QueryError>>,
     },
@@ -258,7 +261,7 @@ impl Agent {
         use anyhow::Context as _;
         // As Serf, before anything starts: tags that do not fit in node meta would reach every
         // peer as no tags at all.
-        serf::check_tags(&serf_config(&config, config.advertise), &config.tags)
+        serf_core::check_tags(&serf_config(&config, config.advertise), &config.tags)
             .context("Error creating Serf")?;
         let plugin_runtime = PluginRuntime(Some(
             tokio::runtime::Builder::new_multi_thread()
@@ -472,7 +475,7 @@ impl AgentHandle {
     }
 
     /// Reads the configuration again and applies its plugin changes (see
-    /// [`crate::plugin::reload`]); completes once every new version handles events.
+    /// [`crate::agent::reload`]); completes once every new version handles events.
     pub async fn reload(&self, trigger: Trigger) -> Result<ReloadReport, ReloadError> {
         self.reloader.reload(trigger).await
     }
@@ -537,7 +540,7 @@ impl AgentHandle {
     pub async fn coordinate(
         &self,
         node: String,
-    ) -> Result<Option<serf::wire::Coordinate>, AgentError> {
+    ) -> Result<Option<serf_core::wire::Coordinate>, AgentError> {
         self.ask(|reply| Command::Coordinate { node, reply }).await
     }
 
@@ -549,7 +552,7 @@ impl AgentHandle {
     /// Replaces this node's tags (writing the tags file first, if there is one). Tags too
     /// large for node meta are refused before the file is written.
     pub async fn set_tags(&self, tags: Tags) -> Result<(), AgentError> {
-        serf::check_tags(&serf_config(&self.config, self.config.advertise), &tags)?;
+        serf_core::check_tags(&serf_config(&self.config, self.config.advertise), &tags)?;
         if let Some(path) = &self.config.tags_file {
             snapshot::write_tags_file(path, &tags).await?;
         }
@@ -613,7 +616,7 @@ impl AgentHandle {
     /// returns the answers and how many members should answer.
     pub async fn key_query(
         &self,
-        command: serf::keys::KeyCommand,
+        command: serf_core::keys::KeyCommand,
         key: Vec<u8>,
     ) -> Result<(QueryStream, usize), AgentError> {
         tracing::info!("{}", command.initiating());
@@ -652,7 +655,7 @@ struct Services {
     /// The member list for plugins granted `members`.
     members: Arc<MemberSnapshot>,
     /// Serf's size limits, checked before a plugin's event or query is queued.
-    limits: crate::config::SerfLimits,
+    limits: serf_core::SerfLimits,
     /// The last query handle handed out.
     next_query_handle: AtomicU32,
     /// Queries a plugin answered: a second plugin's answer is refused at its call.
@@ -748,7 +751,7 @@ impl HostServices for Services {
     }
 
     fn query(&self, plugin: &str, request: abi::QueryRequest) -> Result<u32, Status> {
-        if request.name.starts_with(serf::INTERNAL_QUERY_PREFIX) {
+        if request.name.starts_with(serf_core::INTERNAL_QUERY_PREFIX) {
             return Err(Status::BadArgument);
         }
         if request.name.len() + request.payload.len() > self.limits.query_size_limit {
@@ -793,7 +796,7 @@ struct Shell {
     /// The snapshot file's writer, with `-snapshot`.
     snapshot: Option<snapshot::Snapshotter>,
     /// Writes the keyring file after key queries, with `-keyring-file`.
-    keyring_writer: Option<mpsc::Sender<serf::keys::KeyringWrite>>,
+    keyring_writer: Option<mpsc::Sender<serf_core::keys::KeyringWrite>>,
     /// Cancelled when the core shuts itself down (a lost name-conflict vote).
     shutdown_requested: CancellationToken,
     /// The member list plugins granted `members` read.
@@ -1105,7 +1108,7 @@ impl Shell {
     fn start_key_query(
         &mut self,
         now: std::time::Instant,
-        command: serf::keys::KeyCommand,
+        command: serf_core::keys::KeyCommand,
         key: &[u8],
     ) -> Result<(QueryStream, usize), QueryError> {
         let query = self.core.key_query(now, command, key)?;
@@ -1144,8 +1147,8 @@ const KEYRING_WRITE_QUEUE: usize = 16;
 fn spawn_keyring_writer(
     path: std::path::PathBuf,
     commands: mpsc::Sender<Command>,
-) -> mpsc::Sender<serf::keys::KeyringWrite> {
-    let (sender, mut writes) = mpsc::channel::<serf::keys::KeyringWrite>(KEYRING_WRITE_QUEUE);
+) -> mpsc::Sender<serf_core::keys::KeyringWrite> {
+    let (sender, mut writes) = mpsc::channel::<serf_core::keys::KeyringWrite>(KEYRING_WRITE_QUEUE);
     tokio::spawn(async move {
         while let Some(write) = writes.recv().await {
             let result = write_keyring_file(&path, &write.contents).await;
@@ -1169,7 +1172,7 @@ async fn write_keyring_file(path: &std::path::Path, contents: &str) -> Result<()
         format!(
             "Failed to write keyring file: {op} {}: {}",
             path.display(),
-            crate::go_text::io_error(&error)
+            serf_rpc::go_text::io_error(&error)
         )
     };
     let mut file = tokio::fs::OpenOptions::new()
@@ -1188,30 +1191,30 @@ async fn write_keyring_file(path: &std::path::Path, contents: &str) -> Result<()
 
 /// The core's settings for this agent: the profile's timings with the agent's keyring,
 /// compression and Serf protocol version (the last byte of the version vector).
-pub fn serf_config(config: &Config, advertise: SocketAddr) -> serf::Config {
+pub fn serf_config(config: &Config, advertise: SocketAddr) -> serf_core::Config {
     let name = config.node_name.clone();
     let profile = match config.profile {
-        Profile::Lan => gossip::Config::lan(name.clone(), advertise),
-        Profile::Wan => gossip::Config::wan(name.clone(), advertise),
-        Profile::Local => gossip::Config::local(name.clone(), advertise),
+        Profile::Lan => serf_gossip::Config::lan(name.clone(), advertise),
+        Profile::Wan => serf_gossip::Config::wan(name.clone(), advertise),
+        Profile::Local => serf_gossip::Config::local(name.clone(), advertise),
     };
     let mut vsn = profile.vsn;
     vsn[5] = config.protocol;
-    let memberlist = gossip::Config {
+    let memberlist = serf_gossip::Config {
         vsn,
         keyring: config.keyring.clone(),
         enable_compression: config.enable_compression,
         ..profile
     };
-    serf::Config {
+    serf_core::Config {
         limits: config.serf_limits,
         // Serf's default query timeout scales with the profile's gossip interval.
         gossip_interval: memberlist.gossip_interval,
         memberlist,
         // Serf's agent always coalesces, with fixed periods, whatever the profile.
-        coalesce: serf::coalesce::Config::AGENT,
+        coalesce: serf_core::coalesce::Config::AGENT,
         persist_keyring: config.keyring_file.is_some(),
-        ..serf::Config::lan(name, advertise, config.tags.clone())
+        ..serf_core::Config::lan(name, advertise, config.tags.clone())
     }
 }
 
@@ -1254,7 +1257,7 @@ struct MemberSnapshot {
 impl MemberSnapshot {
     /// Wanted from the start if a configured plugin is granted `members`; otherwise from the
     /// first read (a reload may grant it later).
-    fn for_plugins(plugins: &[crate::plugin::PluginSpec]) -> MemberSnapshot {
+    fn for_plugins(plugins: &[serf_plugins::PluginSpec]) -> MemberSnapshot {
         let wanted = plugins
             .iter()
             .any(|spec| spec.grants.capabilities.contains(abi::Capability::Members));
@@ -1305,7 +1308,7 @@ impl MemberSnapshotWriter {
         let list = abi::MemberList {
             members: core
                 .members()
-                .map(crate::plugin::dispatch::abi_member)
+                .map(serf_plugins::dispatch::abi_member)
                 .collect(),
         };
         let encoded: Arc<[u8]> = Arc::from(abi::encode(&list));
@@ -1439,6 +1442,7 @@ fn deliver_to_plugin(plugins: &PluginHost, plugin: &str, event: &abi::Event) {
 mod tests {
     use super::*;
     use crate::config::{AgentFlags, FileConfig};
+    use serf_testkit::eventually_async as eventually;
 
     fn config(flags: AgentFlags) -> Config {
         let mut config =
@@ -1498,23 +1502,7 @@ mod tests {
         first.shutdown().await;
     }
 
-    /// Polls `check` every 50 ms until it holds or `timeout` passes.
-    async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if check().await {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    }
-
-    async fn status_of(handle: &AgentHandle, name: &str) -> Option<serf::MemberStatus> {
+    async fn status_of(handle: &AgentHandle, name: &str) -> Option<serf_core::MemberStatus> {
         let members = handle.members().await.ok()?;
         members.iter().find(|m| m.name == name).map(|m| m.status)
     }
@@ -1531,7 +1519,7 @@ mod tests {
         });
         let advertise: SocketAddr = "10.0.0.1:7946".parse().unwrap();
         let core = serf_config(&config, advertise);
-        let wan = gossip::Config::wan("n".into(), advertise);
+        let wan = serf_gossip::Config::wan("n".into(), advertise);
         assert_eq!(core.memberlist.tcp_timeout, wan.tcp_timeout);
         assert_eq!(core.memberlist.probe_interval, wan.probe_interval);
         assert_eq!(core.gossip_interval, wan.gossip_interval);
@@ -1542,7 +1530,7 @@ mod tests {
         assert_eq!(core.advertise, advertise);
 
         let plain = serf_config(&self::config(AgentFlags::default()), advertise);
-        assert_eq!(plain.memberlist.vsn, gossip::message::SERF_0_9_4_VSN);
+        assert_eq!(plain.memberlist.vsn, serf_gossip::message::SERF_0_9_4_VSN);
         assert!(plain.memberlist.enable_compression);
         assert!(plain.memberlist.keyring.is_none());
         assert_eq!(plain.gossip_interval, Duration::from_millis(200));
@@ -1556,8 +1544,8 @@ mod tests {
         let seed = b_handle.gossip_addr().to_string();
         assert_eq!(a_handle.join(vec![seed], false).await, Ok(1));
         let converged = eventually(Duration::from_secs(10), || async {
-            status_of(&b_handle, "a").await == Some(serf::MemberStatus::Alive)
-                && status_of(&a_handle, "b").await == Some(serf::MemberStatus::Alive)
+            status_of(&b_handle, "a").await == Some(serf_core::MemberStatus::Alive)
+                && status_of(&a_handle, "b").await == Some(serf_core::MemberStatus::Alive)
         })
         .await;
         assert!(converged, "the agents never saw each other");
@@ -1567,7 +1555,7 @@ mod tests {
 
         a_handle.leave().await.unwrap();
         let left = eventually(Duration::from_secs(10), || async {
-            status_of(&b_handle, "a").await == Some(serf::MemberStatus::Left)
+            status_of(&b_handle, "a").await == Some(serf_core::MemberStatus::Left)
         })
         .await;
         assert!(left, "b never saw a leave");
@@ -1607,7 +1595,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(
             status_of(&handle, "solo").await,
-            Some(serf::MemberStatus::Left)
+            Some(serf_core::MemberStatus::Left)
         );
         agent.shutdown().await;
     }
@@ -1764,7 +1752,7 @@ mod tests {
             commands,
             drops: Arc::default(),
             members: Arc::new(MemberSnapshot::for_plugins(&[])),
-            limits: crate::config::SerfLimits::SERF,
+            limits: serf_core::SerfLimits::SERF,
             next_query_handle: AtomicU32::new(0),
             answered: AnsweredQueries::default(),
         };

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{AgentError, AgentHandle, Command, Shell};
-use crate::gossip::JoinOutcome;
-use crate::serf::{LamportTime, MemberEvent, MemberEventKind, NodeName, RestoredClocks, Tags};
+use serf_core::{LamportTime, MemberEvent, MemberEventKind, NodeName, RestoredClocks, Tags};
+use serf_gossip::JoinOutcome;
 
 /// Buffered lines reach the file at least this often (Serf's flush interval).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -507,7 +507,7 @@ impl Snapshotter {
     ) -> Result<(Snapshotter, SnapshotState), SnapshotError> {
         let open_error = |error: std::io::Error| SnapshotError::Open {
             path: path.to_path_buf(),
-            reason: crate::go_text::io_error(&error),
+            reason: serf_rpc::go_text::io_error(&error),
         };
         let mut file = open_append(path).map_err(open_error)?;
         let mut bytes = Vec::new();
@@ -892,7 +892,7 @@ pub(crate) async fn write_tags_file(path: &Path, tags: &Tags) -> Result<(), Agen
                 format!(
                     "open {}: {}",
                     path.display(),
-                    crate::go_text::io_error(&error)
+                    serf_rpc::go_text::io_error(&error)
                 )
             })
     })
@@ -1140,12 +1140,12 @@ mod tests {
 
     #[test]
     fn member_events_become_alive_and_not_alive_changes() {
-        let member = |name: &str| crate::serf::Member {
+        let member = |name: &str| serf_core::Member {
             name: name.into(),
             addr: "10.0.0.1:7946".parse().unwrap(),
             tags: Tags::new(),
-            status: crate::serf::MemberStatus::Alive,
-            versions: crate::serf::ProtocolVersions {
+            status: serf_core::MemberStatus::Alive,
+            versions: serf_core::ProtocolVersions {
                 protocol: [1, 5, 2],
                 delegate: [2, 5, 5],
             },
@@ -1192,14 +1192,11 @@ mod tests {
     }
 
     fn wait_for(path: &Path, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            if text.contains(needle) || Instant::now() > deadline {
-                return text;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let read = || std::fs::read_to_string(path).unwrap_or_default();
+        serf_testkit::eventually(Duration::from_secs(5), || {
+            Some(read()).filter(|text| text.contains(needle))
+        })
+        .unwrap_or_else(read)
     }
 
     #[tokio::test]
@@ -1210,12 +1207,12 @@ mod tests {
         let (snapshot, state) = Snapshotter::open(&path, false).unwrap();
         assert_eq!(state.event_clock, 4);
         assert_eq!(state.previous_nodes("me").len(), 1);
-        let member = crate::serf::Member {
+        let member = serf_core::Member {
             name: "me".into(),
             addr: "10.0.0.1:7946".parse().unwrap(),
             tags: Tags::new(),
-            status: crate::serf::MemberStatus::Alive,
-            versions: crate::serf::ProtocolVersions {
+            status: serf_core::MemberStatus::Alive,
+            versions: serf_core::ProtocolVersions {
                 protocol: [1, 5, 2],
                 delegate: [2, 5, 5],
             },
@@ -1277,7 +1274,7 @@ mod tests {
         use crate::agent::{Agent, AgentHandle};
         use crate::config::{AgentFlags, Config, FileConfig};
         use crate::logging::LogHub;
-        use crate::serf::{MemberStatus, Tags};
+        use serf_core::{MemberStatus, Tags};
 
         fn config(name: &str, flags: AgentFlags) -> Config {
             let flags = AgentFlags {
@@ -1299,19 +1296,12 @@ mod tests {
                 .unwrap()
         }
 
-        async fn eventually<F, Fut>(mut check: F) -> bool
+        async fn eventually<F, Fut>(check: F) -> bool
         where
             F: FnMut() -> Fut,
             Fut: std::future::Future<Output = bool>,
         {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while tokio::time::Instant::now() < deadline {
-                if check().await {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            false
+            serf_testkit::eventually_async(Duration::from_secs(10), check).await
         }
 
         async fn status_of(handle: &AgentHandle, name: &str) -> Option<MemberStatus> {

@@ -26,8 +26,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::accept::{AcceptStats, Acceptor, Admission, Doorway};
-use crate::gossip::packet::{MAX_STREAM_BYTES, stream_frame_len};
-use crate::gossip::{DecodeError, StreamId, StreamRequest};
+use serf_gossip::packet::{MAX_STREAM_BYTES, stream_frame_len};
+use serf_gossip::{DecodeError, StreamId, StreamRequest};
 
 /// The largest UDP packet read (memberlist's receive buffer).
 pub(super) const UDP_RECEIVE_BYTES: usize = 65536;
@@ -61,7 +61,7 @@ pub(super) struct StreamReply {
     pub(super) result: Result<Vec<u8>, String>,
 }
 
-/// Transport counters for `serf info`. Decode failures are the core's (`gossip::Stats`).
+/// Transport counters for `serf info`. Decode failures are the core's (`serf_gossip::Stats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {
     /// UDP packets that could not be sent (socket buffer full or a send error).
@@ -389,10 +389,9 @@ async fn serve_inbound(
         return Ok(()); // The agent stopped.
     };
     if let Some(bytes) = reply {
-        stream
-            .write_all(&bytes)
-            .await
-            .map_err(|error| format!("write tcp {peer}: {}", crate::go_text::io_error(&error)))?;
+        stream.write_all(&bytes).await.map_err(|error| {
+            format!("write tcp {peer}: {}", serf_rpc::go_text::io_error(&error))
+        })?;
     }
     let _ = stream.shutdown().await;
     Ok(())
@@ -409,7 +408,7 @@ async fn run_outbound(request: StreamRequest) -> Result<Vec<u8>, String> {
         Ok(Err(error)) => {
             return Err(format!(
                 "dial tcp {to}: connect: {}",
-                crate::go_text::io_error(&error)
+                serf_rpc::go_text::io_error(&error)
             ));
         }
         Err(_) => return Err(format!("dial tcp {to}: i/o timeout")),
@@ -418,7 +417,7 @@ async fn run_outbound(request: StreamRequest) -> Result<Vec<u8>, String> {
         stream
             .write_all(&request.payload)
             .await
-            .map_err(|error| format!("write tcp {to}: {}", crate::go_text::io_error(&error)))?;
+            .map_err(|error| format!("write tcp {to}: {}", serf_rpc::go_text::io_error(&error)))?;
         if !request.expects_reply {
             return Ok(Vec::new());
         }
@@ -444,7 +443,7 @@ pub(crate) enum StreamReadError {
     #[error("malformed stream message: {0}")]
     Decode(#[from] DecodeError),
     /// Reading failed.
-    #[error("{}", crate::go_text::io_error(.0))]
+    #[error("{}", serf_rpc::go_text::io_error(.0))]
     Io(#[from] std::io::Error),
 }
 
@@ -770,8 +769,8 @@ mod tests {
     #[test]
     fn os_errors_print_like_go() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(crate::go_text::io_error(&refused), "connection refused");
+        assert_eq!(serf_rpc::go_text::io_error(&refused), "connection refused");
         let raw = std::io::Error::from_raw_os_error(111);
-        assert_eq!(crate::go_text::io_error(&raw), "connection refused");
+        assert_eq!(serf_rpc::go_text::io_error(&raw), "connection refused");
     }
 }

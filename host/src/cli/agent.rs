@@ -234,7 +234,7 @@ fn reload_on_hangup(mut hangup: Signal, handle: AgentHandle) -> tokio::task::Joi
         while hangup.recv().await.is_some() {
             println!("==> Caught signal: hangup");
             println!("==> Reloading configuration...");
-            match handle.reload(crate::plugin::reload::Trigger::Signal).await {
+            match handle.reload(crate::agent::reload::Trigger::Signal).await {
                 Ok(report) => {
                     for line in report.lines() {
                         println!("    {line}");

@@ -2,7 +2,7 @@
 //! `serf plugin list` and `serf plugin status NAME`: the live view of a running agent's
 //! plugins, over the RPC commands `plugin-list` and `plugin-status`.
 //!
-//! The offline work is in [`crate::plugin::tool`]; this module parses the flags and prints
+//! The offline work is in [`serf_plugins::tool`]; this module parses the flags and prints
 //! the reports. Unlike Serf's subcommands, `check` and `run` take GNU-style flags anywhere on
 //! the line (`serf plugin run upcase.wasm --event query:upcase --payload foo`). Exit code 0
 //! when the plugin loaded (check) or handled the event (run), 1 otherwise. `list` and
@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use serf_plugin_sdk::abi::Capability;
 
-use crate::plugin::engine::CompileBudget;
-use crate::plugin::instance::CallError;
-use crate::plugin::tool::{self, CallReport, CheckReport, LogLine, RunOptions, RunReport};
-use crate::plugin::{Capabilities, Grants};
-use crate::rpc::protocol::Plugin;
+use serf_plugins::engine::CompileBudget;
+use serf_plugins::instance::CallError;
+use serf_plugins::tool::{self, CallReport, CheckReport, LogLine, RunOptions, RunReport};
+use serf_plugins::{Capabilities, Grants};
+use serf_rpc::protocol::Plugin;
 
 /// Tools for writing plugins: check a module, or run it against one synthetic event.
 #[derive(Debug, clap::Args)]
@@ -291,7 +291,7 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
     let mut env = BTreeMap::new();
     for pair in &args.env {
         let (key, value) = split_pair(pair, "--env")?;
-        crate::plugin::grants::check_env_name(key).map_err(str::to_owned)?;
+        serf_plugins::grants::check_env_name(key).map_err(str::to_owned)?;
         env.insert(key.to_owned(), value.to_owned());
     }
     let mut dirs = BTreeMap::new();

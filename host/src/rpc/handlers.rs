@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::protocol::{self, QueryRecord, StreamRecord, errors};
 use super::server::{Flow, RecordKind, Session};
 use crate::agent::AgentError;
 use crate::config::LogLevel;
-use crate::plugin::{EventFilter, PluginStatsSnapshot};
-use crate::serf::{self, Event, QueryOutput, QueryParams};
+use serf_core::{Event, QueryOutput, QueryParams};
+use serf_plugins::{EventFilter, PluginStatsSnapshot};
+use serf_rpc::protocol::{self, QueryRecord, StreamRecord, errors};
 
 /// Events an event stream may hold for a slow client, as in Serf.
 const STREAM_QUEUE: usize = 512;
@@ -132,7 +132,7 @@ pub(super) async fn members(
     Ok(Flow::Continue)
 }
 
-pub(super) fn rpc_member(member: &serf::Member) -> protocol::Member {
+pub(super) fn rpc_member(member: &serf_core::Member) -> protocol::Member {
     let [protocol_min, protocol_max, protocol_cur] = member.versions.protocol;
     let [delegate_min, delegate_max, delegate_cur] = member.versions.delegate;
     protocol::Member {
@@ -428,16 +428,16 @@ pub(super) async fn keys(
     command: &str,
     key: Option<String>,
 ) -> Result<Flow, protocol::FrameError> {
-    let Some(command) = serf::keys::KeyCommand::from_rpc(command) else {
+    let Some(command) = serf_core::keys::KeyCommand::from_rpc(command) else {
         session.outbox.error(seq, errors::UNSUPPORTED_COMMAND).await;
         return Ok(Flow::Close);
     };
-    let list = command == serf::keys::KeyCommand::List;
+    let list = command == serf_core::keys::KeyCommand::List;
     let empty = protocol::KeyResponse {
         keys: list.then(BTreeMap::new),
         ..protocol::KeyResponse::default()
     };
-    let raw = match key.as_deref().map(crate::gossip::keyring::decode_base64) {
+    let raw = match key.as_deref().map(serf_gossip::keyring::decode_base64) {
         None => Vec::new(),
         Some(Ok(raw)) => raw,
         Some(Err(error)) => {
@@ -458,7 +458,7 @@ pub(super) async fn keys(
             return Ok(Flow::Continue);
         }
     };
-    let mut collector = serf::keys::KeyCollector::new(command, num_nodes);
+    let mut collector = serf_core::keys::KeyCollector::new(command, num_nodes);
     while !collector.is_complete() {
         match stream.outputs.recv().await {
             Some(output) => {
@@ -720,7 +720,7 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
 /// `reload` (our extension): reads the configuration again and applies its live settings and
 /// plugin changes; replies once every new version handles events.
 pub(super) async fn reload(session: &mut Session, seq: u64) -> Result<Flow, protocol::FrameError> {
-    let trigger = crate::plugin::reload::Trigger::Rpc;
+    let trigger = crate::agent::reload::Trigger::Rpc;
     let (body, error) = match session.agent.reload(trigger).await {
         Ok(report) => {
             let plugins = report
@@ -756,7 +756,7 @@ pub(super) async fn reload(session: &mut Session, seq: u64) -> Result<Flow, prot
 /// How long `job-kill` waits for the killed job to end before replying with its record.
 const JOB_KILL_WAIT: Duration = Duration::from_secs(5);
 
-fn job_record(record: crate::plugin::jobs::JobRecord) -> protocol::Job {
+fn job_record(record: serf_plugins::jobs::JobRecord) -> protocol::Job {
     protocol::Job {
         arg: record.arg,
         ended_ms: record.ended_ms,
@@ -869,7 +869,7 @@ fn plugin_counters(plugin: &PluginStatsSnapshot) -> Vec<(&'static str, String)> 
 }
 
 /// A plugin's budgets by their `serf.toml` keys, in the units `serf.toml` takes.
-fn plugin_limits(limits: &crate::plugin::Limits) -> BTreeMap<String, String> {
+fn plugin_limits(limits: &serf_plugins::Limits) -> BTreeMap<String, String> {
     let duration = |d: Duration| humantime::format_duration(d).to_string();
     [
         ("fuel_per_event", limits.fuel_per_event.to_string()),
@@ -1000,7 +1000,7 @@ mod tests {
 
     #[test]
     fn plugin_limits_use_serf_toml_keys_and_units() {
-        let limits = plugin_limits(&crate::plugin::Limits::DEFAULT);
+        let limits = plugin_limits(&serf_plugins::Limits::DEFAULT);
         assert_eq!(limits["max_memory_mib"], "64");
         assert_eq!(limits["event_timeout"], "2s");
         assert_eq!(limits["job_timeout"], "15m");

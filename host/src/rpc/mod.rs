@@ -1,11 +1,6 @@
-//! Serf's RPC ("IPC") protocol: msgpack over TCP, spoken by `serf` CLI commands and by
-//! third-party clients (serfclient-py, serfx) to a running agent.
-//!
-//! `protocol` holds the wire types and framing shared by both ends; `client` is the async client
-//! that our CLI and integration tests use. The agent's side (`server`, `handlers`) answers over an
-//! `agent::AgentHandle`. Nothing in here prints; errors are typed per boundary.
+//! The agent's side of Serf's RPC protocol: the listener and per-connection sessions
+//! (`server`) and the commands they run against an `agent::AgentHandle` (`handlers`). The
+//! wire types and the client are the `serf-rpc` crate.
 
-pub mod client;
 mod handlers;
-pub mod protocol;
 pub mod server;

@@ -39,10 +39,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::handlers;
-use super::protocol::{self, FrameReader, RequestHeader, ResponseHeader, command, errors};
 use crate::accept::{AcceptStats, Acceptor, Admission, Doorway};
 use crate::agent::{AgentHandle, PendingUserEvent};
-use crate::serf::QueryKey;
+use serf_core::QueryKey;
+use serf_rpc::protocol::{self, FrameReader, RequestHeader, ResponseHeader, command, errors};
 
 /// From accept to a completed handshake (and `auth`, when `rpc_auth` is set).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
