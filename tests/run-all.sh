@@ -75,6 +75,8 @@ bash plugin-sdk/go/build.sh
 
 step "building the agent"
 cargo build --locked --workspace
+# The embedding example, which a process test runs.
+cargo build --locked -p serf-node --example embed
 
 step "cargo test"
 cargo test --locked --workspace

@@ -3,7 +3,6 @@
 //! See ARCHITECTURE.md for the map of modules and the rules between them.
 #![forbid(unsafe_code)]
 
-pub mod accept;
 pub mod agent;
 pub mod cli;
 pub mod config;

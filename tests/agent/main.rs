@@ -6,6 +6,7 @@ mod basics;
 mod capabilities;
 mod containment;
 mod doors;
+mod embed;
 mod go_plugins;
 mod gossip;
 mod hostile;

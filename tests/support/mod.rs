@@ -42,6 +42,17 @@ pub fn serf_bin() -> PathBuf {
     path
 }
 
+/// A cargo example of the workspace, built by `cargo build -p <crate> --example <name>`.
+pub fn example_bin(name: &str) -> PathBuf {
+    let path = target_dir().join("debug/examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples --workspace` first",
+        path.display()
+    );
+    path
+}
+
 /// Serf 0.9.4 from Debian, the compatibility oracle.
 pub fn go_serf() -> PathBuf {
     let path = PathBuf::from("/usr/bin/serf");

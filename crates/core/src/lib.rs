@@ -10,6 +10,7 @@
 pub mod coalesce;
 pub mod coordinate;
 mod core;
+pub mod filter;
 pub mod keys;
 mod size;
 mod types;

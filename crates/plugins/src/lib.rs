@@ -9,7 +9,7 @@
 
 pub mod dispatch;
 pub mod engine;
-pub mod filter;
+
 pub mod grants;
 pub mod instance;
 pub mod jobs;
@@ -27,8 +27,8 @@ use std::time::Duration;
 
 pub use dispatch::{DeliverError, PluginHost, PluginStatsSnapshot};
 pub use engine::Engine;
-pub use filter::{EventFilter, FilterError};
 pub use grants::{Capabilities, Grants};
+pub use serf_core::filter::{EventFilter, FilterError};
 
 use serf_core::QueryKey;
 use serf_plugin_sdk::abi::{self, Status};

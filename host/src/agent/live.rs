@@ -7,9 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
-
-use super::Command;
 use crate::agent::reload::LiveSettings;
 use crate::agent::shell::ShellHandlers;
 use crate::config::Config;
@@ -20,22 +17,16 @@ use serf_core::Tags;
 pub(super) struct AgentSettings {
     pub(super) logs: LogHub,
     pub(super) handlers: Arc<ShellHandlers>,
-    pub(super) commands: mpsc::Sender<Command>,
+    pub(super) node: serf_node::NodeHandle,
 }
 
 impl AgentSettings {
     /// Makes `tags` this node's (a member-update for everyone) unless they are already;
     /// `Ok(false)` if they were, an error if they do not fit in node meta.
     async fn apply_tags(&self, tags: Tags) -> Result<bool, String> {
-        let (reply, answer) = oneshot::channel();
-        let closed = || "agent is shutting down".to_owned();
-        self.commands
-            .send(Command::ApplyTags { tags, reply })
+        self.node
+            .apply_tags(tags)
             .await
-            .map_err(|_| closed())?;
-        answer
-            .await
-            .map_err(|_| closed())?
             .map_err(|error| error.to_string())
     }
 }

@@ -96,7 +96,7 @@ async fn serve(config: Config, logs: LogHub) -> anyhow::Result<u8> {
     println!("==> Starting Serf agent...");
     tracing::info!(target: "serf_host::agent", "Serf agent starting");
     // Connections are bounded by file descriptors, not by fixed caps: take all we may.
-    let open_files = crate::accept::raise_fd_limit();
+    let open_files = serf_node::accept::raise_fd_limit();
     tracing::debug!(open_files, "open file limit");
     let agent = Agent::start(config.clone(), logs.clone()).await?;
     println!("==> Starting Serf agent RPC...");
@@ -259,7 +259,7 @@ fn spawn_retry_join(
     let interval = config.retry_interval;
     let max_attempts = config.retry_max_attempts;
     let handle = handle.clone();
-    Some(tokio::spawn(crate::agent::retry_join(
+    Some(tokio::spawn(serf_node::retry_join(
         move || {
             let handle = handle.clone();
             let seeds = seeds.clone();

@@ -7,9 +7,9 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::server::{Flow, RecordKind, Session};
-use crate::agent::AgentError;
 use crate::config::LogLevel;
 use serf_core::{Event, QueryOutput, QueryParams};
+use serf_node::NodeError;
 use serf_plugins::{EventFilter, PluginStatsSnapshot};
 use serf_rpc::protocol::{self, QueryRecord, StreamRecord, errors};
 
@@ -17,9 +17,9 @@ use serf_rpc::protocol::{self, QueryRecord, StreamRecord, errors};
 const STREAM_QUEUE: usize = 512;
 
 /// The error text an RPC client sees.
-pub(super) fn agent_error(error: &AgentError) -> String {
+pub(super) fn agent_error(error: &NodeError) -> String {
     match error {
-        AgentError::Respond(error) => format!("failed to respond to key query: {error}"),
+        NodeError::Respond(error) => format!("failed to respond to key query: {error}"),
         other => other.to_string(),
     }
 }
@@ -502,7 +502,7 @@ pub(super) async fn stats(session: &mut Session, seq: u64) -> Result<Flow, proto
     Ok(Flow::Continue)
 }
 
-fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protocol::Stats {
+fn stats_sections(session: &Session, stats: &serf_node::NodeStats) -> protocol::Stats {
     let section = |pairs: Vec<(&str, String)>| -> BTreeMap<String, String> {
         pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     };
@@ -570,7 +570,10 @@ fn stats_sections(session: &Session, stats: &crate::agent::AgentStats) -> protoc
             ("event_streams", stats.num_streams.to_string()),
             ("event_stream_drops", event_stream_drops.to_string()),
             ("query_answer_drops", query_answer_drops.to_string()),
-            ("plugin_response_drops", stats.respond_drops.to_string()),
+            (
+                "plugin_response_drops",
+                session.agent.respond_drops().to_string(),
+            ),
             ("monitor_lagged_lines", monitor_lagged_lines.to_string()),
         ]),
     );

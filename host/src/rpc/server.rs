@@ -11,7 +11,7 @@
 //! its soft limit to the hard one at start). A connection must finish its handshake (and `auth`
 //! when `rpc_auth` is set) within [`HANDSHAKE_TIMEOUT`] of being accepted; until then it is
 //! *pending*, and pending connections are capped per source address and in total, the oldest
-//! being closed to make room for a new one ([`crate::accept::Pending`]). After the handshake a
+//! being closed to make room for a new one ([`serf_node::accept::Pending`]). After the handshake a
 //! connection may stay idle as long as it likes (`monitor` and `stream` clients do), but once
 //! the first byte of a request arrives the whole request must follow within
 //! [`REQUEST_TIMEOUT`]. A frame size limit caps the memory of a request, and an idle
@@ -39,9 +39,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::handlers;
-use crate::accept::{AcceptStats, Acceptor, Admission, Doorway};
-use crate::agent::{AgentHandle, PendingUserEvent};
+use crate::agent::AgentHandle;
 use serf_core::QueryKey;
+use serf_node::PendingUserEvent;
+use serf_node::accept::{AcceptStats, Acceptor, Admission, Doorway};
 use serf_rpc::protocol::{self, FrameReader, RequestHeader, ResponseHeader, command, errors};
 
 /// From accept to a completed handshake (and `auth`, when `rpc_auth` is set).
@@ -124,7 +125,7 @@ pub struct RpcServer {
 impl RpcServer {
     /// Binds `addr` and serves until [`RpcServer::shutdown`].
     pub async fn start(agent: AgentHandle, addr: SocketAddr) -> std::io::Result<RpcServer> {
-        let listener = crate::accept::listen(addr)?;
+        let listener = serf_node::accept::listen(addr)?;
         let local_addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let doorway = Doorway::new(PENDING_PER_SOURCE, PENDING_TOTAL);

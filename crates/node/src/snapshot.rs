@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{AgentError, AgentHandle, Command, Shell};
+use crate::{Command, NodeError, NodeHandle, Shell};
 use serf_core::{LamportTime, MemberEvent, MemberEventKind, NodeName, RestoredClocks, Tags};
 use serf_gossip::JoinOutcome;
 
@@ -818,22 +818,22 @@ impl Shell {
     }
 }
 
-impl AgentHandle {
+impl NodeHandle {
     /// Joins one node remembered in the snapshot (memberlist's join alone, reference 3.14).
-    async fn rejoin(&self, addrs: Vec<SocketAddr>) -> Result<JoinOutcome, AgentError> {
+    async fn rejoin(&self, addrs: Vec<SocketAddr>) -> Result<JoinOutcome, NodeError> {
         self.ask(|reply| Command::Rejoin { addrs, reply }).await
     }
 }
 
 /// Tries the nodes of the snapshot one at a time, in random order, until one answers, as
 /// Serf does at start.
-pub(crate) async fn rejoin(handle: AgentHandle, mut previous: Vec<PreviousNode>) {
+pub(crate) async fn rejoin(handle: NodeHandle, mut previous: Vec<PreviousNode>) {
     use rand::seq::SliceRandom as _;
     previous.shuffle(&mut rand::rng());
     let default_port = handle.gossip_addr().port();
     for node in previous {
         tracing::info!(node = %node.name, addr = %node.addr, "attempting re-join to previously known node");
-        let addrs = match super::join::resolve_join_addr(&node.addr, default_port).await {
+        let addrs = match crate::join::resolve_join_addr(&node.addr, default_port).await {
             Ok(addrs) => addrs,
             Err(error) => {
                 tracing::debug!(node = %node.name, %error, "cannot resolve snapshot address");
@@ -877,7 +877,7 @@ pub fn render_tags(tags: &Tags) -> String {
 
 /// Writes the tags file (mode 0600, tags may be sensitive) before new tags are gossiped, off
 /// the agent task. The error reads as Serf's.
-pub(crate) async fn write_tags_file(path: &Path, tags: &Tags) -> Result<(), AgentError> {
+pub(crate) async fn write_tags_file(path: &Path, tags: &Tags) -> Result<(), NodeError> {
     let path = path.to_path_buf();
     let text = render_tags(tags);
     let written = tokio::task::spawn_blocking(move || {
@@ -901,7 +901,7 @@ pub(crate) async fn write_tags_file(path: &Path, tags: &Tags) -> Result<(), Agen
     .and_then(|result| result);
     written.map_err(|error| {
         tracing::error!(%error, "failed to write tags file");
-        AgentError::TagsFile(error)
+        NodeError::TagsFile(error)
     })
 }
 
@@ -1268,32 +1268,30 @@ mod tests {
         snapshot.close().await;
     }
 
-    mod agent {
+    mod node {
+        use std::net::SocketAddr;
+        use std::path::PathBuf;
         use std::time::Duration;
 
-        use crate::agent::{Agent, AgentHandle};
-        use crate::config::{AgentFlags, Config, FileConfig};
-        use crate::logging::LogHub;
+        use crate::{Node, NodeConfig, NodeHandle};
         use serf_core::{MemberStatus, Tags};
 
-        fn config(name: &str, flags: AgentFlags) -> Config {
-            let flags = AgentFlags {
-                node: Some(name.into()),
-                bind: flags.bind.clone().or(Some("127.0.0.1:0".into())),
-                profile: Some("local".into()),
-                ..flags
-            };
-            let mut config =
-                Config::resolve(FileConfig::default(), std::path::Path::new("."), &flags).unwrap();
-            config.data_dir = None;
-            config.plugin_cache_dir = None;
-            config
+        #[derive(Default)]
+        struct Options {
+            bind: Option<SocketAddr>,
+            snapshot: Option<PathBuf>,
+            tags_file: Option<PathBuf>,
+            tags: Tags,
         }
 
-        async fn start(name: &str, flags: AgentFlags) -> Agent {
-            Agent::start(config(name, flags), LogHub::new())
-                .await
-                .unwrap()
+        async fn start(name: &str, options: Options) -> Node {
+            let bind = options
+                .bind
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+            let mut config = NodeConfig::local(name, bind, options.tags);
+            config.snapshot_path = options.snapshot;
+            config.tags_file = options.tags_file;
+            Node::start(config).await.unwrap()
         }
 
         async fn eventually<F, Fut>(check: F) -> bool
@@ -1304,7 +1302,7 @@ mod tests {
             serf_testkit::eventually_async(Duration::from_secs(10), check).await
         }
 
-        async fn status_of(handle: &AgentHandle, name: &str) -> Option<MemberStatus> {
+        async fn status_of(handle: &NodeHandle, name: &str) -> Option<MemberStatus> {
             let members = handle.members().await.ok()?;
             members.iter().find(|m| m.name == name).map(|m| m.status)
         }
@@ -1313,15 +1311,15 @@ mod tests {
         async fn a_restarted_agent_restores_its_clocks_and_rejoins_without_a_join() {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("a.snapshot");
-            let with_snapshot = || AgentFlags {
+            let with_snapshot = || Options {
                 snapshot: Some(path.clone()),
-                ..AgentFlags::default()
+                ..Options::default()
             };
-            let b = start("b", AgentFlags::default()).await;
+            let b = start("b", Options::default()).await;
             let a = start("a", with_snapshot()).await;
             let (a_handle, b_handle) = (a.handle(), b.handle());
             // A restart keeps its address, or the cluster sees a name conflict.
-            let a_addr = a_handle.gossip_addr().to_string();
+            let a_addr = a_handle.gossip_addr();
             let seed = b_handle.gossip_addr().to_string();
             assert_eq!(a_handle.join(vec![seed], false).await, Ok(1));
             assert!(
@@ -1346,7 +1344,7 @@ mod tests {
 
             let a = start(
                 "a",
-                AgentFlags {
+                Options {
                     bind: Some(a_addr),
                     ..with_snapshot()
                 },
@@ -1392,11 +1390,13 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("tags.json");
             std::fs::write(&path, "{\"role\": \"web\"}").unwrap();
+            let web: Tags = [("role".to_owned(), "web".to_owned())].into();
             let agent = start(
                 "t",
-                AgentFlags {
+                Options {
                     tags_file: Some(path.clone()),
-                    ..AgentFlags::default()
+                    tags: web,
+                    ..Options::default()
                 },
             )
             .await;

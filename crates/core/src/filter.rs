@@ -1,6 +1,6 @@
-//! Serf's handler filter syntax (reference 5.1), applied before an event is queued.
+//! Serf's handler filter syntax (as Serf's `-event-handler` takes it), applied before an event is queued.
 
-use serf_core::{Event, MemberEventKind};
+use crate::{Event, MemberEventKind};
 
 /// One comma-separated token of a filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +120,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use serf_core::{MemberEvent, QueryEvent, QueryKey, UserEvent};
+    use crate::{MemberEvent, QueryEvent, QueryKey, UserEvent};
 
     fn user(name: &str) -> Event {
         Event::User(UserEvent {
