@@ -21,6 +21,7 @@
 //! sees every event through an [`EventSink`] and runs its own work on the task through
 //! [`NodeHandle::try_run`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod accept;
 mod join;
@@ -78,7 +79,7 @@ pub enum NodeError {
     /// The core refused a response.
     #[error(transparent)]
     Respond(#[from] RespondError),
-    /// The graceful leave did not finish within [`LEAVE_BOUND`]; the agent may still stop.
+    /// The graceful leave did not finish within [`LEAVE_BOUND`]; the node may still stop.
     #[error("timeout while waiting for graceful leave")]
     LeaveTimeout,
     /// The tags do not fit in node meta; nothing changed.
@@ -532,7 +533,7 @@ impl NodeHandle {
             .await
     }
 
-    /// Queues a user event for the agent task without waiting for the outcome, so that a
+    /// Queues a user event for the node's task without waiting for the outcome, so that a
     /// caller with many events (an RPC connection with pipelined requests) can hand them all
     /// over before waiting for the first. Outcomes come in the order the events were sent.
     pub async fn send_user_event(
@@ -604,13 +605,13 @@ impl NodeHandle {
     }
 
     /// Leaves the cluster gracefully: completes once the leave has been gossiped (or after
-    /// [`LEAVE_BOUND`]). The agent keeps running until shut down.
+    /// [`LEAVE_BOUND`]). The node keeps running until shut down.
     pub async fn leave(&self) -> Result<(), NodeError> {
         self.ask(|reply| Command::Leave { reply }).await?
     }
 
     /// Joins the cluster through `addrs` (`[name/]host[:port]`, `[v6]:port`; the port defaults
-    /// to this agent's gossip port). Without `replay`, user events older than the join are not
+    /// to this node's gossip port). Without `replay`, user events older than the join are not
     /// handed to plugins. Returns how many nodes were contacted, or, if none was, Serf's
     /// message listing every failure (`1 error occurred:\n\t* Failed to join ...`).
     pub async fn join(&self, addrs: Vec<String>, replay: bool) -> Result<usize, String> {
