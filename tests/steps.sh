@@ -1,0 +1,54 @@
+# Sourced by tests/run-all.sh: named, timed steps. `step NAME` ends the step before it and
+# starts NAME; the EXIT trap ends the last one (marked FAILED when the script exits on an
+# error), runs the script's `cleanup` function if it has one, and prints a table of every
+# step's time, also after a failure. Each step has its wall time and the CPU time (user +
+# system, from `times`) of its commands: on a machine shared with other work, CPU time divided
+# by the number of cores is about what the step takes on a machine of its own.
+STEP_NAMES=()
+STEP_WALL=()
+STEP_CPU=()
+STEP_NAME=""
+STEP_START=0
+STEP_CPU_START=0
+RUN_START=$(date +%s)
+TIMES_FILE=$(mktemp)
+# CPU seconds used so far by this script's finished child processes.
+children_cpu() {
+    times >"$TIMES_FILE"
+    local user system
+    read -r user system < <(sed -n 2p "$TIMES_FILE")
+    # "1m2.345s" -> seconds, for user and system.
+    awk -v u="$user" -v s="$system" 'function sec(t) { split(t, p, /[ms]/); return p[1] * 60 + p[2] }
+        BEGIN { printf "%d\n", sec(u) + sec(s) + 0.5 }'
+}
+end_step() {
+    local status=$1
+    [ -n "$STEP_NAME" ] || return 0
+    local wall=$(($(date +%s) - STEP_START)) cpu=$(($(children_cpu) - STEP_CPU_START))
+    STEP_NAMES+=("$STEP_NAME${status:+ ($status)}")
+    STEP_WALL+=("$wall")
+    STEP_CPU+=("$cpu")
+    printf '<== %s: %d s (CPU %d s)%s\n' "$STEP_NAME" "$wall" "$cpu" "${status:+, $status}"
+    STEP_NAME=""
+}
+step() {
+    end_step ""
+    STEP_NAME=$*
+    STEP_START=$(date +%s)
+    STEP_CPU_START=$(children_cpu)
+    printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"
+}
+summary() {
+    local code=$?
+    if [ "$code" -ne 0 ]; then end_step "FAILED, exit $code"; else end_step ""; fi
+    if declare -F cleanup >/dev/null; then cleanup || true; fi
+    printf '\nstep times, in seconds (wall, CPU):\n'
+    local i
+    for i in "${!STEP_NAMES[@]}"; do
+        printf '%6d %6d  %s\n' "${STEP_WALL[$i]}" "${STEP_CPU[$i]}" "${STEP_NAMES[$i]}"
+    done
+    printf '%6d %6d  total\n' "$(($(date +%s) - RUN_START))" "$(children_cpu)"
+    rm -f "$TIMES_FILE"
+    exit "$code"
+}
+trap summary EXIT
