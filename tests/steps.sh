@@ -12,19 +12,20 @@ STEP_START=0
 STEP_CPU_START=0
 RUN_START=$(date +%s)
 TIMES_FILE=$(mktemp)
-# CPU seconds used so far by this script's finished child processes.
+# Sets CPU_NOW to the CPU seconds used so far by this script's finished child processes
+# (`times` in this shell: in a subshell, such as $(...), it would count only the subshell's).
+CPU_NOW=0
 children_cpu() {
     times >"$TIMES_FILE"
-    local user system
-    read -r user system < <(sed -n 2p "$TIMES_FILE")
-    # "1m2.345s" -> seconds, for user and system.
-    awk -v u="$user" -v s="$system" 'function sec(t) { split(t, p, /[ms]/); return p[1] * 60 + p[2] }
-        BEGIN { printf "%d\n", sec(u) + sec(s) + 0.5 }'
+    # Second line: the children's user and system time, as "1m2.345s 0m0.678s".
+    CPU_NOW=$(awk 'function sec(t) { split(t, p, /[ms]/); return p[1] * 60 + p[2] }
+        NR == 2 { printf "%d\n", sec($1) + sec($2) + 0.5 }' "$TIMES_FILE")
 }
 end_step() {
     local status=$1
     [ -n "$STEP_NAME" ] || return 0
-    local wall=$(($(date +%s) - STEP_START)) cpu=$(($(children_cpu) - STEP_CPU_START))
+    children_cpu
+    local wall=$(($(date +%s) - STEP_START)) cpu=$((CPU_NOW - STEP_CPU_START))
     STEP_NAMES+=("$STEP_NAME${status:+ ($status)}")
     STEP_WALL+=("$wall")
     STEP_CPU+=("$cpu")
@@ -35,7 +36,8 @@ step() {
     end_step ""
     STEP_NAME=$*
     STEP_START=$(date +%s)
-    STEP_CPU_START=$(children_cpu)
+    children_cpu
+    STEP_CPU_START=$CPU_NOW
     printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"
 }
 summary() {
@@ -47,7 +49,8 @@ summary() {
     for i in "${!STEP_NAMES[@]}"; do
         printf '%6d %6d  %s\n' "${STEP_WALL[$i]}" "${STEP_CPU[$i]}" "${STEP_NAMES[$i]}"
     done
-    printf '%6d %6d  total\n' "$(($(date +%s) - RUN_START))" "$(children_cpu)"
+    children_cpu
+    printf '%6d %6d  total\n' "$(($(date +%s) - RUN_START))" "$CPU_NOW"
     rm -f "$TIMES_FILE"
     exit "$code"
 }
