@@ -13,6 +13,17 @@ cd "$(dirname "$0")/.."
 
 source tests/steps.sh
 
+# Run by the EXIT trap after the table of steps, also when a step failed.
+JUNIT=target/nextest/ci/junit.xml
+on_exit() {
+    [ -z "${POLICY_RC_D:-}" ] || $SUDO rm -f /usr/sbin/policy-rc.d
+    # The slowest tests, if the tests ran in this run.
+    if [ -f "$JUNIT" ] && [ "$JUNIT" -nt "$TIMES_FILE" ]; then
+        printf '\n'
+        python3 tests/slowest-tests.py "$JUNIT" 15 || true
+    fi
+}
+
 step "installing test dependencies"
 if ! command -v rustup >/dev/null; then
     echo "rustup is required (https://rustup.rs)" >&2
@@ -28,7 +39,7 @@ if [ ! -x /usr/bin/serf ]; then
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
         $SUDO chmod +x /usr/sbin/policy-rc.d
-        cleanup() { $SUDO rm -f /usr/sbin/policy-rc.d; } # run by the EXIT trap
+        POLICY_RC_D=1
     fi
     $SUDO apt-get install -y -qq serf >/dev/null
 fi
@@ -94,9 +105,6 @@ bash plugin-sdk/go/build.sh
 step "building the agent and the tests"
 cargo build --locked --workspace --all-targets
 
-step "cargo nextest run"
-cargo nextest run --locked --workspace --profile ci
-
 # nextest does not run doctests.
 step "cargo test --doc"
 cargo test --locked --workspace --doc
@@ -104,5 +112,5 @@ cargo test --locked --workspace --doc
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspace
 
-step "slowest tests"
-python3 tests/slowest-tests.py target/nextest/ci/junit.xml 15
+step "cargo nextest run"
+cargo nextest run --locked --workspace --profile ci

@@ -1,7 +1,7 @@
 # Sourced by tests/run-all.sh: named, timed steps. `step NAME` ends the step before it and
 # starts NAME; the EXIT trap ends the last one (marked FAILED when the script exits on an
-# error), runs the script's `cleanup` function if it has one, and prints a table of every
-# step's time, also after a failure. Each step has its wall time and the CPU time (user +
+# error), prints a table of every step's time, then runs the script's `on_exit` function if
+# it has one; also after a failure. Each step has its wall time and the CPU time (user +
 # system, from `times`) of its commands: on a machine shared with other work, CPU time divided
 # by the number of cores is about what the step takes on a machine of its own.
 STEP_NAMES=()
@@ -43,7 +43,6 @@ step() {
 summary() {
     local code=$?
     if [ "$code" -ne 0 ]; then end_step "FAILED, exit $code"; else end_step ""; fi
-    if declare -F cleanup >/dev/null; then cleanup || true; fi
     printf '\nstep times, in seconds (wall, CPU):\n'
     local i
     for i in "${!STEP_NAMES[@]}"; do
@@ -51,6 +50,7 @@ summary() {
     done
     children_cpu
     printf '%6d %6d  total\n' "$(($(date +%s) - RUN_START))" "$CPU_NOW"
+    if declare -F on_exit >/dev/null; then on_exit || true; fi
     rm -f "$TIMES_FILE"
     exit "$code"
 }
