@@ -18,7 +18,7 @@ JUNIT=target/nextest/ci/junit.xml
 on_exit() {
     [ -z "${POLICY_RC_D:-}" ] || $SUDO rm -f /usr/sbin/policy-rc.d
     # The slowest tests, if the tests ran in this run.
-    if [ -f "$JUNIT" ] && [ "$JUNIT" -nt "$TIMES_FILE" ]; then
+    if [ -f "$JUNIT" ] && [ "$(stat -c %Y "$JUNIT")" -ge "$RUN_START" ]; then
         printf '\n'
         python3 tests/slowest-tests.py "$JUNIT" 15 || true
     fi
