@@ -11,6 +11,16 @@ use serf_tests::{
 /// Compiling a 2 MB Go module takes a few seconds on a loaded 2-core machine.
 const GO_PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// An agent that gives its plugins as long to compile as these tests wait for them: the
+/// default 30 s budget is for production, and several test processes may compile Go modules at
+/// once (the budget itself is tested in `containment`).
+fn go_node(net: u8, n: u8) -> serf_tests::NodeBuilder {
+    Node::builder(net, n).config(&format!(
+        "plugin_compile_timeout = \"{}s\"",
+        GO_PLUGIN_TIMEOUT.as_secs()
+    ))
+}
+
 /// The text of every line a plugin logged, without the agent's timestamp and level.
 fn plugin_lines(node: &Node, plugin: &str) -> Vec<String> {
     let marker = format!("plugin: {plugin}: ");
@@ -22,7 +32,7 @@ fn plugin_lines(node: &Node, plugin: &str) -> Vec<String> {
 
 #[test]
 fn go_memresponse_event_lands_in_mem_txt() {
-    let node = Node::builder(next_net(), 1)
+    let node = go_node(next_net(), 1)
         .go_plugin("memresponse", "memresponse")
         .config(MEMRESPONSE_CONFIG)
         .start();
@@ -35,7 +45,7 @@ fn go_memresponse_event_lands_in_mem_txt() {
 
 #[test]
 fn go_upcase_query_answers_foo() {
-    let node = Node::builder(next_net(), 1)
+    let node = go_node(next_net(), 1)
         .go_plugin("upcase", "upcase")
         .config(UPCASE_CONFIG)
         .start();
@@ -56,9 +66,7 @@ fn go_upcase_query_answers_foo() {
 
 #[test]
 fn go_hello_logs_events() {
-    let node = Node::builder(next_net(), 1)
-        .go_plugin("hello", "hello")
-        .start();
+    let node = go_node(next_net(), 1).go_plugin("hello", "hello").start();
     let join = format!("plugin: hello: member-join: node1 {}", node.bind);
     node.wait_for_log(&join, GO_PLUGIN_TIMEOUT);
     stdout_ok(&node.go_cli(&["event", "my-name-is", "Mitchell"]));
@@ -74,7 +82,7 @@ fn go_hello_logs_events() {
 fn go_and_rust_hello_log_the_same_lines() {
     let net = next_net();
     let rust = Node::builder(net, 1).plugin("hello", "hello").start();
-    let go = Node::builder(net, 2).go_plugin("hello", "hello").start();
+    let go = go_node(net, 2).go_plugin("hello", "hello").start();
     let events: [&[&str]; 3] = [
         &["event", "deploy", "v1"],
         &["event", "-coalesce=false", "tabbed", "a\tb \"q\" \\ é"],

@@ -11,7 +11,7 @@ use std::fs::{File, TryLockError};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -85,19 +85,25 @@ pub fn shared_plugin_cache() -> PathBuf {
 /// directory, kept until this test process exits (the kernel drops the lock with the process,
 /// also after a crash). So two suites running at once on one machine (two checkouts, two
 /// developers, a benchmark beside the tests) never hand out the same net; a net that another
-/// process holds is skipped.
+/// process holds is skipped. The same holds tests apart under cargo-nextest, which runs each
+/// test in a process of its own: the locks, not this process's count, decide which net is
+/// free. Each process starts at a net picked by its process ID and goes round from there, so
+/// a net that a test process just gave up is rarely the next one taken.
 pub fn next_net() -> u8 {
-    static NEXT: AtomicU8 = AtomicU8::new(FIRST_NET);
+    static TRIED: AtomicU16 = AtomicU16::new(0);
     static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+    let span = u16::from(LAST_NET - FIRST_NET) + 1;
+    let start = (std::process::id() % u32::from(span)) as u16;
     let dir = std::env::temp_dir().join("serf-test-nets");
     std::fs::create_dir_all(&dir)
         .unwrap_or_else(|error| panic!("cannot create {}: {error}", dir.display()));
     loop {
-        let net = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tried = TRIED.fetch_add(1, Ordering::Relaxed);
         assert!(
-            (FIRST_NET..=LAST_NET).contains(&net),
+            tried < span,
             "no free loopback net left in 127.{FIRST_NET}-{LAST_NET}.0.0/24"
         );
+        let net = FIRST_NET + ((start + tried) % span) as u8;
         let path = dir.join(format!("{net}.lock"));
         let file = File::options()
             .create(true)
