@@ -155,7 +155,10 @@ mod tests {
         };
         assert_eq!(response.json::<Vec<u8>>().unwrap(), [1, 2]);
         let error = response.json::<String>().unwrap_err();
-        assert!(error.message().starts_with("response from node-b:"), "{error}");
+        assert!(
+            error.message().starts_with("response from node-b:"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -76,7 +76,11 @@ fn a_new_rust_plugin_builds_tests_and_answers_a_query_inside_a_workspace() {
     let sdk = repo_root().join("plugin-sdk");
     let text = plugin_new(
         dir.path(),
-        &["ping-plugin", "--sdk-path", sdk.to_str().expect("utf-8 path")],
+        &[
+            "ping-plugin",
+            "--sdk-path",
+            sdk.to_str().expect("utf-8 path"),
+        ],
     );
     assert!(text.contains("Created Rust plugin ping-plugin"), "{text}");
     let project = dir.path().join("ping-plugin");
@@ -117,7 +121,12 @@ fn go() -> PathBuf {
         .filter(|output| output.status.success())
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
         .and_then(|version| {
-            let minor: u32 = version.strip_prefix("go1.")?.split('.').next()?.parse().ok()?;
+            let minor: u32 = version
+                .strip_prefix("go1.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()?;
             (minor >= 24).then(|| PathBuf::from("go"))
         });
     match on_path {

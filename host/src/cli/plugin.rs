@@ -109,7 +109,12 @@ struct RunArgs {
     file: PathBuf,
     /// The event: member-join, member-leave, member-failed, member-update, member-reap,
     /// user:NAME or query:NAME.
-    #[arg(long, value_name = "EVENT", required_unless_present = "sequence", conflicts_with = "sequence")]
+    #[arg(
+        long,
+        value_name = "EVENT",
+        required_unless_present = "sequence",
+        conflicts_with = "sequence"
+    )]
     event: Option<String>,
     /// Runs the events of this file in order on one instance instead: JSON lines
     /// (`{"event": "query:ping", "payload": "x"}`) or, for a .toml file, `[[event]]` tables.
@@ -165,12 +170,11 @@ pub(super) fn run(args: PluginArgs) -> u8 {
         }),
         PluginCommand::Run(args) if args.sequence.is_some() || args.config_file.is_some() => {
             match sequence::prepare(&args) {
-                Ok((spec, config, steps)) => {
-                    tool::run_sequence(&args.file, &spec, config, &steps).map(|report| {
+                Ok((spec, config, steps)) => tool::run_sequence(&args.file, &spec, config, &steps)
+                    .map(|report| {
                         print!("{}", sequence::format(&report));
                         u8::from(!report.is_ok())
-                    })
-                }
+                    }),
                 Err(message) => {
                     println!("Error: {message}");
                     return 1;
@@ -338,7 +342,14 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
 #[allow(clippy::type_complexity)]
 fn flag_grants(
     args: &RunArgs,
-) -> Result<(BTreeMap<String, rmpv::Value>, Grants, BTreeMap<String, PathBuf>), String> {
+) -> Result<
+    (
+        BTreeMap<String, rmpv::Value>,
+        Grants,
+        BTreeMap<String, PathBuf>,
+    ),
+    String,
+> {
     let capabilities = Capabilities::from_names(&args.grant).map_err(|unknown| {
         format!("unknown capability {unknown:?} (known: members, events, queries)")
     })?;

@@ -728,9 +728,11 @@ fn signature(ty: &FuncType) -> String {
 fn validate(module: &Module) -> Result<(), String> {
     let export = |name: &str| module.get_export(name);
     if export(abi::EXPORT_MARKER).is_none() {
-        let marker = module
-            .exports()
-            .find_map(|e| e.name().strip_prefix("serf_plugin_abi_v").map(str::to_owned));
+        let marker = module.exports().find_map(|e| {
+            e.name()
+                .strip_prefix("serf_plugin_abi_v")
+                .map(str::to_owned)
+        });
         return Err(match marker.as_deref().map(str::parse::<u32>) {
             Some(Ok(version)) if version > abi::ABI_VERSION => format!(
                 "it was built with a newer plugin SDK, for ABI v{version}; this agent (serf {}) \

@@ -423,7 +423,8 @@ impl Step {
 /// `payload`) when `toml` is set, else JSON lines (one such object a line; blank lines and
 /// lines starting with `#` are skipped). Errors name the line or the entry.
 pub fn parse_sequence(text: &str, toml: bool) -> Result<Vec<Step>, ToolError> {
-    let bad = |place: String, message: String| ToolError::BadSequence(format!("{place}: {message}"));
+    let bad =
+        |place: String, message: String| ToolError::BadSequence(format!("{place}: {message}"));
     let steps = if toml {
         let file: SequenceToml =
             toml::from_str(text).map_err(|error| bad("TOML".into(), error.to_string()))?;
@@ -434,7 +435,8 @@ pub fn parse_sequence(text: &str, toml: bool) -> Result<Vec<Step>, ToolError> {
             .into_iter()
             .enumerate()
             .map(|(index, step)| {
-                Step::from_text(step).map_err(|error| bad(format!("event {}", index + 1), error.to_string()))
+                Step::from_text(step)
+                    .map_err(|error| bad(format!("event {}", index + 1), error.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?
     } else {
@@ -849,6 +851,107 @@ mod tests {
             Ok(()) => 0,
             Err(CallError::Refused { code, .. }) => *code,
             Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn sequences_parse_from_json_lines_and_toml() {
+        let user = |payload: &str| Step {
+            event: SyntheticEvent::User("deploy".into()),
+            payload: payload.as_bytes().to_vec(),
+        };
+        let ping = Step {
+            event: SyntheticEvent::Query("ping".into()),
+            payload: Vec::new(),
+        };
+        let lines = "# a comment\n{\"event\": \"user:deploy\", \"payload\": \"v1\"}\n\n\
+                     {\"event\": \"query:ping\"}\n";
+        assert_eq!(
+            parse_sequence(lines, false).unwrap(),
+            [user("v1"), ping.clone()]
+        );
+        let toml = "[[event]]\nevent = \"user:deploy\"\npayload = \"v1\"\n\n\
+                    [[event]]\nevent = \"query:ping\"\n";
+        assert_eq!(parse_sequence(toml, true).unwrap(), [user("v1"), ping]);
+    }
+
+    #[test]
+    fn sequence_errors_name_the_line_or_entry() {
+        let error = |text: &str, toml: bool| parse_sequence(text, toml).unwrap_err().to_string();
+        let text = error(
+            "{\"event\": \"member-join\"}\n{\"event\": \"dance\"}\n",
+            false,
+        );
+        assert!(text.contains("line 2: invalid event \"dance\""), "{text}");
+        let text = error("{\"event\": \"member-join\", \"extra\": 1}", false);
+        assert!(text.contains("line 1: unknown field `extra`"), "{text}");
+        let text = error("not json", false);
+        assert!(text.starts_with("invalid sequence: line 1:"), "{text}");
+        let text = error("[[event]]\nevent = \"query:\"\n", true);
+        assert!(text.contains("event 1: invalid event"), "{text}");
+        assert!(error("# nothing\n", false).contains("no events"));
+        let many = "{\"event\": \"member-join\"}\n".repeat(MAX_STEPS + 1);
+        let text = error(&many, false);
+        assert!(
+            text.contains(&format!("line {}: more than", MAX_STEPS + 1)),
+            "{text}"
+        );
+    }
+
+    /// Counts events in a global; traps (unreachable) on the second.
+    const TRAPS_ON_SECOND: &str = r#"(module
+        (memory (export "memory") 1)
+        (global $n (mut i32) (i32.const 0))
+        (func (export "serf_plugin_abi_v1"))
+        (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
+        (func (export "serf_init") (param i32 i32) (result i32) i32.const 0)
+        (func (export "serf_handle") (param i32 i32) (result i32)
+            (global.set $n (i32.add (global.get $n) (i32.const 1)))
+            (if (i32.eq (global.get $n) (i32.const 2)) (then unreachable))
+            i32.const 0))"#;
+
+    #[test]
+    fn a_sequence_runs_on_one_instance_and_ends_at_a_trap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("second.wasm");
+        std::fs::write(&path, wat::parse_str(TRAPS_ON_SECOND).unwrap()).unwrap();
+        let spec = local_spec(&path, Grants::default(), BTreeMap::new(), None);
+        let step = Step {
+            event: SyntheticEvent::Member("member-join".into()),
+            payload: Vec::new(),
+        };
+        let steps = vec![step; 3];
+        let report = run_sequence(&path, &spec, BTreeMap::new(), &steps).unwrap();
+        assert!(report.init.result.is_ok(), "{:?}", report.init);
+        // The global carried over from the first event: the second trapped, and the third
+        // never ran, because the instance is gone.
+        assert_eq!(report.total, 3);
+        assert_eq!(report.steps.len(), 2, "{report:?}");
+        assert!(report.steps[0].is_ok());
+        assert!(report.steps[0].call.fuel.is_some());
+        assert!(
+            matches!(report.steps[1].call.result, Err(CallError::Panicked(_))),
+            "{:?}",
+            report.steps[1].call
+        );
+        assert!(!report.is_ok());
+    }
+
+    #[test]
+    fn each_step_reports_its_own_effects() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = caller_wasm(dir.path());
+        let spec = local_spec(&wasm, granted(&["events"]), BTreeMap::new(), None);
+        let config = BTreeMap::from([("op".to_owned(), rmpv::Value::from("f"))]);
+        let step = Step {
+            event: SyntheticEvent::User("op".into()),
+            payload: Vec::new(),
+        };
+        let report = run_sequence(&wasm, &spec, config, &[step.clone(), step]).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        for step in &report.steps {
+            assert_eq!(step.fired.len(), 1, "{step:?}");
+            assert!(step.response.is_none() && step.queries.is_empty());
         }
     }
 

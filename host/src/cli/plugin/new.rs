@@ -96,7 +96,12 @@ pub(super) fn run(args: &NewArgs) -> Result<String, String> {
         std::fs::write(&path, &file.text)
             .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
     }
-    let mut out = format!("Created {} plugin {} in {}\n", lang_name(args.lang), args.name, dir.display());
+    let mut out = format!(
+        "Created {} plugin {} in {}\n",
+        lang_name(args.lang),
+        args.name,
+        dir.display()
+    );
     let steps = match args.lang {
         Lang::Rust => format!(
             "  cd {name}\n  cargo test\n  cargo build --release --target wasm32-wasip1\n  \
@@ -147,7 +152,9 @@ fn check_name(name: &str) -> Result<(), String> {
         ));
     }
     if RESERVED.contains(&name) {
-        return Err(format!("{name:?} is reserved by cargo, Go or the SDK: pick another name"));
+        return Err(format!(
+            "{name:?} is reserved by cargo, Go or the SDK: pick another name"
+        ));
     }
     Ok(())
 }
@@ -212,9 +219,11 @@ fn rust_wasm(name: &str) -> String {
 /// The project's files; `sdk` is a local SDK directory, `dir` where the project will be.
 fn render(name: &str, lang: Lang, sdk: Option<&Path>, dir: &Path) -> Vec<File> {
     let fill = |template: &str, pairs: &[(&str, &str)]| {
-        pairs.iter().fold(template.to_owned(), |text, (key, value)| {
-            text.replace(&format!("{{{{{key}}}}}"), value)
-        })
+        pairs
+            .iter()
+            .fold(template.to_owned(), |text, (key, value)| {
+                text.replace(&format!("{{{{{key}}}}}"), value)
+            })
     };
     match lang {
         Lang::Rust => {
@@ -223,7 +232,10 @@ fn render(name: &str, lang: Lang, sdk: Option<&Path>, dir: &Path) -> Vec<File> {
             let wasm_abs = dir.join(&wasm).display().to_string();
             let (dependency, note) = match sdk {
                 Some(path) => (
-                    format!("{RUST_SDK_CRATE} = {{ path = {:?} }}", path.display().to_string()),
+                    format!(
+                        "{RUST_SDK_CRATE} = {{ path = {:?} }}",
+                        path.display().to_string()
+                    ),
                     format!(
                         "The crate depends on the SDK in `{}`. To use the published crate \
                          instead: `{RUST_SDK_CRATE} = \"{}\"`.",
@@ -371,7 +383,18 @@ mod tests {
         for good in ["ping", "my-plugin", "a_1"] {
             assert!(check_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "Ping", "1a", "-a", "a b", "../x", "a/b", "test", "main", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Ping",
+            "1a",
+            "-a",
+            "a b",
+            "../x",
+            "a/b",
+            "test",
+            "main",
+            &"a".repeat(65),
+        ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }
@@ -423,9 +446,14 @@ mod tests {
             }
             let go_mod = file(&files, "go.mod");
             assert!(go_mod.starts_with("module pinger\n"), "{go_mod}");
-            assert!(go_mod.contains(&format!("require {GO_SDK_MODULE} v")), "{go_mod}");
+            assert!(
+                go_mod.contains(&format!("require {GO_SDK_MODULE} v")),
+                "{go_mod}"
+            );
             assert_eq!(
-                go_mod.contains(&format!("replace {GO_SDK_MODULE} => /src/serf/plugin-sdk/go")),
+                go_mod.contains(&format!(
+                    "replace {GO_SDK_MODULE} => /src/serf/plugin-sdk/go"
+                )),
                 sdk.is_some(),
                 "{go_mod}"
             );
