@@ -70,7 +70,8 @@ measure_ours() { # COUNT
         [ "$running" -ge "$1" ] && break
         sleep 0.1
     done
-    [ "$running" -ge "$1" ] || { echo "plugins did not start: $(cat "$WORK/agent/agent.log")" >&2; exit 1; }
+    # This runs in a command substitution: stop the agent here, the EXIT trap cannot see it.
+    [ "$running" -ge "$1" ] || { echo "plugins did not start: $(cat "$WORK/agent/agent.log")" >&2; kill "$AGENT"; exit 1; }
     sleep 3
     rss_kib "$AGENT"
     kill "$AGENT"; wait "$AGENT" 2>/dev/null || true; AGENT=""
