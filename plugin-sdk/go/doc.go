@@ -19,7 +19,7 @@
 //	import (
 //		"bytes"
 //
-//		serf "example.invalid/serf-wasm/plugin-sdk/go"
+//		serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 //	)
 //
 //	// Upcase answers upcase queries with the payload in upper case.
@@ -48,7 +48,9 @@
 // Jobs and capabilities (sending events or queries, reading the member list) are not part of
 // ABI v1 yet. docs/plugin-sdk-go.md is the full guide.
 //
-// The SDK has no dependencies beyond the standard library and no reflection: its msgpack codec
-// (DecodeEnvelope, DecodeInitContext and the Encode functions) covers exactly the ABI's
-// payloads, and plugin-sdk/testdata's golden payloads keep it in step with the Rust SDK.
+// The SDK has no dependencies beyond the standard library, and its msgpack codec
+// (DecodeEnvelope, DecodeInitContext and the Encode functions) uses no reflection: it covers
+// exactly the ABI's payloads, and plugin-sdk/testdata's golden payloads keep it in step with
+// the Rust SDK. Only InitContext.DecodeConfig, which fills a struct from the config table,
+// uses reflection.
 package serf

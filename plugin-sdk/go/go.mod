@@ -1,3 +1,3 @@
-module example.invalid/serf-wasm/plugin-sdk/go
+module github.com/serf-wasm/serf-wasm/plugin-sdk/go
 
 go 1.24

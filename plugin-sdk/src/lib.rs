@@ -46,6 +46,9 @@
 //! import and the plugin's `serf.toml` table grants them; otherwise they return
 //! [`HostError::Denied`].
 //!
+//! With the `json` feature, payloads read as JSON (`query.json::<T>()`) and answers are
+//! written from your types (`host.respond_json(&value)`): see the `json` module.
+//!
 //! Modules: [`abi`] is the wire contract shared with the agent; [`testing`] is for native
 //! tests; `sys` (wasm builds only) declares the raw host-call imports for code that must break
 //! the rules on purpose.
@@ -62,6 +65,8 @@ pub mod guest;
 mod host;
 #[cfg(any(target_family = "wasm", test))]
 mod input;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod testing;
 
 pub use abi::{Envelope, Event, InitContext, LogLevel, Member, Query, Status, UserEvent};
@@ -73,6 +78,9 @@ pub use error::{Error, HostError};
 #[cfg(target_family = "wasm")]
 pub use guest::sys;
 pub use host::Host;
+// JSON helpers: the versions of serde and serde_json the SDK is built with.
+#[cfg(feature = "json")]
+pub use {serde, serde_json};
 
 /// An event handler. The agent keeps one value of it per plugin instance.
 ///

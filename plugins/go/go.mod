@@ -1,7 +1,5 @@
-module example.invalid/serf-wasm/plugins/go
+module github.com/serf-wasm/serf-wasm/plugins/go
 
 go 1.24
 
-require example.invalid/serf-wasm/plugin-sdk/go v0.0.0
-
-replace example.invalid/serf-wasm/plugin-sdk/go => ../../plugin-sdk/go
+require github.com/serf-wasm/serf-wasm/plugin-sdk/go v0.0.0

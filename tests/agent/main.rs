@@ -13,6 +13,7 @@ mod hostile;
 mod jobs;
 mod keys;
 mod operators;
+mod plugin_new;
 mod plugin_view;
 mod python_client;
 mod reliability;

@@ -57,9 +57,17 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// `alive: NAME ADDR`: the member joined (ADDR is `ip:port`, `[ip]:port` for IPv6).
-    Alive { name: NodeName, addr: String },
+    Alive {
+        /// The member's name.
+        name: NodeName,
+        /// Its address as written.
+        addr: String,
+    },
     /// `not-alive: NAME`: the member left or failed.
-    NotAlive { name: NodeName },
+    NotAlive {
+        /// The member's name.
+        name: NodeName,
+    },
     /// `clock: N`: the member clock minus one.
     Clock(LamportTime),
     /// `event-clock: N`: the last user event's Lamport time.
@@ -78,7 +86,12 @@ pub enum LineError {
     Address(String),
     /// A clock line whose value is not a decimal number.
     #[error("failed to convert {kind} time: {value:?}")]
-    Time { kind: &'static str, value: String },
+    Time {
+        /// Which clock.
+        kind: &'static str,
+        /// The value as written.
+        value: String,
+    },
     /// A line of no known kind.
     #[error("unrecognized snapshot line: {0:?}")]
     Unrecognized(String),
@@ -289,9 +302,17 @@ impl SnapshotState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberChange {
     /// `member-join`.
-    Alive { name: NodeName, addr: SocketAddr },
+    Alive {
+        /// The member's name.
+        name: NodeName,
+        /// Its gossip address.
+        addr: SocketAddr,
+    },
     /// `member-leave` or `member-failed`.
-    NotAlive { name: NodeName },
+    NotAlive {
+        /// The member's name.
+        name: NodeName,
+    },
 }
 
 impl MemberChange {
@@ -437,7 +458,12 @@ impl Recorder {
 pub enum SnapshotError {
     /// The file could not be opened, created or read.
     #[error("failed to open snapshot: open {}: {reason}", path.display())]
-    Open { path: PathBuf, reason: String },
+    Open {
+        /// The snapshot file.
+        path: PathBuf,
+        /// Why, as Go words it.
+        reason: String,
+    },
     /// The writer thread could not start.
     #[error("failed to start the snapshot writer: {0}")]
     Thread(std::io::Error),

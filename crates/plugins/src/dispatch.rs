@@ -1255,7 +1255,7 @@ pub fn abi_member(member: &serf_core::Member) -> abi::Member {
 }
 
 /// A TOML value as the msgpack value a plugin's `serf_init` receives.
-fn toml_to_msgpack(value: &toml::Value) -> rmpv::Value {
+pub fn toml_to_msgpack(value: &toml::Value) -> rmpv::Value {
     match value {
         toml::Value::String(text) => rmpv::Value::from(text.as_str()),
         toml::Value::Integer(number) => rmpv::Value::from(*number),

@@ -728,15 +728,33 @@ fn signature(ty: &FuncType) -> String {
 fn validate(module: &Module) -> Result<(), String> {
     let export = |name: &str| module.get_export(name);
     if export(abi::EXPORT_MARKER).is_none() {
-        let older_or_newer = module
-            .exports()
-            .find(|e| e.name().starts_with("serf_plugin_abi_v"))
-            .map(|e| format!(" (it has {}: a different ABI version)", e.name()));
-        return Err(format!(
-            "missing export {}{}: build it with the serf plugin SDK",
-            abi::EXPORT_MARKER,
-            older_or_newer.unwrap_or_default()
-        ));
+        let marker = module.exports().find_map(|e| {
+            e.name()
+                .strip_prefix("serf_plugin_abi_v")
+                .map(str::to_owned)
+        });
+        return Err(match marker.as_deref().map(str::parse::<u32>) {
+            Some(Ok(version)) if version > abi::ABI_VERSION => format!(
+                "it was built with a newer plugin SDK, for ABI v{version}; this agent (serf {}) \
+                 runs ABI v{} plugins: upgrade the agent, or build the plugin with an SDK of \
+                 ABI v{} (serf-plugin-sdk {})",
+                env!("CARGO_PKG_VERSION"),
+                abi::ABI_VERSION,
+                abi::ABI_VERSION,
+                env!("CARGO_PKG_VERSION"),
+            ),
+            Some(_) => format!(
+                "missing export {} (it has serf_plugin_abi_v{}: a different ABI version): \
+                 rebuild it with serf-plugin-sdk {}",
+                abi::EXPORT_MARKER,
+                marker.unwrap_or_default(),
+                env!("CARGO_PKG_VERSION"),
+            ),
+            None => format!(
+                "missing export {}: build it with the serf plugin SDK",
+                abi::EXPORT_MARKER
+            ),
+        });
     }
     if !matches!(export("memory"), Some(ExternType::Memory(_))) {
         return Err("missing export memory".into());
@@ -780,8 +798,11 @@ fn validate(module: &Module) -> Result<(), String> {
                     .find(|(name, _)| *name == import.name());
                 let Some((_, expected)) = known else {
                     return Err(format!(
-                        "it needs serf.{}, which this host does not provide (host too old?)",
-                        import.name()
+                        "it needs serf.{}, which this agent (serf {}) does not provide: it was \
+                         built with a newer plugin SDK; upgrade the agent, or build the plugin \
+                         without the SDK feature that needs it",
+                        import.name(),
+                        env!("CARGO_PKG_VERSION"),
                     ));
                 };
                 match import.ty() {
@@ -867,7 +888,11 @@ mod tests {
         let cases = [
             (
                 GOOD.replace("serf_plugin_abi_v1", "serf_plugin_abi_v2"),
-                "different ABI version",
+                "built with a newer plugin SDK, for ABI v2; this agent",
+            ),
+            (
+                GOOD.replace("serf_plugin_abi_v1", "serf_plugin_abi_v0"),
+                "(it has serf_plugin_abi_v0: a different ABI version)",
             ),
             (
                 GOOD.replace("(export \"memory\")", ""),

@@ -1,5 +1,5 @@
 //! `serf plugin check` and `serf plugin run`: a plugin examined, and run against one synthetic
-//! event, on this machine with no agent.
+//! event or a sequence of them in one instance, on this machine with no agent.
 //!
 //! Both use the agent's own code: [`Engine`] validates and compiles the module, [`Instance`]
 //! runs it under the same limits and host functions. Host services are local stand-ins
@@ -23,8 +23,6 @@ use serf_core::QueryKey;
 
 /// The node name a local run pretends to be.
 pub const LOCAL_NODE: &str = "local";
-/// The query key of the synthetic query.
-const LOCAL_QUERY: QueryKey = QueryKey { ltime: 1, id: 1 };
 /// How long the synthetic query's sender waits, for its `deadline_ms`.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Serf's default limit on an encoded query response, in bytes.
@@ -45,6 +43,9 @@ pub enum ToolError {
     /// The local runtime could not start.
     #[error("cannot start a runtime: {0}")]
     Runtime(String),
+    /// A sequence file that cannot be read as one.
+    #[error("invalid sequence: {0}")]
+    BadSequence(String),
 }
 
 /// One line the plugin logged (through `serf.log`, stdout or stderr, or the host about it).
@@ -144,7 +145,7 @@ impl SyntheticEvent {
         }
     }
 
-    fn to_abi(&self, payload: &[u8]) -> abi::Event {
+    fn to_abi(&self, payload: &[u8], key: QueryKey) -> abi::Event {
         match self {
             SyntheticEvent::Member(kind) => {
                 let members = vec![local_member()];
@@ -168,10 +169,10 @@ impl SyntheticEvent {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 abi::Event::Query(abi::Query {
-                    id: LOCAL_QUERY.id,
+                    id: key.id,
                     name: name.clone(),
                     payload: payload.to_vec(),
-                    ltime: LOCAL_QUERY.ltime,
+                    ltime: key.ltime,
                     source_node: LOCAL_NODE.to_owned(),
                     deadline_ms,
                 })
@@ -319,13 +320,13 @@ pub fn check(path: &Path, budget: CompileBudget) -> Result<CheckReport, ToolErro
     }
     let spec = local_spec(path, Grants::default(), BTreeMap::new(), None);
     let services = Arc::new(LocalServices::default());
-    let (init, logs) = with_captured_logs(|| {
+    let (init, logs) = with_captured_logs(|sink| {
         block_on(async {
             let (init, instance) = start(&loaded, &spec, &services, BTreeMap::new()).await;
             if let Some(instance) = instance {
                 instance.shutdown().await;
             }
-            init
+            (init, drain(sink))
         })
     })?;
     Ok(CheckReport {
@@ -345,57 +346,261 @@ pub fn check(path: &Path, budget: CompileBudget) -> Result<CheckReport, ToolErro
 /// Loads `path`, starts it with `options`' config and grants, and hands it the synthetic event;
 /// then a `query-done` for each query it sent.
 pub fn run(path: &Path, options: &RunOptions) -> Result<RunReport, ToolError> {
-    let loaded = Engine::new(None).load_file(path)?;
     let spec = local_spec(
         path,
         options.grants.clone(),
         options.dirs.clone(),
         options.fuel,
     );
-    super::dispatch::prepare_dirs(&spec)?;
-    let services = Arc::new(LocalServices::default());
-    let event = options.event.to_abi(&options.payload);
-    let query = matches!(options.event, SyntheticEvent::Query(_)).then_some(LOCAL_QUERY);
-    let ((init, handled, query_done), logs) = with_captured_logs(|| {
-        block_on(async {
-            let (init, instance) = start(&loaded, &spec, &services, options.config.clone()).await;
-            let Some(mut instance) = instance else {
-                return (init, None, Vec::new());
-            };
-            let handled = deliver(&mut instance, 1, &event, query).await;
-            let sent: Vec<(u32, String)> = services
-                .recorded()
-                .queries
-                .iter()
-                .map(|(handle, request)| (*handle, request.name.clone()))
-                .collect();
-            let mut query_done = Vec::new();
-            for (seq, (handle, name)) in (2..).zip(sent) {
-                let done = abi::Event::QueryDone(abi::QueryDone {
-                    query: handle,
-                    name,
-                    error: String::new(),
-                });
-                query_done.push(deliver(&mut instance, seq, &done, None).await);
-            }
-            instance.shutdown().await;
-            (init, Some(handled), query_done)
-        })
-    })?;
-    let recorded = std::mem::take(&mut *services.recorded());
+    let step = Step {
+        event: options.event.clone(),
+        payload: options.payload.clone(),
+    };
+    let report = run_sequence(path, &spec, options.config.clone(), &[step])?;
+    let mut logs = report.init_logs;
+    let Some(step) = report.steps.into_iter().next() else {
+        return Ok(RunReport {
+            init: report.init,
+            event: None,
+            logs,
+            response: None,
+            fired: Vec::new(),
+            queries: Vec::new(),
+            query_done: Vec::new(),
+        });
+    };
+    logs.extend(step.logs);
     Ok(RunReport {
-        init,
-        event: handled,
+        init: report.init,
+        event: Some(step.call),
         logs,
-        response: recorded.response,
-        fired: recorded.fired,
-        queries: recorded.queries,
-        query_done,
+        response: step.response,
+        fired: step.fired,
+        queries: step.queries,
+        query_done: step.query_done,
     })
 }
 
-/// The plugin's settings for a local run: named after the file, default limits.
-fn local_spec(
+/// The most events a sequence file may hold.
+pub const MAX_STEPS: usize = 10_000;
+
+/// One event of a sequence for `serf plugin run --sequence`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The event.
+    pub event: SyntheticEvent,
+    /// Its payload (user events and queries).
+    pub payload: Vec<u8>,
+}
+
+/// A step as a sequence file writes it: `{"event": "user:deploy", "payload": "v1"}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepText {
+    event: String,
+    #[serde(default)]
+    payload: String,
+}
+
+/// A TOML sequence file: `[[event]]` tables.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SequenceToml {
+    #[serde(default)]
+    event: Vec<StepText>,
+}
+
+impl Step {
+    fn from_text(text: StepText) -> Result<Step, ToolError> {
+        Ok(Step {
+            event: SyntheticEvent::parse(&text.event)?,
+            payload: text.payload.into_bytes(),
+        })
+    }
+}
+
+/// Parses a sequence file: TOML (`[[event]]` tables, each with `event` and an optional
+/// `payload`) when `toml` is set, else JSON lines (one such object a line; blank lines and
+/// lines starting with `#` are skipped). Errors name the line or the entry.
+pub fn parse_sequence(text: &str, toml: bool) -> Result<Vec<Step>, ToolError> {
+    let bad =
+        |place: String, message: String| ToolError::BadSequence(format!("{place}: {message}"));
+    let steps = if toml {
+        let file: SequenceToml =
+            toml::from_str(text).map_err(|error| bad("TOML".into(), error.to_string()))?;
+        if file.event.len() > MAX_STEPS {
+            return Err(bad("TOML".into(), format!("more than {MAX_STEPS} events")));
+        }
+        file.event
+            .into_iter()
+            .enumerate()
+            .map(|(index, step)| {
+                Step::from_text(step)
+                    .map_err(|error| bad(format!("event {}", index + 1), error.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        let mut steps = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let place = || format!("line {}", index + 1);
+            if steps.len() == MAX_STEPS {
+                return Err(bad(place(), format!("more than {MAX_STEPS} events")));
+            }
+            let step: StepText =
+                serde_json::from_str(line).map_err(|error| bad(place(), error.to_string()))?;
+            steps.push(Step::from_text(step).map_err(|error| bad(place(), error.to_string()))?);
+        }
+        steps
+    };
+    if steps.is_empty() {
+        return Err(ToolError::BadSequence("no events".into()));
+    }
+    Ok(steps)
+}
+
+/// How one step of a sequence went.
+#[derive(Debug)]
+pub struct StepReport {
+    /// The step.
+    pub step: Step,
+    /// The call.
+    pub call: CallReport,
+    /// What the plugin logged during the step (its `query-done` calls included).
+    pub logs: Vec<LogLine>,
+    /// Its answer, for a query.
+    pub response: Option<Vec<u8>>,
+    /// User events it fired.
+    pub fired: Vec<abi::FireEvent>,
+    /// Queries it sent, with their handles.
+    pub queries: Vec<(u32, abi::QueryRequest)>,
+    /// The `query-done` events for those queries, handed to it after the step.
+    pub query_done: Vec<CallReport>,
+}
+
+impl StepReport {
+    /// Whether the event and any `query-done` succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.call.result.is_ok() && self.query_done.iter().all(|done| done.result.is_ok())
+    }
+}
+
+/// What `serf plugin run --sequence` saw.
+#[derive(Debug)]
+pub struct SequenceReport {
+    /// Start-up: `_initialize` and `serf_init`.
+    pub init: CallReport,
+    /// What the plugin logged while starting.
+    pub init_logs: Vec<LogLine>,
+    /// The steps run, in order: all of them, unless one trapped (the instance is gone then,
+    /// as it would be in the agent, and the sequence ends there).
+    pub steps: Vec<StepReport>,
+    /// How many steps the sequence had.
+    pub total: usize,
+}
+
+impl SequenceReport {
+    /// Whether start-up and every step succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.init.result.is_ok()
+            && self.steps.len() == self.total
+            && self.steps.iter().all(StepReport::is_ok)
+    }
+}
+
+/// Whether the instance survives `call`: a refusal keeps it, a trap ends it.
+fn survives(call: &CallReport) -> bool {
+    matches!(call.result, Ok(()) | Err(CallError::Refused { .. }))
+}
+
+/// Loads `path` and runs `steps` in order on one instance started with `spec`'s grants, limits
+/// and directories and `config` as its config table, as the agent would: state carries from
+/// event to event. After each step, a `query-done` for each query the step sent.
+pub fn run_sequence(
+    path: &Path,
+    spec: &PluginSpec,
+    config: BTreeMap<String, rmpv::Value>,
+    steps: &[Step],
+) -> Result<SequenceReport, ToolError> {
+    let loaded = Engine::new(None).load_file(path)?;
+    super::dispatch::prepare_dirs(spec)?;
+    let services = Arc::new(LocalServices::default());
+    with_captured_logs(|sink| {
+        block_on(async {
+            let (init, instance) = start(&loaded, spec, &services, config).await;
+            let init_logs = drain(sink);
+            let mut reports = Vec::new();
+            let Some(mut instance) = instance else {
+                return SequenceReport {
+                    init,
+                    init_logs,
+                    steps: reports,
+                    total: steps.len(),
+                };
+            };
+            let mut seq = 0;
+            let mut alive = true;
+            for (number, step) in (1..).zip(steps) {
+                seq += 1;
+                let key = QueryKey {
+                    ltime: number,
+                    id: u32::try_from(number).unwrap_or(u32::MAX),
+                };
+                let event = step.event.to_abi(&step.payload, key);
+                let query = matches!(step.event, SyntheticEvent::Query(_)).then_some(key);
+                let call = deliver(&mut instance, seq, &event, query).await;
+                alive = survives(&call);
+                let sent = std::mem::take(&mut services.recorded().queries);
+                let mut query_done = Vec::new();
+                for (handle, request) in &sent {
+                    if !alive {
+                        break;
+                    }
+                    seq += 1;
+                    let done = abi::Event::QueryDone(abi::QueryDone {
+                        query: *handle,
+                        name: request.name.clone(),
+                        error: String::new(),
+                    });
+                    let report = deliver(&mut instance, seq, &done, None).await;
+                    alive = survives(&report);
+                    query_done.push(report);
+                }
+                let mut recorded = std::mem::take(&mut *services.recorded());
+                // A query-done may send queries of its own: they are reported, not answered.
+                let mut queries = sent;
+                queries.append(&mut recorded.queries);
+                reports.push(StepReport {
+                    step: step.clone(),
+                    call,
+                    logs: drain(sink),
+                    response: recorded.response,
+                    fired: recorded.fired,
+                    queries,
+                    query_done,
+                });
+                if !alive {
+                    break;
+                }
+            }
+            if alive {
+                instance.shutdown().await;
+            }
+            SequenceReport {
+                init,
+                init_logs,
+                steps: reports,
+                total: steps.len(),
+            }
+        })
+    })
+}
+
+/// The plugin's settings for a local run: named after the file, default limits, the grants given.
+pub fn local_spec(
     path: &Path,
     grants: Grants,
     dirs: BTreeMap<String, PathBuf>,
@@ -518,17 +723,23 @@ fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T, ToolErro
     Ok(runtime.block_on(work))
 }
 
-/// Runs `work` with every `plugin`-target event on this thread captured.
+/// Where the plugin's lines collect while they are captured.
+type LogSink = Arc<Mutex<Vec<LogLine>>>;
+
+/// The lines captured so far, taken out of `sink`.
+fn drain(sink: &LogSink) -> Vec<LogLine> {
+    std::mem::take(&mut *sink.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// Runs `work` with every `plugin`-target event on this thread captured into the sink it gets.
 fn with_captured_logs<T>(
-    work: impl FnOnce() -> Result<T, ToolError>,
-) -> Result<(T, Vec<LogLine>), ToolError> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
+    work: impl FnOnce(&LogSink) -> Result<T, ToolError>,
+) -> Result<T, ToolError> {
+    let lines = LogSink::default();
     let subscriber = tracing_subscriber::registry().with(Capture {
         lines: Arc::clone(&lines),
     });
-    let value = tracing::subscriber::with_default(subscriber, work)?;
-    let lines = std::mem::take(&mut *lines.lock().unwrap_or_else(PoisonError::into_inner));
-    Ok((value, lines))
+    tracing::subscriber::with_default(subscriber, || work(&lines))
 }
 
 /// A tracing layer that keeps the plugin's lines.
@@ -640,6 +851,107 @@ mod tests {
             Ok(()) => 0,
             Err(CallError::Refused { code, .. }) => *code,
             Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn sequences_parse_from_json_lines_and_toml() {
+        let user = |payload: &str| Step {
+            event: SyntheticEvent::User("deploy".into()),
+            payload: payload.as_bytes().to_vec(),
+        };
+        let ping = Step {
+            event: SyntheticEvent::Query("ping".into()),
+            payload: Vec::new(),
+        };
+        let lines = "# a comment\n{\"event\": \"user:deploy\", \"payload\": \"v1\"}\n\n\
+                     {\"event\": \"query:ping\"}\n";
+        assert_eq!(
+            parse_sequence(lines, false).unwrap(),
+            [user("v1"), ping.clone()]
+        );
+        let toml = "[[event]]\nevent = \"user:deploy\"\npayload = \"v1\"\n\n\
+                    [[event]]\nevent = \"query:ping\"\n";
+        assert_eq!(parse_sequence(toml, true).unwrap(), [user("v1"), ping]);
+    }
+
+    #[test]
+    fn sequence_errors_name_the_line_or_entry() {
+        let error = |text: &str, toml: bool| parse_sequence(text, toml).unwrap_err().to_string();
+        let text = error(
+            "{\"event\": \"member-join\"}\n{\"event\": \"dance\"}\n",
+            false,
+        );
+        assert!(text.contains("line 2: invalid event \"dance\""), "{text}");
+        let text = error("{\"event\": \"member-join\", \"extra\": 1}", false);
+        assert!(text.contains("line 1: unknown field `extra`"), "{text}");
+        let text = error("not json", false);
+        assert!(text.starts_with("invalid sequence: line 1:"), "{text}");
+        let text = error("[[event]]\nevent = \"query:\"\n", true);
+        assert!(text.contains("event 1: invalid event"), "{text}");
+        assert!(error("# nothing\n", false).contains("no events"));
+        let many = "{\"event\": \"member-join\"}\n".repeat(MAX_STEPS + 1);
+        let text = error(&many, false);
+        assert!(
+            text.contains(&format!("line {}: more than", MAX_STEPS + 1)),
+            "{text}"
+        );
+    }
+
+    /// Counts events in a global; traps (unreachable) on the second.
+    const TRAPS_ON_SECOND: &str = r#"(module
+        (memory (export "memory") 1)
+        (global $n (mut i32) (i32.const 0))
+        (func (export "serf_plugin_abi_v1"))
+        (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
+        (func (export "serf_init") (param i32 i32) (result i32) i32.const 0)
+        (func (export "serf_handle") (param i32 i32) (result i32)
+            (global.set $n (i32.add (global.get $n) (i32.const 1)))
+            (if (i32.eq (global.get $n) (i32.const 2)) (then unreachable))
+            i32.const 0))"#;
+
+    #[test]
+    fn a_sequence_runs_on_one_instance_and_ends_at_a_trap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("second.wasm");
+        std::fs::write(&path, wat::parse_str(TRAPS_ON_SECOND).unwrap()).unwrap();
+        let spec = local_spec(&path, Grants::default(), BTreeMap::new(), None);
+        let step = Step {
+            event: SyntheticEvent::Member("member-join".into()),
+            payload: Vec::new(),
+        };
+        let steps = vec![step; 3];
+        let report = run_sequence(&path, &spec, BTreeMap::new(), &steps).unwrap();
+        assert!(report.init.result.is_ok(), "{:?}", report.init);
+        // The global carried over from the first event: the second trapped, and the third
+        // never ran, because the instance is gone.
+        assert_eq!(report.total, 3);
+        assert_eq!(report.steps.len(), 2, "{report:?}");
+        assert!(report.steps[0].is_ok());
+        assert!(report.steps[0].call.fuel.is_some());
+        assert!(
+            matches!(report.steps[1].call.result, Err(CallError::Panicked(_))),
+            "{:?}",
+            report.steps[1].call
+        );
+        assert!(!report.is_ok());
+    }
+
+    #[test]
+    fn each_step_reports_its_own_effects() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = caller_wasm(dir.path());
+        let spec = local_spec(&wasm, granted(&["events"]), BTreeMap::new(), None);
+        let config = BTreeMap::from([("op".to_owned(), rmpv::Value::from("f"))]);
+        let step = Step {
+            event: SyntheticEvent::User("op".into()),
+            payload: Vec::new(),
+        };
+        let report = run_sequence(&wasm, &spec, config, &[step.clone(), step]).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        for step in &report.steps {
+            assert_eq!(step.fired.len(), 1, "{step:?}");
+            assert!(step.response.is_none() && step.queries.is_empty());
         }
     }
 

@@ -1,4 +1,4 @@
-//! `serf plugin check` and `serf plugin run`: tools for plugin authors that need no agent;
+//! `serf plugin new`, `check` and `run`: tools for plugin authors that need no agent;
 //! `serf plugin list` and `serf plugin status NAME`: the live view of a running agent's
 //! plugins, over the RPC commands `plugin-list` and `plugin-status`.
 //!
@@ -8,6 +8,9 @@
 //! when the plugin loaded (check) or handled the event (run), 1 otherwise. `list` and
 //! `status` are client commands like `serf jobs`: Serf's flags (`-format`, `-rpc-addr`,
 //! `-rpc-auth`) before the name, exit code 1 on any error (an unknown name included).
+
+mod new;
+mod sequence;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,6 +34,8 @@ pub(super) struct PluginArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum PluginCommand {
+    /// Writes a new plugin project (Rust or Go) into ./NAME, ready to build and test
+    New(new::NewArgs),
     /// Validates a plugin as the agent would, and lists its exports, imports and capabilities
     Check(CheckArgs),
     /// Runs a plugin against one synthetic event and prints its log, response, fuel and time
@@ -104,8 +109,24 @@ struct RunArgs {
     file: PathBuf,
     /// The event: member-join, member-leave, member-failed, member-update, member-reap,
     /// user:NAME or query:NAME.
-    #[arg(long, value_name = "EVENT")]
-    event: String,
+    #[arg(
+        long,
+        value_name = "EVENT",
+        required_unless_present = "sequence",
+        conflicts_with = "sequence"
+    )]
+    event: Option<String>,
+    /// Runs the events of this file in order on one instance instead: JSON lines
+    /// (`{"event": "query:ping", "payload": "x"}`) or, for a .toml file, `[[event]]` tables.
+    #[arg(long, value_name = "FILE")]
+    sequence: Option<PathBuf>,
+    /// Takes the plugin's grants, limits, directories and config from this agent config file
+    /// (its `[plugins.NAME]` table), as the agent would.
+    #[arg(long, value_name = "SERF_TOML", conflicts_with_all = ["grant", "env", "dir"])]
+    config_file: Option<PathBuf>,
+    /// The table of --config-file to use (default: the module's file stem).
+    #[arg(long, value_name = "NAME", requires = "config_file")]
+    plugin: Option<String>,
     /// The payload of a user event or query.
     #[arg(long, default_value = "", value_name = "TEXT")]
     payload: String,
@@ -131,10 +152,35 @@ pub(super) fn run(args: PluginArgs) -> u8 {
     let outcome = match args.command {
         PluginCommand::List(args) => return super::block_on(list(args)),
         PluginCommand::Status(args) => return super::block_on(status(args)),
+        PluginCommand::New(args) => {
+            return match new::run(&args) {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(message) => {
+                    println!("Error: {message}");
+                    1
+                }
+            };
+        }
         PluginCommand::Check(args) => tool::check(&args.file, args.budget()).map(|report| {
             print!("{}", format_check(&report));
             0
         }),
+        PluginCommand::Run(args) if args.sequence.is_some() || args.config_file.is_some() => {
+            match sequence::prepare(&args) {
+                Ok((spec, config, steps)) => tool::run_sequence(&args.file, &spec, config, &steps)
+                    .map(|report| {
+                        print!("{}", sequence::format(&report));
+                        u8::from(!report.is_ok())
+                    }),
+                Err(message) => {
+                    println!("Error: {message}");
+                    return 1;
+                }
+            }
+        }
         PluginCommand::Run(args) => match run_options(&args) {
             Ok(options) => tool::run(&args.file, &options).map(|report| {
                 print!("{}", format_run(&report));
@@ -279,15 +325,35 @@ fn plugin_json(plugin: &Plugin) -> serde_json::Value {
 }
 
 fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
-    let event = tool::SyntheticEvent::parse(&args.event).map_err(|error| error.to_string())?;
+    let event = tool::SyntheticEvent::parse(args.event.as_deref().unwrap_or_default())
+        .map_err(|error| error.to_string())?;
+    let (config, grants, dirs) = flag_grants(args)?;
+    Ok(RunOptions {
+        event,
+        payload: args.payload.clone().into_bytes(),
+        config,
+        grants,
+        dirs,
+        fuel: args.fuel,
+    })
+}
+
+/// The config table, grants and directories that `--config`, `--grant`, `--env` and `--dir` give.
+#[allow(clippy::type_complexity)]
+fn flag_grants(
+    args: &RunArgs,
+) -> Result<
+    (
+        BTreeMap<String, rmpv::Value>,
+        Grants,
+        BTreeMap<String, PathBuf>,
+    ),
+    String,
+> {
     let capabilities = Capabilities::from_names(&args.grant).map_err(|unknown| {
         format!("unknown capability {unknown:?} (known: members, events, queries)")
     })?;
-    let mut config = BTreeMap::new();
-    for pair in &args.config {
-        let (key, value) = split_pair(pair, "--config")?;
-        config.insert(key.to_owned(), config_value(value));
-    }
+    let config = flag_config(args)?;
     let mut env = BTreeMap::new();
     for pair in &args.env {
         let (key, value) = split_pair(pair, "--env")?;
@@ -299,18 +365,22 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
         let (guest, host) = split_pair(pair, "--dir")?;
         dirs.insert(guest.to_owned(), PathBuf::from(host));
     }
-    Ok(RunOptions {
-        event,
-        payload: args.payload.clone().into_bytes(),
-        config,
-        grants: Grants {
-            capabilities,
-            env,
-            ..Grants::default()
-        },
-        dirs,
-        fuel: args.fuel,
-    })
+    let grants = Grants {
+        capabilities,
+        env,
+        ..Grants::default()
+    };
+    Ok((config, grants, dirs))
+}
+
+/// The `--config KEY=VALUE` pairs as config values.
+fn flag_config(args: &RunArgs) -> Result<BTreeMap<String, rmpv::Value>, String> {
+    let mut config = BTreeMap::new();
+    for pair in &args.config {
+        let (key, value) = split_pair(pair, "--config")?;
+        config.insert(key.to_owned(), config_value(value));
+    }
+    Ok(config)
 }
 
 fn split_pair<'a>(pair: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {

@@ -3,7 +3,7 @@ package serftest
 // MockHost's capability calls (ABI v1.1), with the agent's rules: denied until granted, and
 // Serf's default size limits.
 
-import serf "example.invalid/serf-wasm/plugin-sdk/go"
+import serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 
 // DefaultMaxEventBytes is Serf's default limit on a user event's name and payload together,
 // in bytes, which FireEvent applies as the agent does.

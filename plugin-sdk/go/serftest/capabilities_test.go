@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"testing"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 )
 
 // curious uses every capability on each event and logs what each call returned.

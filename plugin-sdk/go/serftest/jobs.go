@@ -4,7 +4,7 @@ package serftest
 // test ends it with EndJob (or the plugin kills it); RunJob runs a plugin's RunJob as the
 // agent's job instance would.
 
-import serf "example.invalid/serf-wasm/plugin-sdk/go"
+import serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 
 // DefaultMaxJobs is the agent's default max_jobs: jobs of one plugin that may not have ended
 // at once.

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"testing"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 )
 
 // starter starts a job per user event; its jobs try to start another one.

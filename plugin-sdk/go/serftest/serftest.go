@@ -22,7 +22,7 @@ package serftest
 import (
 	"strings"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 )
 
 // DefaultMaxResponseBytes is Serf's default limit on an encoded query response, in bytes, and

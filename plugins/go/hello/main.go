@@ -18,7 +18,7 @@ import (
 	"strconv"
 	"strings"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 )
 
 // Hello is stateless: it formats each event into one log line.

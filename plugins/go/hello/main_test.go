@@ -4,8 +4,8 @@ import (
 	"reflect"
 	"testing"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
-	"example.invalid/serf-wasm/plugin-sdk/go/serftest"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
+	"github.com/serf-wasm/serf-wasm/plugin-sdk/go/serftest"
 )
 
 func logsOf(t *testing.T, event serf.Event) []serftest.LogLine {

@@ -17,7 +17,7 @@ import (
 	"errors"
 	"os"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 )
 
 const (

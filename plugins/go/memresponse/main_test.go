@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
-	"example.invalid/serf-wasm/plugin-sdk/go/serftest"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
+	"github.com/serf-wasm/serf-wasm/plugin-sdk/go/serftest"
 )
 
 func pluginWritingTo(t *testing.T, path string) (*MemResponse, *serftest.MockHost) {

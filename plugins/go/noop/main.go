@@ -2,7 +2,7 @@
 // for measuring what the agent's plugin machinery and Go's runtime cost per event.
 package main
 
-import serf "example.invalid/serf-wasm/plugin-sdk/go"
+import serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 
 // Noop handles every event by returning at once.
 type Noop struct{ serf.PluginDefaults }

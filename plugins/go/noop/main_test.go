@@ -3,8 +3,8 @@ package main
 import (
 	"testing"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
-	"example.invalid/serf-wasm/plugin-sdk/go/serftest"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
+	"github.com/serf-wasm/serf-wasm/plugin-sdk/go/serftest"
 )
 
 func TestEveryEventIsHandledWithoutAnyHostCall(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 )
 
 // QueryName is the query this plugin answers.

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"testing"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
-	"example.invalid/serf-wasm/plugin-sdk/go/serftest"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
+	"github.com/serf-wasm/serf-wasm/plugin-sdk/go/serftest"
 )
 
 func TestUpcaseQueryIsAnsweredInUpperCase(t *testing.T) {
