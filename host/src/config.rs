@@ -265,6 +265,9 @@ pub struct FilePlugin {
     /// The environment variables the plugin sees (default: none).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The host commands it may run, by name (ABI v1.1; default: none).
+    #[serde(default)]
+    pub commands: BTreeMap<String, crate::plugin::commands::FileCommand>,
 }
 
 impl FilePlugin {
@@ -1204,9 +1207,13 @@ fn resolve_grants(name: &str, table: &FilePlugin) -> Result<crate::plugin::Grant
         grants::check_env_name(key)
             .map_err(|reason| invalid("env", key, &format!("plugin {name}: {reason}")))?;
     }
+    let commands = crate::plugin::commands::resolve(&table.commands).map_err(
+        |(key, value, reason)| invalid(key, &value, &format!("plugin {name}: {reason}")),
+    )?;
     Ok(crate::plugin::Grants {
         capabilities,
         env: table.env.clone(),
+        commands,
         ..Default::default()
     })
 }

@@ -8,6 +8,7 @@
 //! [`shell`] runs Serf-style shell handler scripts the same way: a queue and a task each.
 //! [`reload`] applies a changed configuration or plugin file to the running plugins.
 
+pub mod commands;
 pub mod dispatch;
 pub mod engine;
 pub mod filter;
