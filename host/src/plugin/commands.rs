@@ -785,7 +785,13 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let result = runtime.block_on(execute(&spec, &[], Vec::new(), spec.timeout, Some(&sink)));
+        let result = runtime.block_on(execute(
+            &spec,
+            &[],
+            Vec::new(),
+            spec.timeout,
+            Some(&sink as &(dyn Fn(&str) + Send + Sync)),
+        ));
         assert_eq!(result.exit_status, 0);
         let lines = lines.lock().unwrap();
         assert_eq!(lines[0], "one");

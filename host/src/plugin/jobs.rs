@@ -587,7 +587,7 @@ impl Jobs {
                 &request.args,
                 request.stdin,
                 spec.timeout,
-                Some(&tail),
+                Some(&tail as &(dyn Fn(&str) + Send + Sync)),
             );
             let end = tokio::select! {
                 biased;

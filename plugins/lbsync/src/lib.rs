@@ -24,7 +24,7 @@
 //! `reload`). A reload that fails (non-zero exit, timeout) is logged at warn with its stderr,
 //! and the next event that changes nothing tries it again.
 
-use serf_plugin_sdk::{Error, Event, Host, InitContext, Member, Plugin};
+use serf_plugin_sdk::{Error, Event, Host, HostError, InitContext, Member, Plugin};
 
 /// Where the backends go when config key `file` is not set.
 pub const DEFAULT_FILE: &str = "/lb/backends.cfg";
@@ -103,7 +103,15 @@ impl Plugin for LbSync {
             self.written = Some(text.clone());
             self.reloaded = false;
         }
-        let result = host.run_command(&self.command, &[], b"")?;
+        let result = host
+            .run_command(&self.command, &[], b"")
+            .map_err(|error| match error {
+                HostError::Denied => Error::new(format!(
+                    "command {0} is not granted: add a [plugins.NAME.commands.{0}] table to serf.toml",
+                    self.command
+                )),
+                other => other.into(),
+            })?;
         let backends = text.lines().count();
         if result.exit_status == 0 && result.error.is_empty() {
             self.reloaded = true;
@@ -190,6 +198,8 @@ mod tests {
         ];
         let join = Event::MemberJoin { members: vec![member("web1", "10.0.0.1", "web", "alive")] };
         host.deliver(&mut plugin, join.clone()).unwrap();
+        // The agent's snapshot catches up with the join.
+        host.members.push(member("web1", "10.0.0.1", "web", "alive"));
         let file = std::fs::read_to_string(dir.join("backends.cfg")).unwrap();
         assert_eq!(file, "server web1 10.0.0.1:80 check\nserver web2 10.0.0.2:80 check\n");
         assert_eq!(host.runs_of("reload"), 1, "ran command reload");
@@ -231,7 +241,10 @@ mod tests {
         host.commands.clear();
         let join = Event::MemberJoin { members: vec![member("web1", "10.0.0.1", "web", "alive")] };
         let error = host.deliver(&mut plugin, join).unwrap_err();
-        assert!(error.message().contains("denied") || error.message().contains("Denied"), "{error}");
+        assert!(
+            error.message().contains("[plugins.NAME.commands.reload]"),
+            "{error}"
+        );
         assert!(host.ran.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
