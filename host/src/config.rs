@@ -1207,9 +1207,10 @@ fn resolve_grants(name: &str, table: &FilePlugin) -> Result<crate::plugin::Grant
         grants::check_env_name(key)
             .map_err(|reason| invalid("env", key, &format!("plugin {name}: {reason}")))?;
     }
-    let commands = crate::plugin::commands::resolve(&table.commands).map_err(
-        |(key, value, reason)| invalid(key, &value, &format!("plugin {name}: {reason}")),
-    )?;
+    let commands =
+        crate::plugin::commands::resolve(&table.commands).map_err(|(key, value, reason)| {
+            invalid(key, &value, &format!("plugin {name}: {reason}"))
+        })?;
     Ok(crate::plugin::Grants {
         capabilities,
         env: table.env.clone(),

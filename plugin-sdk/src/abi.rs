@@ -629,7 +629,10 @@ impl CommandRequest {
             return Err(Status::BadArgument);
         }
         if self.args.len() > MAX_COMMAND_ARGS
-            || self.args.iter().any(|arg| arg.len() > MAX_COMMAND_ARG_BYTES)
+            || self
+                .args
+                .iter()
+                .any(|arg| arg.len() > MAX_COMMAND_ARG_BYTES)
             || self.stdin.len() > MAX_COMMAND_STDIN_BYTES
         {
             return Err(Status::TooLarge);

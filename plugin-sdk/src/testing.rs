@@ -174,7 +174,8 @@ impl MockHost {
     /// Grants command `name` (no extra arguments), which exits 0 with no output; change
     /// [`MockHost::commands`] for other results.
     pub fn grant_command(&mut self, name: &str) -> &mut Self {
-        self.commands.insert(name.to_owned(), MockCommand::default());
+        self.commands
+            .insert(name.to_owned(), MockCommand::default());
         self
     }
 

@@ -19,8 +19,7 @@ fn reload_script(dir: &Path) -> PathBuf {
         log = dir.join("reloads.log").display()
     );
     std::fs::write(&script, text).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     script
 }
 
@@ -41,7 +40,8 @@ fn settled(node: &Node, plugin: &str) {
     let done = eventually(Duration::from_secs(30), || {
         let info = node.info();
         let offered = plugin_counter(&info, plugin, "offered");
-        let over = plugin_counter(&info, plugin, "handled") + plugin_counter(&info, plugin, "errors");
+        let over =
+            plugin_counter(&info, plugin, "handled") + plugin_counter(&info, plugin, "errors");
         (offered > 0 && over >= offered).then_some(())
     });
     assert!(done.is_some(), "{} never settled: {}", plugin, node.log());
@@ -84,11 +84,22 @@ fn lbsync_renders_web_backends_and_reloads_after_joins_a_leave_and_a_kill_9() {
         web2.bind.ip(),
         web3.bind.ip()
     );
-    let rendered = eventually(Duration::from_secs(30), || (backends(work.path()) == two).then_some(()));
-    assert!(rendered.is_some(), "{:?}\n{}", backends(work.path()), lb.log());
+    let rendered = eventually(Duration::from_secs(30), || {
+        (backends(work.path()) == two).then_some(())
+    });
+    assert!(
+        rendered.is_some(),
+        "{:?}\n{}",
+        backends(work.path()),
+        lb.log()
+    );
     settled(&lb, "lbsync");
     let after_joins = reloads(work.path());
-    assert_eq!(after_joins.last().map(String::as_str), Some("reload 2"), "{after_joins:?}");
+    assert_eq!(
+        after_joins.last().map(String::as_str),
+        Some("reload 2"),
+        "{after_joins:?}"
+    );
     // One reload per change: the start (no backends yet), then one or two for the joins.
     assert!((2..=3).contains(&after_joins.len()), "{after_joins:?}");
     assert_eq!(after_joins[0], "reload 0", "{after_joins:?}");
@@ -96,7 +107,9 @@ fn lbsync_renders_web_backends_and_reloads_after_joins_a_leave_and_a_kill_9() {
     // A member without the tag changes nothing: no reload.
     join(&db4, &lb);
     let seen = eventually(Duration::from_secs(30), || {
-        stdout_ok(&lb.cli(&["members"])).contains("node4").then_some(())
+        stdout_ok(&lb.cli(&["members"]))
+            .contains("node4")
+            .then_some(())
     });
     assert!(seen.is_some());
     settled(&lb, "lbsync");
@@ -106,16 +119,28 @@ fn lbsync_renders_web_backends_and_reloads_after_joins_a_leave_and_a_kill_9() {
     stdout_ok(&web3.cli(&["leave"]));
     web3.wait_exit(Duration::from_secs(20));
     let one = format!("server node2 {}:8080 check\n", web2.bind.ip());
-    let left = eventually(Duration::from_secs(30), || (backends(work.path()) == one).then_some(()));
+    let left = eventually(Duration::from_secs(30), || {
+        (backends(work.path()) == one).then_some(())
+    });
     assert!(left.is_some(), "{:?}\n{}", backends(work.path()), lb.log());
     settled(&lb, "lbsync");
-    assert_eq!(reloads(work.path()).last().map(String::as_str), Some("reload 1"));
+    assert_eq!(
+        reloads(work.path()).last().map(String::as_str),
+        Some("reload 1")
+    );
     assert_eq!(reloads(work.path()).len(), after_joins.len() + 1);
 
     let mut web2 = web2;
     web2.kill_9();
-    let failed = eventually(Duration::from_secs(60), || backends(work.path()).is_empty().then_some(()));
-    assert!(failed.is_some(), "{:?}\n{}", backends(work.path()), lb.log());
+    let failed = eventually(Duration::from_secs(60), || {
+        backends(work.path()).is_empty().then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "{:?}\n{}",
+        backends(work.path()),
+        lb.log()
+    );
     settled(&lb, "lbsync");
     let all = reloads(work.path());
     assert_eq!(all.last().map(String::as_str), Some("reload 0"), "{all:?}");
@@ -124,7 +149,10 @@ fn lbsync_renders_web_backends_and_reloads_after_joins_a_leave_and_a_kill_9() {
     // Grants and counters in `serf info`.
     let info = lb.info();
     assert_eq!(info["plugin:lbsync"]["commands"], "reload", "{info}");
-    assert_eq!(plugin_counter(&info, "lbsync", "command_calls"), all.len() as u64);
+    assert_eq!(
+        plugin_counter(&info, "lbsync", "command_calls"),
+        all.len() as u64
+    );
     assert_eq!(plugin_counter(&info, "lbsync", "command_denials"), 0);
     assert_eq!(plugin_counter(&info, "lbsync", "command_failures"), 0);
     drop(db4);
@@ -151,7 +179,10 @@ fn longjob_runs_a_granted_command_as_a_job_checked_killed_and_reaped_from_serf_q
     });
     assert!(counting.is_some(), "{}", node.log());
     let listed = stdout_ok(&node.cli(&["jobs", "-format=json"]));
-    assert!(listed.contains("\"command\"") && listed.contains("/bin/bash"), "{listed}");
+    assert!(
+        listed.contains("\"command\"") && listed.contains("/bin/bash"),
+        "{listed}"
+    );
     let text = query("kill 1");
     assert!(text.contains("killed 1"), "{text}");
     let killed = eventually(Duration::from_secs(10), || {
@@ -160,7 +191,10 @@ fn longjob_runs_a_granted_command_as_a_job_checked_killed_and_reaped_from_serf_q
     assert!(killed.is_some(), "{}", node.log());
     // The whole process group is gone: no `sleep` of the count survives.
     let gone = eventually(Duration::from_secs(10), || {
-        let ps = std::process::Command::new("pgrep").args(["-f", "seq 1 300"]).output().ok()?;
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "seq 1 300"])
+            .output()
+            .ok()?;
         ps.stdout.is_empty().then_some(())
     });
     assert!(gone.is_some(), "the command's processes survived the kill");
@@ -271,17 +305,46 @@ fn hostile_command_plugins_hit_their_limits_and_are_counted_while_others_go_on()
     }
     let info = node.info();
     // The loop: ten spawns a second at most, and two jobs at once (max_jobs).
-    assert_eq!(plugin_counter(&info, "looper", "command_calls"), 100, "{info}");
-    assert_eq!(plugin_counter(&info, "looper", "command_limited"), 98, "{info}");
+    assert_eq!(
+        plugin_counter(&info, "looper", "command_calls"),
+        100,
+        "{info}"
+    );
+    assert_eq!(
+        plugin_counter(&info, "looper", "command_limited"),
+        98,
+        "{info}"
+    );
     assert_eq!(plugin_counter(&info, "looper", "jobs"), 2, "{info}");
     // The flood: cut at 16 KiB, the rest drained, the run a success.
-    assert_eq!(plugin_counter(&info, "flooder", "traps"), 0, "{}", node.log());
-    assert_eq!(plugin_counter(&info, "flooder", "command_failures"), 0, "{info}");
+    assert_eq!(
+        plugin_counter(&info, "flooder", "traps"),
+        0,
+        "{}",
+        node.log()
+    );
+    assert_eq!(
+        plugin_counter(&info, "flooder", "command_failures"),
+        0,
+        "{info}"
+    );
     // The arguments: refused with NotAllowed, counted, logged, and nothing ran.
-    assert_eq!(plugin_counter(&info, "arguer", "traps"), 0, "{}", node.log());
-    assert_eq!(plugin_counter(&info, "arguer", "command_denials"), 1, "{info}");
+    assert_eq!(
+        plugin_counter(&info, "arguer", "traps"),
+        0,
+        "{}",
+        node.log()
+    );
+    assert_eq!(
+        plugin_counter(&info, "arguer", "command_denials"),
+        1,
+        "{info}"
+    );
     assert!(!marker.exists(), "the refused command never started");
-    node.wait_for_log("command touch takes no arguments from the plugin", Duration::from_secs(5));
+    node.wait_for_log(
+        "command touch takes no arguments from the plugin",
+        Duration::from_secs(5),
+    );
     // The agent and another plugin go on.
     let text = stdout_ok(&node.cli(&["query", "-timeout=5s", "upcase", "still"]));
     assert!(text.contains("STILL"), "{text}");
@@ -294,7 +357,10 @@ fn hostile_command_plugins_hit_their_limits_and_are_counted_while_others_go_on()
         stdout_ok(&node.cli(&["jobs", "-kill", &job["id"].to_string()]));
     }
     let gone = eventually(Duration::from_secs(10), || {
-        let ps = std::process::Command::new("pgrep").args(["-f", "^/bin/sleep 300$"]).output().ok()?;
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "^/bin/sleep 300$"])
+            .output()
+            .ok()?;
         ps.stdout.is_empty().then_some(())
     });
     assert!(gone.is_some(), "killed command jobs left processes behind");
@@ -313,7 +379,11 @@ fn fire_bench(rpc: &mut serf_tests::RawRpc, seq: u64) -> u128 {
         .as_nanos();
     rpc.request("event", seq, Some(body));
     let header = rpc.read().expect("event answer");
-    assert_eq!(serf_tests::field(&header, "Error"), Some(&"".into()), "{header}");
+    assert_eq!(
+        serf_tests::field(&header, "Error"),
+        Some(&"".into()),
+        "{header}"
+    );
     sent
 }
 
@@ -333,7 +403,10 @@ fn event_to_stamp(rpc: std::net::SocketAddr, stamps: &Path, runs: u64) -> (u128,
         latencies.push((stamp.saturating_sub(sent)) / 1000);
     }
     latencies.sort_unstable();
-    (latencies[latencies.len() / 2], latencies[latencies.len() * 9 / 10])
+    (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 9 / 10],
+    )
 }
 
 /// The cost of one granted command run, against Serf 0.9.4's shell handler for the same
@@ -348,7 +421,11 @@ fn command_run_benchmark() {
     let script = |name: &str| {
         let path = work.path().join(format!("{name}.sh"));
         let stamps = work.path().join(format!("{name}.stamps"));
-        std::fs::write(&path, format!("#!/bin/sh\n/bin/date +%s%N >> {}\n", stamps.display())).unwrap();
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\n/bin/date +%s%N >> {}\n", stamps.display()),
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         (path, stamps)

@@ -116,7 +116,11 @@ pub fn resolve(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return bad("commands", name.clone(), "a name is 1 to 64 of A-Z a-z 0-9 - _ .");
+            return bad(
+                "commands",
+                name.clone(),
+                "a name is 1 to 64 of A-Z a-z 0-9 - _ .",
+            );
         }
         let Some(program) = table.argv.first() else {
             return bad("argv", String::new(), "argv needs at least the program");
@@ -141,18 +145,16 @@ pub fn resolve(
         }
         let kib = table.max_output_kib.unwrap_or(DEFAULT_MAX_OUTPUT_KIB);
         if kib == 0 || kib > MAX_MAX_OUTPUT_KIB {
-            return bad(
-                "max_output_kib",
-                kib.to_string(),
-                "must be 1 to 1024",
-            );
+            return bad("max_output_kib", kib.to_string(), "must be 1 to 1024");
         }
         let cwd = table.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
         if !cwd.is_absolute() {
             return bad("cwd", cwd.display().to_string(), "must be an absolute path");
         }
         for key in table.env.keys() {
-            super::grants::check_env_name(key).or_else(|reason| bad("env", key.clone(), reason))?;
+            if let Err(reason) = super::grants::check_env_name(key) {
+                return bad("env", key.clone(), reason);
+            }
         }
         grants.insert(
             name.clone(),
@@ -434,7 +436,13 @@ pub async fn execute(
                 let _ = input.write_all(&stdin).await;
             }
         };
-        let output = async { tokio::join!(drain(stdout, &mut out, on_line), drain(stderr, &mut err, on_line), write) };
+        let output = async {
+            tokio::join!(
+                drain(stdout, &mut out, on_line),
+                drain(stderr, &mut err, on_line),
+                write
+            )
+        };
         tokio::pin!(output);
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -510,7 +518,17 @@ pub struct InstanceCommands {
     /// The encoded result the last `command_run` could not fit in the guest's buffer.
     kept: Option<Vec<u8>>,
     /// The plugin's `max_jobs`, which bounds its command jobs too.
-    pub max_jobs: usize,
+    max_jobs: usize,
+}
+
+impl InstanceCommands {
+    /// An instance's state, for a plugin allowed `max_jobs` jobs at once.
+    pub fn new(max_jobs: usize) -> InstanceCommands {
+        InstanceCommands {
+            kept: None,
+            max_jobs,
+        }
+    }
 }
 
 // --- The `serf.command_*` host functions.
@@ -621,7 +639,11 @@ pub(crate) fn add_command_functions(linker: &mut Linker<StoreState>) -> wasmtime
             match jobs.start_command(&context, state.commands.max_jobs, spec, request) {
                 Ok(id) => i32::try_from(id).unwrap_or(Status::Unavailable.code()),
                 Err(error) => {
-                    context.rates.commands.limited.fetch_add(1, Ordering::Relaxed);
+                    context
+                        .rates
+                        .commands
+                        .limited
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(plugin = %context.plugin, %error, "command job not started");
                     error.status().code()
                 }
@@ -679,10 +701,22 @@ mod tests {
         for (text, key) in [
             ("[commands.r]\nargv = []\n", "argv"),
             ("[commands.r]\nargv = [\"echo\"]\n", "argv"),
-            ("[commands.r]\nargv = [\"/bin/echo\"]\ntimeout = \"0s\"\n", "timeout"),
-            ("[commands.r]\nargv = [\"/bin/echo\"]\nmax_output_kib = 5000\n", "max_output_kib"),
-            ("[commands.r]\nargv = [\"/bin/echo\"]\ncwd = \"rel\"\n", "cwd"),
-            ("[commands.r]\nargv = [\"/bin/echo\"]\nenv = { \"A=B\" = \"1\" }\n", "env"),
+            (
+                "[commands.r]\nargv = [\"/bin/echo\"]\ntimeout = \"0s\"\n",
+                "timeout",
+            ),
+            (
+                "[commands.r]\nargv = [\"/bin/echo\"]\nmax_output_kib = 5000\n",
+                "max_output_kib",
+            ),
+            (
+                "[commands.r]\nargv = [\"/bin/echo\"]\ncwd = \"rel\"\n",
+                "cwd",
+            ),
+            (
+                "[commands.r]\nargv = [\"/bin/echo\"]\nenv = { \"A=B\" = \"1\" }\n",
+                "env",
+            ),
             ("[commands.\"a b\"]\nargv = [\"/bin/echo\"]\n", "commands"),
         ] {
             assert_eq!(table(text).unwrap_err().0, key, "{text}");
@@ -702,7 +736,10 @@ mod tests {
         };
         let refused = admit("p", &grants, &counters, &ask("rm", &[]), now).unwrap_err();
         assert_eq!(refused.status(), Status::Denied);
-        assert!(refused.to_string().contains("[plugins.p.commands.rm]"), "{refused}");
+        assert!(
+            refused.to_string().contains("[plugins.p.commands.rm]"),
+            "{refused}"
+        );
         let refused = admit("p", &grants, &counters, &ask("reload", &["-x"]), now).unwrap_err();
         assert_eq!(refused.status(), Status::NotAllowed);
         assert!(admit("p", &grants, &counters, &ask("reload", &[]), now).is_ok());
@@ -731,12 +768,20 @@ mod tests {
 
     #[test]
     fn a_command_gets_its_argv_stdin_and_only_the_table_env() {
-        let mut spec = spec(&["/bin/sh", "-c", "echo \"$1 $A ${HOME:-nohome}\"; cat; echo err >&2; exit 3", "sh"]);
+        let mut spec = spec(&[
+            "/bin/sh",
+            "-c",
+            "echo \"$1 $A ${HOME:-nohome}\"; cat; echo err >&2; exit 3",
+            "sh",
+        ]);
         spec.env.insert("A".into(), "from-table".into());
         spec.allow_args = true;
         let result = run(&spec, &["arg"], b"in\n");
         assert_eq!(result.exit_status, 3);
-        assert_eq!(String::from_utf8_lossy(&result.stdout), "arg from-table nohome\nin\n");
+        assert_eq!(
+            String::from_utf8_lossy(&result.stdout),
+            "arg from-table nohome\nin\n"
+        );
         assert_eq!(result.stderr, b"err\n");
         assert!(!result.timed_out && !result.truncated && result.error.is_empty());
     }
@@ -748,7 +793,10 @@ mod tests {
         assert_eq!(result.stdout.len(), 1024);
         assert!(result.truncated);
         assert_eq!(result.exit_status, 0);
-        assert_eq!(result.stderr, b"done\n", "the command was not blocked on a full pipe");
+        assert_eq!(
+            result.stderr, b"done\n",
+            "the command was not blocked on a full pipe"
+        );
     }
 
     #[test]
@@ -763,14 +811,20 @@ mod tests {
         assert_eq!(result.exit_status, -1);
         assert!(result.duration_ms < 5_000, "{result:?}");
         std::thread::sleep(Duration::from_millis(2500));
-        assert!(!marker.exists(), "the background child was killed with the group");
+        assert!(
+            !marker.exists(),
+            "the background child was killed with the group"
+        );
     }
 
     #[test]
     fn a_missing_program_is_an_error_not_a_panic() {
         let result = run(&spec(&["/nonexistent/reload"]), &[], b"");
         assert_eq!(result.exit_status, -1);
-        assert!(result.error.contains("cannot start /nonexistent/reload"), "{result:?}");
+        assert!(
+            result.error.contains("cannot start /nonexistent/reload"),
+            "{result:?}"
+        );
     }
 
     #[test]
@@ -795,6 +849,9 @@ mod tests {
         assert_eq!(result.exit_status, 0);
         let lines = lines.lock().unwrap();
         assert_eq!(lines[0], "one");
-        assert!(lines[1].starts_with("two") && !lines[1].contains('\x1b'), "{lines:?}");
+        assert!(
+            lines[1].starts_with("two") && !lines[1].contains('\x1b'),
+            "{lines:?}"
+        );
     }
 }

@@ -302,10 +302,7 @@ impl Instance {
             call: CallState::default(),
             job,
             capabilities: CapabilityState::new(spec.grants.clone()),
-            commands: super::commands::InstanceCommands {
-                max_jobs: spec.limits.max_jobs,
-                ..Default::default()
-            },
+            commands: super::commands::InstanceCommands::new(spec.limits.max_jobs),
         };
         let mut store = Store::new(loaded.pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -525,7 +522,11 @@ fn classify(
 }
 
 /// Copies `len` bytes at `ptr` out of the guest's memory, or says why not.
-pub(super) fn read_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+pub(super) fn read_guest(
+    caller: &mut Caller<'_, StoreState>,
+    ptr: i32,
+    len: i32,
+) -> Result<Vec<u8>, Status> {
     // Guest pointers and lengths are u32 bit patterns carried in i32s.
     let (start, len) = (ptr as u32, len as u32);
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
@@ -938,7 +939,11 @@ fn read_request<T: serde::de::DeserializeOwned>(
 }
 
 /// Copies `bytes` to `ptr` in the guest's memory, or says why not.
-pub(super) fn write_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+pub(super) fn write_guest(
+    caller: &mut Caller<'_, StoreState>,
+    ptr: i32,
+    bytes: &[u8],
+) -> Result<(), Status> {
     let start = ptr as u32 as usize;
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
         return Err(Status::InvalidMemory);

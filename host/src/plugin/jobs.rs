@@ -560,7 +560,9 @@ impl Jobs {
             table.set_running(id).cloned()
         };
         let Some(record) = record else {
-            return Err(JobError::Unavailable("the job ended before it started".into()));
+            return Err(JobError::Unavailable(
+                "the job ended before it started".into(),
+            ));
         };
         let cancel = CancellationToken::new();
         lock(&self.inner.running).insert(

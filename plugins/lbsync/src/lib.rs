@@ -60,14 +60,15 @@ impl Plugin for LbSync {
             self.file = file.to_owned();
         }
         if let Some(tag) = ctx.config_str("tag") {
-            let (key, value) = tag
-                .split_once('=')
-                .ok_or_else(|| Error::new(format!("config key tag must be KEY=VALUE, not {tag:?}")))?;
+            let (key, value) = tag.split_once('=').ok_or_else(|| {
+                Error::new(format!("config key tag must be KEY=VALUE, not {tag:?}"))
+            })?;
             self.tag = (key.to_owned(), value.to_owned());
         }
         if let Some(port) = ctx.config_i64("port") {
-            self.port = u16::try_from(port)
-                .map_err(|_| Error::new(format!("config key port must be 0 to 65535, not {port}")))?;
+            self.port = u16::try_from(port).map_err(|_| {
+                Error::new(format!("config key port must be 0 to 65535, not {port}"))
+            })?;
         }
         if let Some(command) = ctx.config_str("command") {
             self.command = command.to_owned();
@@ -115,7 +116,10 @@ impl Plugin for LbSync {
         let backends = text.lines().count();
         if result.exit_status == 0 && result.error.is_empty() {
             self.reloaded = true;
-            host.info(&format!("{backends} backends written to {}; {} ran", self.file, self.command));
+            host.info(&format!(
+                "{backends} backends written to {}; {} ran",
+                self.file, self.command
+            ));
             Ok(())
         } else {
             let stderr = String::from_utf8_lossy(&result.stderr);
@@ -123,7 +127,11 @@ impl Plugin for LbSync {
                 "{} failed (exit {}{}): {}",
                 self.command,
                 result.exit_status,
-                if result.error.is_empty() { String::new() } else { format!(", {}", result.error) },
+                if result.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", result.error)
+                },
                 stderr.trim()
             )))
         }
@@ -143,7 +151,11 @@ impl LbSync {
         backends
             .iter()
             .map(|m| {
-                let addr = if m.addr.contains(':') { format!("[{}]", m.addr) } else { m.addr.clone() };
+                let addr = if m.addr.contains(':') {
+                    format!("[{}]", m.addr)
+                } else {
+                    m.addr.clone()
+                };
                 format!("server {} {addr}:{} check\n", m.name, self.port)
             })
             .collect()
@@ -196,16 +208,24 @@ mod tests {
             member("web2", "10.0.0.2", "web", "alive"),
             member("db1", "10.0.0.9", "db", "alive"),
         ];
-        let join = Event::MemberJoin { members: vec![member("web1", "10.0.0.1", "web", "alive")] };
+        let join = Event::MemberJoin {
+            members: vec![member("web1", "10.0.0.1", "web", "alive")],
+        };
         host.deliver(&mut plugin, join.clone()).unwrap();
         // The agent's snapshot catches up with the join.
-        host.members.push(member("web1", "10.0.0.1", "web", "alive"));
+        host.members
+            .push(member("web1", "10.0.0.1", "web", "alive"));
         let file = std::fs::read_to_string(dir.join("backends.cfg")).unwrap();
-        assert_eq!(file, "server web1 10.0.0.1:80 check\nserver web2 10.0.0.2:80 check\n");
+        assert_eq!(
+            file,
+            "server web1 10.0.0.1:80 check\nserver web2 10.0.0.2:80 check\n"
+        );
         assert_eq!(host.runs_of("reload"), 1, "ran command reload");
         host.deliver(&mut plugin, join).unwrap();
         assert_eq!(host.runs_of("reload"), 1, "nothing changed, no reload");
-        let leave = Event::MemberLeave { members: vec![member("web2", "10.0.0.2", "web", "left")] };
+        let leave = Event::MemberLeave {
+            members: vec![member("web2", "10.0.0.2", "web", "left")],
+        };
         host.deliver(&mut plugin, leave).unwrap();
         let file = std::fs::read_to_string(dir.join("backends.cfg")).unwrap();
         assert_eq!(file, "server web1 10.0.0.1:80 check\n");
@@ -224,7 +244,9 @@ mod tests {
             stderr: b"haproxy: bad config".to_vec(),
             ..CommandResult::default()
         };
-        let join = Event::MemberJoin { members: vec![member("web1", "10.0.0.1", "web", "alive")] };
+        let join = Event::MemberJoin {
+            members: vec![member("web1", "10.0.0.1", "web", "alive")],
+        };
         let error = host.deliver(&mut plugin, join.clone()).unwrap_err();
         assert!(error.message().contains("haproxy: bad config"), "{error}");
         host.commands.get_mut("reload").unwrap().result = CommandResult::default();
@@ -239,7 +261,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let (mut plugin, mut host) = plugin(&dir);
         host.commands.clear();
-        let join = Event::MemberJoin { members: vec![member("web1", "10.0.0.1", "web", "alive")] };
+        let join = Event::MemberJoin {
+            members: vec![member("web1", "10.0.0.1", "web", "alive")],
+        };
         let error = host.deliver(&mut plugin, join).unwrap_err();
         assert!(
             error.message().contains("[plugins.NAME.commands.reload]"),

@@ -245,7 +245,10 @@ mod tests {
         assert_eq!(ask(&mut host, "check 1"), "1 count running exit=-");
         assert_eq!(ask(&mut host, "kill 1"), "killed 1");
         assert_eq!(ask(&mut host, "reap 1"), "reaped 1");
-        assert_eq!(ask(&mut host, "exec rm"), "error: command rm is not granted");
+        assert_eq!(
+            ask(&mut host, "exec rm"),
+            "error: command rm is not granted"
+        );
         assert_eq!(
             ask(&mut host, "exec count -x"),
             "error: command count takes no arguments"
