@@ -768,6 +768,7 @@ fn job_record(record: crate::plugin::jobs::JobRecord) -> protocol::Job {
         plugin: record.plugin,
         started_ms: record.started_ms,
         state: record.state.as_str().to_owned(),
+        command: record.command,
     }
 }
 
