@@ -201,6 +201,28 @@ impl MockHost {
         Ok(())
     }
 
+    /// Records a job in state running, within `max_jobs` (else `Unavailable`); its id.
+    fn add_running_job(&mut self, name: String, arg: Vec<u8>) -> Result<u32, HostError> {
+        let running = self.jobs.values().filter(|job| !job.info.state.is_over());
+        if running.count() >= self.max_jobs {
+            return Err(HostError::Unavailable);
+        }
+        self.last_job_id += 1;
+        let id = self.last_job_id;
+        let info = JobInfo {
+            id,
+            name,
+            state: JobState::Running,
+            exit_status: -1,
+            error: String::new(),
+            started_ms: 1_767_225_600_000,
+            ended_ms: 0,
+            output: Vec::new(),
+        };
+        self.jobs.insert(id, MockJob { info, arg });
+        Ok(id)
+    }
+
     fn record_command(&mut self, name: &str, args: &[&str], stdin: &[u8], job: Option<u32>) {
         self.ran.push(RanCommand {
             name: name.to_owned(),
@@ -359,30 +381,7 @@ impl Host for MockHost {
         request.check().map_err(|status| {
             HostError::from_code(status.code()).unwrap_or(HostError::BadArgument)
         })?;
-        let running = self.jobs.values().filter(|job| !job.info.state.is_over());
-        if running.count() >= self.max_jobs {
-            return Err(HostError::Unavailable);
-        }
-        self.last_job_id += 1;
-        let id = self.last_job_id;
-        let info = JobInfo {
-            id,
-            name: request.name,
-            state: JobState::Running,
-            exit_status: -1,
-            error: String::new(),
-            started_ms: 1_767_225_600_000,
-            ended_ms: 0,
-            output: Vec::new(),
-        };
-        self.jobs.insert(
-            id,
-            MockJob {
-                info,
-                arg: request.arg,
-            },
-        );
-        Ok(id)
+        self.add_running_job(request.name, request.arg)
     }
 
     fn job_status(&mut self, id: u32) -> Result<JobInfo, HostError> {
@@ -424,29 +423,7 @@ impl Host for MockHost {
             return Err(HostError::NotAllowed);
         }
         self.admit_command(name, args, stdin)?;
-        let running = self.jobs.values().filter(|job| !job.info.state.is_over());
-        if running.count() >= self.max_jobs {
-            return Err(HostError::Unavailable);
-        }
-        self.last_job_id += 1;
-        let id = self.last_job_id;
-        let info = JobInfo {
-            id,
-            name: name.to_owned(),
-            state: JobState::Running,
-            exit_status: -1,
-            error: String::new(),
-            started_ms: 1_767_225_600_000,
-            ended_ms: 0,
-            output: Vec::new(),
-        };
-        self.jobs.insert(
-            id,
-            MockJob {
-                info,
-                arg: stdin.to_vec(),
-            },
-        );
+        let id = self.add_running_job(name.to_owned(), stdin.to_vec())?;
         self.record_command(name, args, stdin, Some(id));
         Ok(id)
     }

@@ -512,14 +512,7 @@ impl Jobs {
                 .start(plugin, request, source.spec.limits.max_jobs, now_ms())?
                 .clone()
         };
-        let cancel = CancellationToken::new();
-        lock(&self.inner.running).insert(
-            record.id,
-            Running {
-                cancel: cancel.clone(),
-                reason: None,
-            },
-        );
+        let cancel = self.track(record.id);
         self.save(&record);
         plugins.count_job(plugin);
         tracing::info!(plugin, job = record.id, name = %record.name, "job started");
@@ -564,14 +557,7 @@ impl Jobs {
                 "the job ended before it started".into(),
             ));
         };
-        let cancel = CancellationToken::new();
-        lock(&self.inner.running).insert(
-            record.id,
-            Running {
-                cancel: cancel.clone(),
-                reason: None,
-            },
-        );
+        let cancel = self.track(record.id);
         self.save(&record);
         if let Some(plugins) = self.plugins() {
             plugins.count_job(plugin);
@@ -593,12 +579,7 @@ impl Jobs {
             );
             let end = tokio::select! {
                 biased;
-                () = cancel.cancelled() => {
-                    match lock(&jobs.inner.running).get(&id).and_then(|r| r.reason.clone()) {
-                        Some(reason) => JobEnd::Killed(reason),
-                        None => JobEnd::Failed(AGENT_STOPPED.to_owned()),
-                    }
-                }
+                () = cancel.cancelled() => jobs.cancelled_end(id),
                 result = run => {
                     counters.commands.ended(&result, started.elapsed());
                     super::commands::job_end(&request.name, &result)
@@ -607,6 +588,31 @@ impl Jobs {
             jobs.finish(id, end);
         });
         Ok(record.id)
+    }
+
+    /// Marks job `id` as running; the token that stops it.
+    fn track(&self, id: JobId) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        lock(&self.inner.running).insert(
+            id,
+            Running {
+                cancel: cancel.clone(),
+                reason: None,
+            },
+        );
+        cancel
+    }
+
+    /// How a job whose call was cancelled ended: killed (saying who) or stopped with the
+    /// agent.
+    fn cancelled_end(&self, id: JobId) -> JobEnd {
+        match lock(&self.inner.running)
+            .get(&id)
+            .and_then(|r| r.reason.clone())
+        {
+            Some(reason) => JobEnd::Killed(reason),
+            None => JobEnd::Failed(AGENT_STOPPED.to_owned()),
+        }
     }
 
     /// The job runtime, built on first use.
@@ -632,13 +638,7 @@ impl Jobs {
         let id = job.id;
         let end = tokio::select! {
             biased;
-            () = cancel.cancelled() => {
-                let reason = lock(&self.inner.running).get(&id).and_then(|r| r.reason.clone());
-                match reason {
-                    Some(reason) => JobEnd::Killed(reason),
-                    None => JobEnd::Failed(AGENT_STOPPED.to_owned()),
-                }
-            }
+            () = cancel.cancelled() => self.cancelled_end(id),
             end = self.execute(&source, &job) => {
                 // A kill that came while the job's last host call ran is still a kill.
                 match lock(&self.inner.running).get(&id).and_then(|r| r.reason.clone()) {

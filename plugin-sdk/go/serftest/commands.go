@@ -79,23 +79,9 @@ func (h *MockHost) StartCommand(name string, args []string, stdin []byte) (uint3
 	if err := h.admitCommand(name, args, stdin); err != nil {
 		return 0, err
 	}
-	running := 0
-	for _, job := range h.Jobs {
-		if !job.Info.State.IsOver() {
-			running++
-		}
-	}
-	if running >= h.MaxJobs {
-		return 0, serf.ErrUnavailable
-	}
-	if h.Jobs == nil {
-		h.Jobs = map[uint32]*MockJob{}
-	}
-	h.lastJobID++
-	id := h.lastJobID
-	h.Jobs[id] = &MockJob{
-		Info: serf.JobInfo{ID: id, Name: name, State: serf.JobRunning, ExitStatus: -1, StartedMs: 1_767_225_600_000, Output: []string{}},
-		Arg:  append([]byte{}, stdin...),
+	id, err := h.addRunningJob(name, stdin)
+	if err != nil {
+		return 0, err
 	}
 	h.Ran = append(h.Ran, RanCommand{Name: name, Args: append([]string{}, args...), Stdin: append([]byte{}, stdin...), Job: id})
 	return id, nil
