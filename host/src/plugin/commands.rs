@@ -312,12 +312,11 @@ struct GroupKill(Option<i32>);
 
 impl GroupKill {
     fn kill(&mut self) {
-        if let Some(pgid) = self.0.take().and_then(rustix::process::Pid::from_raw) {
-            if let Err(error) =
+        if let Some(pgid) = self.0.take().and_then(rustix::process::Pid::from_raw)
+            && let Err(error) =
                 rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL)
-            {
-                tracing::debug!(pgid = pgid.as_raw_nonzero().get(), %error, "killing a command's process group failed");
-            }
+        {
+            tracing::debug!(pgid = pgid.as_raw_nonzero().get(), %error, "killing a command's process group failed");
         }
     }
 }

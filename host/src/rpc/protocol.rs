@@ -2008,6 +2008,7 @@ mod tests {
             plugin: "longjob".into(),
             started_ms: 1_767_225_600_000,
             state: "running".into(),
+            command: vec!["/bin/sleep".into(), "10".into()],
         };
         let list = JobsResponse {
             jobs: vec![job.clone()],
