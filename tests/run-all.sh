@@ -79,6 +79,8 @@ PLUGINS=(-p upcase -p memresponse -p hello -p misbehave -p noop -p template)
 CAPABILITY_PLUGINS=(-p captest)
 # The same for the SDK's jobs feature (the `serf.job_*` imports and the `serf_job` export).
 JOB_PLUGINS=(-p longjob)
+# The same for the SDK's commands feature (the `serf.command_*` imports).
+COMMAND_PLUGINS=(-p lbsync)
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -90,11 +92,13 @@ step "cargo clippy (plugins, wasm32-wasip1)"
 cargo clippy --locked --target wasm32-wasip1 -p serf-plugin-sdk "${PLUGINS[@]}" -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 "${CAPABILITY_PLUGINS[@]}" -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 "${JOB_PLUGINS[@]}" -- -D warnings
+cargo clippy --locked --target wasm32-wasip1 "${COMMAND_PLUGINS[@]}" -- -D warnings
 
 step "building plugins for wasm32-wasip1"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${PLUGINS[@]}"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${CAPABILITY_PLUGINS[@]}"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${JOB_PLUGINS[@]}"
+cargo build --locked --profile plugin --target wasm32-wasip1 "${COMMAND_PLUGINS[@]}"
 
 step "Go SDK: gofmt, go vet, go test, Go plugins for wasm32-wasip1"
 bash plugin-sdk/go/build.sh

@@ -1674,6 +1674,7 @@ fn job_json(job: &serf_rpc::protocol::Job) -> serde_json::Value {
         "started": time(job.started_ms),
         "ended": time(job.ended_ms),
         "output": job.output,
+        "command": job.command,
     })
 }
 
@@ -2693,6 +2694,7 @@ mod tests {
             plugin: "longjob".into(),
             started_ms: 1_767_225_600_000,
             state: state.into(),
+            command: Vec::new(),
         }
     }
 

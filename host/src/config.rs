@@ -266,6 +266,9 @@ pub struct FilePlugin {
     /// The environment variables the plugin sees (default: none).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The host commands it may run, by name (ABI v1.1; default: none).
+    #[serde(default)]
+    pub commands: BTreeMap<String, serf_plugins::commands::FileCommand>,
 }
 
 impl FilePlugin {
@@ -1185,9 +1188,14 @@ fn resolve_grants(name: &str, table: &FilePlugin) -> Result<serf_plugins::Grants
         grants::check_env_name(key)
             .map_err(|reason| invalid("env", key, &format!("plugin {name}: {reason}")))?;
     }
+    let commands =
+        serf_plugins::commands::resolve(&table.commands).map_err(|(key, value, reason)| {
+            invalid(key, &value, &format!("plugin {name}: {reason}"))
+        })?;
     Ok(serf_plugins::Grants {
         capabilities,
         env: table.env.clone(),
+        commands,
         ..Default::default()
     })
 }

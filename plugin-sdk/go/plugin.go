@@ -34,8 +34,9 @@ func (PluginDefaults) Init(*InitContext, Host) error { return nil }
 // Shutdown does nothing.
 func (PluginDefaults) Shutdown(Host) {}
 
-// Host is the agent, as seen from inside a plugin call. Host calls never block and never call
-// back into the plugin.
+// Host is the agent, as seen from inside a plugin call. Host calls never call back into the
+// plugin, and never block except RunCommand, which waits for its command (only this plugin
+// waits, and no longer than the event's deadline).
 //
 // In a wasm build the SDK hands plugins a Host whose methods call the serf.* imports; in
 // native tests serftest.MockHost records the calls instead. Plugin code never knows which one
@@ -108,6 +109,25 @@ type Host interface {
 	// ReapJob deletes the record of one of this plugin's jobs that has ended, on disk too.
 	// ErrNotAllowed while it has not ended.
 	ReapJob(id uint32) error
+
+	// Commands (ABI v1.1); see commands.go. Each command needs a [plugins.NAME.commands.CMD]
+	// table in serf.toml.
+
+	// RunCommand runs the host command the plugin's table calls name and waits for it (within
+	// the command's timeout and this call's deadline): its exit status, and its stdout and
+	// stderr cut at the table's max_output_kib. The table fixes the program and its arguments
+	// and no shell runs; args are appended only where the table says allow_args = true (else
+	// ErrNotAllowed, and nothing runs); stdin (at most 64 KiB) goes to its stdin. A name the
+	// table does not grant is ErrDenied; more than ten commands a second is ErrRateLimited. A
+	// command that could not start, was killed or timed out is not an error: the result's
+	// Error says what happened. Only this plugin waits: keep these quick.
+	RunCommand(name string, args []string, stdin []byte) (CommandResult, error)
+
+	// StartCommand starts the host command the plugin's table calls name as a job and returns
+	// its id at once; JobStatus (its Output holds the command's last lines), KillJob (its
+	// whole process group) and ReapJob work on it, and its end arrives as a JobDone. It counts
+	// against max_jobs (ErrUnavailable beyond). The rules of RunCommand apply.
+	StartCommand(name string, args []string, stdin []byte) (uint32, error)
 }
 
 // Register makes p this module's plugin. Call it once, from an init function of package main:

@@ -85,6 +85,31 @@ pub const MAX_JOB_OUTPUT_LINES: usize = 64;
 /// Bytes of log lines a job's record keeps at most: older lines go first.
 pub const MAX_JOB_OUTPUT_BYTES: usize = 16 * 1024;
 
+// --- Commands (ABI v1.1): host commands named in the plugin's `serf.toml` table
+// (`[plugins.NAME.commands.CMD]`), each a fixed argv run without a shell. A name that is not
+// in the table is [`Status::Denied`]; nothing else grants them.
+
+/// `(ptr: i32, len: i32, out_ptr: i32, out_cap: i32) -> i32`: runs the granted command of a
+/// [`CommandRequest`] and waits for it, within the command's `timeout` and the current call's
+/// deadline. Writes the [`CommandResult`] at `out_ptr` if it fits in `out_cap` bytes and
+/// returns its length either way; a length over `out_cap` means nothing was written, and
+/// [`IMPORT_COMMAND_RESULT`] hands over the kept result (the command does not run again).
+pub const IMPORT_COMMAND_RUN: &str = "command_run";
+/// `(out_ptr: i32, out_cap: i32) -> i32`: writes the [`CommandResult`] that the last
+/// [`IMPORT_COMMAND_RUN`] of this instance could not fit, as `members` does;
+/// [`Status::NotFound`] when there is none.
+pub const IMPORT_COMMAND_RESULT: &str = "command_result";
+/// `(ptr: i32, len: i32) -> i32`: starts the granted command of a [`CommandRequest`] as a job
+/// and returns its id at once. `job_status`, `job_kill` and `job_reap` work on it, and its end
+/// arrives as an [`Event::JobDone`]. It counts against the plugin's `max_jobs`.
+pub const IMPORT_COMMAND_START: &str = "command_start";
+/// Extra arguments a [`CommandRequest`] may carry (when the command allows any).
+pub const MAX_COMMAND_ARGS: usize = 64;
+/// Longest extra argument, in bytes.
+pub const MAX_COMMAND_ARG_BYTES: usize = 4096;
+/// Largest stdin a [`CommandRequest`] may carry, in bytes.
+pub const MAX_COMMAND_STDIN_BYTES: usize = 64 * 1024;
+
 /// What a host call returns: 0 or more is success, a negative value one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
@@ -572,6 +597,71 @@ pub struct JobDone {
     pub exit_status: i32,
     /// Why it failed, or the text the job gave `set_error`; empty otherwise.
     pub error: String,
+}
+
+// --- Commands (ABI v1.1): the payloads of `command_run`, `command_result` and `command_start`.
+
+/// What a plugin passes to `command_run` and `command_start`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// The command's name in the plugin's table (`[plugins.NAME.commands.CMD]`).
+    pub name: String,
+    /// Arguments appended to the table's fixed argv; refused ([`Status::NotAllowed`]) unless
+    /// the table sets `allow_args = true`. At most [`MAX_COMMAND_ARGS`], each at most
+    /// [`MAX_COMMAND_ARG_BYTES`] without NUL.
+    pub args: Vec<String>,
+    /// Bytes written to the command's stdin, at most [`MAX_COMMAND_STDIN_BYTES`].
+    #[serde(with = "serde_bytes")]
+    pub stdin: Vec<u8>,
+}
+
+impl CommandRequest {
+    /// Checks the request's shape as the host does: [`Status::BadArgument`] for an empty name
+    /// or an argument with NUL, [`Status::TooLarge`] for too many or too long arguments or
+    /// too much stdin. Whether the command is granted, and takes arguments, is the host's
+    /// table's business.
+    pub fn check(&self) -> Result<(), Status> {
+        if self.name.is_empty()
+            || self.name.len() > MAX_JOB_NAME_BYTES
+            || self.name.chars().any(char::is_control)
+            || self.args.iter().any(|arg| arg.contains('\0'))
+        {
+            return Err(Status::BadArgument);
+        }
+        if self.args.len() > MAX_COMMAND_ARGS
+            || self
+                .args
+                .iter()
+                .any(|arg| arg.len() > MAX_COMMAND_ARG_BYTES)
+            || self.stdin.len() > MAX_COMMAND_STDIN_BYTES
+        {
+            return Err(Status::TooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// What `command_run` writes: how the command ended and what it printed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// Its exit code; -1 when it did not exit by itself (killed, timed out, not started).
+    pub exit_status: i32,
+    /// Whether it ran past its timeout (or the call's deadline) and its process group was
+    /// killed.
+    pub timed_out: bool,
+    /// The first bytes of its stdout, at most the table's `max_output_kib`.
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    /// The first bytes of its stderr, at most the table's `max_output_kib`.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+    /// Whether stdout or stderr was cut at the cap.
+    pub truncated: bool,
+    /// Why it did not exit by itself (could not start, killed by a signal, timed out); empty
+    /// when it did.
+    pub error: String,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
 }
 
 /// Encodes an ABI payload as a msgpack map with named keys.

@@ -94,6 +94,36 @@ pub mod sys {
         pub safe fn job_reap(id: i32) -> i32;
     }
 
+    // Commands (ABI v1.1). SAFETY: `command_start` only reads guest memory; the other two also
+    // write up to `out_cap` bytes at `out_ptr`, after checking the range, and only when the
+    // whole result fits, so they are `unsafe` as `members` is.
+    #[link(wasm_import_module = "serf")]
+    unsafe extern "C" {
+        /// `serf.command_start(ptr, len)`: starts the granted command of a msgpack
+        /// [`CommandRequest`](crate::abi::CommandRequest) as a job; returns its id.
+        #[link_name = "command_start"]
+        pub safe fn command_start(ptr: i32, len: i32) -> i32;
+
+        /// `serf.command_run(ptr, len, out_ptr, out_cap)`: runs the granted command and
+        /// writes its msgpack [`CommandResult`](crate::abi::CommandResult) at `out_ptr` if it
+        /// fits; returns its length either way (or a negative status).
+        ///
+        /// # Safety
+        ///
+        /// `out_ptr..out_ptr + out_cap` must be memory the caller may overwrite.
+        #[link_name = "command_run"]
+        pub fn command_run(ptr: i32, len: i32, out_ptr: i32, out_cap: i32) -> i32;
+
+        /// `serf.command_result(out_ptr, out_cap)`: the result the last `command_run` could
+        /// not fit.
+        ///
+        /// # Safety
+        ///
+        /// `out_ptr..out_ptr + out_cap` must be memory the caller may overwrite.
+        #[link_name = "command_result"]
+        pub fn command_result(out_ptr: i32, out_cap: i32) -> i32;
+    }
+
     // SAFETY: as for `members`: this call writes up to `out_cap` bytes at `out_ptr`, after
     // checking the range, and only when the whole status fits.
     #[link(wasm_import_module = "serf")]
@@ -228,6 +258,71 @@ impl Host for WasmHost {
         let _ = id;
         Err(jobs_feature_missing("reap_job"))
     }
+
+    // Commands (ABI v1.1), linked only with the `commands` crate feature.
+
+    #[cfg(feature = "commands")]
+    fn run_command(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Result<crate::abi::CommandResult, HostError> {
+        run_command(&input::encode_command_request(name, args, stdin))
+    }
+
+    #[cfg(feature = "commands")]
+    fn start_command(&mut self, name: &str, args: &[&str], stdin: &[u8]) -> Result<u32, HostError> {
+        let request = input::encode_command_request(name, args, stdin);
+        let (ptr, len) = raw_parts(&request).ok_or(HostError::TooLarge)?;
+        let id = sys::command_start(ptr, len);
+        HostError::check(id)?;
+        Ok(id as u32)
+    }
+
+    #[cfg(not(feature = "commands"))]
+    fn run_command(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Result<crate::abi::CommandResult, HostError> {
+        let _ = (name, args, stdin);
+        Err(missing_feature("run_command", "commands"))
+    }
+
+    #[cfg(not(feature = "commands"))]
+    fn start_command(&mut self, name: &str, args: &[&str], stdin: &[u8]) -> Result<u32, HostError> {
+        let _ = (name, args, stdin);
+        Err(missing_feature("start_command", "commands"))
+    }
+}
+
+/// Runs a command through `serf.command_run`, and fetches its result with
+/// `serf.command_result` when it did not fit the first buffer.
+#[cfg(feature = "commands")]
+fn run_command(request: &[u8]) -> Result<crate::abi::CommandResult, HostError> {
+    let (ptr, len) = raw_parts(request).ok_or(HostError::TooLarge)?;
+    let mut buffer: Vec<u8> = Vec::with_capacity(16 << 10);
+    let capacity = i32::try_from(buffer.capacity()).map_err(|_| HostError::TooLarge)?;
+    let out = buffer.as_mut_ptr() as usize as u32 as i32;
+    // SAFETY: `out..out + capacity` is the spare capacity of `buffer`, which this function owns.
+    let mut needed = unsafe { sys::command_run(ptr, len, out, capacity) };
+    HostError::check(needed)?;
+    if needed as usize > buffer.capacity() {
+        buffer.reserve_exact(needed as usize);
+        let capacity = i32::try_from(buffer.capacity()).map_err(|_| HostError::TooLarge)?;
+        let out = buffer.as_mut_ptr() as usize as u32 as i32;
+        // SAFETY: as above, with the grown buffer.
+        needed = unsafe { sys::command_result(out, capacity) };
+        HostError::check(needed)?;
+        if needed as usize > buffer.capacity() {
+            return Err(HostError::Unavailable);
+        }
+    }
+    // SAFETY: the host wrote `needed` bytes at the start of the buffer (they fit).
+    unsafe { buffer.set_len(needed as usize) };
+    input::decode_command_result(&buffer).map_err(|_| HostError::Unavailable)
 }
 
 /// Says, at warn level, which crate feature a capability call needs, and denies the call.

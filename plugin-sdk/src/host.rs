@@ -4,12 +4,14 @@
 //! native tests [`MockHost`](crate::testing::MockHost) records the calls instead. Plugin code
 //! takes `&mut dyn Host` and never knows which one it has.
 
-use crate::abi::{JobInfo, LogLevel, Member, QueryRequest};
+use crate::abi::{CommandResult, JobInfo, LogLevel, Member, QueryRequest};
 use crate::error::HostError;
 
 /// The agent, as seen from inside a plugin call.
 ///
-/// Host calls never block and never call back into the plugin.
+/// Host calls never call back into the plugin, and never block except
+/// [`Host::run_command`], which waits for its command (only this plugin waits, and no longer
+/// than the event's deadline).
 pub trait Host {
     /// Answers the query being handled with `payload`.
     ///
@@ -126,5 +128,42 @@ pub trait Host {
     fn reap_job(&mut self, id: u32) -> Result<(), HostError> {
         let _ = id;
         Err(HostError::NotAllowed)
+    }
+    // --- Commands (ABI v1.1). They need the SDK's `commands` crate feature and a
+    // `[plugins.NAME.commands.CMD]` table in serf.toml for each command; the defaults here
+    // deny, for hosts written before them.
+
+    /// Runs the host command the plugin's table calls `name` and waits for it (within the
+    /// command's `timeout` and this call's deadline); returns its exit status and its stdout
+    /// and stderr, each cut at the table's `max_output_kib`.
+    ///
+    /// The table fixes the program and its arguments: no shell runs. `args` are appended only
+    /// where the table says `allow_args = true` (else [`HostError::NotAllowed`], and nothing
+    /// runs); `stdin` (at most 64 KiB) is written to its stdin. A name the table does not grant
+    /// is [`HostError::Denied`]; more than ten commands a second is
+    /// [`HostError::RateLimited`]. A command that could not start, was killed or timed out is
+    /// still `Ok`: [`CommandResult::error`] says what happened. Only this plugin waits: keep
+    /// waited-for commands quick (`systemctl reload haproxy`) and start long ones with
+    /// [`Host::start_command`].
+    fn run_command(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Result<CommandResult, HostError> {
+        let _ = (name, args, stdin);
+        Err(HostError::Denied)
+    }
+
+    /// Starts the host command the plugin's table calls `name` as a job and returns its id at
+    /// once. Check it with [`Host::job_status`] (its output tail holds the command's last lines
+    /// of stdout and stderr), stop it with [`Host::kill_job`] (its whole process group is
+    /// killed) and delete its record with [`Host::reap_job`] (those three need the `jobs`
+    /// crate feature); its end arrives as an [`Event::JobDone`](crate::Event::JobDone). It
+    /// counts against the plugin's `max_jobs` ([`HostError::Unavailable`] beyond). The same
+    /// grant, argument and rate rules as [`Host::run_command`] apply.
+    fn start_command(&mut self, name: &str, args: &[&str], stdin: &[u8]) -> Result<u32, HostError> {
+        let _ = (name, args, stdin);
+        Err(HostError::Denied)
     }
 }

@@ -175,6 +175,31 @@ pub(crate) fn encode_job_start(name: &str, arg: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// A [`CommandRequest`](crate::abi::CommandRequest) as the `command_*` imports read it; the
+/// same bytes as `abi::encode`.
+#[cfg_attr(not(feature = "commands"), allow(dead_code))]
+pub(crate) fn encode_command_request(name: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let value = Value::Map(vec![
+        (Value::from("name"), Value::from(name)),
+        (
+            Value::from("args"),
+            Value::Array(args.iter().map(|arg| Value::from(*arg)).collect()),
+        ),
+        (Value::from("stdin"), Value::Binary(stdin.to_vec())),
+    ]);
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut bytes, &value);
+    bytes
+}
+
+/// The [`CommandResult`](crate::abi::CommandResult) `command_run` writes.
+#[cfg_attr(not(feature = "commands"), allow(dead_code))]
+pub(crate) fn decode_command_result(bytes: &[u8]) -> Result<crate::abi::CommandResult, String> {
+    rmpv::ext::from_value(read(bytes, "command result")?)
+        .map_err(|error| format!("cannot decode command result: {error}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +260,29 @@ mod tests {
             encode_job_start(&start.name, &start.arg),
             abi::encode(&start)
         );
+    }
+
+    #[test]
+    fn command_payloads_match_abi_encode() {
+        let request = abi::CommandRequest {
+            name: "reload".into(),
+            args: vec!["-s".into()],
+            stdin: b"in".to_vec(),
+        };
+        assert_eq!(
+            encode_command_request("reload", &["-s"], b"in"),
+            abi::encode(&request)
+        );
+        let result = abi::CommandResult {
+            exit_status: 3,
+            timed_out: false,
+            stdout: b"out".to_vec(),
+            stderr: Vec::new(),
+            truncated: true,
+            error: String::new(),
+            duration_ms: 12,
+        };
+        assert_eq!(decode_command_result(&abi::encode(&result)), Ok(result));
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub use abi::{Envelope, Event, InitContext, LogLevel, Member, Query, Status, Use
 pub use abi::{Capability, QueryDone, QueryRequest, QueryResponse};
 // Jobs (ABI v1.1).
 pub use abi::{Job, JobDone, JobInfo, JobState};
+// Commands (ABI v1.1).
+pub use abi::{CommandRequest, CommandResult};
 pub use error::{Error, HostError};
 #[cfg(target_family = "wasm")]
 pub use guest::sys;

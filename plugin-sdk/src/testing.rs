@@ -36,7 +36,7 @@ use crate::abi::{
     ABI_VERSION, Capability, Event, FireEvent, InitContext, LogLevel, Member, Query, QueryDone,
     QueryRequest, QueryResponse, UserEvent,
 };
-use crate::abi::{Job, JobDone, JobInfo, JobStart, JobState};
+use crate::abi::{CommandRequest, CommandResult, Job, JobDone, JobInfo, JobStart, JobState};
 use crate::error::{Error, HostError};
 use crate::host::Host;
 
@@ -89,6 +89,35 @@ pub struct MockHost {
     pub max_jobs: usize,
     last_job_id: u32,
     in_job: bool,
+    // Commands (ABI v1.1).
+    /// The commands granted, by name, none by default as in the agent: see
+    /// [`MockHost::grant_command`].
+    pub commands: BTreeMap<String, MockCommand>,
+    /// Every command run or started, oldest first (refused calls are not here).
+    pub ran: Vec<RanCommand>,
+}
+
+/// A command granted on a [`MockHost`], as a `[plugins.NAME.commands.CMD]` table grants it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MockCommand {
+    /// Whether the plugin may pass arguments (`allow_args`); off by default, as in the agent.
+    pub allow_args: bool,
+    /// What [`Host::run_command`] returns for it.
+    pub result: CommandResult,
+}
+
+/// A command the plugin ran through [`Host::run_command`] or started with
+/// [`Host::start_command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RanCommand {
+    /// Its name in the table.
+    pub name: String,
+    /// The arguments the plugin passed.
+    pub args: Vec<String>,
+    /// The bytes the plugin passed as stdin.
+    pub stdin: Vec<u8>,
+    /// The job id when started as a job; `None` when waited for.
+    pub job: Option<u32>,
 }
 
 /// The agent's default `max_jobs`: jobs of one plugin that may be running at once.
@@ -137,7 +166,70 @@ impl MockHost {
             max_jobs: DEFAULT_MAX_JOBS,
             last_job_id: 0,
             in_job: false,
+            commands: BTreeMap::new(),
+            ran: Vec::new(),
         }
+    }
+
+    /// Grants command `name` (no extra arguments), which exits 0 with no output; change
+    /// [`MockHost::commands`] for other results.
+    pub fn grant_command(&mut self, name: &str) -> &mut Self {
+        self.commands
+            .insert(name.to_owned(), MockCommand::default());
+        self
+    }
+
+    /// How many times command `name` was run or started.
+    pub fn runs_of(&self, name: &str) -> usize {
+        self.ran.iter().filter(|ran| ran.name == name).count()
+    }
+
+    /// The agent's checks of a command call: granted, arguments allowed, request in shape.
+    fn admit_command(&self, name: &str, args: &[&str], stdin: &[u8]) -> Result<(), HostError> {
+        let request = CommandRequest {
+            name: name.to_owned(),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            stdin: stdin.to_vec(),
+        };
+        request.check().map_err(|status| {
+            HostError::from_code(status.code()).unwrap_or(HostError::BadArgument)
+        })?;
+        let command = self.commands.get(name).ok_or(HostError::Denied)?;
+        if !args.is_empty() && !command.allow_args {
+            return Err(HostError::NotAllowed);
+        }
+        Ok(())
+    }
+
+    /// Records a job in state running, within `max_jobs` (else `Unavailable`); its id.
+    fn add_running_job(&mut self, name: String, arg: Vec<u8>) -> Result<u32, HostError> {
+        let running = self.jobs.values().filter(|job| !job.info.state.is_over());
+        if running.count() >= self.max_jobs {
+            return Err(HostError::Unavailable);
+        }
+        self.last_job_id += 1;
+        let id = self.last_job_id;
+        let info = JobInfo {
+            id,
+            name,
+            state: JobState::Running,
+            exit_status: -1,
+            error: String::new(),
+            started_ms: 1_767_225_600_000,
+            ended_ms: 0,
+            output: Vec::new(),
+        };
+        self.jobs.insert(id, MockJob { info, arg });
+        Ok(id)
+    }
+
+    fn record_command(&mut self, name: &str, args: &[&str], stdin: &[u8], job: Option<u32>) {
+        self.ran.push(RanCommand {
+            name: name.to_owned(),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            stdin: stdin.to_vec(),
+            job,
+        });
     }
 
     /// Grants `capability`, as `capabilities = ["..."]` in `serf.toml` does.
@@ -289,30 +381,7 @@ impl Host for MockHost {
         request.check().map_err(|status| {
             HostError::from_code(status.code()).unwrap_or(HostError::BadArgument)
         })?;
-        let running = self.jobs.values().filter(|job| !job.info.state.is_over());
-        if running.count() >= self.max_jobs {
-            return Err(HostError::Unavailable);
-        }
-        self.last_job_id += 1;
-        let id = self.last_job_id;
-        let info = JobInfo {
-            id,
-            name: request.name,
-            state: JobState::Running,
-            exit_status: -1,
-            error: String::new(),
-            started_ms: 1_767_225_600_000,
-            ended_ms: 0,
-            output: Vec::new(),
-        };
-        self.jobs.insert(
-            id,
-            MockJob {
-                info,
-                arg: request.arg,
-            },
-        );
-        Ok(id)
+        self.add_running_job(request.name, request.arg)
     }
 
     fn job_status(&mut self, id: u32) -> Result<JobInfo, HostError> {
@@ -336,6 +405,27 @@ impl Host for MockHost {
         }
         self.jobs.remove(&id);
         Ok(())
+    }
+
+    fn run_command(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Result<CommandResult, HostError> {
+        self.admit_command(name, args, stdin)?;
+        self.record_command(name, args, stdin, None);
+        Ok(self.commands[name].result.clone())
+    }
+
+    fn start_command(&mut self, name: &str, args: &[&str], stdin: &[u8]) -> Result<u32, HostError> {
+        if self.in_job || self.max_jobs == 0 {
+            return Err(HostError::NotAllowed);
+        }
+        self.admit_command(name, args, stdin)?;
+        let id = self.add_running_job(name.to_owned(), stdin.to_vec())?;
+        self.record_command(name, args, stdin, Some(id));
+        Ok(id)
     }
 }
 

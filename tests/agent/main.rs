@@ -4,6 +4,7 @@ mod author_errors;
 mod bad_input;
 mod basics;
 mod capabilities;
+mod commands;
 mod containment;
 mod doors;
 mod embed;

@@ -287,6 +287,10 @@ pub struct PluginStatsSnapshot {
     /// `respond` calls refused with `NotAllowed`: outside a query, a second answer to one
     /// query, or a query another plugin (or an RPC client) on this node answered first.
     pub refused_responses: u64,
+    /// Its granted commands, e.g. `reload`, or `none` (ABI v1.1, commands).
+    pub commands: String,
+    /// Its command counters: calls, denials, limited, failures, timeouts, time.
+    pub command_counters: [(&'static str, u64); 6],
 }
 
 /// Why [`PluginHost::deliver_to`] did not queue an event. Nothing was queued.
@@ -889,6 +893,7 @@ impl Slot {
                     dirs: status.spec.dirs.clone(),
                     env_keys: status.spec.grants.env.keys().cloned().collect(),
                     limits: status.spec.limits,
+                    commands: super::commands::names(&status.spec.grants.commands),
                 },
             )
         };
@@ -932,6 +937,8 @@ impl Slot {
             rate_limited_logs: self.rates.refused().1,
             rate_limited_output: self.rates.refused_output_lines(),
             refused_responses: self.rates.refused_responses.load(Ordering::Relaxed),
+            commands: spec.commands,
+            command_counters: self.rates.commands.view(),
         }
     }
 }
@@ -943,6 +950,7 @@ struct SpecView {
     dirs: BTreeMap<String, std::path::PathBuf>,
     env_keys: Vec<String>,
     limits: super::Limits,
+    commands: String,
 }
 
 /// Creates missing granted directories, so that a fresh checkout runs. Blocking.

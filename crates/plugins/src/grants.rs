@@ -93,6 +93,8 @@ pub struct Grants {
     pub env: BTreeMap<String, String>,
     /// Which denials were logged already; shared by every instance of the plugin.
     pub denials: DenialLog,
+    /// `[plugins.NAME.commands.CMD]`: the host commands it may run (ABI v1.1, commands).
+    pub commands: super::commands::CommandGrants,
 }
 
 impl Grants {

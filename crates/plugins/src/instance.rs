@@ -80,13 +80,22 @@ pub struct StoreState {
     pub(crate) wasi: WasiP1Ctx,
     limiter: InstanceLimiter,
     /// When the call in progress must end; checked on every epoch tick.
-    deadline: Instant,
-    context: Arc<InstanceContext>,
+    pub(super) deadline: Instant,
+    pub(super) context: Arc<InstanceContext>,
     call: CallState,
     /// Set in a job's instance (ABI v1.1, jobs).
-    job: Option<JobCall>,
+    pub(super) job: Option<JobCall>,
     /// What the plugin is granted (ABI v1.1, capabilities).
     capabilities: CapabilityState,
+    /// The result `command_result` hands over, and the plugin's job limit (ABI v1.1, commands).
+    pub(super) commands: super::commands::InstanceCommands,
+}
+
+impl StoreState {
+    /// What the plugin is granted.
+    pub(super) fn grants(&self) -> &Grants {
+        &self.capabilities.grants
+    }
 }
 
 /// What the export call in progress may do and has done.
@@ -293,6 +302,7 @@ impl Instance {
             call: CallState::default(),
             job,
             capabilities: CapabilityState::new(spec.grants.clone()),
+            commands: super::commands::InstanceCommands::new(spec.limits.max_jobs),
         };
         let mut store = Store::new(loaded.pre.module().engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -512,7 +522,11 @@ fn classify(
 }
 
 /// Copies `len` bytes at `ptr` out of the guest's memory, or says why not.
-fn read_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+pub(super) fn read_guest(
+    caller: &mut Caller<'_, StoreState>,
+    ptr: i32,
+    len: i32,
+) -> Result<Vec<u8>, Status> {
     // Guest pointers and lengths are u32 bit patterns carried in i32s.
     let (start, len) = (ptr as u32, len as u32);
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
@@ -538,7 +552,7 @@ fn read_text(caller: &mut Caller<'_, StoreState>, ptr: i32, len: i32) -> Result<
 
 /// Charges a `serf.*` host call to the guest's fuel: [`HOST_CALL_FUEL`] plus one unit per
 /// byte. A guest whose fuel runs out traps at its next instruction.
-fn charge(caller: &mut Caller<'_, StoreState>, bytes: usize) {
+pub(super) fn charge(caller: &mut Caller<'_, StoreState>, bytes: usize) {
     let cost = HOST_CALL_FUEL.saturating_add(bytes as u64);
     if let Ok(left) = caller.get_fuel() {
         let _ = caller.set_fuel(left.saturating_sub(cost));
@@ -925,7 +939,11 @@ fn read_request<T: serde::de::DeserializeOwned>(
 }
 
 /// Copies `bytes` to `ptr` in the guest's memory, or says why not.
-fn write_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+pub(super) fn write_guest(
+    caller: &mut Caller<'_, StoreState>,
+    ptr: i32,
+    bytes: &[u8],
+) -> Result<(), Status> {
     let start = ptr as u32 as usize;
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
         return Err(Status::InvalidMemory);

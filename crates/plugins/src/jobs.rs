@@ -70,6 +70,9 @@ pub struct JobRecord {
     /// The last lines it logged (at most [`abi::MAX_JOB_OUTPUT_LINES`] and
     /// [`abi::MAX_JOB_OUTPUT_BYTES`]), oldest first.
     pub output: VecDeque<String>,
+    /// For a command job (ABI v1.1, commands): the argv the agent ran; empty for a wasm job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
 }
 
 impl JobRecord {
@@ -256,8 +259,16 @@ impl Table {
             started_ms: now_ms,
             ended_ms: 0,
             output: VecDeque::new(),
+            command: Vec::new(),
         };
         Ok(self.records.entry(id).or_insert(record))
+    }
+
+    /// Records the argv of a command job.
+    pub fn set_command(&mut self, id: JobId, argv: Vec<String>) {
+        if let Some(record) = self.records.get_mut(&id) {
+            record.command = argv;
+        }
     }
 
     /// `starting` → `running`; `None` if the job is not starting (it ended meanwhile).
@@ -501,14 +512,7 @@ impl Jobs {
                 .start(plugin, request, source.spec.limits.max_jobs, now_ms())?
                 .clone()
         };
-        let cancel = CancellationToken::new();
-        lock(&self.inner.running).insert(
-            record.id,
-            Running {
-                cancel: cancel.clone(),
-                reason: None,
-            },
-        );
+        let cancel = self.track(record.id);
         self.save(&record);
         plugins.count_job(plugin);
         tracing::info!(plugin, job = record.id, name = %record.name, "job started");
@@ -519,6 +523,96 @@ impl Jobs {
         };
         runtime.spawn(self.clone().run(Arc::new(source), job, cancel));
         Ok(record.id)
+    }
+
+    /// Starts a granted host command as a job of the plugin of `context` (ABI v1.1,
+    /// commands) and returns its id at once. It counts against `max_jobs` like a wasm job, runs
+    /// on the job runtime, and its stdout and stderr lines make its output tail.
+    pub fn start_command(
+        &self,
+        context: &InstanceContext,
+        max_jobs: usize,
+        spec: super::commands::CommandSpec,
+        request: abi::CommandRequest,
+    ) -> Result<JobId, JobError> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(JobError::Unavailable("it is shutting down".into()));
+        }
+        let plugin = &*context.plugin;
+        let runtime = self.runtime()?;
+        let start = abi::JobStart {
+            name: request.name.clone(),
+            arg: Vec::new(),
+        };
+        start.check().map_err(JobError::BadRequest)?;
+        let record = {
+            let mut table = lock(&self.inner.table);
+            let record = table.start(plugin, start, max_jobs, now_ms())?;
+            let id = record.id;
+            table.set_command(id, spec.argv.iter().chain(&request.args).cloned().collect());
+            table.set_running(id).cloned()
+        };
+        let Some(record) = record else {
+            return Err(JobError::Unavailable(
+                "the job ended before it started".into(),
+            ));
+        };
+        let cancel = self.track(record.id);
+        self.save(&record);
+        if let Some(plugins) = self.plugins() {
+            plugins.count_job(plugin);
+        }
+        tracing::info!(plugin, job = record.id, command = %request.name, argv = ?record.command, "command job started");
+        let (jobs, id, counters) = (self.clone(), record.id, Arc::clone(&context.rates));
+        runtime.spawn(async move {
+            let started = Instant::now();
+            let tail = {
+                let jobs = jobs.clone();
+                move |line: &str| jobs.append_output(id, line)
+            };
+            let run = super::commands::execute(
+                &spec,
+                &request.args,
+                request.stdin,
+                spec.timeout,
+                Some(&tail as &(dyn Fn(&str) + Send + Sync)),
+            );
+            let end = tokio::select! {
+                biased;
+                () = cancel.cancelled() => jobs.cancelled_end(id),
+                result = run => {
+                    counters.commands.ended(&result, started.elapsed());
+                    super::commands::job_end(&request.name, &result)
+                }
+            };
+            jobs.finish(id, end);
+        });
+        Ok(record.id)
+    }
+
+    /// Marks job `id` as running; the token that stops it.
+    fn track(&self, id: JobId) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        lock(&self.inner.running).insert(
+            id,
+            Running {
+                cancel: cancel.clone(),
+                reason: None,
+            },
+        );
+        cancel
+    }
+
+    /// How a job whose call was cancelled ended: killed (saying who) or stopped with the
+    /// agent.
+    fn cancelled_end(&self, id: JobId) -> JobEnd {
+        match lock(&self.inner.running)
+            .get(&id)
+            .and_then(|r| r.reason.clone())
+        {
+            Some(reason) => JobEnd::Killed(reason),
+            None => JobEnd::Failed(AGENT_STOPPED.to_owned()),
+        }
     }
 
     /// The job runtime, built on first use.
@@ -544,13 +638,7 @@ impl Jobs {
         let id = job.id;
         let end = tokio::select! {
             biased;
-            () = cancel.cancelled() => {
-                let reason = lock(&self.inner.running).get(&id).and_then(|r| r.reason.clone());
-                match reason {
-                    Some(reason) => JobEnd::Killed(reason),
-                    None => JobEnd::Failed(AGENT_STOPPED.to_owned()),
-                }
-            }
+            () = cancel.cancelled() => self.cancelled_end(id),
             end = self.execute(&source, &job) => {
                 // A kill that came while the job's last host call ran is still a kill.
                 match lock(&self.inner.running).get(&id).and_then(|r| r.reason.clone()) {

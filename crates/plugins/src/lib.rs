@@ -7,6 +7,7 @@
 //! agent's own task, and a plugin that traps, spins or bloats costs a log line and a counter.
 #![deny(unsafe_code)]
 
+pub mod commands;
 pub mod dispatch;
 pub mod engine;
 

@@ -116,6 +116,8 @@ pub struct PluginRates {
     /// `respond` calls refused: outside a query, a second answer, or a query this node
     /// already answered (another plugin or an RPC client was first).
     pub(crate) refused_responses: AtomicU64,
+    /// Granted commands' counters and spawn window (ABI v1.1, commands).
+    pub(crate) commands: super::commands::CommandCounters,
 }
 
 impl Default for PluginRates {
@@ -143,6 +145,7 @@ impl PluginRates {
             }),
             unreported_output: AtomicU64::new(0),
             refused_responses: AtomicU64::new(0),
+            commands: super::commands::CommandCounters::default(),
         }
     }
 

@@ -678,6 +678,9 @@ pub struct Job {
     /// `starting`, `running`, `finished`, `failed` or `killed`.
     #[serde(rename = "State", deserialize_with = "go::string")]
     pub state: String,
+    /// For a command job: the argv the agent ran; empty for a wasm job.
+    #[serde(rename = "Command", deserialize_with = "go::string_vec")]
+    pub command: Vec<String>,
 }
 
 /// Reply body of `jobs-list`.
@@ -2005,6 +2008,7 @@ mod tests {
             plugin: "longjob".into(),
             started_ms: 1_767_225_600_000,
             state: "running".into(),
+            command: vec!["/bin/sleep".into(), "10".into()],
         };
         let list = JobsResponse {
             jobs: vec![job.clone()],

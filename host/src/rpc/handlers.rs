@@ -771,6 +771,7 @@ fn job_record(record: serf_plugins::jobs::JobRecord) -> protocol::Job {
         plugin: record.plugin,
         started_ms: record.started_ms,
         state: record.state.as_str().to_owned(),
+        command: record.command,
     }
 }
 
@@ -835,7 +836,7 @@ pub(super) async fn job(
 /// `events`, `sha256`, `path` and `capabilities`), in that order.
 fn plugin_counters(plugin: &PluginStatsSnapshot) -> Vec<(&'static str, String)> {
     let duration = |d: Duration| format!("{d:?}");
-    vec![
+    let mut counters = vec![
         ("offered", plugin.offered.to_string()),
         ("handled", plugin.handled.to_string()),
         ("errors", plugin.errors.to_string()),
@@ -868,7 +869,16 @@ fn plugin_counters(plugin: &PluginStatsSnapshot) -> Vec<(&'static str, String)> 
             plugin.rate_limited_output.to_string(),
         ),
         ("refused_responses", plugin.refused_responses.to_string()),
-    ]
+    ];
+    // Granted commands (ABI v1.1): what is granted, then how it was used.
+    counters.push(("commands", plugin.commands.clone()));
+    counters.extend(
+        plugin
+            .command_counters
+            .iter()
+            .map(|(key, value)| (*key, value.to_string())),
+    );
+    counters
 }
 
 /// A plugin's budgets by their `serf.toml` keys, in the units `serf.toml` takes.

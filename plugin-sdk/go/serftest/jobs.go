@@ -30,6 +30,11 @@ func (h *MockHost) StartJob(name string, arg []byte) (uint32, error) {
 	if err := serf.CheckJobStart(name, arg); err != nil {
 		return 0, err
 	}
+	return h.addRunningJob(name, arg)
+}
+
+// addRunningJob records a job in state running, within MaxJobs (else serf.ErrUnavailable).
+func (h *MockHost) addRunningJob(name string, arg []byte) (uint32, error) {
 	running := 0
 	for _, job := range h.Jobs {
 		if !job.Info.State.IsOver() {

@@ -89,6 +89,14 @@ type MockHost struct {
 	MaxJobs   int
 	lastJobID uint32
 	inJob     bool
+
+	// Commands (ABI v1.1); see commands.go.
+
+	// Commands are the commands granted, by name, none by default as in the agent: see
+	// GrantCommand.
+	Commands map[string]*MockCommand
+	// Ran are the commands run or started, oldest first (refused calls are not here).
+	Ran []RanCommand
 }
 
 // NewMockHost is a host with no calls recorded, which allows one response until told

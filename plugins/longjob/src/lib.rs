@@ -10,7 +10,11 @@
 //! - `check ID` answers `ID NAME STATE exit=N`, then the job's error and its last output line
 //!   if it has them (`exit=-` until it finishes);
 //! - `kill ID` answers `killed ID`;
-//! - `reap ID` deletes the record of an ended job and answers `reaped ID`.
+//! - `reap ID` deletes the record of an ended job and answers `reaped ID`;
+//! - `exec COMMAND [ARGS...]` starts the host command that the plugin's `serf.toml` table grants
+//!   as `[plugins.longjob.commands.COMMAND]` as a job (serfx's `AsyncJob`); answers
+//!   `started ID`. `check`, `kill` (the command's whole process group) and `reap` work on it
+//!   like on any job, and `check` shows its last line of output.
 //!
 //! A command that fails answers `error: ...`. When a job ends, the plugin logs
 //! `job ID NAME STATE exit=N` at info level (warn if it did not finish with 0).
@@ -19,6 +23,21 @@
 //! serf query longjob 'start deploy 10'
 //! serf query longjob 'check 1'
 //! serf jobs
+//! ```
+//!
+//! With a granted command, as serfx's `AsyncJob` example:
+//!
+//! ```toml
+//! [plugins.longjob.commands.count]
+//! argv = ["/bin/bash", "-c", "for i in $(seq 1 300); do echo $i; sleep 1; done"]
+//! timeout = "10m"
+//! ```
+//!
+//! ```sh
+//! serf query longjob 'exec count'    # started 2
+//! serf query longjob 'check 2'       # 2 count running exit=- last="7"
+//! serf query longjob 'kill 2'
+//! serf query longjob 'reap 2'
 //! ```
 
 use std::time::Duration;
@@ -104,8 +123,12 @@ fn command(query: &Query, host: &mut dyn Host) -> Result<String, String> {
         HostError::NotFound => format!("no job {id}"),
         HostError::NotAllowed if words[0] == "kill" => format!("job {id} has already ended"),
         HostError::NotAllowed if words[0] == "reap" => format!("job {id} has not ended"),
-        HostError::Unavailable if words[0] == "start" => {
+        HostError::Unavailable if words[0] == "start" || words[0] == "exec" => {
             "the agent cannot start it now (max_jobs reached?)".to_owned()
+        }
+        HostError::Denied if words[0] == "exec" => format!("command {id} is not granted"),
+        HostError::NotAllowed if words[0] == "exec" => {
+            format!("command {id} takes no arguments")
         }
         other => other.to_string(),
     };
@@ -141,6 +164,12 @@ fn command(query: &Query, host: &mut dyn Host) -> Result<String, String> {
             }
             Ok(answer)
         }
+        ["exec", name, args @ ..] => {
+            let id = host
+                .start_command(name, args, b"")
+                .map_err(|error| failed(name, error))?;
+            Ok(format!("started {id}"))
+        }
         ["kill", id] => {
             host.kill_job(parse_id(id)?)
                 .map_err(|error| failed(id, error))?;
@@ -152,8 +181,8 @@ fn command(query: &Query, host: &mut dyn Host) -> Result<String, String> {
             Ok(format!("reaped {id}"))
         }
         _ => Err(format!(
-            "unknown command {text:?}: expected start NAME SECONDS [EXIT], check ID, kill ID \
-             or reap ID"
+            "unknown command {text:?}: expected start NAME SECONDS [EXIT], exec COMMAND \
+             [ARGS...], check ID, kill ID or reap ID"
         )),
     }
 }
@@ -205,6 +234,26 @@ mod tests {
         assert_eq!(ask(&mut host, "check 1"), "1 deploy killed exit=-");
         assert_eq!(ask(&mut host, "reap 1"), "reaped 1");
         assert_eq!(ask(&mut host, "check 1"), "error: no job 1");
+    }
+
+    #[test]
+    fn exec_starts_a_granted_command_as_a_job() {
+        let mut host = MockHost::new();
+        host.grant_command("count");
+        assert_eq!(ask(&mut host, "exec count"), "started 1");
+        assert_eq!(host.ran[0].job, Some(1));
+        assert_eq!(ask(&mut host, "check 1"), "1 count running exit=-");
+        assert_eq!(ask(&mut host, "kill 1"), "killed 1");
+        assert_eq!(ask(&mut host, "reap 1"), "reaped 1");
+        assert_eq!(
+            ask(&mut host, "exec rm"),
+            "error: command rm is not granted"
+        );
+        assert_eq!(
+            ask(&mut host, "exec count -x"),
+            "error: command count takes no arguments"
+        );
+        assert_eq!(host.runs_of("count"), 1);
     }
 
     #[test]
