@@ -55,6 +55,8 @@ PLUGINS=(-p upcase -p memresponse -p hello -p misbehave -p noop -p template)
 CAPABILITY_PLUGINS=(-p captest)
 # The same for the SDK's jobs feature (the `serf.job_*` imports and the `serf_job` export).
 JOB_PLUGINS=(-p longjob)
+# The same for the SDK's effect features (http, state, timers, metrics: ABI v1.2).
+EFFECT_PLUGINS=(-p webhook)
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -64,11 +66,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 -p serf-plugin-sdk "${PLUGINS[@]}" -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 "${CAPABILITY_PLUGINS[@]}" -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 "${JOB_PLUGINS[@]}" -- -D warnings
+cargo clippy --locked --target wasm32-wasip1 "${EFFECT_PLUGINS[@]}" -- -D warnings
 
 step "building plugins for wasm32-wasip1"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${PLUGINS[@]}"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${CAPABILITY_PLUGINS[@]}"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${JOB_PLUGINS[@]}"
+cargo build --locked --profile plugin --target wasm32-wasip1 "${EFFECT_PLUGINS[@]}"
 
 step "Go SDK: gofmt, go vet, go test, Go plugins for wasm32-wasip1"
 bash plugin-sdk/go/build.sh

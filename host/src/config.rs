@@ -265,6 +265,16 @@ pub struct FilePlugin {
     /// The environment variables the plugin sees (default: none).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    // Effects (ABI v1.2), each denied unless its key is here.
+    /// `[plugins.NAME.http]`: outbound HTTP to the origins it allows.
+    pub http: Option<crate::plugin::effects::FileHttp>,
+    /// `[plugins.NAME.state]`: a durable key-value store, with its quota.
+    pub state: Option<crate::plugin::effects::FileState>,
+    /// A periodic tick, e.g. `"5s"` (`"0s"`: granted, started by the plugin).
+    #[serde(default, with = "humantime_serde")]
+    pub tick: Option<Duration>,
+    /// `[plugins.NAME.metrics]`: metrics the plugin defines.
+    pub metrics: Option<crate::plugin::effects::FileMetrics>,
 }
 
 impl FilePlugin {
@@ -1204,9 +1214,17 @@ fn resolve_grants(name: &str, table: &FilePlugin) -> Result<crate::plugin::Grant
         grants::check_env_name(key)
             .map_err(|reason| invalid("env", key, &format!("plugin {name}: {reason}")))?;
     }
+    let effects = crate::plugin::effects::resolve(
+        table.http.as_ref(),
+        table.state.as_ref(),
+        table.tick,
+        table.metrics.as_ref(),
+    )
+    .map_err(|(key, value, reason)| invalid(key, &value, &format!("plugin {name}: {reason}")))?;
     Ok(crate::plugin::Grants {
         capabilities,
         env: table.env.clone(),
+        effects,
         ..Default::default()
     })
 }

@@ -53,6 +53,14 @@
 
 pub mod abi;
 mod config;
+#[cfg(any(
+    test,
+    all(
+        target_family = "wasm",
+        any(feature = "http", feature = "state", feature = "metrics")
+    )
+))]
+mod effects_wire;
 mod error;
 #[cfg(test)]
 mod fixtures;
@@ -69,6 +77,8 @@ pub use abi::{Envelope, Event, InitContext, LogLevel, Member, Query, Status, Use
 pub use abi::{Capability, QueryDone, QueryRequest, QueryResponse};
 // Jobs (ABI v1.1).
 pub use abi::{Job, JobDone, JobInfo, JobState};
+// Effects (ABI v1.2).
+pub use abi::{HttpRequest, HttpResponse, MetricKind, StateKeys, Tick};
 pub use error::{Error, HostError};
 #[cfg(target_family = "wasm")]
 pub use guest::sys;

@@ -286,7 +286,9 @@ impl Agent {
             limits: config.serf_limits,
             next_query_handle: AtomicU32::new(0),
             answered: AnsweredQueries::default(),
+            effects: crate::plugin::effects::EffectHost::new(config.data_dir.as_deref()),
         });
+        let effects = Arc::clone(&services.effects);
         config.warn_plugins_without_table();
         // Plugins load in the background: gossip and RPC answer while they compile, and
         // events queue for each until it runs.
@@ -299,6 +301,7 @@ impl Agent {
             plugin_runtime.handle(),
         );
         jobs.attach(&plugins);
+        crate::plugin::timers::spawn(&effects, &plugins);
         let handlers = Arc::new(ShellHandlers::start(
             config.handlers.clone(),
             services,
@@ -657,6 +660,8 @@ struct Services {
     next_query_handle: AtomicU32,
     /// Queries a plugin answered: a second plugin's answer is refused at its call.
     answered: AnsweredQueries,
+    /// Effects (ABI v1.2): HTTP, state under `<data_dir>/plugin-state`, ticks, metrics.
+    effects: Arc<crate::plugin::effects::EffectHost>,
 }
 
 /// The keys of the last [`AnsweredQueries::REMEMBERED`] queries a plugin answered, so that
@@ -709,6 +714,10 @@ impl AnsweredQueries {
 impl HostServices for Services {
     fn jobs(&self) -> Option<&Jobs> {
         Some(&self.jobs)
+    }
+
+    fn effects(&self) -> Option<&Arc<crate::plugin::effects::EffectHost>> {
+        Some(&self.effects)
     }
 
     fn respond(&self, plugin: &str, query: QueryKey, payload: Vec<u8>) -> Result<(), Status> {
@@ -1767,6 +1776,7 @@ mod tests {
             limits: crate::config::SerfLimits::SERF,
             next_query_handle: AtomicU32::new(0),
             answered: AnsweredQueries::default(),
+            effects: crate::plugin::effects::EffectHost::new(None),
         };
         (services, receiver)
     }

@@ -93,6 +93,8 @@ pub struct Grants {
     pub env: BTreeMap<String, String>,
     /// Which denials were logged already; shared by every instance of the plugin.
     pub denials: DenialLog,
+    /// Effects (ABI v1.2): HTTP, state, ticks and metrics; none by default.
+    pub effects: super::effects::EffectGrants,
 }
 
 impl Grants {

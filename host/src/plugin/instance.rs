@@ -89,6 +89,29 @@ pub struct StoreState {
     capabilities: CapabilityState,
 }
 
+// Effects (ABI v1.2): what `super::effects` reads of a store.
+impl StoreState {
+    /// What every instance of the plugin shares.
+    pub(super) fn plugin_context(&self) -> &Arc<InstanceContext> {
+        &self.context
+    }
+
+    /// What the plugin is granted.
+    pub(super) fn grants(&self) -> &Grants {
+        &self.capabilities.grants
+    }
+
+    /// When the call in progress must end.
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The result kept for `take_result` during the call in progress.
+    pub(super) fn kept_result(&mut self) -> &mut Option<Vec<u8>> {
+        &mut self.call.kept_result
+    }
+}
+
 /// What the export call in progress may do and has done.
 #[derive(Default)]
 struct CallState {
@@ -96,6 +119,8 @@ struct CallState {
     query: Option<QueryKey>,
     responded: bool,
     error: Option<String>,
+    /// Effects (ABI v1.2): a result that did not fit the guest's buffer, for `take_result`.
+    kept_result: Option<Vec<u8>>,
 }
 
 /// Caps the instance's memory (every linear memory and table together) and remembers
@@ -512,7 +537,11 @@ fn classify(
 }
 
 /// Copies `len` bytes at `ptr` out of the guest's memory, or says why not.
-fn read_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+pub(super) fn read_guest(
+    caller: &mut Caller<'_, StoreState>,
+    ptr: i32,
+    len: i32,
+) -> Result<Vec<u8>, Status> {
     // Guest pointers and lengths are u32 bit patterns carried in i32s.
     let (start, len) = (ptr as u32, len as u32);
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
@@ -538,7 +567,7 @@ fn read_text(caller: &mut Caller<'_, StoreState>, ptr: i32, len: i32) -> Result<
 
 /// Charges a `serf.*` host call to the guest's fuel: [`HOST_CALL_FUEL`] plus one unit per
 /// byte. A guest whose fuel runs out traps at its next instruction.
-fn charge(caller: &mut Caller<'_, StoreState>, bytes: usize) {
+pub(super) fn charge(caller: &mut Caller<'_, StoreState>, bytes: usize) {
     let cost = HOST_CALL_FUEL.saturating_add(bytes as u64);
     if let Ok(left) = caller.get_fuel() {
         let _ = caller.set_fuel(left.saturating_sub(cost));
@@ -925,7 +954,11 @@ fn read_request<T: serde::de::DeserializeOwned>(
 }
 
 /// Copies `bytes` to `ptr` in the guest's memory, or says why not.
-fn write_guest(caller: &mut Caller<'_, StoreState>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+pub(super) fn write_guest(
+    caller: &mut Caller<'_, StoreState>,
+    ptr: i32,
+    bytes: &[u8],
+) -> Result<(), Status> {
     let start = ptr as u32 as usize;
     let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
         return Err(Status::InvalidMemory);

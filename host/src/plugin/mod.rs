@@ -9,17 +9,24 @@
 //! [`reload`] applies a changed configuration or plugin file to the running plugins.
 
 pub mod dispatch;
+pub mod effects;
+#[cfg(test)]
+mod effects_tests;
 pub mod engine;
 pub mod filter;
 pub mod grants;
+pub mod http;
 pub mod instance;
 pub mod jobs;
+pub mod metrics;
 pub mod rates;
 pub mod reload;
 #[cfg(test)]
 mod sandbox_tests;
 pub mod shell;
+pub mod state;
 mod stdio;
+pub mod timers;
 pub mod tool;
 
 use std::collections::BTreeMap;
@@ -130,6 +137,12 @@ pub trait HostServices: Send + Sync + 'static {
     fn query(&self, plugin: &str, request: abi::QueryRequest) -> Result<u32, Status> {
         let _ = (plugin, request);
         Err(Status::Unavailable)
+    }
+
+    /// Effects (ABI v1.2): the agent's HTTP, state, timer and metric services; without them
+    /// every effect call returns `Unavailable`.
+    fn effects(&self) -> Option<&Arc<effects::EffectHost>> {
+        None
     }
 }
 
