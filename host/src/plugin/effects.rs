@@ -312,6 +312,11 @@ impl PluginEffects {
         }
     }
 
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The plugin's store, opened on first use. Blocking.
     pub fn store(&self) -> Result<Arc<StateStore>, StateError> {
         let mut store = lock(&self.store);
@@ -475,14 +480,17 @@ impl EffectHost {
         self.wake.notify_one();
     }
 
-    /// A plugin's store, for `serf plugin state`; `None` if it has no file and never used it.
+    /// A plugin's store, for `serf plugin state`; `None` if it never stored anything (no
+    /// file is created for a look).
     pub fn state_of(&self, plugin: &str) -> Result<Option<Arc<StateStore>>, StateError> {
         let has_file = self
             .state_dir
             .as_ref()
             .is_some_and(|dir| dir.join(format!("{plugin}.redb")).is_file());
-        let known = lock(&self.plugins).contains_key(plugin);
-        if !has_file && !known {
+        let open = lock(&self.plugins)
+            .get(plugin)
+            .is_some_and(|effects| lock(&effects.store).is_some());
+        if !has_file && !open {
             return Ok(None);
         }
         self.plugin(plugin).store().map(Some)

@@ -227,7 +227,7 @@ impl StateStore {
         };
         let mut keys = Vec::new();
         let mut more = false;
-        for entry in table.range::<&[u8]>(start..).map_err(db_error)? {
+        for entry in table.range(start..).map_err(db_error)? {
             let (key, _) = entry.map_err(db_error)?;
             let key = key.value();
             if !key.starts_with(&request.prefix) {

@@ -1,9 +1,9 @@
 //! Plugin ticks (ABI v1.2, timers): one task on the plugin runtime for every plugin.
 //!
-//! A plugin whose table has `tick = "5s"` (or that called `set_tick`) gets an
-//! [`abi::Event::Tick`] every period through its own queue, in order with its other events and
-//! whatever its `events` filter says. At most one tick is ever queued: a tick that falls due
-//! while the last one still waits is coalesced into it (counted, and reported in the next
+//! A plugin whose table has `tick = "5s"` (or that called `set_tick`) gets a `tick` event
+//! (`abi::Event::Tick`) every period through its own queue, in order with its other events
+//! and whatever its `events` filter says. At most one tick is ever queued: a tick that falls
+//! due while the last one still waits is coalesced into it (counted, and reported in the next
 //! tick's `coalesced`), so a slow plugin is never flooded. Periods are at least
 //! [`super::effects::MIN_TICK`]; a plugin that asks for less gets `BadArgument`, counted.
 
