@@ -359,11 +359,12 @@ impl PluginEffects {
     }
 
     /// If a tick is due at `now`, queues it through `deliver` (unless one is queued still,
-    /// which it then counts as coalesced); returns when the next one is due.
+    /// which it then counts as coalesced); returns when the next one is due. `deliver` says
+    /// `Err(true)` when the plugin is gone: its ticks stop.
     pub(super) fn poll_tick(
         &self,
         now: Instant,
-        deliver: impl FnOnce(abi::Event) -> bool,
+        deliver: impl FnOnce(abi::Event) -> Result<(), bool>,
     ) -> Option<Instant> {
         let mut tick = lock(&self.tick);
         let period = tick.period?;
@@ -377,11 +378,18 @@ impl PluginEffects {
             self.coalesced_unreported.fetch_add(1, Ordering::Relaxed);
         } else {
             let coalesced = self.coalesced_unreported.swap(0, Ordering::Relaxed);
-            if deliver(abi::Event::Tick(abi::Tick { coalesced })) {
-                self.ticks.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.tick_pending.store(false, Ordering::Release);
-                self.timer.failed.fetch_add(1, Ordering::Relaxed);
+            match deliver(abi::Event::Tick(abi::Tick { coalesced })) {
+                Ok(()) => {
+                    self.ticks.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(gone) => {
+                    self.tick_pending.store(false, Ordering::Release);
+                    self.timer.failed.fetch_add(1, Ordering::Relaxed);
+                    if gone {
+                        *tick = TickState::default();
+                        return None;
+                    }
+                }
             }
         }
         tick.next

@@ -269,7 +269,7 @@ fn a_tick_every_microsecond_is_refused_and_ticks_never_pile_up() {
         "(drop (call $tick (i64.const 1)))
          (drop (call $tick (i64.const -1)))
          {}",
-        repeat(150_000_000, "(i32.const 0)")
+        repeat(100_000_000, "(i32.const 0)")
     ));
     let harness = Harness::start(
         dir.path(),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::PluginHost;
+use super::{DeliverError, PluginHost};
 use super::effects::EffectHost;
 
 /// The longest the ticker sleeps without looking (a period set meanwhile wakes it anyway).
@@ -55,7 +55,11 @@ fn poll(effects: &EffectHost, host: &PluginHost, now: Instant) -> Instant {
         let name = plugin.name().to_owned();
         let pending = Arc::clone(&plugin.tick_pending);
         let due = plugin.poll_tick(now, |event| {
-            host.deliver_flagged(&name, &event, pending).is_ok()
+            match host.deliver_flagged(&name, &event, pending) {
+                Ok(_) => Ok(()),
+                Err(DeliverError::UnknownPlugin(_)) => Err(true),
+                Err(_) => Err(false),
+            }
         });
         if let Some(due) = due {
             next = next.min(due);
