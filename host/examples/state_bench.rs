@@ -122,7 +122,9 @@ async fn through_the_guest(dir: &Path, op: &str, calls: u32) -> anyhow::Result<D
 }
 
 fn direct(dir: &Path, calls: u32) -> anyhow::Result<(Duration, Duration)> {
-    let store = effects::EffectHost::new(Some(dir)).plugin("direct").store()?;
+    let store = effects::EffectHost::new(Some(dir))
+        .plugin("direct")
+        .store()?;
     let grant = serf_host::plugin::state::StateGrant {
         max_bytes: u64::MAX,
         max_keys: u64::MAX,

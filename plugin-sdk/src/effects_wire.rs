@@ -18,7 +18,12 @@ fn write(value: &Value) -> Vec<u8> {
 }
 
 fn map(pairs: Vec<(&str, Value)>) -> Value {
-    Value::Map(pairs.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+    Value::Map(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    )
 }
 
 /// An [`HttpRequest`] as `http_request` reads it.
@@ -27,7 +32,10 @@ pub(crate) fn encode_http_request(request: &HttpRequest) -> Vec<u8> {
         .headers
         .iter()
         .map(|(name, value)| {
-            Value::Array(vec![Value::from(name.as_str()), Value::from(value.as_str())])
+            Value::Array(vec![
+                Value::from(name.as_str()),
+                Value::from(value.as_str()),
+            ])
         })
         .collect();
     write(&map(vec![

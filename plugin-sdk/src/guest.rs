@@ -110,7 +110,11 @@ pub mod sys {
     }
 
     // Effects (ABI v1.2), each with its crate feature: see `guest_effects.rs`.
-    #[allow(unused_imports, unreachable_pub, reason = "empty without the effect features")]
+    #[allow(
+        unused_imports,
+        unreachable_pub,
+        reason = "empty without the effect features"
+    )]
     pub use super::effects::sys::*;
 }
 

@@ -5,13 +5,20 @@
 //! keeps the result, and `take_result` fetches it into a buffer that large (the request is
 //! not made twice).
 
-#![allow(dead_code, unused_imports, reason = "each part is used only with its crate feature")]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each part is used only with its crate feature"
+)]
 
 use super::raw_parts;
 use crate::abi::{HttpRequest, HttpResponse, MetricKind, StateKeys};
 use crate::error::HostError;
 
-#[allow(unreachable_pub, reason = "its items are re-exported through crate::sys")]
+#[allow(
+    unreachable_pub,
+    reason = "its items are re-exported through crate::sys"
+)]
 pub mod sys {
     //! The raw effect imports (ABI v1.2). Like `sys`, for code that must break the rules on
     //! purpose; plugins use [`Host`](crate::Host).
@@ -109,7 +116,8 @@ fn with_result(first: usize, call: impl FnOnce(i32, i32) -> i32) -> Result<Vec<u
         buffer.reserve_exact(len);
         let capacity = i32::try_from(buffer.capacity()).map_err(|_| HostError::TooLarge)?;
         // SAFETY: the spare capacity of `buffer`, which this function owns.
-        let taken = unsafe { sys::take_result(buffer.as_mut_ptr() as usize as u32 as i32, capacity) };
+        let taken =
+            unsafe { sys::take_result(buffer.as_mut_ptr() as usize as u32 as i32, capacity) };
         HostError::check(taken)?;
         if taken as usize > buffer.capacity() {
             return Err(HostError::Unavailable);
@@ -141,7 +149,9 @@ pub(super) fn http(request: &HttpRequest) -> Result<HttpResponse, HostError> {
 pub(super) fn state_get(key: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
     let (ptr, len) = raw_parts(key).ok_or(HostError::TooLarge)?;
     // SAFETY: as in `http`.
-    match with_result(1024, |out, cap| unsafe { sys::state_get(ptr, len, out, cap) }) {
+    match with_result(1024, |out, cap| unsafe {
+        sys::state_get(ptr, len, out, cap)
+    }) {
         Ok(value) => Ok(Some(value)),
         Err(HostError::NotFound) => Ok(None),
         Err(error) => Err(error),
@@ -170,7 +180,9 @@ pub(super) fn state_list(prefix: &[u8], after: &[u8], limit: u32) -> Result<Stat
     let request = crate::effects_wire::encode_state_list(prefix, after, limit);
     let (ptr, len) = raw_parts(&request).ok_or(HostError::TooLarge)?;
     // SAFETY: as in `http`.
-    let keys = with_result(4096, |out, cap| unsafe { sys::state_list(ptr, len, out, cap) })?;
+    let keys = with_result(4096, |out, cap| unsafe {
+        sys::state_list(ptr, len, out, cap)
+    })?;
     crate::effects_wire::decode_state_keys(&keys).map_err(|_| HostError::Unavailable)
 }
 

@@ -141,7 +141,10 @@ pub trait Host {
     /// deadline ([`HostError::Unavailable`] on a timeout or a connection failure);
     /// [`HostError::TooLarge`] for a response body over `max_response_kib`;
     /// [`HostError::RateLimited`] beyond `max_concurrent` or `per_second`.
-    fn http(&mut self, request: &crate::abi::HttpRequest) -> Result<crate::abi::HttpResponse, HostError> {
+    fn http(
+        &mut self,
+        request: &crate::abi::HttpRequest,
+    ) -> Result<crate::abi::HttpResponse, HostError> {
         let _ = request;
         Err(HostError::Denied)
     }

@@ -30,8 +30,11 @@ impl Hook {
         let connections = Arc::new(AtomicU32::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (received, connections, stop) =
-                (Arc::clone(&received), Arc::clone(&connections), Arc::clone(&stop));
+            let (received, connections, stop) = (
+                Arc::clone(&received),
+                Arc::clone(&connections),
+                Arc::clone(&stop),
+            );
             std::thread::spawn(move || {
                 let mut answered = 0;
                 // Bounded: the test drops the hook within minutes; a loop turn is 10 ms at most.

@@ -469,7 +469,6 @@ fn millis(duration: Duration) -> String {
     format!("{:.3} ms", duration.as_secs_f64() * 1000.0)
 }
 
-
 // --- Effects (ABI v1.2): `serf plugin state`. --------------------------------------------
 
 #[derive(Debug, clap::Args)]

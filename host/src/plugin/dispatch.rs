@@ -1148,13 +1148,9 @@ impl Runner {
             Err(error) => {
                 // The old version goes on; a failure to restart it is the usual backoff's.
                 let old = &self.version;
-                if let Ok(instance) = Instance::start(
-                    &old.loaded,
-                    &old.spec,
-                    Arc::clone(&old.context),
-                    &old.init,
-                )
-                .await
+                if let Ok(instance) =
+                    Instance::start(&old.loaded, &old.spec, Arc::clone(&old.context), &old.init)
+                        .await
                 {
                     self.instance = Some(instance);
                 }

@@ -207,11 +207,15 @@ fn a_flood_of_http_requests_is_rate_limited_and_counted() {
     let len = http_request_bytes().len();
     let flood = plugin(&repeat(
         3000,
-        &format!("(call $http (i32.const 256) (i32.const {len}) (i32.const 4096) (i32.const 4096))"),
+        &format!(
+            "(call $http (i32.const 256) (i32.const {len}) (i32.const 4096) (i32.const 4096))"
+        ),
     ));
     let denied = plugin(&repeat(
         10,
-        &format!("(call $http (i32.const 256) (i32.const {len}) (i32.const 4096) (i32.const 4096))"),
+        &format!(
+            "(call $http (i32.const 256) (i32.const {len}) (i32.const 4096) (i32.const 4096))"
+        ),
     ));
     let harness = Harness::start(
         dir.path(),
@@ -235,7 +239,8 @@ fn a_flood_of_http_requests_is_rate_limited_and_counted() {
 fn a_huge_value_and_endless_keys_hit_the_limits_and_the_quota() {
     let dir = tempfile::tempdir().unwrap();
     // A 2 MiB value: refused before it is read.
-    let huge = plugin("(drop (call $set (i32.const 0) (i32.const 1) (i32.const 64) (i32.const 2097152)))");
+    let huge =
+        plugin("(drop (call $set (i32.const 0) (i32.const 1) (i32.const 64) (i32.const 2097152)))");
     // Keys 0, 1, 2, ... (four bytes at 0) until the fuel runs out: the quota stops them at 100.
     let keys = plugin(&repeat(
         1_000_000,
@@ -245,8 +250,18 @@ fn a_huge_value_and_endless_keys_hit_the_limits_and_the_quota() {
     let harness = Harness::start(
         dir.path(),
         vec![
-            spec("huge", dir.path(), &huge, grants(false, Some((1 << 20, 10_000)), None)),
-            spec("keys", dir.path(), &keys, grants(false, Some((1 << 20, 100)), None)),
+            spec(
+                "huge",
+                dir.path(),
+                &huge,
+                grants(false, Some((1 << 20, 10_000)), None),
+            ),
+            spec(
+                "keys",
+                dir.path(),
+                &keys,
+                grants(false, Some((1 << 20, 100)), None),
+            ),
         ],
     );
     harness.send(1);
@@ -284,7 +299,10 @@ fn a_tick_every_microsecond_is_refused_and_ticks_never_pile_up() {
     super::wait_until("coalesced ticks", || {
         harness.number("greedy", "ticks") >= 3 && harness.number("greedy", "ticks_coalesced") >= 1
     });
-    assert!(harness.number("greedy", "tick_failed") >= 3, "each -1 is refused");
+    assert!(
+        harness.number("greedy", "tick_failed") >= 3,
+        "each -1 is refused"
+    );
     let depth = harness
         .host
         .stats()
@@ -325,7 +343,12 @@ fn metrics_and_grants_show_in_the_plugins_stats() {
     };
     let harness = Harness::start(
         dir.path(),
-        vec![spec("meter", dir.path(), &wasm, grants(true, Some((100, 10)), None))],
+        vec![spec(
+            "meter",
+            dir.path(),
+            &wasm,
+            grants(true, Some((100, 10)), None),
+        )],
     );
     harness.send(2);
     harness.settle("meter", 2);

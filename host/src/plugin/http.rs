@@ -65,7 +65,10 @@ impl Origin {
         let uri: http::Uri = format!("{}://{host}/", if https { "https" } else { "http" })
             .parse()
             .map_err(|error| format!("not a valid origin: {error}"))?;
-        let name = uri.host().ok_or("an origin needs a host")?.to_ascii_lowercase();
+        let name = uri
+            .host()
+            .ok_or("an origin needs a host")?
+            .to_ascii_lowercase();
         if wildcard && !name.contains('.') {
             return Err("a wildcard needs a domain of two labels at least (*.example.com)".into());
         }
@@ -142,7 +145,11 @@ impl HttpGrant {
         }
         let host = uri.host().unwrap_or_default().to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        if self.allow.iter().any(|origin| origin.allows(https, &host, port)) {
+        if self
+            .allow
+            .iter()
+            .any(|origin| origin.allows(https, &host, port))
+        {
             Ok(uri)
         } else {
             let scheme = if https { "https" } else { "http" };
@@ -317,7 +324,9 @@ pub fn execute(
             body,
         });
     }
-    Err(Refusal::Failed(format!("more than {MAX_REDIRECTS} redirects")))
+    Err(Refusal::Failed(format!(
+        "more than {MAX_REDIRECTS} redirects"
+    )))
 }
 
 /// The absolute URL a `Location` names, relative to `base`.
@@ -355,7 +364,9 @@ mod tests {
     #[test]
     fn origins_parse_with_their_default_ports_and_refuse_paths() {
         assert_eq!(
-            Origin::parse("https://Hooks.Example.com/").unwrap().to_string(),
+            Origin::parse("https://Hooks.Example.com/")
+                .unwrap()
+                .to_string(),
             "https://hooks.example.com:443"
         );
         assert_eq!(
@@ -377,7 +388,11 @@ mod tests {
 
     #[test]
     fn only_listed_origins_pass_and_a_wildcard_covers_subdomains_only() {
-        let g = grant(&["https://hooks.example.com", "http://127.0.0.1:8080", "https://*.example.org"]);
+        let g = grant(&[
+            "https://hooks.example.com",
+            "http://127.0.0.1:8080",
+            "https://*.example.org",
+        ]);
         assert!(g.check("https://hooks.example.com/a?b").is_ok());
         assert!(g.check("https://HOOKS.example.com:443/").is_ok());
         assert!(g.check("http://127.0.0.1:8080/x").is_ok());
@@ -393,7 +408,10 @@ mod tests {
         ] {
             assert!(g.check(refused).is_err(), "{refused}");
         }
-        assert!(matches!(g.check("file:///etc/passwd"), Err(Refusal::BadRequest(_))));
+        assert!(matches!(
+            g.check("file:///etc/passwd"),
+            Err(Refusal::BadRequest(_))
+        ));
     }
 
     #[test]

@@ -196,14 +196,21 @@ mod tests {
     fn metrics_are_defined_once_bounded_and_recorded_by_kind() {
         let metrics = PluginMetrics::default();
         let grant = MetricsGrant { max_metrics: 3 };
-        let sent = metrics.define(&grant, &define("posts_sent", "counter")).unwrap();
-        assert_eq!(metrics.define(&grant, &define("posts_sent", "counter")), Ok(sent));
+        let sent = metrics
+            .define(&grant, &define("posts_sent", "counter"))
+            .unwrap();
+        assert_eq!(
+            metrics.define(&grant, &define("posts_sent", "counter")),
+            Ok(sent)
+        );
         assert_eq!(
             metrics.define(&grant, &define("posts_sent", "gauge")),
             Err(Status::NotAllowed)
         );
         let depth = metrics.define(&grant, &define("depth", "gauge")).unwrap();
-        let latency = metrics.define(&grant, &define("latency", "histogram")).unwrap();
+        let latency = metrics
+            .define(&grant, &define("latency", "histogram"))
+            .unwrap();
         assert_eq!(
             metrics.define(&grant, &define("one_more", "counter")),
             Err(Status::TooLarge)
@@ -215,11 +222,17 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(metrics.define(&grant, &define("x", "summary")), Err(Status::BadArgument));
+        assert_eq!(
+            metrics.define(&grant, &define("x", "summary")),
+            Err(Status::BadArgument)
+        );
         metrics.record(sent as i32, 2.0).unwrap();
         metrics.record(sent as i32, 1.0).unwrap();
         assert_eq!(metrics.record(sent as i32, -1.0), Err(Status::BadArgument));
-        assert_eq!(metrics.record(sent as i32, f64::NAN), Err(Status::BadArgument));
+        assert_eq!(
+            metrics.record(sent as i32, f64::NAN),
+            Err(Status::BadArgument)
+        );
         metrics.record(depth as i32, 7.0).unwrap();
         metrics.record(depth as i32, -3.0).unwrap();
         metrics.record(latency as i32, 0.2).unwrap();

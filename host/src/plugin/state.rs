@@ -82,7 +82,9 @@ pub struct StateStore {
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore").field("path", &self.path).finish()
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -276,7 +278,10 @@ mod tests {
         assert_eq!(store.totals(), (3, 1));
         store.set(&GRANT, b"b", b"").unwrap();
         store.set(&GRANT, b"c", b"").unwrap();
-        assert!(matches!(store.set(&GRANT, b"d", b""), Err(StateError::Quota(_))));
+        assert!(matches!(
+            store.set(&GRANT, b"d", b""),
+            Err(StateError::Quota(_))
+        ));
         store.set(&GRANT, b"c", b"x").unwrap();
         assert!(matches!(
             store.set(&GRANT, b"c", &[0; 101]),

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{DeliverError, PluginHost};
 use super::effects::EffectHost;
+use super::{DeliverError, PluginHost};
 
 /// The longest the ticker sleeps without looking (a period set meanwhile wakes it anyway).
 const IDLE: Duration = Duration::from_secs(1);

@@ -58,9 +58,17 @@ impl Plugin for Webhook {
         let mut define = |name: &str, kind: MetricKind, help: &str| {
             host.define_metric(name, kind, help).unwrap_or(0)
         };
-        self.sent = define("posts_sent", MetricKind::Counter, "posts the webhook accepted");
+        self.sent = define(
+            "posts_sent",
+            MetricKind::Counter,
+            "posts the webhook accepted",
+        );
         self.failed = define("posts_failed", MetricKind::Counter, "posts that failed");
-        self.pending = define("posts_pending", MetricKind::Gauge, "posts waiting for a retry");
+        self.pending = define(
+            "posts_pending",
+            MetricKind::Gauge,
+            "posts waiting for a retry",
+        );
         Ok(())
     }
 
@@ -206,7 +214,9 @@ serf_plugin_sdk::register_plugin!(Webhook);
 mod tests {
     use super::*;
     use serf_plugin_sdk::HttpResponse;
-    use serf_plugin_sdk::testing::{MockHost, init_context, member, member_failed, tick, user_event};
+    use serf_plugin_sdk::testing::{
+        MockHost, init_context, member, member_failed, tick, user_event,
+    };
 
     const URL: &str = "http://127.0.0.1:8080/hook";
 
@@ -228,7 +238,10 @@ mod tests {
         host.deliver(&mut plugin, member_failed([member("web-1", "10.0.0.1")]))
             .unwrap();
         let request = &host.effects.requests[0];
-        assert_eq!((request.method.as_str(), request.url.as_str()), ("POST", URL));
+        assert_eq!(
+            (request.method.as_str(), request.url.as_str()),
+            ("POST", URL)
+        );
         let body = String::from_utf8(request.body.clone()).unwrap();
         assert!(body.starts_with("{\"event\":\"member-failed\""), "{body}");
         assert!(body.contains("\"name\":\"web-1\""), "{body}");
@@ -239,8 +252,10 @@ mod tests {
     fn only_the_chosen_user_event_is_posted() {
         let mut host = MockHost::new();
         let mut plugin = started(&mut host);
-        host.deliver(&mut plugin, user_event("other", b"x")).unwrap();
-        host.deliver(&mut plugin, user_event("deploy", b"v\"2")).unwrap();
+        host.deliver(&mut plugin, user_event("other", b"x"))
+            .unwrap();
+        host.deliver(&mut plugin, user_event("deploy", b"v\"2"))
+            .unwrap();
         assert_eq!(host.effects.requests.len(), 1);
         let body = String::from_utf8(host.effects.requests[0].body.clone()).unwrap();
         assert!(body.contains("\"payload\":\"v\\\"2\""), "{body}");
@@ -254,7 +269,8 @@ mod tests {
             status: 503,
             ..Default::default()
         });
-        host.deliver(&mut plugin, user_event("deploy", b"v1")).unwrap();
+        host.deliver(&mut plugin, user_event("deploy", b"v1"))
+            .unwrap();
         let kept = format!("{PENDING}{:020}", 0);
         assert!(host.effects.stored(kept.as_bytes()).is_some());
         assert_eq!(host.effects.metric("posts_pending").unwrap().value, 1.0);
@@ -267,7 +283,9 @@ mod tests {
     #[test]
     fn an_origin_not_granted_is_an_error_the_agent_logs() {
         let mut host = MockHost::new();
-        host.effects.grant_http("http://127.0.0.1:9999").grant_state();
+        host.effects
+            .grant_http("http://127.0.0.1:9999")
+            .grant_state();
         let mut plugin = Webhook::default();
         let ctx = init_context([("url", URL.into())]);
         host.init(&mut plugin, &ctx).unwrap();
