@@ -695,6 +695,19 @@ pub struct MetricDefine {
     pub help: String,
 }
 
+impl MetricDefine {
+    /// Whether `name` is a valid metric name: 1 to [`MAX_METRIC_NAME_BYTES`] of `a-z`, `0-9`
+    /// and `_`, starting with a letter.
+    pub fn is_valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= MAX_METRIC_NAME_BYTES
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }
+}
+
 /// The kinds of [`MetricDefine::kind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetricKind {

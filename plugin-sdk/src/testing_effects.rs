@@ -204,12 +204,7 @@ impl MockEffects {
 
     pub(super) fn define_metric(&mut self, name: &str, kind: MetricKind) -> Result<u32, HostError> {
         let metrics = self.metrics.as_mut().ok_or(HostError::Denied)?;
-        let valid = !name.is_empty()
-            && name.len() <= abi::MAX_METRIC_NAME_BYTES
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let valid = abi::MetricDefine::is_valid_name(name);
         if !valid {
             return Err(HostError::BadArgument);
         }

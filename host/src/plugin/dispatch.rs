@@ -453,20 +453,7 @@ impl PluginHost {
     /// queued for it: for events that concern that plugin only, such as the end of a job it
     /// started. Returns the event's `seq`. Never waits.
     pub fn deliver_to(&self, plugin: &str, event: &abi::Event) -> Result<u64, DeliverError> {
-        let slot = self
-            .slot(plugin)
-            .ok_or_else(|| DeliverError::UnknownPlugin(plugin.to_owned()))?;
-        if lock(&slot.status).swaps.is_none() {
-            return Err(DeliverError::NotRunning(plugin.to_owned()));
-        }
-        let encoded = Arc::new(Encoded {
-            body: abi::encode(event),
-            query: None,
-            received: Instant::now(),
-            taken: None,
-        });
-        slot.offer(encoded)
-            .ok_or_else(|| DeliverError::QueueFull(plugin.to_owned()))
+        self.deliver_with(plugin, event, None)
     }
 
     /// [`PluginHost::deliver_to`], clearing `taken` when the plugin's task takes the event
@@ -476,6 +463,15 @@ impl PluginHost {
         plugin: &str,
         event: &abi::Event,
         taken: Arc<AtomicBool>,
+    ) -> Result<u64, DeliverError> {
+        self.deliver_with(plugin, event, Some(taken))
+    }
+
+    fn deliver_with(
+        &self,
+        plugin: &str,
+        event: &abi::Event,
+        taken: Option<Arc<AtomicBool>>,
     ) -> Result<u64, DeliverError> {
         let slot = self
             .slot(plugin)
@@ -487,7 +483,7 @@ impl PluginHost {
             body: abi::encode(event),
             query: None,
             received: Instant::now(),
-            taken: Some(taken),
+            taken,
         });
         slot.offer(encoded)
             .ok_or_else(|| DeliverError::QueueFull(plugin.to_owned()))

@@ -101,12 +101,7 @@ impl PluginMetrics {
     /// Defines a metric, or finds the one of that name and kind; returns its id (from 1).
     pub fn define(&self, grant: &MetricsGrant, define: &abi::MetricDefine) -> Result<u32, Status> {
         let name = &define.name;
-        let valid = !name.is_empty()
-            && name.len() <= abi::MAX_METRIC_NAME_BYTES
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let valid = abi::MetricDefine::is_valid_name(name);
         let kind = MetricKind::parse(&define.kind).filter(|_| valid);
         let Some(kind) = kind else {
             return Err(Status::BadArgument);
