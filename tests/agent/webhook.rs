@@ -134,6 +134,17 @@ fn serve(stream: TcpStream, status: u16) -> Option<(String, String)> {
     Some((path, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// `serf plugin state -rpc-addr=... ARGS...` (flags go before the plugin's name).
+fn plugin_state(node: &Node, args: &[&str]) -> std::process::Output {
+    serf_tests::run(
+        std::process::Command::new(serf_tests::serf_bin())
+            .args(["plugin", "state"])
+            .arg(node.rpc_flag())
+            .args(args),
+        Duration::from_secs(30),
+    )
+}
+
 /// A node running `webhook`, posting to `url`, allowed to reach `origin` only.
 fn webhook_node(net: u8, n: u8, url: &str, origin: &str) -> Node {
     Node::builder(net, n)
@@ -201,11 +212,11 @@ fn webhook_keeps_a_refused_post_in_its_state_and_retries_it_on_a_tick() {
     });
     assert!(found.is_some(), "{:?}\n{}", hook.bodies(), node.log());
     let emptied = eventually(Duration::from_secs(30), || {
-        let text = stdout_ok(&node.cli(&["plugin", "state", "webhook", "-prefix=pending/"]));
+        let text = stdout_ok(&plugin_state(&node, &["-prefix=pending/", "webhook"]));
         (!text.contains("pending/") && text.contains("keys,")).then_some(text)
     });
     assert!(emptied.is_some(), "the retried post stays stored");
-    let next = stdout_ok(&node.cli(&["plugin", "state", "webhook", "next"]));
+    let next = stdout_ok(&plugin_state(&node, &["webhook", "next"]));
     assert_eq!(next.trim(), "1");
     assert!(node.plugin_number("webhook", "ticks") >= 1);
 }
