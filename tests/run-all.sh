@@ -81,6 +81,8 @@ CAPABILITY_PLUGINS=(-p captest)
 JOB_PLUGINS=(-p longjob)
 # The same for the SDK's commands feature (the `serf.command_*` imports).
 COMMAND_PLUGINS=(-p lbsync)
+# The same for the SDK's effect features (http, state, timers, metrics: ABI v1.2).
+EFFECT_PLUGINS=(-p webhook)
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -93,12 +95,14 @@ cargo clippy --locked --target wasm32-wasip1 -p serf-plugin-sdk "${PLUGINS[@]}" 
 cargo clippy --locked --target wasm32-wasip1 "${CAPABILITY_PLUGINS[@]}" -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 "${JOB_PLUGINS[@]}" -- -D warnings
 cargo clippy --locked --target wasm32-wasip1 "${COMMAND_PLUGINS[@]}" -- -D warnings
+cargo clippy --locked --target wasm32-wasip1 "${EFFECT_PLUGINS[@]}" -- -D warnings
 
 step "building plugins for wasm32-wasip1"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${PLUGINS[@]}"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${CAPABILITY_PLUGINS[@]}"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${JOB_PLUGINS[@]}"
 cargo build --locked --profile plugin --target wasm32-wasip1 "${COMMAND_PLUGINS[@]}"
+cargo build --locked --profile plugin --target wasm32-wasip1 "${EFFECT_PLUGINS[@]}"
 
 step "Go SDK: gofmt, go vet, go test, Go plugins for wasm32-wasip1"
 bash plugin-sdk/go/build.sh

@@ -269,6 +269,16 @@ pub struct FilePlugin {
     /// The host commands it may run, by name (ABI v1.1; default: none).
     #[serde(default)]
     pub commands: BTreeMap<String, serf_plugins::commands::FileCommand>,
+    // Effects (ABI v1.2), each denied unless its key is here.
+    /// `[plugins.NAME.http]`: outbound HTTP to the origins it allows.
+    pub http: Option<serf_plugins::effects::FileHttp>,
+    /// `[plugins.NAME.state]`: a durable key-value store, with its quota.
+    pub state: Option<serf_plugins::effects::FileState>,
+    /// A periodic tick, e.g. `"5s"` (`"0s"`: granted, started by the plugin).
+    #[serde(default, with = "humantime_serde")]
+    pub tick: Option<Duration>,
+    /// `[plugins.NAME.metrics]`: metrics the plugin defines.
+    pub metrics: Option<serf_plugins::effects::FileMetrics>,
 }
 
 impl FilePlugin {
@@ -1188,6 +1198,13 @@ fn resolve_grants(name: &str, table: &FilePlugin) -> Result<serf_plugins::Grants
         grants::check_env_name(key)
             .map_err(|reason| invalid("env", key, &format!("plugin {name}: {reason}")))?;
     }
+    let effects = serf_plugins::effects::resolve(
+        table.http.as_ref(),
+        table.state.as_ref(),
+        table.tick,
+        table.metrics.as_ref(),
+    )
+    .map_err(|(key, value, reason)| invalid(key, &value, &format!("plugin {name}: {reason}")))?;
     let commands =
         serf_plugins::commands::resolve(&table.commands).map_err(|(key, value, reason)| {
             invalid(key, &value, &format!("plugin {name}: {reason}"))
@@ -1196,6 +1213,7 @@ fn resolve_grants(name: &str, table: &FilePlugin) -> Result<serf_plugins::Grants
         capabilities,
         env: table.env.clone(),
         commands,
+        effects,
         ..Default::default()
     })
 }

@@ -255,6 +255,10 @@ pub enum Event {
     /// A job this plugin started has ended (ABI v1.1, jobs).
     #[serde(rename = "job-done")]
     JobDone(JobDone),
+    /// The plugin's periodic tick (ABI v1.2, timers): `tick = "5s"` in its table, or
+    /// [`IMPORT_SET_TICK`]. At most one is ever queued: ticks due meanwhile are coalesced.
+    #[serde(rename = "tick")]
+    Tick(Tick),
 }
 
 impl Event {
@@ -272,6 +276,7 @@ impl Event {
             Event::QueryResponse(_) => "query-response",
             Event::QueryDone(_) => "query-done",
             Event::JobDone(_) => "job-done",
+            Event::Tick(_) => "tick",
         }
     }
 }
@@ -662,6 +667,164 @@ pub struct CommandResult {
     pub error: String,
     /// How long it ran, in milliseconds.
     pub duration_ms: u64,
+}
+
+// --- Effects (ABI v1.2): outbound HTTP, durable state, timers and plugin metrics. Each is
+// denied unless the plugin's `serf.toml` table grants it (`http`, `state`, `tick`, `metrics`);
+// a denied call returns [`Status::Denied`]. A call that returns more than a status writes its
+// result at `out_ptr` if it fits in `out_cap` bytes and returns the result's length either
+// way; a length over `out_cap` means nothing was written, and the host keeps the result for
+// one [`IMPORT_TAKE_RESULT`] call (the request is not made again).
+
+/// `(ptr: i32, len: i32, out_ptr: i32, out_cap: i32) -> i32`: makes the [`HttpRequest`] and
+/// returns the length of the encoded [`HttpResponse`]. The guest waits; the agent does not.
+/// Needs `[plugins.NAME.http]` with the URL's origin in `allow`.
+pub const IMPORT_HTTP_REQUEST: &str = "http_request";
+/// `(key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32`: the value stored under
+/// the key (its length); [`Status::NotFound`] if none. Needs `[plugins.NAME.state]`.
+pub const IMPORT_STATE_GET: &str = "state_get";
+/// `(key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32) -> i32`: stores the value
+/// under the key, durably, before it returns. [`Status::TooLarge`] for a key or value over
+/// its limit or a store over its quota. Needs `[plugins.NAME.state]`.
+pub const IMPORT_STATE_SET: &str = "state_set";
+/// `(key_ptr: i32, key_len: i32) -> i32`: deletes the key; [`Status::NotFound`] if none.
+pub const IMPORT_STATE_DELETE: &str = "state_delete";
+/// `(ptr: i32, len: i32, out_ptr: i32, out_cap: i32) -> i32`: the keys a [`StateList`]
+/// asks for, as a [`StateKeys`] (its length).
+pub const IMPORT_STATE_LIST: &str = "state_list";
+/// `(out_ptr: i32, out_cap: i32) -> i32`: writes the result the last call kept because it
+/// did not fit (and forgets it); [`Status::NotFound`] if none is kept, its length (nothing
+/// written) if it does not fit either.
+pub const IMPORT_TAKE_RESULT: &str = "take_result";
+/// `(period_ms: i64) -> i32`: ticks every `period_ms` from now on; 0 stops them.
+/// [`Status::BadArgument`] under [`MIN_TICK_MS`]. Needs `tick` in the plugin's table.
+pub const IMPORT_SET_TICK: &str = "set_tick";
+/// `(ptr: i32, len: i32) -> i32`: defines the [`MetricDefine`] and returns its id (`>= 1`);
+/// defining a name again with the same kind returns the same id, so an instance that starts
+/// again finds its metrics. Needs `[plugins.NAME.metrics]`.
+pub const IMPORT_METRIC_DEFINE: &str = "metric_define";
+/// `(id: i32, value: f64) -> i32`: a counter adds `value` (not negative), a gauge is set to
+/// it, a histogram observes it. [`Status::BadArgument`] for NaN, infinities or a negative
+/// counter step.
+pub const IMPORT_METRIC_RECORD: &str = "metric_record";
+
+/// Longest state key, in bytes.
+pub const MAX_STATE_KEY_BYTES: usize = 1024;
+/// Largest state value, in bytes (a plugin's table may set a lower limit).
+pub const MAX_STATE_VALUE_BYTES: usize = 1 << 20;
+/// Most keys one `state_list` call returns.
+pub const MAX_STATE_LIST_KEYS: u32 = 1000;
+/// Shortest tick period, in milliseconds.
+pub const MIN_TICK_MS: u64 = 100;
+/// Longest metric name, in bytes.
+pub const MAX_METRIC_NAME_BYTES: usize = 64;
+/// Largest HTTP request the host reads from a guest (body, URL and headers together).
+pub const MAX_HTTP_REQUEST_BYTES: usize = 1 << 20;
+
+/// What a plugin passes to `http_request`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, `PUT`, `PATCH`, `DELETE` or `HEAD`.
+    pub method: String,
+    /// An absolute `http://` or `https://` URL whose origin the plugin's table allows.
+    pub url: String,
+    /// Request headers, in order; `Host`, `Content-Length`, `Connection` and
+    /// `Transfer-Encoding` are the host's and refused here.
+    pub headers: Vec<(String, String)>,
+    /// The request body.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// The plugin's own timeout in milliseconds; 0 for its table's. The host never waits
+    /// longer than its table's timeout nor past the event's deadline.
+    pub timeout_ms: u64,
+}
+
+/// What `http_request` returns. Any status is a response: the plugin decides what a 500 means.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// The HTTP status. A redirect (3xx) is followed only to an allowed origin; otherwise it is
+    /// the call's error.
+    pub status: u16,
+    /// Response headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The response body, at most the table's `max_response_kib`.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// What a plugin passes to `state_list`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StateList {
+    /// Only keys that start with these bytes.
+    #[serde(with = "serde_bytes")]
+    pub prefix: Vec<u8>,
+    /// Only keys after this one (empty: from the first), to page through a long list.
+    #[serde(with = "serde_bytes")]
+    pub after: Vec<u8>,
+    /// At most this many keys, capped at [`MAX_STATE_LIST_KEYS`]; 0 for that cap.
+    pub limit: u32,
+}
+
+/// What `state_list` returns: keys in byte order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StateKeys {
+    /// The keys.
+    pub keys: Vec<serde_bytes::ByteBuf>,
+    /// Whether more keys match after the last one.
+    pub more: bool,
+}
+
+/// What a plugin passes to `metric_define`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MetricDefine {
+    /// 1 to [`MAX_METRIC_NAME_BYTES`] of `a-z`, `0-9` and `_`, starting with a letter.
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: String,
+    /// One line saying what it measures (at most 256 bytes).
+    pub help: String,
+}
+
+impl MetricDefine {
+    /// Whether `name` is a valid metric name: 1 to [`MAX_METRIC_NAME_BYTES`] of `a-z`, `0-9`
+    /// and `_`, starting with a letter.
+    pub fn is_valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= MAX_METRIC_NAME_BYTES
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }
+}
+
+/// The kinds of [`MetricDefine::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    /// Only goes up: `metric_record` adds.
+    Counter,
+    /// Any value: `metric_record` sets it.
+    Gauge,
+    /// Observations counted into buckets: `metric_record` observes.
+    Histogram,
+}
+
+impl MetricKind {
+    /// `counter`, `gauge` or `histogram`, as [`MetricDefine::kind`] carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// The payload of [`Event::Tick`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Tick {
+    /// Ticks that fell due while this one waited in the queue, folded into it.
+    pub coalesced: u64,
 }
 
 /// Encodes an ABI payload as a msgpack map with named keys.

@@ -77,7 +77,8 @@ impl Event {
             | Event::Dropped { .. }
             | Event::QueryResponse(_)
             | Event::QueryDone(_)
-            | Event::JobDone(_) => None,
+            | Event::JobDone(_)
+            | Event::Tick(_) => None,
         }
     }
 }

@@ -138,6 +138,14 @@ pub mod sys {
         #[link_name = "job_status"]
         pub fn job_status(id: i32, out_ptr: i32, out_cap: i32) -> i32;
     }
+
+    // Effects (ABI v1.2), each with its crate feature: see `guest_effects.rs`.
+    #[allow(
+        unused_imports,
+        unreachable_pub,
+        reason = "empty without the effect features"
+    )]
+    pub use super::effects::sys::*;
 }
 
 /// What the SDK's exports return for a refused init or a failed event (the ABI only says
@@ -296,6 +304,53 @@ impl Host for WasmHost {
         let _ = (name, args, stdin);
         Err(missing_feature("start_command", "commands"))
     }
+
+    // Effects (ABI v1.2): each in `guest_effects.rs`, linked only with its crate feature.
+
+    fn http(
+        &mut self,
+        request: &crate::abi::HttpRequest,
+    ) -> Result<crate::abi::HttpResponse, HostError> {
+        effects::http(request)
+    }
+
+    fn state_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        effects::state_get(key)
+    }
+
+    fn state_set(&mut self, key: &[u8], value: &[u8]) -> Result<(), HostError> {
+        effects::state_set(key, value)
+    }
+
+    fn state_delete(&mut self, key: &[u8]) -> Result<bool, HostError> {
+        effects::state_delete(key)
+    }
+
+    fn state_list(
+        &mut self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: u32,
+    ) -> Result<crate::abi::StateKeys, HostError> {
+        effects::state_list(prefix, after, limit)
+    }
+
+    fn set_tick(&mut self, period: std::time::Duration) -> Result<(), HostError> {
+        effects::set_tick(period)
+    }
+
+    fn define_metric(
+        &mut self,
+        name: &str,
+        kind: crate::abi::MetricKind,
+        help: &str,
+    ) -> Result<u32, HostError> {
+        effects::define_metric(name, kind, help)
+    }
+
+    fn record_metric(&mut self, id: u32, value: f64) -> Result<(), HostError> {
+        effects::record_metric(id, value)
+    }
 }
 
 /// Runs a command through `serf.command_run`, and fetches its result with
@@ -324,6 +379,10 @@ fn run_command(request: &[u8]) -> Result<crate::abi::CommandResult, HostError> {
     unsafe { buffer.set_len(needed as usize) };
     input::decode_command_result(&buffer).map_err(|_| HostError::Unavailable)
 }
+
+// Effects (ABI v1.2): the imports and the calls behind the methods above.
+#[path = "guest_effects.rs"]
+mod effects;
 
 /// Says, at warn level, which crate feature a capability call needs, and denies the call.
 #[allow(dead_code, reason = "unused when every capability feature is on")]

@@ -166,4 +166,98 @@ pub trait Host {
         let _ = (name, args, stdin);
         Err(HostError::Denied)
     }
+
+    // --- Effects (ABI v1.2). Each needs its crate feature (`http`, `state`, `timers`,
+    // `metrics`), which links its imports, and its grant in the plugin's `serf.toml` table;
+    // otherwise the call fails with [`HostError::Denied`]. The defaults here deny, for hosts
+    // written before them.
+
+    /// Makes an HTTP(S) request and returns the response, whatever its status.
+    ///
+    /// Needs `[plugins.NAME.http]` with the URL's origin in `allow`; any other origin, and a
+    /// redirect to one, is [`HostError::Denied`] before any connection. The call waits for
+    /// the response (the agent does not), within the table's `timeout` and the event's
+    /// deadline ([`HostError::Unavailable`] on a timeout or a connection failure);
+    /// [`HostError::TooLarge`] for a response body over `max_response_kib`;
+    /// [`HostError::RateLimited`] beyond `max_concurrent` or `per_second`.
+    fn http(
+        &mut self,
+        request: &crate::abi::HttpRequest,
+    ) -> Result<crate::abi::HttpResponse, HostError> {
+        let _ = request;
+        Err(HostError::Denied)
+    }
+
+    /// POSTs `body` as `application/json` to `url`: [`Host::http`] for webhooks.
+    fn post_json(&mut self, url: &str, body: &[u8]) -> Result<crate::abi::HttpResponse, HostError> {
+        self.http(&crate::abi::HttpRequest {
+            method: "POST".into(),
+            url: url.into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_vec(),
+            timeout_ms: 0,
+        })
+    }
+
+    /// The value stored under `key`, or `None`. Needs `[plugins.NAME.state]`.
+    ///
+    /// The store is the plugin's, on the agent's disk: it survives traps, reloads and
+    /// restarts. Keys have 1 to 1024 bytes ([`HostError::TooLarge`] otherwise).
+    fn state_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        let _ = key;
+        Err(HostError::Denied)
+    }
+
+    /// Stores `value` under `key`, durably, before it returns. [`HostError::TooLarge`] for a
+    /// value over the table's `max_value_bytes` or a store over its quota (`max_bytes`,
+    /// `max_keys`).
+    fn state_set(&mut self, key: &[u8], value: &[u8]) -> Result<(), HostError> {
+        let _ = (key, value);
+        Err(HostError::Denied)
+    }
+
+    /// Deletes `key`; returns whether it was there.
+    fn state_delete(&mut self, key: &[u8]) -> Result<bool, HostError> {
+        let _ = key;
+        Err(HostError::Denied)
+    }
+
+    /// Up to `limit` keys (at most 1000; 0 for 1000) that start with `prefix` and come after
+    /// `after` (empty: from the first), in byte order; `more` says whether others follow.
+    fn state_list(
+        &mut self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: u32,
+    ) -> Result<crate::abi::StateKeys, HostError> {
+        let _ = (prefix, after, limit);
+        Err(HostError::Denied)
+    }
+
+    /// Ticks every `period` from now on ([`Event::Tick`](crate::Event::Tick) through this
+    /// plugin's queue, at most one queued at a time); `Duration::ZERO` stops them. Needs
+    /// `tick` in the plugin's table; [`HostError::BadArgument`] under 100 ms.
+    fn set_tick(&mut self, period: std::time::Duration) -> Result<(), HostError> {
+        let _ = period;
+        Err(HostError::Denied)
+    }
+
+    /// Defines a metric (or finds the one of that name and kind) and returns its id. Names
+    /// are 1 to 64 bytes of `a-z`, `0-9` and `_`, starting with a letter. Needs
+    /// `[plugins.NAME.metrics]`; [`HostError::TooLarge`] past its `max_metrics`.
+    fn define_metric(
+        &mut self,
+        name: &str,
+        kind: crate::abi::MetricKind,
+        help: &str,
+    ) -> Result<u32, HostError> {
+        let _ = (name, kind, help);
+        Err(HostError::Denied)
+    }
+
+    /// Adds `value` to a counter (not negative), sets a gauge, or observes into a histogram.
+    fn record_metric(&mut self, id: u32, value: f64) -> Result<(), HostError> {
+        let _ = (id, value);
+        Err(HostError::Denied)
+    }
 }

@@ -20,7 +20,7 @@ pub(crate) enum Input {
 }
 
 /// The `kind` values [`abi::Event`] can hold: those of ABI v1.0, then later additions.
-const KNOWN_KINDS: [&str; 11] = [
+const KNOWN_KINDS: [&str; 12] = [
     "member-join",
     "member-leave",
     "member-failed",
@@ -34,6 +34,8 @@ const KNOWN_KINDS: [&str; 11] = [
     "query-done",
     // Jobs (ABI v1.1).
     "job-done",
+    // Timers (ABI v1.2).
+    "tick",
 ];
 
 /// How deep the decoder recurses; each array, map or string level counts twice. ABI payloads

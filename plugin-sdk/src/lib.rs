@@ -56,6 +56,14 @@
 
 pub mod abi;
 mod config;
+#[cfg(any(
+    test,
+    all(
+        target_family = "wasm",
+        any(feature = "http", feature = "state", feature = "metrics")
+    )
+))]
+mod effects_wire;
 mod error;
 #[cfg(test)]
 mod fixtures;
@@ -76,6 +84,8 @@ pub use abi::{Capability, QueryDone, QueryRequest, QueryResponse};
 pub use abi::{Job, JobDone, JobInfo, JobState};
 // Commands (ABI v1.1).
 pub use abi::{CommandRequest, CommandResult};
+// Effects (ABI v1.2).
+pub use abi::{HttpRequest, HttpResponse, MetricKind, StateKeys, Tick};
 pub use error::{Error, HostError};
 #[cfg(target_family = "wasm")]
 pub use guest::sys;

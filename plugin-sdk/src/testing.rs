@@ -40,6 +40,11 @@ use crate::abi::{CommandRequest, CommandResult, Job, JobDone, JobInfo, JobStart,
 use crate::error::{Error, HostError};
 use crate::host::Host;
 
+// Effects (ABI v1.2).
+#[path = "testing_effects.rs"]
+mod effects;
+pub use effects::{MockEffects, MockMetric};
+
 /// Serf's default limit on an encoded query response, in bytes; [`MockHost`]'s default cap on
 /// a response payload.
 ///
@@ -95,6 +100,9 @@ pub struct MockHost {
     pub commands: BTreeMap<String, MockCommand>,
     /// Every command run or started, oldest first (refused calls are not here).
     pub ran: Vec<RanCommand>,
+    // Effects (ABI v1.2).
+    /// HTTP, state, ticks and metrics: what is granted and what the plugin did.
+    pub effects: MockEffects,
 }
 
 /// A command granted on a [`MockHost`], as a `[plugins.NAME.commands.CMD]` table grants it.
@@ -168,6 +176,7 @@ impl MockHost {
             in_job: false,
             commands: BTreeMap::new(),
             ran: Vec::new(),
+            effects: MockEffects::default(),
         }
     }
 
@@ -427,6 +436,54 @@ impl Host for MockHost {
         self.record_command(name, args, stdin, Some(id));
         Ok(id)
     }
+
+    // Effects (ABI v1.2): see [`MockEffects`].
+
+    fn http(
+        &mut self,
+        request: &crate::abi::HttpRequest,
+    ) -> Result<crate::abi::HttpResponse, HostError> {
+        self.effects.http(request)
+    }
+
+    fn state_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        self.effects.state_get(key)
+    }
+
+    fn state_set(&mut self, key: &[u8], value: &[u8]) -> Result<(), HostError> {
+        self.effects.state_set(key, value)
+    }
+
+    fn state_delete(&mut self, key: &[u8]) -> Result<bool, HostError> {
+        self.effects.state_delete(key)
+    }
+
+    fn state_list(
+        &mut self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: u32,
+    ) -> Result<crate::abi::StateKeys, HostError> {
+        self.effects.state_list(prefix, after, limit)
+    }
+
+    fn set_tick(&mut self, period: std::time::Duration) -> Result<(), HostError> {
+        self.effects.set_tick(period)
+    }
+
+    fn define_metric(
+        &mut self,
+        name: &str,
+        kind: crate::abi::MetricKind,
+        help: &str,
+    ) -> Result<u32, HostError> {
+        let _ = help;
+        self.effects.define_metric(name, kind)
+    }
+
+    fn record_metric(&mut self, id: u32, value: f64) -> Result<(), HostError> {
+        self.effects.record_metric(id, value)
+    }
 }
 
 /// A user event `name` with `payload` (Lamport time 1, no coalescing).
@@ -500,6 +557,11 @@ pub fn member_reap(members: impl IntoIterator<Item = Member>) -> Event {
 /// The event the host sends after it had to drop `count` events for this plugin.
 pub fn dropped(count: u64) -> Event {
     Event::Dropped { count }
+}
+
+/// A tick (ABI v1.2, timers), with no tick coalesced into it.
+pub fn tick() -> Event {
+    Event::Tick(crate::abi::Tick { coalesced: 0 })
 }
 
 /// `from`'s answer `payload` to the query with handle `query`, named `name`.

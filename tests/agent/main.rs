@@ -24,3 +24,4 @@ mod sandbox;
 mod serf_layer;
 mod shell_handlers;
 mod snapshot;
+mod webhook;

@@ -39,6 +39,9 @@ struct Encoded {
     query: Option<(QueryKey, Instant)>,
     /// When the agent handed it over, for the latency figures.
     received: Instant,
+    /// Cleared when the plugin's task takes the event from the queue (a tick's "one is
+    /// queued" flag, ABI v1.2).
+    taken: Option<Arc<AtomicBool>>,
 }
 
 /// One queued event for one plugin.
@@ -291,6 +294,8 @@ pub struct PluginStatsSnapshot {
     pub commands: String,
     /// Its command counters: calls, denials, limited, failures, timeouts, time.
     pub command_counters: [(&'static str, u64); 6],
+    /// Effects (ABI v1.2): grants, counters and metrics, by `serf info` key.
+    pub effects: Vec<(String, String)>,
 }
 
 /// Why [`PluginHost::deliver_to`] did not queue an event. Nothing was queued.
@@ -324,17 +329,19 @@ struct Version {
     init: Vec<u8>,
 }
 
-/// A new version with an instance already initialised, ready to be swapped in.
+/// A new version, ready to be swapped in. Its first instance starts in the plugin's task,
+/// after the old version's `serf_shutdown` has returned, so that what the old version saves
+/// on the way out is there for the new one's `serf_init`.
 pub struct Prepared {
     version: Version,
-    instance: Instance,
 }
 
 /// A new version on its way to a plugin's task.
 struct Swap {
     prepared: Prepared,
-    /// Answered once the new version handles the plugin's events.
-    done: oneshot::Sender<()>,
+    /// Answered once the new version handles the plugin's events, or with why it could not
+    /// start (the old version then runs on, in a fresh instance).
+    done: oneshot::Sender<Result<(), CallError>>,
 }
 
 /// Why a prepared version was not swapped in; the old one runs on, if there was one.
@@ -343,6 +350,9 @@ pub enum SwapError {
     /// The plugin was removed, never ran, or its task has stopped (the agent is stopping).
     #[error("plugin {0} is not running")]
     NotRunning(String),
+    /// The new version's instance failed to start; the old version runs on.
+    #[error("the new version failed to start: {0}")]
+    StartFailed(CallError),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -447,6 +457,26 @@ impl PluginHost {
     /// queued for it: for events that concern that plugin only, such as the end of a job it
     /// started. Returns the event's `seq`. Never waits.
     pub fn deliver_to(&self, plugin: &str, event: &abi::Event) -> Result<u64, DeliverError> {
+        self.deliver_with(plugin, event, None)
+    }
+
+    /// [`PluginHost::deliver_to`], clearing `taken` when the plugin's task takes the event
+    /// from the queue (ABI v1.2: a tick is "queued" until then).
+    pub(super) fn deliver_flagged(
+        &self,
+        plugin: &str,
+        event: &abi::Event,
+        taken: Arc<AtomicBool>,
+    ) -> Result<u64, DeliverError> {
+        self.deliver_with(plugin, event, Some(taken))
+    }
+
+    fn deliver_with(
+        &self,
+        plugin: &str,
+        event: &abi::Event,
+        taken: Option<Arc<AtomicBool>>,
+    ) -> Result<u64, DeliverError> {
         let slot = self
             .slot(plugin)
             .ok_or_else(|| DeliverError::UnknownPlugin(plugin.to_owned()))?;
@@ -457,9 +487,20 @@ impl PluginHost {
             body: abi::encode(event),
             query: None,
             received: Instant::now(),
+            taken,
         });
         slot.offer(encoded)
             .ok_or_else(|| DeliverError::QueueFull(plugin.to_owned()))
+    }
+
+    /// The agent's effects (ABI v1.2), if its services have them.
+    pub fn effects(&self) -> Option<Arc<super::effects::EffectHost>> {
+        self.services.effects().cloned()
+    }
+
+    /// The token cancelled when the plugins stop (for the tick task, ABI v1.2).
+    pub(super) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Counts a long job started by `plugin` (shown as `jobs` in `serf info`).
@@ -490,7 +531,16 @@ impl PluginHost {
     /// Every configured plugin's counters, in name order.
     pub fn stats(&self) -> Vec<PluginStatsSnapshot> {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
-        slots.iter().map(|slot| slot.snapshot()).collect()
+        let mut stats: Vec<PluginStatsSnapshot> =
+            slots.iter().map(|slot| slot.snapshot()).collect();
+        // Effects (ABI v1.2): what is granted, used and measured.
+        if let Some(effects) = self.services.effects() {
+            for (slot, stats) in slots.iter().zip(&mut stats) {
+                let grants = lock(&slot.status).spec.grants.effects.clone();
+                stats.effects = effects.describe(&slot.name, &grants);
+            }
+        }
+        stats
     }
 
     /// (cache hits, cache misses) of compiled modules.
@@ -598,8 +648,8 @@ impl PluginHost {
         engine.load(&spec.path, bytes)
     }
 
-    /// Starts an instance of a new version off to the side: instantiation, `_initialize` and
-    /// `serf_init` under the version's own limits. Must run on the plugin runtime.
+    /// Makes a new version ready to swap in. Its instance starts in the plugin's task, after
+    /// the old version's `serf_shutdown` (see [`Prepared`]).
     pub async fn prepare(
         &self,
         spec: PluginSpec,
@@ -609,14 +659,7 @@ impl PluginHost {
             Some(slot) => self.version(&slot, spec, loaded),
             None => self.version(&Slot::new(&spec), spec, loaded),
         };
-        let instance = Instance::start(
-            &version.loaded,
-            &version.spec,
-            Arc::clone(&version.context),
-            &version.init,
-        )
-        .await?;
-        Ok(Prepared { version, instance })
+        Ok(Prepared { version })
     }
 
     /// Hands a prepared version to the plugin's task, which swaps it in between two events
@@ -632,7 +675,13 @@ impl PluginHost {
             .send(Swap { prepared, done })
             .await
             .map_err(|_| not_running())?;
-        swapped.await.map_err(|_| not_running())?;
+        swapped
+            .await
+            .map_err(|_| not_running())?
+            .map_err(SwapError::StartFailed)?;
+        if let Some(effects) = self.services.effects() {
+            effects.configure(&spec.name, &spec.grants.effects);
+        }
         slot.counters.starts.fetch_add(1, Ordering::Relaxed);
         slot.counters.reloads.fetch_add(1, Ordering::Relaxed);
         slot.queue.set_capacity(spec.limits.queue_capacity.get());
@@ -697,6 +746,9 @@ impl PluginHost {
                     status.last_reload_error = None;
                 }
                 slot.rates.clear_failures();
+                if let Some(effects) = self.services.effects() {
+                    effects.configure(&spec.name, &spec.grants.effects);
+                }
                 let version = self.version(&slot, spec, loaded);
                 self.spawn_runner(&slot, version);
             }
@@ -939,6 +991,7 @@ impl Slot {
             refused_responses: self.rates.refused_responses.load(Ordering::Relaxed),
             commands: spec.commands,
             command_counters: self.rates.commands.view(),
+            effects: Vec::new(),
         }
     }
 }
@@ -1043,12 +1096,16 @@ impl Runner {
                     }
                 },
             };
+            if let Some(taken) = &queued.event.taken {
+                taken.store(false, Ordering::Release);
+            }
             let dropped = slot.counters.dropped_unreported.swap(0, Ordering::Relaxed);
             if dropped > 0 {
                 let notice = Encoded {
                     body: abi::encode(&abi::Event::Dropped { count: dropped }),
                     query: None,
                     received: Instant::now(),
+                    taken: None,
                 };
                 if let Some(reason) = self.deliver(0, &notice).await {
                     return RunEnd::GaveUp(reason);
@@ -1064,21 +1121,46 @@ impl Runner {
         RunEnd::Stopped
     }
 
-    /// Puts a new version in place of the old, whose instance gets its `serf_shutdown`.
+    /// Puts a new version in place of the old: the old instance's `serf_shutdown` runs
+    /// first, then the new version's instance starts (`serf_init`). If it cannot, the old
+    /// version runs on in a fresh instance, and the reload learns why.
     async fn swap(&mut self, swap: Swap) {
-        let Prepared { version, instance } = swap.prepared;
-        tracing::info!(
-            plugin = %self.slot.name,
-            sha256 = %version.loaded.sha256,
-            "plugin version swapped in"
-        );
-        self.version = version;
-        self.backoff.reset();
-        self.slot.rates.clear_failures();
-        if let Some(old) = self.instance.replace(instance) {
+        let Prepared { version } = swap.prepared;
+        if let Some(old) = self.instance.take() {
             old.shutdown().await;
         }
-        let _ = swap.done.send(());
+        let started = Instance::start(
+            &version.loaded,
+            &version.spec,
+            Arc::clone(&version.context),
+            &version.init,
+        )
+        .await;
+        match started {
+            Ok(instance) => {
+                tracing::info!(
+                    plugin = %self.slot.name,
+                    sha256 = %version.loaded.sha256,
+                    "plugin version swapped in"
+                );
+                self.version = version;
+                self.instance = Some(instance);
+                self.backoff.reset();
+                self.slot.rates.clear_failures();
+                let _ = swap.done.send(Ok(()));
+            }
+            Err(error) => {
+                // The old version goes on; a failure to restart it is the usual backoff's.
+                let old = &self.version;
+                if let Ok(instance) =
+                    Instance::start(&old.loaded, &old.spec, Arc::clone(&old.context), &old.init)
+                        .await
+                {
+                    self.instance = Some(instance);
+                }
+                let _ = swap.done.send(Err(error));
+            }
+        }
     }
 
     /// Hands one event to the plugin, starting an instance if none runs. Returns why the
@@ -1248,6 +1330,7 @@ fn encode_event(event: &serf_core::Event) -> Encoded {
         body: abi::encode(&abi_event),
         query,
         received,
+        taken: None,
     }
 }
 
@@ -1390,6 +1473,7 @@ mod tests {
             body: Vec::new(),
             query: None,
             received: Instant::now(),
+            taken: None,
         })
     }
 

@@ -249,6 +249,7 @@ impl Wasm {
         instance::add_job_functions(&mut linker)?;
         instance::add_capability_functions(&mut linker)?;
         super::commands::add_command_functions(&mut linker)?;
+        super::effects::add_effect_functions(&mut linker)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Wasm {
@@ -797,6 +798,7 @@ fn validate(module: &Module) -> Result<(), String> {
                     .chain(&instance::JOB_HOST_FUNCTIONS)
                     .chain(&instance::CAPABILITY_FUNCTIONS)
                     .chain(&super::commands::COMMAND_FUNCTIONS)
+                    .chain(&super::effects::EFFECT_FUNCTIONS)
                     .find(|(name, _)| *name == import.name());
                 let Some((_, expected)) = known else {
                     return Err(format!(

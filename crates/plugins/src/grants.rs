@@ -95,6 +95,8 @@ pub struct Grants {
     pub denials: DenialLog,
     /// `[plugins.NAME.commands.CMD]`: the host commands it may run (ABI v1.1, commands).
     pub commands: super::commands::CommandGrants,
+    /// Effects (ABI v1.2): HTTP, state, ticks and metrics; none by default.
+    pub effects: super::effects::EffectGrants,
 }
 
 impl Grants {

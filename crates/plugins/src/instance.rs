@@ -98,6 +98,24 @@ impl StoreState {
     }
 }
 
+// Effects (ABI v1.2): what `super::effects` reads of a store.
+impl StoreState {
+    /// What every instance of the plugin shares.
+    pub(super) fn plugin_context(&self) -> &Arc<InstanceContext> {
+        &self.context
+    }
+
+    /// When the call in progress must end.
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The result kept for `take_result` during the call in progress.
+    pub(super) fn kept_result(&mut self) -> &mut Option<Vec<u8>> {
+        &mut self.call.kept_result
+    }
+}
+
 /// What the export call in progress may do and has done.
 #[derive(Default)]
 struct CallState {
@@ -105,6 +123,8 @@ struct CallState {
     query: Option<QueryKey>,
     responded: bool,
     error: Option<String>,
+    /// Effects (ABI v1.2): a result that did not fit the guest's buffer, for `take_result`.
+    kept_result: Option<Vec<u8>>,
 }
 
 /// Caps the instance's memory (every linear memory and table together) and remembers

@@ -9,15 +9,22 @@
 
 pub mod commands;
 pub mod dispatch;
+pub mod effects;
+#[cfg(test)]
+mod effects_tests;
 pub mod engine;
 
 pub mod grants;
+pub mod http;
 pub mod instance;
 pub mod jobs;
+pub mod metrics;
 pub mod rates;
 #[cfg(test)]
 mod sandbox_tests;
+pub mod state;
 mod stdio;
+pub mod timers;
 pub mod tool;
 
 use std::collections::BTreeMap;
@@ -127,6 +134,12 @@ pub trait HostServices: Send + Sync + 'static {
     fn query(&self, plugin: &str, request: abi::QueryRequest) -> Result<u32, Status> {
         let _ = (plugin, request);
         Err(Status::Unavailable)
+    }
+
+    /// Effects (ABI v1.2): the agent's HTTP, state, timer and metric services; without them
+    /// every effect call returns `Unavailable`.
+    fn effects(&self) -> Option<&Arc<effects::EffectHost>> {
+        None
     }
 }
 

@@ -37,13 +37,13 @@ pub const DEFAULT_MAX_CONSECUTIVE_TRAPS: u32 = 16;
 
 /// A count per one-second window.
 #[derive(Debug, Clone, Copy)]
-struct Window {
+pub(super) struct Window {
     started: Instant,
     count: u32,
 }
 
 impl Window {
-    fn new(now: Instant) -> Window {
+    pub(super) fn new(now: Instant) -> Window {
         Window {
             started: now,
             count: 0,
@@ -52,7 +52,7 @@ impl Window {
 
     /// Counts one more; returns whether it is within `limit`, and how many the window that
     /// just ended refused (`0` unless this call opened a new window).
-    fn take(&mut self, now: Instant, limit: u32) -> (bool, u32) {
+    pub(super) fn take(&mut self, now: Instant, limit: u32) -> (bool, u32) {
         let mut refused_before = 0;
         if now.saturating_duration_since(self.started) >= Duration::from_secs(1) {
             refused_before = self.count.saturating_sub(limit);

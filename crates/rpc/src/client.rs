@@ -487,6 +487,23 @@ impl Client {
             .plugins)
     }
 
+    /// A plugin's durable state (ABI v1.2): the value of `key`, or with an empty key the keys
+    /// under `prefix`.
+    pub async fn plugin_state(
+        &self,
+        name: &str,
+        key: &str,
+        prefix: &str,
+    ) -> Result<protocol::PluginStateResponse, RpcError> {
+        let request = protocol::PluginStateRequest {
+            name: name.to_owned(),
+            key: key.to_owned(),
+            prefix: prefix.to_owned(),
+        };
+        let reply = self.call(command::PLUGIN_STATE, Some(&request)).await?;
+        reply.body::<protocol::PluginStateResponse>(command::PLUGIN_STATE)
+    }
+
     /// One plugin, with its grants, limits and counters; an unknown name is an error.
     pub async fn plugin_status(&self, name: &str) -> Result<protocol::Plugin, RpcError> {
         let request = protocol::PluginRequest {

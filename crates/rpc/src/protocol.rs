@@ -114,9 +114,12 @@ pub mod command {
     pub const PLUGIN_LIST: &str = "plugin-list";
     /// Body [`super::PluginRequest`], reply [`super::PluginResponse`].
     pub const PLUGIN_STATUS: &str = "plugin-status";
+    /// Body [`super::PluginStateRequest`], reply [`super::PluginStateResponse`]: a plugin's
+    /// durable state (ABI v1.2), one key's value or the keys under a prefix.
+    pub const PLUGIN_STATE: &str = "plugin-state";
 
     /// Every command the agent understands: Serf 0.9.4's, then our extensions.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 28] = [
         HANDSHAKE,
         AUTH,
         EVENT,
@@ -144,6 +147,7 @@ pub mod command {
         JOB_REAP,
         PLUGIN_LIST,
         PLUGIN_STATUS,
+        PLUGIN_STATE,
     ];
 }
 
@@ -214,6 +218,7 @@ pub fn command_has_response_body(command: &str) -> bool {
             | command::JOB_REAP
             | command::PLUGIN_LIST
             | command::PLUGIN_STATUS
+            | command::PLUGIN_STATE
     )
 }
 
@@ -770,6 +775,43 @@ pub struct PluginsResponse {
 pub struct PluginResponse {
     #[serde(rename = "Plugin", deserialize_with = "go::nil_default")]
     pub plugin: Plugin,
+}
+
+/// Body of `plugin-state`: with a `Key`, that key's value; without, the keys under `Prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginStateRequest {
+    #[serde(rename = "Name", deserialize_with = "go::string")]
+    pub name: String,
+    #[serde(rename = "Key", deserialize_with = "go::string")]
+    pub key: String,
+    #[serde(rename = "Prefix", deserialize_with = "go::string")]
+    pub prefix: String,
+}
+
+/// Reply to `plugin-state`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginStateResponse {
+    /// The keys under the prefix (at most 1000), as text (bytes that are not UTF-8 replaced).
+    #[serde(rename = "Keys", deserialize_with = "go::string_vec")]
+    pub keys: Vec<String>,
+    /// More keys follow the last one listed.
+    #[serde(rename = "More", deserialize_with = "go::bool")]
+    pub more: bool,
+    /// The key's value; `None` when listing.
+    #[serde(
+        rename = "Value",
+        serialize_with = "go::ser_opt_bytes",
+        deserialize_with = "go::opt_bytes"
+    )]
+    pub value: Option<Vec<u8>>,
+    /// Bytes of keys and values the plugin stores.
+    #[serde(rename = "Bytes")]
+    pub bytes: u64,
+    /// Keys the plugin stores.
+    #[serde(rename = "KeyCount")]
+    pub key_count: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

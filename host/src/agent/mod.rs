@@ -123,7 +123,9 @@ impl Agent {
             plugins: Arc::clone(&plugins_cell),
             next_query_handle: AtomicU32::new(0),
             answered: AnsweredQueries::default(),
+            effects: serf_plugins::effects::EffectHost::new(config.data_dir.as_deref()),
         });
+        let effects = Arc::clone(&services.effects);
         let plugins = PluginHost::spawn(
             engine,
             config.plugins.clone(),
@@ -134,6 +136,7 @@ impl Agent {
         );
         let _ = plugins_cell.set(Arc::clone(&plugins));
         jobs.attach(&plugins);
+        serf_plugins::timers::spawn(&effects, &plugins);
         let handlers = Arc::new(ShellHandlers::start(
             config.handlers.clone(),
             services,
@@ -298,6 +301,8 @@ struct Services {
     next_query_handle: AtomicU32,
     /// Queries a plugin answered: a second plugin's answer is refused at its call.
     answered: AnsweredQueries,
+    /// Effects (ABI v1.2): HTTP, state under `<data_dir>/plugin-state`, ticks, metrics.
+    effects: Arc<serf_plugins::effects::EffectHost>,
 }
 
 /// The keys of the last [`AnsweredQueries::REMEMBERED`] queries a plugin answered, so that
@@ -350,6 +355,10 @@ impl AnsweredQueries {
 impl HostServices for Services {
     fn jobs(&self) -> Option<&Jobs> {
         Some(&self.jobs)
+    }
+
+    fn effects(&self) -> Option<&Arc<serf_plugins::effects::EffectHost>> {
+        Some(&self.effects)
     }
 
     fn respond(&self, plugin: &str, query: QueryKey, payload: Vec<u8>) -> Result<(), Status> {
@@ -957,6 +966,7 @@ mod tests {
             limits: serf_core::SerfLimits::SERF,
             next_query_handle: AtomicU32::new(0),
             answered: AnsweredQueries::default(),
+            effects: serf_plugins::effects::EffectHost::new(None),
         };
         (services, receiver)
     }

@@ -7,10 +7,12 @@
 //! pure) and applies each difference:
 //!
 //! - a new module, new limits (other than `queue_capacity`), `config`, `dirs` or grants: the
-//!   new version is compiled on a blocking thread and initialised off to the side, then the
-//!   plugin's task swaps it in between two events. The queue stays, so no event is lost or reordered. A
-//!   version that fails to compile or initialise is not swapped in: the old one runs on, and
-//!   the reason goes to the log and to `serf info` (`last_reload_error`);
+//!   new version is compiled on a blocking thread, then the plugin's task swaps it in between
+//!   two events: the old instance's `serf_shutdown` returns before the new one's `serf_init`
+//!   runs, so state the old version saves on the way out is there for the new one. The queue
+//!   stays, so no event is lost or reordered. A version that fails to compile or initialise
+//!   is not swapped in: the old one runs on (in a fresh instance, if its own had been shut
+//!   down already), and the reason goes to the log and to `serf info` (`last_reload_error`);
 //! - a new filter or queue capacity: applied at once to the same instance;
 //! - a plugin added: it starts; a plugin removed: it gets no new events, handles the ones
 //!   already queued, runs `serf_shutdown` and stops.
@@ -585,8 +587,8 @@ async fn apply(host: &Arc<PluginHost>, files: Vec<PluginFile>) -> Vec<PluginOutc
     outcomes
 }
 
-/// Compiles (unless only settings changed) and initialises a new version off to the side,
-/// then swaps it in; on any failure the running version stays.
+/// Compiles (unless only settings changed) a new version, then swaps it in (the plugin's task
+/// starts it after shutting the old one down); on any failure the old version runs on.
 async fn replace(
     host: &PluginHost,
     file: PluginFile,
@@ -612,6 +614,8 @@ async fn replace(
         .prepare(spec.clone(), loaded)
         .await
         .map_err(|error| format!("the new version failed to start: {error}"))?;
+    // The new version's `serf_init` runs in the plugin's task, after the old version's
+    // `serf_shutdown`: what the old one saves on the way out, the new one finds.
     host.swap(&spec.name, prepared)
         .await
         .map_err(|error| error.to_string())
@@ -959,6 +963,96 @@ mod tests {
             .into_iter()
             .find(|stats| stats.name == name)
             .unwrap_or_else(|| panic!("no plugin {name}"))
+    }
+
+    /// A plugin that counts its events in memory, loads the count from its state in
+    /// `serf_init` and saves it in `serf_shutdown` only: it loses counts unless every new
+    /// version's `init` runs after the old version's `shutdown`. `tag` tells versions apart.
+    fn state_counter(tag: u8) -> Vec<u8> {
+        wat::parse_str(format!(
+            r#"(module
+            (import "serf" "state_get" (func $get (param i32 i32 i32 i32) (result i32)))
+            (import "serf" "state_set" (func $set (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (global $count (mut i64) (i64.const 0))
+            (data (i32.const 0) "count")
+            (data (i32.const 32) "\{tag:02x}")
+            (func (export "serf_plugin_abi_v1"))
+            (func (export "serf_input_buffer") (param i32) (result i32) i32.const 1024)
+            (func (export "serf_init") (param i32 i32) (result i32)
+                (if (i32.eq (call $get (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 8))
+                            (i32.const 8))
+                    (then (global.set $count (i64.load (i32.const 16)))))
+                i32.const 0)
+            (func (export "serf_handle") (param i32 i32) (result i32)
+                (global.set $count (i64.add (global.get $count) (i64.const 1)))
+                i32.const 0)
+            (func (export "serf_shutdown")
+                (i64.store (i32.const 16) (global.get $count))
+                (drop (call $set (i32.const 0) (i32.const 5) (i32.const 16) (i32.const 8)))))"#
+        ))
+        .expect("the counter is valid text")
+    }
+
+    struct WithEffects(Arc<serf_plugins::effects::EffectHost>);
+
+    impl HostServices for WithEffects {
+        fn respond(&self, _: &str, _: QueryKey, _: Vec<u8>) -> Result<(), abi::Status> {
+            Err(abi::Status::Unavailable)
+        }
+
+        fn effects(&self) -> Option<&Arc<serf_plugins::effects::EffectHost>> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_hot_reload_under_a_stream_of_events_keeps_the_stored_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let effects = serf_plugins::effects::EffectHost::new(Some(dir.path()));
+        let mut spec = spec("counter");
+        spec.path = dir.path().join("counter.wasm");
+        spec.filter = EventFilter::parse("user:rec").unwrap();
+        spec.limits.queue_capacity = NonZeroUsize::new(8192).unwrap();
+        spec.grants.effects = serf_plugins::effects::resolve(
+            None,
+            Some(&serf_plugins::effects::FileState::default()),
+            None,
+            None,
+        )
+        .unwrap();
+        std::fs::write(&spec.path, state_counter(0)).unwrap();
+        let host = runtime.block_on(PluginHost::start(
+            Engine::new(None),
+            vec![spec.clone()],
+            "node",
+            SerfLimits::SERF,
+            Arc::new(WithEffects(Arc::clone(&effects))),
+            runtime.handle(),
+        ));
+        for version in 1..=3u8 {
+            for n in 0..100 {
+                host.dispatch(&user_event(n.to_string()));
+            }
+            // The new version swaps in while events still wait in the queue.
+            std::fs::write(&spec.path, state_counter(version)).unwrap();
+            let outcomes = reload(&runtime, &host, std::slice::from_ref(&spec));
+            assert_eq!(outcomes[0].error, None);
+        }
+        for n in 0..100 {
+            host.dispatch(&user_event(n.to_string()));
+        }
+        serf_testkit::wait_until("every event", || stats(&host, "counter").handled == 400);
+        runtime.block_on(host.shutdown());
+        let store = effects.plugin("counter").store().unwrap();
+        let saved = store.get(b"count").unwrap();
+        assert_eq!(u64::from_le_bytes(saved.try_into().unwrap()), 400);
+        assert_eq!(stats(&host, "counter").reloads, 3);
     }
 
     #[test]

@@ -44,10 +44,12 @@ enum PluginCommand {
     List(ListArgs),
     /// Shows one plugin of a running agent: state, grants, limits and counters
     Status(StatusArgs),
+    /// Lists the keys a plugin stored in its durable state, or prints one value
+    State(StateArgs),
 }
 
 /// The client subcommands of `serf plugin`, which take Serf's flags (see [`super::normalize_args`]).
-pub(super) const CLIENT_COMMANDS: [&str; 2] = ["list", "status"];
+pub(super) const CLIENT_COMMANDS: [&str; 3] = ["list", "status", "state"];
 
 #[derive(Debug, clap::Args)]
 struct ListArgs {
@@ -164,6 +166,7 @@ pub(super) fn run(args: PluginArgs) -> u8 {
                 }
             };
         }
+        PluginCommand::State(args) => return super::block_on(state(args)),
         PluginCommand::Check(args) => tool::check(&args.file, args.budget()).map(|report| {
             print!("{}", format_check(&report));
             0
@@ -534,6 +537,64 @@ fn text(bytes: &[u8]) -> String {
 
 fn millis(duration: Duration) -> String {
     format!("{:.3} ms", duration.as_secs_f64() * 1000.0)
+}
+
+// --- Effects (ABI v1.2): `serf plugin state`. --------------------------------------------
+
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// Only keys that start with this text (when no KEY is given).
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    prefix: String,
+    /// Output format: text or json.
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    format: String,
+    #[command(flatten)]
+    rpc: super::RpcFlags,
+    /// The plugin's name.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// A key whose value to print (as stored: bytes that are not UTF-8 are replaced).
+    #[arg(value_name = "KEY")]
+    key: Option<String>,
+}
+
+/// `serf plugin state NAME [KEY]`: the keys (one a line, then the totals), or one value.
+async fn state(args: StateArgs) -> super::Exit {
+    let json = json_format(&args.format)?;
+    let client = super::connect(&args.rpc).await?;
+    let key = args.key.as_deref().unwrap_or_default();
+    let state = client
+        .plugin_state(&args.name, key, &args.prefix)
+        .await
+        .map_err(super::failed("Error reading plugin state"))?;
+    if json {
+        let value = state
+            .value
+            .as_ref()
+            .map(|value| serde_json::Value::from(String::from_utf8_lossy(value).into_owned()));
+        return super::print_json(&serde_json::json!({
+            "keys": state.keys,
+            "more": state.more,
+            "value": value,
+            "bytes": state.bytes,
+            "key_count": state.key_count,
+        }));
+    }
+    if let Some(value) = &state.value {
+        super::out(&String::from_utf8_lossy(value));
+        return Ok(0);
+    }
+    let mut lines = state.keys.clone();
+    if state.more {
+        lines.push("... (more keys: narrow with -prefix)".to_owned());
+    }
+    lines.push(format!(
+        "{} keys, {} bytes stored",
+        state.key_count, state.bytes
+    ));
+    super::out(&lines.join("\n"));
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -693,7 +693,10 @@ fn stats_sections(session: &Session, stats: &serf_node::NodeStats) -> protocol::
             ("capabilities", plugin.capabilities.clone()),
         ];
         pairs.extend(plugin_counters(&plugin));
-        sections.insert(format!("plugin:{}", plugin.name), section(pairs));
+        let mut section = section(pairs);
+        // Effects (ABI v1.2): grants, counters and metrics.
+        section.extend(plugin.effects.iter().cloned());
+        sections.insert(format!("plugin:{}", plugin.name), section);
     }
     for handler in session.agent.handlers().stats() {
         let timeout = handler
@@ -915,6 +918,7 @@ fn plugin_view(plugin: PluginStatsSnapshot) -> protocol::Plugin {
     let counters = plugin_counters(&plugin)
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
+        .chain(plugin.effects.iter().cloned())
         .collect();
     let capabilities = if plugin.capabilities == "none" {
         Vec::new()
@@ -976,6 +980,63 @@ pub(super) async fn plugin_status(
         ),
     };
     let body = protocol::PluginResponse { plugin };
+    session.outbox.reply(seq, &error, Some(&body)).await;
+    Ok(Flow::Continue)
+}
+
+/// `plugin-state` (ABI v1.2): a plugin's stored keys, or one value. The agent holds the
+/// database, so it reads it for the client; an unknown plugin or key is the error.
+pub(super) async fn plugin_state(
+    session: &mut Session,
+    seq: u64,
+    request: protocol::PluginStateRequest,
+) -> Result<Flow, protocol::FrameError> {
+    let plugins = session.agent.plugins();
+    let configured = plugins.stats().iter().any(|p| p.name == request.name);
+    let effects = plugins.effects();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let not_configured = || format!("no plugin named {:?} is configured", request.name);
+        if !configured {
+            return Err(not_configured());
+        }
+        let store = effects
+            .ok_or_else(not_configured)?
+            .state_of(&request.name)
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| format!("plugin {:?} has stored nothing", request.name))?;
+        let (bytes, key_count) = store.totals();
+        let mut response = protocol::PluginStateResponse {
+            bytes,
+            key_count,
+            ..Default::default()
+        };
+        if request.key.is_empty() {
+            let keys = store
+                .list(&serf_plugin_sdk::abi::StateList {
+                    prefix: request.prefix.into_bytes(),
+                    ..Default::default()
+                })
+                .map_err(|error| error.to_string())?;
+            response.keys = keys
+                .keys
+                .iter()
+                .map(|key| String::from_utf8_lossy(key).into_owned())
+                .collect();
+            response.more = keys.more;
+        } else {
+            let value = store
+                .get(request.key.as_bytes())
+                .map_err(|error| format!("key {:?}: {error}", request.key))?;
+            response.value = Some(value);
+        }
+        Ok(response)
+    })
+    .await
+    .unwrap_or_else(|_| Err("the agent is shutting down".to_owned()));
+    let (body, error) = match outcome {
+        Ok(body) => (body, String::new()),
+        Err(error) => (protocol::PluginStateResponse::default(), error),
+    };
     session.outbox.reply(seq, &error, Some(&body)).await;
     Ok(Flow::Continue)
 }

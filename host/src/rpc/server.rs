@@ -605,6 +605,7 @@ async fn read_request(
         }
         command::PLUGIN_LIST => handlers::plugin_list(session, seq).await,
         command::PLUGIN_STATUS => handlers::plugin_status(session, seq, body(reader).await?).await,
+        command::PLUGIN_STATE => handlers::plugin_state(session, seq, body(reader).await?).await,
         command::GET_COORDINATE => {
             handlers::get_coordinate(session, seq, body(reader).await?).await
         }
