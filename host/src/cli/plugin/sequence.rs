@@ -12,14 +12,14 @@ use serf_plugins::tool::{self, SequenceReport, Step};
 
 use super::{RunArgs, format_logs, millis, outcome, text};
 
+/// A plugin's config table, as `serf_init` receives it.
+type ConfigTable = BTreeMap<String, rmpv::Value>;
+
 /// The largest sequence file read, in bytes.
 const MAX_SEQUENCE_BYTES: u64 = 16 << 20;
 
-/// What `serf plugin run` runs: the plugin's spec, its config table and the steps.
-type Prepared = (PluginSpec, BTreeMap<String, rmpv::Value>, Vec<Step>);
-
 /// The plugin's spec, config table and steps for `args`.
-pub(super) fn prepare(args: &RunArgs) -> Result<Prepared, String> {
+pub(super) fn prepare(args: &RunArgs) -> Result<(PluginSpec, ConfigTable, Vec<Step>), String> {
     let steps = match (&args.sequence, &args.event) {
         (Some(path), _) => read_sequence(path)?,
         (None, Some(event)) => vec![Step {
@@ -61,10 +61,7 @@ fn read_sequence(path: &Path) -> Result<Vec<Step>, String> {
 
 /// The spec of the `[plugins.NAME]` table of `path`, resolved as the agent resolves it, for
 /// the module `args.file`; and its config table.
-fn table_spec(
-    path: &Path,
-    args: &RunArgs,
-) -> Result<(PluginSpec, BTreeMap<String, rmpv::Value>), String> {
+fn table_spec(path: &Path, args: &RunArgs) -> Result<(PluginSpec, ConfigTable), String> {
     let flags = AgentFlags {
         config_file: Some(path.to_path_buf()),
         ..AgentFlags::default()
