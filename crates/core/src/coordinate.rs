@@ -823,8 +823,8 @@ mod serf_tests {
                     let reply = match self.index(s.to) {
                         Some(j) => self.nodes[j]
                             .handle_stream(self.now, addr(i), &s.payload)
-                            .ok_or_else(|| "no reply".to_string()),
-                        None => Err("connection refused".to_string()),
+                            .ok_or_else(|| serf_gossip::StreamError::Other("no reply".to_owned())),
+                        None => Err(serf_gossip::StreamError::Refused(s.to)),
                     };
                     let reply = if s.expects_reply {
                         reply

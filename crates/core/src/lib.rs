@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use regex::Regex;
 
-pub use self::core::SerfCounters;
+pub use self::core::Counters;
 use self::core::{Core, OutboundQuery};
 use self::wire::{QueryFilter, QueryMsg, QueryResponseMsg, UserEventMsg};
 use serf_gossip::{
-    self, DecodeError, JoinId, JoinOutcome, StreamId, StreamRequest, Transmit,
+    self, DecodeError, JoinId, JoinOutcome, StreamError, StreamId, StreamRequest, Transmit,
     broadcast::BroadcastId, memberlist::Memberlist,
 };
 
@@ -254,7 +254,7 @@ pub struct Stats {
     pub event_queue: usize,
     pub query_queue: usize,
     /// Serf's drop counters.
-    pub counters: SerfCounters,
+    pub counters: Counters,
 }
 
 /// This node's own progress through a graceful leave (reference 3.12).
@@ -770,7 +770,7 @@ impl Serf {
         &mut self,
         now: Instant,
         id: StreamId,
-        reply: Result<Vec<u8>, String>,
+        reply: Result<Vec<u8>, StreamError>,
     ) {
         self.ml.handle_stream_reply(now, id, reply);
         self.flush(now);
@@ -1283,8 +1283,8 @@ mod cluster_tests {
                         let reply = match self.index(s.to) {
                             Some(j) => self.nodes[j]
                                 .handle_stream(self.now, addr(i), &s.payload)
-                                .ok_or_else(|| "no reply".to_string()),
-                            None => Err("connection refused".to_string()),
+                                .ok_or_else(|| StreamError::Other("no reply".to_owned())),
+                            None => Err(StreamError::Refused(s.to)),
                         };
                         let reply = if s.expects_reply {
                             reply

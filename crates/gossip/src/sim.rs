@@ -17,8 +17,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    Config, DecodeError, Delegate, JoinOutcome, Memberlist, Node, NodeState, StreamId,
-    StreamRequest, Transmit,
+    Config, DecodeError, Delegate, JoinOutcome, Memberlist, Node, NodeState, StreamError, StreamId,
+    StreamRequest, StreamStage, Transmit,
 };
 
 /// What the simulator needs from a node: the sans-I/O verbs shared by [`Memberlist`] and
@@ -35,7 +35,12 @@ pub trait SimPeer {
         payload: &[u8],
     ) -> Result<(), DecodeError>;
     fn handle_stream(&mut self, now: Instant, from: SocketAddr, message: &[u8]) -> Option<Vec<u8>>;
-    fn handle_stream_reply(&mut self, now: Instant, id: StreamId, reply: Result<Vec<u8>, String>);
+    fn handle_stream_reply(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        reply: Result<Vec<u8>, StreamError>,
+    );
     fn handle_timeout(&mut self, now: Instant);
     fn poll_timeout(&self) -> Option<Instant>;
     fn poll_transmit(&mut self) -> Option<Transmit>;
@@ -72,7 +77,12 @@ impl SimPeer for Memberlist<SimDelegate> {
         Memberlist::handle_stream(self, now, from, message)
     }
 
-    fn handle_stream_reply(&mut self, now: Instant, id: StreamId, reply: Result<Vec<u8>, String>) {
+    fn handle_stream_reply(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        reply: Result<Vec<u8>, StreamError>,
+    ) {
         Memberlist::handle_stream_reply(self, now, id, reply);
     }
 
@@ -172,7 +182,7 @@ enum Event {
     StreamReply {
         to: usize,
         id: StreamId,
-        reply: Result<Vec<u8>, String>,
+        reply: Result<Vec<u8>, StreamError>,
     },
     Timer {
         node: usize,
@@ -303,6 +313,62 @@ impl<P: SimPeer> Sim<P> {
         sim
     }
 
+    /// The network of unit tests that check behaviour rather than timing: nothing is lost
+    /// and everything arrives at once (still in the order it was sent), so a test's outcome
+    /// depends only on the protocol and the seed.
+    pub fn lossless(mut self) -> Self {
+        self.loss = 0.0;
+        self.latency = (Duration::ZERO, Duration::ZERO);
+        self
+    }
+
+    /// A newcomer, made by `make(i, seed, now)` where `i` is its index (its address is
+    /// [`sim_addr`]`(i)`); it does nothing until it is told to join or is contacted.
+    pub fn add_peer(&mut self, make: impl FnOnce(usize, u64, Instant) -> P) -> usize {
+        let i = self.nodes.len();
+        let peer = make(i, self.rng.random(), self.now);
+        self.nodes.push(SimNode {
+            peer,
+            crashed: false,
+            wake: None,
+            join_outcomes: Vec::new(),
+            events: Vec::new(),
+        });
+        self.by_addr.insert(sim_addr(i), i);
+        self.groups.push(0);
+        self.flush(i);
+        i
+    }
+
+    /// Hands node `to` a packet that no peer built (crafted or garbage), as if `from` had sent
+    /// it now, and returns what the node made of it; whatever the node sends in answer goes on
+    /// the network.
+    pub fn inject_packet(
+        &mut self,
+        to: usize,
+        from: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), DecodeError> {
+        let now = self.now;
+        let result = self.nodes[to].peer.handle_packet(now, from, payload);
+        self.flush(to);
+        result
+    }
+
+    /// Node `i` joins through `to` (an address no node has refuses the connection), and the
+    /// network runs until the join's outcome is in (at most a minute of virtual time).
+    pub fn join_and_wait(&mut self, i: usize, to: SocketAddr) -> JoinOutcome {
+        let before = self.nodes[i].join_outcomes.len();
+        let now = self.now;
+        self.nodes[i].peer.join(now, vec![to]);
+        self.flush(i);
+        let done = self.run_until_true(Duration::from_secs(60), Duration::from_millis(10), |sim| {
+            sim.nodes[i].join_outcomes.len() > before
+        });
+        assert!(done.is_some(), "node{i}'s join through {to} never finished");
+        self.nodes[i].join_outcomes[before].clone()
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.now - self.start
     }
@@ -404,7 +470,7 @@ impl<P: SimPeer> Sim<P> {
                 }
                 // Across a partition the connection hangs until the deadline.
                 Some(to) if !self.nodes[to].crashed => {
-                    let reply = Err("i/o timeout".to_owned());
+                    let reply = Err(StreamError::TimedOut(Some((StreamStage::Read, stream.to))));
                     let event = Event::StreamReply {
                         to: i,
                         id: stream.id,
@@ -414,7 +480,7 @@ impl<P: SimPeer> Sim<P> {
                 }
                 _ => {
                     let at = self.now + self.latency();
-                    let reply = Err("connection refused".to_owned());
+                    let reply = Err(StreamError::Refused(stream.to));
                     let event = Event::StreamReply {
                         to: i,
                         id: stream.id,
@@ -508,7 +574,10 @@ impl<P: SimPeer> Sim<P> {
                 deadline,
             } => {
                 if !self.reachable(from, to) {
-                    let reply = Err("connection reset".to_owned());
+                    let reply = Err(StreamError::Other(format!(
+                        "read tcp {}: connection reset by peer",
+                        sim_addr(to)
+                    )));
                     self.schedule(
                         deadline.max(now),
                         Event::StreamReply {
@@ -526,10 +595,17 @@ impl<P: SimPeer> Sim<P> {
                 if !expects_reply {
                     return;
                 }
-                let reply = reply.ok_or_else(|| "connection closed".to_owned());
+                let reply = reply
+                    .ok_or_else(|| StreamError::Other(format!("read tcp {}: EOF", sim_addr(to))));
                 let at = now + self.latency();
                 let (at, reply) = if at > deadline {
-                    (deadline.max(now), Err("i/o timeout".to_owned()))
+                    (
+                        deadline.max(now),
+                        Err(StreamError::TimedOut(Some((
+                            StreamStage::Read,
+                            sim_addr(to),
+                        )))),
+                    )
                 } else {
                     (at, reply)
                 };
