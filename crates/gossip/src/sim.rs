@@ -358,15 +358,21 @@ impl<P: SimPeer> Sim<P> {
     /// Node `i` joins through `to` (an address no node has refuses the connection), and the
     /// network runs until the join's outcome is in (at most a minute of virtual time).
     pub fn join_and_wait(&mut self, i: usize, to: SocketAddr) -> JoinOutcome {
-        let before = self.nodes[i].join_outcomes.len();
+        let seen = self.nodes[i].join_outcomes.len();
         let now = self.now;
         self.nodes[i].peer.join(now, vec![to]);
         self.flush(i);
+        self.next_join_outcome(i, seen)
+    }
+
+    /// Runs the network until node `i` has more than `seen` join outcomes (at most a minute of
+    /// virtual time), and returns the first new one.
+    pub fn next_join_outcome(&mut self, i: usize, seen: usize) -> JoinOutcome {
         let done = self.run_until_true(Duration::from_secs(60), Duration::from_millis(10), |sim| {
-            sim.nodes[i].join_outcomes.len() > before
+            sim.nodes[i].join_outcomes.len() > seen
         });
-        assert!(done.is_some(), "node{i}'s join through {to} never finished");
-        self.nodes[i].join_outcomes[before].clone()
+        assert!(done.is_some(), "node{i}'s join never finished");
+        self.nodes[i].join_outcomes[seen].clone()
     }
 
     pub fn elapsed(&self) -> Duration {
