@@ -213,6 +213,8 @@ pub struct Sim<P: SimPeer> {
     /// Probability that a UDP packet is lost.
     pub loss: f64,
     pub latency: (Duration, Duration),
+    /// A fixed one-way delay per link (from, to), instead of a random `latency`.
+    pub link_delay: Option<fn(usize, usize) -> Duration>,
     /// Nodes reach each other only within the same group.
     groups: Vec<u32>,
     reconnect_interval: Option<Duration>,
@@ -302,6 +304,7 @@ impl<P: SimPeer> Sim<P> {
             next_event: 0,
             loss: 0.0,
             latency: (Duration::from_millis(1), Duration::from_millis(5)),
+            link_delay: None,
             groups: vec![0; n],
             reconnect_interval: None,
             steps: 0,
@@ -426,7 +429,11 @@ impl<P: SimPeer> Sim<P> {
         !self.nodes[to].crashed && self.groups[from] == self.groups[to]
     }
 
-    fn latency(&mut self) -> Duration {
+    /// How long a packet or stream from node `from` takes to reach node `to`.
+    fn latency(&mut self, from: usize, to: usize) -> Duration {
+        if let Some(delay) = self.link_delay {
+            return delay(from, to);
+        }
         let (low, high) = self.latency;
         if high <= low {
             return low;
@@ -455,7 +462,7 @@ impl<P: SimPeer> Sim<P> {
             if !self.reachable(i, to) || self.rng.random_bool(self.loss.clamp(0.0, 1.0)) {
                 continue;
             }
-            let at = self.now + self.latency();
+            let at = self.now + self.latency(i, to);
             let payload = transmit.payload;
             self.schedule(at, Event::Packet { to, from, payload });
         }
@@ -463,7 +470,7 @@ impl<P: SimPeer> Sim<P> {
             let target = self.by_addr.get(&stream.to).copied();
             match target {
                 Some(to) if self.reachable(i, to) => {
-                    let at = self.now + self.latency();
+                    let at = self.now + self.latency(i, to);
                     let event = Event::StreamOpen {
                         to,
                         from: i,
@@ -485,7 +492,7 @@ impl<P: SimPeer> Sim<P> {
                     self.schedule(stream.deadline, event);
                 }
                 _ => {
-                    let at = self.now + self.latency();
+                    let at = self.now + self.latency(i, target.unwrap_or(i));
                     let reply = Err(StreamError::Refused(stream.to));
                     let event = Event::StreamReply {
                         to: i,
@@ -603,7 +610,7 @@ impl<P: SimPeer> Sim<P> {
                 }
                 let reply = reply
                     .ok_or_else(|| StreamError::Other(format!("read tcp {}: EOF", sim_addr(to))));
-                let at = now + self.latency();
+                let at = now + self.latency(to, from);
                 let (at, reply) = if at > deadline {
                     (
                         deadline.max(now),
@@ -714,6 +721,35 @@ mod tests {
         };
         assert_eq!(fingerprint(7), fingerprint(7));
         assert_ne!(fingerprint(7), fingerprint(8));
+    }
+
+    #[test]
+    fn injected_garbage_is_refused_and_the_cluster_carries_on() {
+        run_seeded(3, |seed| {
+            let mut sim = started(seed, 3).lossless();
+            sim.run_for(Duration::from_secs(2));
+            assert!(sim.converged());
+            let stranger = sim_addr(50);
+            assert_eq!(sim.inject_packet(1, stranger, &[]), Err(DecodeError::Empty));
+            assert_eq!(
+                sim.inject_packet(1, stranger, &[200, 1, 2]),
+                Err(DecodeError::UnknownType(200))
+            );
+            sim.run_for(Duration::from_secs(10));
+            assert!(sim.converged());
+            assert_eq!(sim.nodes[1].peer.stats().packets_dropped, 2);
+
+            // A join through an address nobody has is refused, worded as Go words it.
+            let outcome = sim.join_and_wait(2, stranger);
+            assert_eq!(outcome.joined, 0);
+            assert_eq!(
+                outcome.errors,
+                [(
+                    stranger,
+                    format!("dial tcp {stranger}: connect: connection refused")
+                )]
+            );
+        });
     }
 
     #[test]
