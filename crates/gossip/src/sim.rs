@@ -7,6 +7,12 @@
 //! groups or to crashed nodes; streams (TCP) are never lost but fail between partitions and
 //! toward crashed nodes. All randomness comes from one seed: a failing test prints it and
 //! `SIM_SEED=<seed>` replays the run.
+//!
+//! Unit tests that check behaviour rather than timing use [`Sim::lossless`]
+//! (nothing lost, no latency) or a fixed delay per link ([`Sim::link_delay`]), add nodes as
+//! they go ([`Sim::add_peer`]), and hand a node crafted or garbage packets
+//! ([`Sim::inject_packet`]). A refused stream is a [`StreamError`], as the agent's transport
+//! reports it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

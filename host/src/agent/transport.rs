@@ -425,7 +425,7 @@ async fn run_outbound(request: StreamRequest) -> Result<Vec<u8>, StreamError> {
     };
     tokio::time::timeout_at(deadline, exchange)
         .await
-        .unwrap_or_else(|_| Err(StreamError::TimedOut(Some((StreamStage::Read, to)))))
+        .unwrap_or(Err(StreamError::TimedOut(Some((StreamStage::Read, to)))))
 }
 
 /// A failed connect as the core sees it: refused (nothing listens on the port), or anything
