@@ -901,6 +901,11 @@ pub fn parse_go_bool(text: &str) -> Result<bool, String> {
 
 /// A Go duration (`time.ParseDuration`): `0`, or numbers with units ns, us, µs, ms, s, m, h,
 /// e.g. `1.5s`, `1m30s`. Negative durations are refused.
+///
+/// Parsed exactly as Go parses it: integer parts in integer nanoseconds (`1.001s` is
+/// 1,001,000,000 ns), and a fraction as Go computes it, `uint64(float64(f) * (float64(unit) /
+/// scale))` with at most 19 significant fraction digits, so that the value is Go's to the
+/// nanosecond (`0.3333333333333333333h` is 20 minutes in both).
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration {text:?}");
     let unsigned = text.strip_prefix('+').unwrap_or(text);
@@ -910,37 +915,102 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     if unsigned.is_empty() || unsigned.starts_with('-') {
         return Err(invalid());
     }
-    let mut rest = unsigned;
-    let mut total_nanos: f64 = 0.0;
+    const LIMIT: u64 = 1 << 63;
+    let mut rest = unsigned.as_bytes();
+    let mut total: u64 = 0;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let number = &rest[..number_len];
-        if number.is_empty() || number == "." {
+        if !(rest[0] == b'.' || rest[0].is_ascii_digit()) {
             return Err(invalid());
         }
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        rest = &rest[number_len..];
+        let (whole, after) = leading_int(rest).ok_or_else(invalid)?;
+        let mut digits = rest.len() != after.len();
+        rest = after;
+        let (mut fraction, mut scale) = (0, 1.0);
+        if let [b'.', after @ ..] = rest {
+            let (f, s, after_fraction) = leading_fraction(after);
+            digits |= after.len() != after_fraction.len();
+            (fraction, scale, rest) = (f, s, after_fraction);
+        }
+        if !digits {
+            return Err(invalid());
+        }
         let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .iter()
+            .position(|c| *c == b'.' || c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+        let unit: u64 = match &rest[..unit_len] {
+            b"ns" => 1,
+            // µ (U+00B5) and μ (U+03BC), as Go accepts both.
+            b"us" | b"\xc2\xb5s" | b"\xce\xbcs" => 1_000,
+            b"ms" => 1_000_000,
+            b"s" => 1_000_000_000,
+            b"m" => 60_000_000_000,
+            b"h" => 3_600_000_000_000,
             _ => return Err(invalid()),
         };
         rest = &rest[unit_len..];
-        total_nanos += value * scale;
+        if whole > LIMIT / unit {
+            return Err(invalid());
+        }
+        let mut value = whole * unit;
+        if fraction > 0 {
+            // Go's own arithmetic: f * unit / scale is at most 3.6e12 (an hour), so
+            // float64 is nanosecond-accurate here, and rounding matches Go's.
+            value += (fraction as f64 * (unit as f64 / scale)) as u64;
+            if value > LIMIT {
+                return Err(invalid());
+            }
+        }
+        total = total
+            .checked_add(value)
+            .filter(|t| *t <= LIMIT)
+            .ok_or_else(invalid)?;
     }
-    if total_nanos > i64::MAX as f64 {
+    if total > LIMIT - 1 {
         return Err(invalid());
     }
-    Ok(Duration::from_nanos(total_nanos as u64))
+    Ok(Duration::from_nanos(total))
+}
+
+/// Go's `leadingInt`: the leading decimal digits as an integer, and the rest; `None` when the
+/// integer exceeds 2^63.
+fn leading_int(text: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = text.iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut value: u64 = 0;
+    for &c in &text[..digits] {
+        if value > (1 << 63) / 10 {
+            return None;
+        }
+        value = value * 10 + u64::from(c - b'0');
+        if value > 1 << 63 {
+            return None;
+        }
+    }
+    Some((value, &text[digits..]))
+}
+
+/// Go's `leadingFraction`: the leading decimal digits as an integer `f` and `scale` (the
+/// fraction is `f / scale`), and the rest. Digits past what fits in 63 bits are skipped.
+fn leading_fraction(text: &[u8]) -> (u64, f64, &[u8]) {
+    let digits = text.iter().take_while(|c| c.is_ascii_digit()).count();
+    let (mut value, mut scale, mut overflow) = (0u64, 1.0f64, false);
+    for &c in &text[..digits] {
+        if overflow {
+            continue;
+        }
+        if value > ((1 << 63) - 1) / 10 {
+            overflow = true;
+            continue;
+        }
+        let next = value * 10 + u64::from(c - b'0');
+        if next > 1 << 63 {
+            overflow = true;
+            continue;
+        }
+        value = next;
+        scale *= 10.0;
+    }
+    (value, scale, &text[digits..])
 }
 
 fn resolve_job_workers(workers: Option<usize>) -> Result<NonZeroUsize, ConfigError> {
@@ -1277,6 +1347,114 @@ fn outbound_ip() -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Vectors from Go's own `time` package tests (parseDurationTests): what Go returns.
+    #[test]
+    fn durations_parse_as_go_parses_them() {
+        const S: u64 = 1_000_000_000;
+        const MS: u64 = 1_000_000;
+        let cases: &[(&str, u64)] = &[
+            ("0", 0),
+            ("+0", 0),
+            ("5s", 5 * S),
+            ("+5s", 5 * S),
+            ("1478s", 1478 * S),
+            ("5.0s", 5 * S),
+            ("5.6s", 5 * S + 600 * MS),
+            ("5.s", 5 * S),
+            (".5s", 500 * MS),
+            ("1.004s", S + 4 * MS),
+            ("1.0040s", S + 4 * MS),
+            ("100.00100s", 100 * S + MS),
+            ("1.001s", 1_001_000_000),
+            ("10ns", 10),
+            ("11us", 11_000),
+            ("12µs", 12_000),
+            ("12μs", 12_000),
+            ("13ms", 13 * MS),
+            ("15m", 15 * 60 * S),
+            ("16h", 16 * 3600 * S),
+            ("10.5s4m", 4 * 60 * S + 10 * S + 500 * MS),
+            ("1h2m3s4ms5us6ns", 3723 * S + 4 * MS + 5_000 + 6),
+            ("39h9m14.425s", (39 * 3600 + 9 * 60 + 14) * S + 425 * MS),
+            ("52763797000ns", 52_763_797_000),
+            ("0.3333333333333333333h", 20 * 60 * S),
+            ("9007199254740993ns", (1 << 53) + 1),
+            ("9223372036854775807ns", (1 << 63) - 1),
+            ("9223372036854775.807us", (1 << 63) - 1),
+            ("9223372036854ms775us807ns", (1 << 63) - 1),
+            ("0.100000000000000000000h", 6 * 60 * S),
+            ("0.830103483285477580700h", (49 * 60 + 48) * S + 372_539_827),
+        ];
+        for (text, nanos) in cases {
+            assert_eq!(
+                parse_go_duration(text),
+                Ok(Duration::from_nanos(*nanos)),
+                "{text}"
+            );
+        }
+        let refused = [
+            "",
+            "3",
+            "-",
+            "s",
+            ".",
+            "-.",
+            ".s",
+            "+.s",
+            "1d",
+            "\u{85}\u{85}",
+            "1s\u{ff}",
+            "9223372036854775808ns",
+            "9223372036854775.808us",
+            "9223372036854ms775us808ns",
+            // Go accepts negative durations; no setting here means one.
+            "-5s",
+            "-0",
+        ];
+        for text in refused {
+            assert_eq!(
+                parse_go_duration(text),
+                Err(format!("invalid duration {text:?}")),
+                "{text}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Whole numbers of any unit, and decimal seconds with up to nine fraction digits,
+        /// are exact: no float rounding creeps in.
+        #[test]
+        fn decimal_durations_are_exact(
+            whole in 0u64..1_000_000,
+            fraction in 0u64..1_000_000_000,
+            digits in 1u32..=9,
+            unit in 0usize..6,
+        ) {
+            let (name, scale) = [
+                ("ns", 1),
+                ("us", 1_000),
+                ("ms", 1_000_000),
+                ("s", 1_000_000_000),
+                ("m", 60_000_000_000),
+                ("h", 3_600_000_000_000u64),
+            ][unit];
+            proptest::prop_assert_eq!(
+                parse_go_duration(&format!("{whole}{name}")),
+                Ok(Duration::from_nanos(whole * scale))
+            );
+            let fraction = fraction % 10u64.pow(digits);
+            let text = format!("{whole}.{fraction:0width$}s", width = digits as usize);
+            let nanos = whole * 1_000_000_000 + fraction * 10u64.pow(9 - digits);
+            proptest::prop_assert_eq!(parse_go_duration(&text), Ok(Duration::from_nanos(nanos)));
+        }
+
+        /// Any text at all gets a value or an error, never a panic.
+        #[test]
+        fn any_duration_text_is_handled(text in "\\PC{0,24}") {
+            let _ = parse_go_duration(&text);
+        }
+    }
 
     fn resolve(text: &str, flags: &AgentFlags) -> Result<Config, ConfigError> {
         let file = FileConfig::parse(text, Path::new("serf.toml"))?;

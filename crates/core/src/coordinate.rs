@@ -756,18 +756,15 @@ mod tests {
     }
 }
 
-/// Serf nodes in memory with a fixed one-way delay per link: probes move the coordinates.
+/// Serf nodes on the simulator with a fixed one-way delay per link: probes move the
+/// coordinates.
 #[cfg(test)]
 mod serf_tests {
-    use std::net::SocketAddr;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
     use crate::{Config as SerfConfig, MemberStatus, Serf, Tags};
-
-    fn addr(i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 20 + i as u8], 7946))
-    }
+    use serf_gossip::sim::{Sim, run_seeded, sim_addr};
 
     /// One-way delay between two nodes: n0-n1 5 ms, n0-n2 and n1-n2 15 ms.
     fn delay(i: usize, j: usize) -> Duration {
@@ -778,87 +775,15 @@ mod serf_tests {
         }
     }
 
-    struct Net {
-        now: Instant,
-        nodes: Vec<Serf>,
-        down: Vec<bool>,
-        /// (deliver at, to, from, packet)
-        in_flight: Vec<(Instant, usize, usize, Vec<u8>)>,
-    }
-
-    impl Net {
-        fn new(n: usize) -> Net {
-            let now = Instant::now();
-            let nodes = (0..n)
-                .map(|i| {
-                    let config = SerfConfig::lan(format!("n{i}"), addr(i), Tags::new());
-                    Serf::new(config, 40 + i as u64, now)
-                })
-                .collect();
-            Net {
-                now,
-                nodes,
-                down: vec![false; n],
-                in_flight: Vec::new(),
-            }
-        }
-
-        fn index(&self, to: SocketAddr) -> Option<usize> {
-            (0..self.nodes.len()).find(|&i| addr(i) == to && !self.down[i])
-        }
-
-        /// Sends what every node queued: packets after the link's delay, streams at once.
-        fn drain(&mut self) {
-            for i in 0..self.nodes.len() {
-                if self.down[i] {
-                    continue;
-                }
-                while let Some(t) = self.nodes[i].poll_transmit() {
-                    if let Some(j) = self.index(t.to) {
-                        let at = self.now + delay(i, j);
-                        self.in_flight.push((at, j, i, t.payload));
-                    }
-                }
-                while let Some(s) = self.nodes[i].poll_stream() {
-                    let reply = match self.index(s.to) {
-                        Some(j) => self.nodes[j]
-                            .handle_stream(self.now, addr(i), &s.payload)
-                            .ok_or_else(|| "no reply".to_string()),
-                        None => Err("connection refused".to_string()),
-                    };
-                    let reply = if s.expects_reply {
-                        reply
-                    } else {
-                        Ok(Vec::new())
-                    };
-                    self.nodes[i].handle_stream_reply(self.now, s.id, reply);
-                }
-                while self.nodes[i].poll_event().is_some() {}
-            }
-        }
-
-        fn run_for(&mut self, duration: Duration) {
-            let end = self.now + duration;
-            while self.now < end {
-                self.now += Duration::from_millis(1);
-                let now = self.now;
-                let (due, later) = std::mem::take(&mut self.in_flight)
-                    .into_iter()
-                    .partition(|(at, ..)| *at <= now);
-                self.in_flight = later;
-                for (_, to, from, packet) in due {
-                    if !self.down[to] {
-                        let _ = self.nodes[to].handle_packet(now, addr(from), &packet);
-                    }
-                }
-                for i in 0..self.nodes.len() {
-                    if !self.down[i] && self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
-                        self.nodes[i].handle_timeout(now);
-                    }
-                }
-                self.drain();
-            }
-        }
+    /// `n` nodes named `n<i>`, lossless, with [`delay`] on every link.
+    fn net(seed: u64, n: usize) -> Sim<Serf> {
+        let mut sim = Sim::with_peers(seed, n, |i, seed, start| {
+            let config = SerfConfig::lan(format!("n{i}"), sim_addr(i), Tags::new());
+            Serf::new(config, seed, start)
+        })
+        .lossless();
+        sim.link_delay = Some(delay);
+        sim
     }
 
     fn millis(d: Option<Duration>) -> f64 {
@@ -867,56 +792,55 @@ mod serf_tests {
 
     #[test]
     fn probes_move_coordinates_towards_the_link_delays_and_erasing_forgets_them() {
-        let mut net = Net::new(3);
-        for i in 1..3 {
-            net.nodes[i].join(net.now, vec![addr(0)], false);
-            net.drain();
-        }
-        assert_eq!(net.nodes[0].coordinate("n0"), Some(Coordinate::new()));
-        assert_eq!(net.nodes[0].coordinate("n1"), None);
-        net.run_for(Duration::from_secs(60));
-
-        for i in 0..3 {
-            let serf = &net.nodes[i];
-            assert_ne!(
-                serf.local_coordinate(),
-                Coordinate::new(),
-                "n{i} never moved"
-            );
-            assert_eq!(
-                serf.coordinate(&format!("n{i}")),
-                Some(serf.local_coordinate())
-            );
-            assert!(serf.local_coordinate().error < 1.5, "n{i}");
-            for j in (0..3).filter(|&j| j != i) {
-                let peer = serf
-                    .coordinate(&format!("n{j}"))
-                    .expect("a cached coordinate");
-                let estimate = millis(distance(&serf.local_coordinate(), &peer));
-                let rtt = 2.0 * delay(i, j).as_secs_f64() * 1000.0;
-                assert!(
-                    estimate > rtt * 0.5 && estimate < rtt * 1.5,
-                    "n{i} -> n{j}: estimated {estimate:.2} ms for a {rtt} ms round trip"
-                );
+        run_seeded(1, |seed| {
+            let mut net = net(seed, 3);
+            for i in 1..3 {
+                assert_eq!(net.join_and_wait(i, sim_addr(0)).joined, 1);
             }
-        }
-        // The acks carry the coordinate the peer had then, so caches lag by at most a probe.
-        let n1 = net.nodes[1].local_coordinate();
-        let cached = net.nodes[0].coordinate("n1").expect("cached");
-        let moved = magnitude(n1.vec.iter().zip(&cached.vec).map(|(a, b)| a - b));
-        assert!(moved < 0.005, "{n1:?} vs {cached:?}");
+            assert_eq!(net.nodes[0].peer.coordinate("n0"), Some(Coordinate::new()));
+            assert_eq!(net.nodes[0].peer.coordinate("n1"), None);
+            net.run_for(Duration::from_secs(60));
 
-        // n2 dies; once it is failed and pruned, its coordinate is gone.
-        net.down[2] = true;
-        net.run_for(Duration::from_secs(30));
-        let status = |serf: &Serf| serf.members().find(|m| m.name == "n2").map(|m| m.status);
-        assert_eq!(status(&net.nodes[0]), Some(MemberStatus::Failed));
-        assert!(net.nodes[0].coordinate("n2").is_some());
-        let now = net.now;
-        net.nodes[0].force_leave(now, "n2", true);
-        net.drain();
-        assert_eq!(status(&net.nodes[0]), None);
-        assert_eq!(net.nodes[0].coordinate("n2"), None);
-        assert!(net.nodes[0].coordinate("n1").is_some());
+            for i in 0..3 {
+                let serf = &net.nodes[i].peer;
+                assert_ne!(
+                    serf.local_coordinate(),
+                    Coordinate::new(),
+                    "n{i} never moved"
+                );
+                assert_eq!(
+                    serf.coordinate(&format!("n{i}")),
+                    Some(serf.local_coordinate())
+                );
+                assert!(serf.local_coordinate().error < 1.5, "n{i}");
+                for j in (0..3).filter(|&j| j != i) {
+                    let peer = serf
+                        .coordinate(&format!("n{j}"))
+                        .expect("a cached coordinate");
+                    let estimate = millis(distance(&serf.local_coordinate(), &peer));
+                    let rtt = 2.0 * delay(i, j).as_secs_f64() * 1000.0;
+                    assert!(
+                        estimate > rtt * 0.5 && estimate < rtt * 1.5,
+                        "n{i} -> n{j}: estimated {estimate:.2} ms for a {rtt} ms round trip"
+                    );
+                }
+            }
+            // The acks carry the coordinate the peer had then, so caches lag by at most a probe.
+            let n1 = net.nodes[1].peer.local_coordinate();
+            let cached = net.nodes[0].peer.coordinate("n1").expect("cached");
+            let moved = magnitude(n1.vec.iter().zip(&cached.vec).map(|(a, b)| a - b));
+            assert!(moved < 0.005, "{n1:?} vs {cached:?}");
+
+            // n2 dies; once it is failed and pruned, its coordinate is gone.
+            net.crash(2);
+            net.run_for(Duration::from_secs(30));
+            let status = |serf: &Serf| serf.members().find(|m| m.name == "n2").map(|m| m.status);
+            assert_eq!(status(&net.nodes[0].peer), Some(MemberStatus::Failed));
+            assert!(net.nodes[0].peer.coordinate("n2").is_some());
+            net.act(0, |serf, now| serf.force_leave(now, "n2", true));
+            assert_eq!(status(&net.nodes[0].peer), None);
+            assert_eq!(net.nodes[0].peer.coordinate("n2"), None);
+            assert!(net.nodes[0].peer.coordinate("n1").is_some());
+        });
     }
 }

@@ -107,7 +107,7 @@ pub(super) struct InboundQuery {
 
 /// Counters Serf keeps beside memberlist's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SerfCounters {
+pub struct Counters {
     /// Serf messages that failed to decode.
     pub messages_dropped: u64,
     /// User events dropped as duplicates (or older than the replay start).
@@ -155,7 +155,7 @@ pub(super) struct Core {
     /// Whether this node is leaving or has left (intents about itself are not refuted).
     pub(super) leaving: bool,
     pub(super) next_reap: Instant,
-    pub(super) counters: SerfCounters,
+    pub(super) counters: Counters,
     /// This node's network coordinate and the ones peers sent.
     pub(super) coordinates: Coordinates,
     /// Serf's own queries (key management, name conflicts) for `keys.rs`.
@@ -206,7 +206,7 @@ impl Core {
             ignore_old_events: false,
             leaving: false,
             next_reap: now + REAP_INTERVAL,
-            counters: SerfCounters::default(),
+            counters: Counters::default(),
             coordinates: Coordinates::new(local.name.clone()),
             internal: Default::default(),
         };

@@ -745,21 +745,10 @@ mod cluster_tests {
     use crate::{Config, MemberStatus, Tags};
     use serf_gossip::Keyring;
     use serf_gossip::keyring::encode_key;
+    use serf_gossip::sim::{Sim, run_seeded, sim_addr};
 
     const OLD: [u8; 32] = [1; 32];
     const NEW: [u8; 16] = [2; 16];
-
-    /// Nodes by address; packets and streams are delivered at once, time moves in 10 ms steps.
-    struct Net {
-        now: Instant,
-        nodes: Vec<(SocketAddr, Serf)>,
-        /// Answers to queries each node sent.
-        outputs: Vec<Vec<(QueryKey, QueryOutput)>>,
-    }
-
-    fn addr(i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 10 + i as u8], 7946))
-    }
 
     fn config(name: &str, at: SocketAddr, keys: Option<Vec<Vec<u8>>>) -> Config {
         let mut config = Config::lan(name.into(), at, Tags::new());
@@ -767,243 +756,165 @@ mod cluster_tests {
         config
     }
 
-    impl Net {
-        fn new(n: usize, keys: Option<Vec<Vec<u8>>>) -> Net {
-            let mut net = Net {
-                now: Instant::now(),
-                nodes: Vec::new(),
-                outputs: Vec::new(),
-            };
-            for i in 0..n {
-                net.add(config(&format!("n{i}"), addr(i), keys.clone()));
-            }
-            for i in 1..n {
-                net.join(i, addr(0));
-            }
-            net.run_for(Duration::from_secs(2));
-            net
+    /// `n` nodes named `n<i>` with `keys`, joined to n0 on a lossless, zero-latency network.
+    fn cluster(seed: u64, n: usize, keys: Option<Vec<Vec<u8>>>) -> Sim<Serf> {
+        let mut sim = Sim::with_peers(seed, n, |i, seed, start| {
+            Serf::new(
+                config(&format!("n{i}"), sim_addr(i), keys.clone()),
+                seed,
+                start,
+            )
+        })
+        .lossless();
+        for i in 1..n {
+            sim.join(i, 0);
         }
+        sim.run_for(Duration::from_secs(2));
+        sim
+    }
 
-        fn add(&mut self, config: Config) -> usize {
-            let at = config.advertise;
-            let seed = self.nodes.len() as u64 + 1;
-            self.nodes.push((at, Serf::new(config, seed, self.now)));
-            self.outputs.push(Vec::new());
-            self.nodes.len() - 1
-        }
+    /// A newcomer with `config` (its address is the simulator's).
+    fn add(sim: &mut Sim<Serf>, name: &str, keys: Option<Vec<Vec<u8>>>) -> usize {
+        sim.add_peer(|i, seed, now| Serf::new(config(name, sim_addr(i), keys), seed, now))
+    }
 
-        fn join(&mut self, i: usize, to: SocketAddr) -> usize {
-            let now = self.now;
-            self.nodes[i].1.join(now, vec![to], false);
-            self.pump();
-            self.nodes[i]
-                .1
-                .poll_join_outcome()
-                .expect("join done")
-                .joined
-        }
-
-        fn index(&self, to: SocketAddr) -> Option<usize> {
-            self.nodes
-                .iter()
-                .position(|(at, serf)| *at == to && !serf.is_shutdown())
-        }
-
-        fn pump(&mut self) {
-            for _ in 0..1000 {
-                let mut moved = false;
-                for i in 0..self.nodes.len() {
-                    let (from, serf) = &mut self.nodes[i];
-                    let from = *from;
-                    if serf.is_shutdown() {
-                        continue;
-                    }
-                    let transmits: Vec<_> = std::iter::from_fn(|| serf.poll_transmit()).collect();
-                    let streams: Vec<_> = std::iter::from_fn(|| serf.poll_stream()).collect();
-                    while serf.poll_event().is_some() {}
-                    self.outputs[i].extend(std::iter::from_fn(|| serf.poll_query_output()));
-                    moved |= !transmits.is_empty() || !streams.is_empty();
-                    for t in transmits {
-                        if let Some(j) = self.index(t.to) {
-                            let _ = self.nodes[j].1.handle_packet(self.now, from, &t.payload);
-                        }
-                    }
-                    for s in streams {
-                        let reply = match self.index(s.to) {
-                            Some(j) => self.nodes[j]
-                                .1
-                                .handle_stream(self.now, from, &s.payload)
-                                .ok_or_else(|| "no reply".to_string()),
-                            None => Err("connection refused".to_string()),
-                        };
-                        let reply = if s.expects_reply {
-                            reply
-                        } else {
-                            Ok(Vec::new())
-                        };
-                        self.nodes[i].1.handle_stream_reply(self.now, s.id, reply);
-                    }
-                }
-                if !moved {
-                    return;
+    /// Runs a key command from node `i` until the collector is done.
+    fn keys(sim: &mut Sim<Serf>, i: usize, command: KeyCommand, key: &[u8]) -> KeySummary {
+        let query = sim.act(i, |serf, now| serf.key_query(now, command, key).unwrap());
+        let mut collector = KeyCollector::new(command, query.num_nodes);
+        for _ in 0..2000 {
+            while let Some((key, output)) = sim.nodes[i].peer.poll_query_output() {
+                if key == query.key && collector.handle_output(&output) {
+                    return collector.finish();
                 }
             }
-            panic!("the cluster never went quiet");
+            sim.run_for(Duration::from_millis(10));
         }
+        panic!("the key query never finished");
+    }
 
-        fn run_for(&mut self, duration: Duration) {
-            let end = self.now + duration;
-            while self.now < end {
-                self.now += Duration::from_millis(10);
-                for (_, serf) in &mut self.nodes {
-                    if !serf.is_shutdown() {
-                        serf.handle_timeout(self.now);
-                    }
-                }
-                self.pump();
-            }
-        }
-
-        /// Runs a key command from node `i` until the collector is done.
-        fn keys(&mut self, i: usize, command: KeyCommand, key: &[u8]) -> KeySummary {
-            let now = self.now;
-            let query = self.nodes[i].1.key_query(now, command, key).unwrap();
-            let mut collector = KeyCollector::new(command, query.num_nodes);
-            for _ in 0..2000 {
-                self.pump();
-                for (key, output) in std::mem::take(&mut self.outputs[i]) {
-                    if key == query.key && collector.handle_output(&output) {
-                        return collector.finish();
-                    }
-                }
-                self.run_for(Duration::from_millis(10));
-            }
-            panic!("the key query never finished");
-        }
-
-        fn alive(&self, i: usize) -> Vec<String> {
-            self.nodes[i]
-                .1
-                .members()
-                .filter(|m| m.status == MemberStatus::Alive)
-                .map(|m| m.name.clone())
-                .collect()
-        }
+    fn alive(sim: &Sim<Serf>, i: usize) -> Vec<String> {
+        sim.nodes[i]
+            .peer
+            .members()
+            .filter(|m| m.status == MemberStatus::Alive)
+            .map(|m| m.name.clone())
+            .collect()
     }
 
     #[test]
     fn a_key_is_rotated_across_three_encrypted_nodes_and_the_cluster_stays_whole() {
-        let mut net = Net::new(3, Some(vec![OLD.to_vec()]));
-        let everyone = vec!["n0", "n1", "n2"];
-        assert_eq!(net.alive(2), everyone);
+        run_seeded(1, |seed| {
+            let mut net = cluster(seed, 3, Some(vec![OLD.to_vec()]));
+            let everyone = vec!["n0", "n1", "n2"];
+            assert_eq!(alive(&net, 2), everyone);
 
-        let installed = net.keys(0, KeyCommand::Install, &NEW);
-        assert_eq!((installed.num_nodes, installed.num_resp), (3, 3));
-        assert_eq!(installed.error(), None, "{installed:?}");
-        let listed = net.keys(1, KeyCommand::List, &[]);
-        assert_eq!(
-            listed.keys,
-            Some(BTreeMap::from([
-                (encode_key(&OLD), 3),
-                (encode_key(&NEW), 3)
-            ]))
-        );
+            let installed = keys(&mut net, 0, KeyCommand::Install, &NEW);
+            assert_eq!((installed.num_nodes, installed.num_resp), (3, 3));
+            assert_eq!(installed.error(), None, "{installed:?}");
+            let listed = keys(&mut net, 1, KeyCommand::List, &[]);
+            assert_eq!(
+                listed.keys,
+                Some(BTreeMap::from([
+                    (encode_key(&OLD), 3),
+                    (encode_key(&NEW), 3)
+                ]))
+            );
 
-        let used = net.keys(2, KeyCommand::Use, &NEW);
-        assert_eq!(used.error(), None, "{used:?}");
-        let refused = net.keys(0, KeyCommand::Remove, &NEW);
-        assert_eq!(
-            refused.error().as_deref(),
-            Some("3/3 nodes reported failure")
-        );
-        assert_eq!(
-            refused.messages["n1"],
-            "Removing the primary key is not allowed"
-        );
-        let removed = net.keys(0, KeyCommand::Remove, &OLD);
-        assert_eq!(removed.error(), None, "{removed:?}");
-        for (_, serf) in &net.nodes {
-            assert_eq!(serf.keyring().unwrap().keys(), &[NEW.to_vec()]);
-        }
+            let used = keys(&mut net, 2, KeyCommand::Use, &NEW);
+            assert_eq!(used.error(), None, "{used:?}");
+            let refused = keys(&mut net, 0, KeyCommand::Remove, &NEW);
+            assert_eq!(
+                refused.error().as_deref(),
+                Some("3/3 nodes reported failure")
+            );
+            assert_eq!(
+                refused.messages["n1"],
+                "Removing the primary key is not allowed"
+            );
+            let removed = keys(&mut net, 0, KeyCommand::Remove, &OLD);
+            assert_eq!(removed.error(), None, "{removed:?}");
+            for node in &net.nodes {
+                assert_eq!(node.peer.keyring().unwrap().keys(), &[NEW.to_vec()]);
+            }
 
-        // Only the new key is left anywhere, and the nodes keep talking with it.
-        net.run_for(Duration::from_secs(20));
-        for i in 0..3 {
-            assert_eq!(net.alive(i), everyone, "node {i}");
-        }
-        let listed = net.keys(0, KeyCommand::List, &[]);
-        assert_eq!(listed.keys, Some(BTreeMap::from([(encode_key(&NEW), 3)])));
+            // Only the new key is left anywhere, and the nodes keep talking with it.
+            net.run_for(Duration::from_secs(20));
+            for i in 0..3 {
+                assert_eq!(alive(&net, i), everyone, "node {i}");
+            }
+            let listed = keys(&mut net, 0, KeyCommand::List, &[]);
+            assert_eq!(listed.keys, Some(BTreeMap::from([(encode_key(&NEW), 3)])));
 
-        // A newcomer with only the new key joins; one with only the old key cannot.
-        let stale = net.add(config("stale", addr(8), Some(vec![OLD.to_vec()])));
-        assert_eq!(net.join(stale, addr(1)), 0);
-        let fresh = net.add(config("fresh", addr(9), Some(vec![NEW.to_vec()])));
-        assert_eq!(net.join(fresh, addr(1)), 1);
-        net.run_for(Duration::from_secs(3));
-        assert_eq!(net.alive(0), ["fresh", "n0", "n1", "n2"]);
+            // A newcomer with only the new key joins; one with only the old key cannot.
+            let stale = add(&mut net, "stale", Some(vec![OLD.to_vec()]));
+            assert_eq!(net.join_and_wait(stale, sim_addr(1)).joined, 0);
+            let fresh = add(&mut net, "fresh", Some(vec![NEW.to_vec()]));
+            assert_eq!(net.join_and_wait(fresh, sim_addr(1)).joined, 1);
+            net.run_for(Duration::from_secs(3));
+            assert_eq!(alive(&net, 0), ["fresh", "n0", "n1", "n2"]);
+        });
     }
 
     #[test]
     fn key_commands_fail_as_in_serf_and_change_nothing() {
-        let mut net = Net::new(2, Some(vec![OLD.to_vec()]));
-        let use_unknown = net.keys(0, KeyCommand::Use, &NEW);
-        assert_eq!(
-            use_unknown.messages["n1"],
-            "Requested key is not in the keyring"
-        );
-        let bad_size = net.keys(0, KeyCommand::Install, &[1, 2, 3]);
-        assert_eq!(
-            bad_size.messages["n0"],
-            "key size must be 16, 24 or 32 bytes"
-        );
-        assert_eq!(
-            bad_size.error().as_deref(),
-            Some("2/2 nodes reported failure")
-        );
-        let unknown_removal = net.keys(1, KeyCommand::Remove, &NEW);
-        assert_eq!(
-            unknown_removal.error(),
-            None,
-            "removing a missing key succeeds"
-        );
-        assert_eq!(net.nodes[1].1.keyring().unwrap().keys(), &[OLD.to_vec()]);
+        run_seeded(2, |seed| {
+            let mut net = cluster(seed, 2, Some(vec![OLD.to_vec()]));
+            let use_unknown = keys(&mut net, 0, KeyCommand::Use, &NEW);
+            assert_eq!(
+                use_unknown.messages["n1"],
+                "Requested key is not in the keyring"
+            );
+            let bad_size = keys(&mut net, 0, KeyCommand::Install, &[1, 2, 3]);
+            assert_eq!(
+                bad_size.messages["n0"],
+                "key size must be 16, 24 or 32 bytes"
+            );
+            assert_eq!(
+                bad_size.error().as_deref(),
+                Some("2/2 nodes reported failure")
+            );
+            let unknown_removal = keys(&mut net, 1, KeyCommand::Remove, &NEW);
+            assert_eq!(
+                unknown_removal.error(),
+                None,
+                "removing a missing key succeeds"
+            );
+            assert_eq!(net.nodes[1].peer.keyring().unwrap().keys(), &[OLD.to_vec()]);
+        });
     }
 
     #[test]
     fn nodes_without_encryption_answer_as_serf_does() {
-        let mut net = Net::new(2, None);
-        let listed = net.keys(0, KeyCommand::List, &[]);
-        assert_eq!(listed.keys, Some(BTreeMap::new()));
-        assert_eq!(
-            listed.messages["n1"],
-            "Keyring is empty (encryption not enabled)"
-        );
-        assert_eq!(
-            listed.error().as_deref(),
-            Some("2/2 nodes reported failure")
-        );
-        for command in [KeyCommand::Install, KeyCommand::Use, KeyCommand::Remove] {
-            let summary = net.keys(1, command, &NEW);
-            assert_eq!(summary.num_err, 2);
+        run_seeded(3, |seed| {
+            let mut net = cluster(seed, 2, None);
+            let listed = keys(&mut net, 0, KeyCommand::List, &[]);
+            assert_eq!(listed.keys, Some(BTreeMap::new()));
             assert_eq!(
-                summary.messages["n0"],
-                "No keyring to modify (encryption not enabled)"
+                listed.messages["n1"],
+                "Keyring is empty (encryption not enabled)"
             );
-        }
+            assert_eq!(
+                listed.error().as_deref(),
+                Some("2/2 nodes reported failure")
+            );
+            for command in [KeyCommand::Install, KeyCommand::Use, KeyCommand::Remove] {
+                let summary = keys(&mut net, 1, command, &NEW);
+                assert_eq!(summary.num_err, 2);
+                assert_eq!(
+                    summary.messages["n0"],
+                    "No keyring to modify (encryption not enabled)"
+                );
+            }
+        });
     }
 
     #[test]
     fn a_change_is_answered_once_the_keyring_file_is_written() {
-        let mut keyring = config("n0", addr(0), Some(vec![OLD.to_vec()]));
+        let mut keyring = config("n0", sim_addr(0), Some(vec![OLD.to_vec()]));
         keyring.persist_keyring = true;
-        let mut net = Net {
-            now: Instant::now(),
-            nodes: Vec::new(),
-            outputs: Vec::new(),
-        };
-        net.add(keyring);
-        let now = net.now;
-        let serf = &mut net.nodes[0].1;
+        let now = Instant::now();
+        let serf = &mut Serf::new(keyring, 1, now);
         let query = serf.key_query(now, KeyCommand::Install, &NEW).unwrap();
         let write = serf.poll_keyring_write().expect("a keyring file to write");
         assert_eq!(write.query, query.key);
@@ -1039,14 +950,8 @@ mod cluster_tests {
     #[test]
     fn a_long_key_list_is_cut_to_fit_the_response_limit() {
         let keys: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; 16]).collect();
-        let mut net = Net {
-            now: Instant::now(),
-            nodes: Vec::new(),
-            outputs: Vec::new(),
-        };
-        net.add(config("n0", addr(0), Some(keys)));
-        let now = net.now;
-        let serf = &mut net.nodes[0].1;
+        let now = Instant::now();
+        let serf = &mut Serf::new(config("n0", sim_addr(0), Some(keys)), 1, now);
         serf.key_query(now, KeyCommand::List, &[]).unwrap();
         let Some((key, QueryOutput::Response { from, payload })) = serf.poll_query_output() else {
             panic!("no answer")
@@ -1064,16 +969,22 @@ mod cluster_tests {
 
     #[test]
     fn a_newcomer_with_a_taken_name_loses_the_vote_and_shuts_down() {
-        let mut net = Net::new(3, None);
-        let impostor = net.add(config("n1", addr(5), None));
-        net.join(impostor, addr(0));
-        net.run_for(Duration::from_secs(5));
-        assert!(net.nodes[impostor].1.is_shutdown());
-        for i in 0..3 {
-            assert!(!net.nodes[i].1.is_shutdown(), "node {i}");
-            let n1 = net.nodes[i].1.members().find(|m| m.name == "n1").unwrap();
-            assert_eq!(n1.addr, addr(1), "node {i} keeps the first n1");
-        }
-        assert_eq!(net.alive(0), ["n0", "n1", "n2"]);
+        run_seeded(4, |seed| {
+            let mut net = cluster(seed, 3, None);
+            let impostor = add(&mut net, "n1", None);
+            net.join(impostor, 0);
+            net.run_for(Duration::from_secs(5));
+            assert!(net.nodes[impostor].peer.is_shutdown());
+            for i in 0..3 {
+                assert!(!net.nodes[i].peer.is_shutdown(), "node {i}");
+                let n1 = net.nodes[i]
+                    .peer
+                    .members()
+                    .find(|m| m.name == "n1")
+                    .unwrap();
+                assert_eq!(n1.addr, sim_addr(1), "node {i} keeps the first n1");
+            }
+            assert_eq!(alive(&net, 0), ["n0", "n1", "n2"]);
+        });
     }
 }

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use regex::Regex;
 
-pub use self::core::SerfCounters;
+pub use self::core::Counters;
 use self::core::{Core, OutboundQuery};
 use self::wire::{QueryFilter, QueryMsg, QueryResponseMsg, UserEventMsg};
 use serf_gossip::{
-    self, DecodeError, JoinId, JoinOutcome, StreamId, StreamRequest, Transmit,
+    self, DecodeError, JoinId, JoinOutcome, StreamError, StreamId, StreamRequest, Transmit,
     broadcast::BroadcastId, memberlist::Memberlist,
 };
 
@@ -255,7 +255,7 @@ pub struct Stats {
     pub event_queue: usize,
     pub query_queue: usize,
     /// Serf's drop counters.
-    pub counters: SerfCounters,
+    pub counters: Counters,
 }
 
 /// This node's own progress through a graceful leave (reference 3.12).
@@ -771,7 +771,7 @@ impl Serf {
         &mut self,
         now: Instant,
         id: StreamId,
-        reply: Result<Vec<u8>, String>,
+        reply: Result<Vec<u8>, StreamError>,
     ) {
         self.ml.handle_stream_reply(now, id, reply);
         self.flush(now);
@@ -1226,124 +1226,52 @@ mod tests {
 /// time moves in fixed steps.
 #[cfg(test)]
 mod cluster_tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
+    use serf_gossip::sim::{Sim, run_seeded, sim_addr};
 
-    struct Cluster {
-        now: Instant,
-        nodes: Vec<Serf>,
-        events: Vec<Vec<Event>>,
-        down: Vec<bool>,
+    /// `n` nodes named `n<i>` with the tag `role=r<i>`, their configs changed by `tweak`, on
+    /// a lossless, zero-latency network.
+    fn new_cluster(seed: u64, n: usize, tweak: impl Fn(&mut Config)) -> Sim<Serf> {
+        Sim::with_peers(seed, n, |i, seed, start| {
+            let mut tags = Tags::new();
+            tags.insert("role".into(), format!("r{i}"));
+            let mut config = Config::lan(format!("n{i}"), sim_addr(i), tags);
+            tweak(&mut config);
+            Serf::new(config, seed, start)
+        })
+        .lossless()
     }
 
-    fn addr(i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 10 + i as u8], 7946))
+    /// Every node joins n0 (each join succeeds), then two seconds pass.
+    fn join_all(sim: &mut Sim<Serf>) {
+        for i in 1..sim.nodes.len() {
+            let outcome = sim.join_and_wait(i, sim_addr(0));
+            assert_eq!(outcome.joined, 1, "{outcome:?}");
+        }
+        sim.run_for(Duration::from_secs(2));
     }
 
-    impl Cluster {
-        fn new(n: usize, tweak: impl Fn(&mut Config)) -> Cluster {
-            let now = Instant::now();
-            let nodes = (0..n)
-                .map(|i| {
-                    let mut tags = Tags::new();
-                    tags.insert("role".into(), format!("r{i}"));
-                    let mut config = Config::lan(format!("n{i}"), addr(i), tags);
-                    tweak(&mut config);
-                    Serf::new(config, i as u64 + 1, now)
-                })
-                .collect();
-            Cluster {
-                now,
-                nodes,
-                events: vec![Vec::new(); n],
-                down: vec![false; n],
-            }
-        }
+    fn statuses(sim: &Sim<Serf>, i: usize) -> Vec<(String, MemberStatus)> {
+        sim.nodes[i]
+            .peer
+            .members()
+            .map(|m| (m.name.clone(), m.status))
+            .collect()
+    }
 
-        fn index(&self, to: SocketAddr) -> Option<usize> {
-            (0..self.nodes.len()).find(|&i| addr(i) == to && !self.down[i])
-        }
+    fn events(sim: &Sim<Serf>, i: usize) -> impl Iterator<Item = &Event> {
+        sim.nodes[i].events.iter().map(|(_, event)| event)
+    }
 
-        /// Delivers everything pending until nothing moves.
-        fn pump(&mut self) {
-            for _ in 0..1000 {
-                let mut moved = false;
-                for i in 0..self.nodes.len() {
-                    if self.down[i] {
-                        continue;
-                    }
-                    while let Some(t) = self.nodes[i].poll_transmit() {
-                        moved = true;
-                        if let Some(j) = self.index(t.to) {
-                            let _ = self.nodes[j].handle_packet(self.now, addr(i), &t.payload);
-                        }
-                    }
-                    while let Some(s) = self.nodes[i].poll_stream() {
-                        moved = true;
-                        let reply = match self.index(s.to) {
-                            Some(j) => self.nodes[j]
-                                .handle_stream(self.now, addr(i), &s.payload)
-                                .ok_or_else(|| "no reply".to_string()),
-                            None => Err("connection refused".to_string()),
-                        };
-                        let reply = if s.expects_reply {
-                            reply
-                        } else {
-                            Ok(Vec::new())
-                        };
-                        self.nodes[i].handle_stream_reply(self.now, s.id, reply);
-                    }
-                    while let Some(event) = self.nodes[i].poll_event() {
-                        self.events[i].push(event);
-                    }
-                }
-                if !moved {
-                    return;
-                }
-            }
-            panic!("the cluster never went quiet");
-        }
-
-        fn run_for(&mut self, duration: Duration) {
-            let end = self.now + duration;
-            while self.now < end {
-                self.now += Duration::from_millis(10);
-                for i in 0..self.nodes.len() {
-                    if !self.down[i] {
-                        self.nodes[i].handle_timeout(self.now);
-                    }
-                }
-                self.pump();
-            }
-        }
-
-        fn join_all(&mut self) {
-            for i in 1..self.nodes.len() {
-                self.nodes[i].join(self.now, vec![addr(0)], false);
-                self.pump();
-                let outcome = self.nodes[i].poll_join_outcome().expect("join finished");
-                assert_eq!(outcome.joined, 1, "{outcome:?}");
-            }
-            self.run_for(Duration::from_secs(2));
-        }
-
-        fn statuses(&self, i: usize) -> Vec<(String, MemberStatus)> {
-            self.nodes[i]
-                .members()
-                .map(|m| (m.name.clone(), m.status))
-                .collect()
-        }
-
-        fn user_events(&self, i: usize) -> Vec<(LamportTime, String)> {
-            self.events[i]
-                .iter()
-                .filter_map(|e| match e {
-                    Event::User(u) => Some((u.ltime, u.name.clone())),
-                    _ => None,
-                })
-                .collect()
-        }
+    fn user_events(sim: &Sim<Serf>, i: usize) -> Vec<(LamportTime, String)> {
+        events(sim, i)
+            .filter_map(|e| match e {
+                Event::User(u) => Some((u.ltime, u.name.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     fn all(n: usize, status: MemberStatus) -> Vec<(String, MemberStatus)> {
@@ -1352,154 +1280,172 @@ mod cluster_tests {
 
     #[test]
     fn joined_nodes_see_each_other_alive_with_tags() {
-        let mut cluster = Cluster::new(4, |_| {});
-        cluster.join_all();
-        for i in 0..4 {
-            assert_eq!(cluster.statuses(i), all(4, MemberStatus::Alive));
-            let n3 = cluster.nodes[i].members().find(|m| m.name == "n3").unwrap();
-            assert_eq!(n3.tags["role"], "r3");
-        }
-        let joins = cluster.events[0]
-            .iter()
-            .filter(|e| matches!(e, Event::Member(m) if m.kind == MemberEventKind::Join))
-            .count();
-        assert_eq!(joins, 4, "n0 saw itself and three joins");
+        run_seeded(1, |seed| {
+            let mut cluster = new_cluster(seed, 4, |_| {});
+            join_all(&mut cluster);
+            for i in 0..4 {
+                assert_eq!(statuses(&cluster, i), all(4, MemberStatus::Alive));
+                let n3 = cluster.nodes[i]
+                    .peer
+                    .members()
+                    .find(|m| m.name == "n3")
+                    .unwrap();
+                assert_eq!(n3.tags["role"], "r3");
+            }
+            let joins = events(&cluster, 0)
+                .filter(|e| matches!(e, Event::Member(m) if m.kind == MemberEventKind::Join))
+                .count();
+            assert_eq!(joins, 4, "n0 saw itself and three joins");
+        });
     }
 
     #[test]
     fn user_events_reach_every_node_exactly_once() {
-        let mut cluster = Cluster::new(5, |_| {});
-        cluster.join_all();
-        for k in 0..20 {
-            let from = k % 5;
-            let now = cluster.now;
-            cluster.nodes[from]
-                .user_event(now, &format!("e{k}"), b"x", false)
-                .unwrap();
-            cluster.run_for(Duration::from_millis(50));
-        }
-        cluster.run_for(Duration::from_secs(3));
-        for i in 0..5 {
-            let mut names: Vec<String> = cluster.user_events(i).into_iter().map(|e| e.1).collect();
-            names.sort();
-            let mut expected: Vec<String> = (0..20).map(|k| format!("e{k}")).collect();
-            expected.sort();
-            assert_eq!(names, expected, "node {i}");
-        }
+        run_seeded(2, |seed| {
+            let mut cluster = new_cluster(seed, 5, |_| {});
+            join_all(&mut cluster);
+            for k in 0..20 {
+                let from = k % 5;
+                cluster
+                    .act(from, |serf, now| {
+                        serf.user_event(now, &format!("e{k}"), b"x", false)
+                    })
+                    .unwrap();
+                cluster.run_for(Duration::from_millis(50));
+            }
+            cluster.run_for(Duration::from_secs(3));
+            for i in 0..5 {
+                let mut names: Vec<String> =
+                    user_events(&cluster, i).into_iter().map(|e| e.1).collect();
+                names.sort();
+                let mut expected: Vec<String> = (0..20).map(|k| format!("e{k}")).collect();
+                expected.sort();
+                assert_eq!(names, expected, "node {i}");
+            }
+        });
     }
 
     #[test]
     fn a_burst_of_a_thousand_user_events_reaches_every_node_exactly_once() {
-        let mut cluster = Cluster::new(10, |_| {});
-        cluster.join_all();
-        let now = cluster.now;
-        for k in 0..1000 {
-            cluster.nodes[0]
-                .user_event(now, &format!("e{k}"), b"payload", false)
-                .unwrap();
-        }
-        cluster.run_for(Duration::from_secs(60));
-        let expected: Vec<String> = (0..1000).map(|k| format!("e{k}")).collect();
-        for i in 0..10 {
-            let mut names: Vec<String> = cluster.user_events(i).into_iter().map(|e| e.1).collect();
-            names.sort_by_key(|name| name[1..].parse::<u32>().unwrap_or(u32::MAX));
-            let missing = expected.iter().filter(|e| !names.contains(e)).count();
-            assert_eq!(names.len(), 1000, "node {i}: {missing} missing");
-            assert_eq!(names, expected, "node {i}");
-        }
+        run_seeded(3, |seed| {
+            let mut cluster = new_cluster(seed, 10, |_| {});
+            join_all(&mut cluster);
+            for k in 0..1000 {
+                cluster
+                    .act(0, |serf, now| {
+                        serf.user_event(now, &format!("e{k}"), b"payload", false)
+                    })
+                    .unwrap();
+            }
+            cluster.run_for(Duration::from_secs(60));
+            let expected: Vec<String> = (0..1000).map(|k| format!("e{k}")).collect();
+            for i in 0..10 {
+                let mut names: Vec<String> =
+                    user_events(&cluster, i).into_iter().map(|e| e.1).collect();
+                names.sort_by_key(|name| name[1..].parse::<u32>().unwrap_or(u32::MAX));
+                let missing = expected.iter().filter(|e| !names.contains(e)).count();
+                assert_eq!(names.len(), 1000, "node {i}: {missing} missing");
+                assert_eq!(names, expected, "node {i}");
+            }
+        });
     }
 
     #[test]
     fn a_query_is_answered_by_every_matching_node() {
-        let mut cluster = Cluster::new(4, |_| {});
-        cluster.join_all();
-        let now = cluster.now;
-        let mut tags = BTreeMap::new();
-        tags.insert("role".to_string(), "r[123]".to_string());
-        let key = cluster.nodes[0]
-            .query(
-                now,
-                QueryParams {
-                    name: "q".into(),
-                    payload: b"p".to_vec(),
-                    request_ack: true,
-                    filter_tags: tags,
-                    timeout: Some(Duration::from_secs(2)),
-                    ..QueryParams::default()
-                },
-            )
-            .unwrap();
-        cluster.run_for(Duration::from_millis(500));
-        for i in 1..4 {
-            let query = cluster.events[i]
+        run_seeded(4, |seed| {
+            let mut cluster = new_cluster(seed, 4, |_| {});
+            join_all(&mut cluster);
+            let mut tags = BTreeMap::new();
+            tags.insert("role".to_string(), "r[123]".to_string());
+            let key = cluster
+                .act(0, |serf, now| {
+                    serf.query(
+                        now,
+                        QueryParams {
+                            name: "q".into(),
+                            payload: b"p".to_vec(),
+                            request_ack: true,
+                            filter_tags: tags,
+                            timeout: Some(Duration::from_secs(2)),
+                            ..QueryParams::default()
+                        },
+                    )
+                })
+                .unwrap();
+            cluster.run_for(Duration::from_millis(500));
+            for i in 1..4 {
+                let query = events(&cluster, i)
+                    .find_map(|e| match e {
+                        Event::Query(q) => Some(q.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("node {i} got no query"));
+                assert_eq!(query.key, key);
+                cluster
+                    .act(i, |serf, now| {
+                        serf.respond(now, key, format!("from {i}").as_bytes())
+                    })
+                    .unwrap();
+            }
+            assert!(
+                !events(&cluster, 0).any(|e| matches!(e, Event::Query(_))),
+                "n0's role does not match the filter"
+            );
+            cluster.run_for(Duration::from_secs(2));
+            let outputs: Vec<QueryOutput> =
+                std::iter::from_fn(|| cluster.nodes[0].peer.poll_query_output())
+                    .map(|(_, o)| o)
+                    .collect();
+            let acks = outputs
                 .iter()
-                .find_map(|e| match e {
-                    Event::Query(q) => Some(q.clone()),
+                .filter(|o| matches!(o, QueryOutput::Ack { .. }))
+                .count();
+            let mut responses: Vec<String> = outputs
+                .iter()
+                .filter_map(|o| match o {
+                    QueryOutput::Response { payload, .. } => {
+                        Some(String::from_utf8_lossy(payload).into_owned())
+                    }
                     _ => None,
                 })
-                .unwrap_or_else(|| panic!("node {i} got no query"));
-            assert_eq!(query.key, key);
-            let now = cluster.now;
-            cluster.nodes[i]
-                .respond(now, key, format!("from {i}").as_bytes())
-                .unwrap();
-        }
-        assert!(
-            !cluster.events[0]
-                .iter()
-                .any(|e| matches!(e, Event::Query(_))),
-            "n0's role does not match the filter"
-        );
-        cluster.run_for(Duration::from_secs(2));
-        let outputs: Vec<QueryOutput> = std::iter::from_fn(|| cluster.nodes[0].poll_query_output())
-            .map(|(_, o)| o)
-            .collect();
-        let acks = outputs
-            .iter()
-            .filter(|o| matches!(o, QueryOutput::Ack { .. }))
-            .count();
-        let mut responses: Vec<String> = outputs
-            .iter()
-            .filter_map(|o| match o {
-                QueryOutput::Response { payload, .. } => {
-                    Some(String::from_utf8_lossy(payload).into_owned())
-                }
-                _ => None,
-            })
-            .collect();
-        responses.sort();
-        assert_eq!(acks, 3);
-        assert_eq!(responses, ["from 1", "from 2", "from 3"]);
-        assert_eq!(outputs.last(), Some(&QueryOutput::Done));
+                .collect();
+            responses.sort();
+            assert_eq!(acks, 3);
+            assert_eq!(responses, ["from 1", "from 2", "from 3"]);
+            assert_eq!(outputs.last(), Some(&QueryOutput::Done));
+        });
     }
 
     /// Sends query `q` from n0 to n1..n3 (n0's tag does not match) with a 10 s timeout, has
     /// the nodes in `answering` respond, and returns when n0 saw `Done` (if within 10 s).
-    fn query_done_after(answering: &[usize], request_ack: bool) -> Option<Duration> {
-        let mut cluster = Cluster::new(4, |_| {});
-        cluster.join_all();
+    fn query_done_after(seed: u64, answering: &[usize], request_ack: bool) -> Option<Duration> {
+        let mut cluster = new_cluster(seed, 4, |_| {});
+        join_all(&mut cluster);
         let sent = cluster.now;
         let mut tags = BTreeMap::new();
         tags.insert("role".to_string(), "r[123]".to_string());
-        let key = cluster.nodes[0]
-            .query(
-                sent,
-                QueryParams {
-                    name: "q".into(),
-                    request_ack,
-                    filter_tags: tags,
-                    timeout: Some(Duration::from_secs(10)),
-                    ..QueryParams::default()
-                },
-            )
+        let key = cluster
+            .act(0, |serf, now| {
+                serf.query(
+                    now,
+                    QueryParams {
+                        name: "q".into(),
+                        request_ack,
+                        filter_tags: tags,
+                        timeout: Some(Duration::from_secs(10)),
+                        ..QueryParams::default()
+                    },
+                )
+            })
             .unwrap();
         cluster.run_for(Duration::from_millis(300));
         for &i in answering {
-            let now = cluster.now;
-            cluster.nodes[i].respond(now, key, b"ok").unwrap();
+            cluster
+                .act(i, |serf, now| serf.respond(now, key, b"ok"))
+                .unwrap();
         }
         for _ in 0..1100 {
-            while let Some((_, output)) = cluster.nodes[0].poll_query_output() {
+            while let Some((_, output)) = cluster.nodes[0].peer.poll_query_output() {
                 if output == QueryOutput::Done {
                     return Some(cluster.now - sent);
                 }
@@ -1511,157 +1457,164 @@ mod cluster_tests {
 
     #[test]
     fn a_query_ends_as_soon_as_every_matching_node_has_answered() {
-        for request_ack in [false, true] {
-            let done = query_done_after(&[1, 2, 3], request_ack).expect("done");
-            assert!(
-                done < Duration::from_secs(1),
-                "ack {request_ack}: done after {done:?}, not at the 10 s deadline"
-            );
-        }
+        run_seeded(5, |seed| {
+            for request_ack in [false, true] {
+                let done = query_done_after(seed, &[1, 2, 3], request_ack).expect("done");
+                assert!(
+                    done < Duration::from_secs(1),
+                    "ack {request_ack}: done after {done:?}, not at the 10 s deadline"
+                );
+            }
+        });
     }
 
     #[test]
     fn a_query_with_a_silent_matching_node_runs_to_its_deadline() {
-        let done = query_done_after(&[1, 2], true).expect("done");
-        assert!(done >= Duration::from_secs(10), "done after {done:?}");
+        run_seeded(6, |seed| {
+            let done = query_done_after(seed, &[1, 2], true).expect("done");
+            assert!(done >= Duration::from_secs(10), "done after {done:?}");
+        });
     }
 
     #[test]
     fn graceful_leave_is_left_and_a_crash_is_failed() {
-        let mut cluster = Cluster::new(4, |_| {});
-        cluster.join_all();
-        let now = cluster.now;
-        cluster.nodes[3].leave(now);
-        cluster.run_for(Duration::from_secs(3));
-        assert!(cluster.nodes[3].has_left());
-        cluster.down[3] = true;
-        cluster.down[2] = true;
-        cluster.run_for(Duration::from_secs(30));
-        for i in 0..2 {
-            let statuses = cluster.statuses(i);
-            assert_eq!(statuses[2], ("n2".into(), MemberStatus::Failed), "node {i}");
-            assert_eq!(statuses[3], ("n3".into(), MemberStatus::Left), "node {i}");
-        }
+        run_seeded(7, |seed| {
+            let mut cluster = new_cluster(seed, 4, |_| {});
+            join_all(&mut cluster);
+            cluster.act(3, |serf, now| serf.leave(now));
+            cluster.run_for(Duration::from_secs(3));
+            assert!(cluster.nodes[3].peer.has_left());
+            cluster.crash(3);
+            cluster.crash(2);
+            cluster.run_for(Duration::from_secs(30));
+            for i in 0..2 {
+                let statuses = statuses(&cluster, i);
+                assert_eq!(statuses[2], ("n2".into(), MemberStatus::Failed), "node {i}");
+                assert_eq!(statuses[3], ("n3".into(), MemberStatus::Left), "node {i}");
+            }
+        });
     }
 
     #[test]
     fn a_late_joiner_does_not_replay_old_events_unless_asked() {
-        let mut cluster = Cluster::new(3, |_| {});
-        cluster.nodes[1].join(cluster.now, vec![addr(0)], false);
-        cluster.pump();
-        let now = cluster.now;
-        cluster.nodes[0].user_event(now, "old", b"", false).unwrap();
-        cluster.run_for(Duration::from_secs(2));
-        cluster.nodes[2].join(cluster.now, vec![addr(0)], false);
-        cluster.run_for(Duration::from_secs(2));
-        assert!(
-            cluster.user_events(2).is_empty(),
-            "{:?}",
-            cluster.user_events(2)
-        );
-        let mut replaying = Cluster::new(3, |_| {});
-        replaying.nodes[1].join(replaying.now, vec![addr(0)], false);
-        replaying.pump();
-        let now = replaying.now;
-        replaying.nodes[0]
-            .user_event(now, "old", b"", false)
-            .unwrap();
-        replaying.run_for(Duration::from_secs(2));
-        replaying.nodes[2].join(replaying.now, vec![addr(0)], true);
-        replaying.run_for(Duration::from_secs(2));
-        assert_eq!(replaying.user_events(2), [(1, "old".to_string())]);
+        run_seeded(8, |seed| {
+            let mut cluster = new_cluster(seed, 3, |_| {});
+            assert_eq!(cluster.join_and_wait(1, sim_addr(0)).joined, 1);
+            cluster
+                .act(0, |serf, now| serf.user_event(now, "old", b"", false))
+                .unwrap();
+            cluster.run_for(Duration::from_secs(2));
+            cluster.join(2, 0);
+            cluster.run_for(Duration::from_secs(2));
+            assert!(
+                user_events(&cluster, 2).is_empty(),
+                "{:?}",
+                user_events(&cluster, 2)
+            );
+            let mut replaying = new_cluster(seed, 3, |_| {});
+            assert_eq!(replaying.join_and_wait(1, sim_addr(0)).joined, 1);
+            replaying
+                .act(0, |serf, now| serf.user_event(now, "old", b"", false))
+                .unwrap();
+            replaying.run_for(Duration::from_secs(2));
+            replaying.act(2, |serf, now| serf.join(now, vec![sim_addr(0)], true));
+            replaying.run_for(Duration::from_secs(2));
+            assert_eq!(user_events(&replaying, 2), [(1, "old".to_string())]);
+        });
     }
 
     #[test]
     fn with_the_agents_coalescing_bursts_reach_handlers_merged() {
-        let mut cluster = Cluster::new(4, |config| config.coalesce = coalesce::Config::AGENT);
-        cluster.join_all();
-        let joins: Vec<Vec<String>> = cluster.events[0]
-            .iter()
-            .filter_map(|event| match event {
-                Event::Member(m) if m.kind == MemberEventKind::Join => {
-                    Some(m.members.iter().map(|m| m.name.clone()).collect())
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(
-            joins,
-            [["n0", "n1", "n2", "n3"]],
-            "one member-join for the burst"
-        );
-
-        let now = cluster.now;
-        cluster.nodes[1]
-            .user_event(now, "deploy", b"v1", true)
-            .unwrap();
-        cluster.nodes[1]
-            .user_event(now, "deploy", b"v2", true)
-            .unwrap();
-        cluster.nodes[1]
-            .user_event(now, "restart", b"", false)
-            .unwrap();
-        cluster.run_for(Duration::from_secs(3));
-        for i in 0..4 {
+        run_seeded(9, |seed| {
+            let mut cluster =
+                new_cluster(seed, 4, |config| config.coalesce = coalesce::Config::AGENT);
+            join_all(&mut cluster);
+            let joins: Vec<Vec<String>> = events(&cluster, 0)
+                .filter_map(|event| match event {
+                    Event::Member(m) if m.kind == MemberEventKind::Join => {
+                        Some(m.members.iter().map(|m| m.name.clone()).collect())
+                    }
+                    _ => None,
+                })
+                .collect();
             assert_eq!(
-                cluster.user_events(i),
-                [(3, "restart".to_string()), (2, "deploy".to_string())],
-                "node {i}: uncoalesced first, then only the newest deploy"
+                joins,
+                [["n0", "n1", "n2", "n3"]],
+                "one member-join for the burst"
             );
-        }
+
+            cluster
+                .act(1, |serf, now| serf.user_event(now, "deploy", b"v1", true))
+                .unwrap();
+            cluster
+                .act(1, |serf, now| serf.user_event(now, "deploy", b"v2", true))
+                .unwrap();
+            cluster
+                .act(1, |serf, now| serf.user_event(now, "restart", b"", false))
+                .unwrap();
+            cluster.run_for(Duration::from_secs(3));
+            for i in 0..4 {
+                assert_eq!(
+                    user_events(&cluster, i),
+                    [(3, "restart".to_string()), (2, "deploy".to_string())],
+                    "node {i}: uncoalesced first, then only the newest deploy"
+                );
+            }
+        });
     }
 
     #[test]
     fn encrypted_nodes_talk_and_a_wrong_key_cannot_join() {
-        let key = vec![7u8; 32];
-        let mut cluster = Cluster::new(3, |config| {
-            config.memberlist.keyring = Some(serf_gossip::Keyring::new(vec![key.clone()]).unwrap());
+        run_seeded(10, |seed| {
+            let key = vec![7u8; 32];
+            let mut cluster = new_cluster(seed, 3, |config| {
+                // n2 has another key.
+                let key = if config.node_name == "n2" {
+                    vec![8u8; 32]
+                } else {
+                    key.clone()
+                };
+                config.memberlist.keyring = Some(serf_gossip::Keyring::new(vec![key]).unwrap());
+            });
+            assert_eq!(cluster.join_and_wait(1, sim_addr(0)).joined, 1);
+            assert_eq!(cluster.join_and_wait(2, sim_addr(0)).joined, 0);
+            cluster.run_for(Duration::from_secs(3));
+            assert_eq!(statuses(&cluster, 0), all(2, MemberStatus::Alive));
         });
-        cluster.nodes[1].join(cluster.now, vec![addr(0)], false);
-        cluster.pump();
-        assert_eq!(cluster.nodes[1].poll_join_outcome().unwrap().joined, 1);
-        let mut wrong = Config::lan("n2".into(), addr(2), Tags::new());
-        wrong.memberlist.keyring = Some(serf_gossip::Keyring::new(vec![vec![8u8; 32]]).unwrap());
-        cluster.nodes[2] = Serf::new(wrong, 99, cluster.now);
-        cluster.nodes[2].join(cluster.now, vec![addr(0)], false);
-        cluster.pump();
-        assert_eq!(cluster.nodes[2].poll_join_outcome().unwrap().joined, 0);
-        cluster.run_for(Duration::from_secs(3));
-        assert_eq!(cluster.statuses(0), all(2, MemberStatus::Alive));
     }
 
     #[test]
     fn a_rejoin_hands_out_only_the_events_newer_than_the_snapshot() {
-        let mut cluster = Cluster::new(2, |config| {
-            if config.node_name == "n1" {
-                config.restored_clocks = Some(RestoredClocks {
-                    member: 0,
-                    event: 2,
-                    query: 0,
-                });
+        run_seeded(11, |seed| {
+            let mut cluster = new_cluster(seed, 2, |config| {
+                if config.node_name == "n1" {
+                    config.restored_clocks = Some(RestoredClocks {
+                        member: 0,
+                        event: 2,
+                        query: 0,
+                    });
+                }
+            });
+            for name in ["e1", "e2", "e3"] {
+                cluster
+                    .act(0, |serf, now| serf.user_event(now, name, b"", false))
+                    .unwrap();
             }
+            let intents_before = cluster.nodes[0].peer.stats().member_time;
+            let seen = cluster.nodes[1].join_outcomes.len();
+            cluster.act(1, |serf, now| serf.rejoin(now, vec![sim_addr(0)]));
+            let outcome = cluster.next_join_outcome(1, seen);
+            assert_eq!(outcome.joined, 1);
+            cluster.run_for(Duration::from_secs(2));
+            assert_eq!(statuses(&cluster, 0), all(2, MemberStatus::Alive));
+            // Push/pull replayed n0's event buffer: only e3 is newer than the snapshot.
+            assert_eq!(user_events(&cluster, 1), [(3, "e3".to_string())]);
+            assert_eq!(
+                cluster.nodes[0].peer.stats().member_time,
+                intents_before,
+                "a rejoin sends no join intent"
+            );
         });
-        for name in ["e1", "e2", "e3"] {
-            let now = cluster.now;
-            cluster.nodes[0].user_event(now, name, b"", false).unwrap();
-        }
-        let intents_before = cluster.nodes[0].stats().member_time;
-        let now = cluster.now;
-        cluster.nodes[1].rejoin(now, vec![addr(0)]);
-        cluster.pump();
-        let outcome = cluster.nodes[1]
-            .poll_join_outcome()
-            .expect("rejoin finished");
-        assert_eq!(outcome.joined, 1);
-        cluster.run_for(Duration::from_secs(2));
-        assert_eq!(cluster.statuses(0), all(2, MemberStatus::Alive));
-        // Push/pull replayed n0's event buffer: only e3 is newer than the snapshot.
-        assert_eq!(cluster.user_events(1), [(3, "e3".to_string())]);
-        assert_eq!(
-            cluster.nodes[0].stats().member_time,
-            intents_before,
-            "a rejoin sends no join intent"
-        );
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::{self as serf, Event, MemberEventKind, MemberStatus, Serf, UserEvent};
 use serf_gossip::sim::{Sim, SimPeer, sim_addr};
-use serf_gossip::{DecodeError, JoinOutcome, StreamId, StreamRequest, Transmit};
+use serf_gossip::{DecodeError, JoinOutcome, StreamError, StreamId, StreamRequest, Transmit};
 
 impl SimPeer for Serf {
     type Event = Event;
@@ -29,7 +29,12 @@ impl SimPeer for Serf {
         Serf::handle_stream(self, now, from, message)
     }
 
-    fn handle_stream_reply(&mut self, now: Instant, id: StreamId, reply: Result<Vec<u8>, String>) {
+    fn handle_stream_reply(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        reply: Result<Vec<u8>, StreamError>,
+    ) {
         Serf::handle_stream_reply(self, now, id, reply);
     }
 

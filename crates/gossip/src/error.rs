@@ -1,6 +1,8 @@
 //! Why a packet or stream was refused. Decoding never changes any state: a refused packet is
 //! dropped whole (or, for a compound, the parts after the bad one).
 
+use std::net::SocketAddr;
+
 /// What was wrong with bytes from the network.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -54,3 +56,55 @@ pub enum DecodeError {
     #[error("Received invalid msgType ({0})")]
     InvalidStreamType(u8),
 }
+
+/// Why an outbound stream ([`crate::StreamRequest`]) brought no reply. The shell builds it from
+/// its transport's errors; the core acts on the kind (a refused connection means nothing
+/// listens on the peer's gossip port any more) and shows it worded as Go's net package words
+/// it, because these texts reach `serf join`'s output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    /// The peer refused the connection: `dial tcp ADDR: connect: connection refused`.
+    Refused(SocketAddr),
+    /// The deadline passed during `stage` (`dial tcp ADDR: i/o timeout`), or, with no stage,
+    /// the core's own deadline for the stream passed first (`stream timed out`).
+    TimedOut(Option<(StreamStage, SocketAddr)>),
+    /// Any other failure, already worded for display.
+    Other(String),
+}
+
+/// The part of an outbound stream under way when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStage {
+    /// Connecting.
+    Dial,
+    /// Writing the request.
+    Write,
+    /// Reading the reply.
+    Read,
+}
+
+impl StreamStage {
+    /// Go's name for the operation (`dial`, `write`, `read`), as in `read tcp ADDR: ...`.
+    pub fn go_op(self) -> &'static str {
+        match self {
+            Self::Dial => "dial",
+            Self::Write => "write",
+            Self::Read => "read",
+        }
+    }
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(to) => write!(f, "dial tcp {to}: connect: connection refused"),
+            Self::TimedOut(Some((stage, to))) => {
+                write!(f, "{} tcp {to}: i/o timeout", stage.go_op())
+            }
+            Self::TimedOut(None) => f.write_str("stream timed out"),
+            Self::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use broadcast::{BroadcastId, BroadcastQueue};
-pub use error::DecodeError;
+pub use error::{DecodeError, StreamError, StreamStage};
 pub use keyring::Keyring;
 pub use log_limit::LogLimiter;
 pub use memberlist::Memberlist;

@@ -23,8 +23,8 @@ use super::message::{
 use super::packet::{self, PackOptions};
 use super::suspicion::{Suspicion, suspicion_timeout};
 use super::{
-    Config, DecodeError, Delegate, JoinId, JoinOutcome, Node, NodeState, Stats, StreamId,
-    StreamRequest, Transmit,
+    Config, DecodeError, Delegate, JoinId, JoinOutcome, Node, NodeState, Stats, StreamError,
+    StreamId, StreamRequest, Transmit,
 };
 
 /// The most node metadata memberlist carries (`MetaMaxSize`).
@@ -559,11 +559,13 @@ impl<D: Delegate> Memberlist<D> {
         &mut self,
         now: Instant,
         id: StreamId,
-        reply: Result<Vec<u8>, String>,
+        reply: Result<Vec<u8>, StreamError>,
     ) {
         let Some(pending) = self.streams.remove(&id) else {
             return;
         };
+        let refused = matches!(reply, Err(StreamError::Refused(_)));
+        let reply = reply.map_err(|error| error.to_string());
         match pending.kind {
             StreamKind::Join { join, addr } => {
                 let result = reply.and_then(|bytes| self.handle_push_pull_reply(now, &bytes, true));
@@ -606,7 +608,7 @@ impl<D: Delegate> Memberlist<D> {
                     Err(error) => {
                         tracing::debug!(%error, "fallback ping failed");
                         self.stats.stream_errors += 1;
-                        if error.ends_with("connection refused") {
+                        if refused {
                             self.target_refused(now, seq);
                         }
                     }
@@ -708,7 +710,7 @@ impl<D: Delegate> Memberlist<D> {
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
-            self.handle_stream_reply(now, id, Err("stream timed out".to_owned()));
+            self.handle_stream_reply(now, id, Err(StreamError::TimedOut(None)));
         }
         // Last, so that whatever the timers above queued is covered.
         if let Some(at) = self.eager_gossip_at()
@@ -1812,8 +1814,8 @@ mod tests {
                             Some(j) if !self.down.contains(&j) && !self.down.contains(&i) => self
                                 .nodes[j]
                                 .handle_stream(self.now, from, &stream.payload)
-                                .ok_or_else(|| "connection closed".to_owned()),
-                            _ => Err("connection refused".to_owned()),
+                                .ok_or_else(|| StreamError::Other("connection closed".to_owned())),
+                            _ => Err(StreamError::Refused(stream.to)),
                         };
                         self.nodes[i].handle_stream_reply(self.now, stream.id, reply);
                     }
@@ -2368,7 +2370,10 @@ mod tests {
         assert_eq!(outcome.joined, 0);
         assert_eq!(
             outcome.errors,
-            vec![(addr(5), "connection refused".to_owned())]
+            vec![(
+                addr(5),
+                format!("dial tcp {}: connect: connection refused", addr(5))
+            )]
         );
         let now = cluster.now;
         let id = cluster.nodes[0].join(now, Vec::new());

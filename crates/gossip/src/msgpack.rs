@@ -216,73 +216,12 @@ pub fn read_value(input: &mut &[u8], what: &'static str) -> Result<Value, Decode
 /// The length of the first msgpack value in `bytes`, checked without allocating: complete,
 /// nested at most [`MAX_DEPTH`] containers deep, free of `0xc1`.
 fn value_len(bytes: &[u8]) -> Result<usize, String> {
-    fn take(bytes: &[u8], pos: &mut usize, n: usize) -> Result<usize, String> {
-        let end = pos
-            .checked_add(n)
-            .filter(|&end| end <= bytes.len())
-            .ok_or_else(|| format!("value cut short at byte {}", *pos))?;
-        let mut value = 0usize;
-        for &b in &bytes[*pos..end] {
-            value = (value << 8) | usize::from(b);
+    match serf_msgpack::value_len(bytes, MAX_DEPTH) {
+        Ok(serf_msgpack::Progress::Complete(len)) => Ok(len),
+        Ok(serf_msgpack::Progress::Incomplete { checked }) => {
+            Err(format!("value cut short at byte {checked}"))
         }
-        *pos = end;
-        Ok(value)
-    }
-    let mut pos = 0;
-    let mut pending: usize = 1;
-    let mut stack: Vec<usize> = Vec::new();
-    loop {
-        while pending == 0 {
-            match stack.pop() {
-                Some(outer) => pending = outer,
-                None => return Ok(pos),
-            }
-        }
-        pending -= 1;
-        let marker = take(bytes, &mut pos, 1)? as u8;
-        // (bytes to skip, children to read)
-        let (skip, children) = match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-            0x80..=0x8f => (0, 2 * usize::from(marker & 0x0f)),
-            0x90..=0x9f => (0, usize::from(marker & 0x0f)),
-            0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
-            0xc1 => return Err(format!("invalid marker 0xc1 at byte {}", pos - 1)),
-            0xc4 | 0xd9 => (take(bytes, &mut pos, 1)?, 0),
-            0xc5 | 0xda => (take(bytes, &mut pos, 2)?, 0),
-            0xc6 | 0xdb => (take(bytes, &mut pos, 4)?, 0),
-            0xc7 => (take(bytes, &mut pos, 1)?.saturating_add(1), 0),
-            0xc8 => (take(bytes, &mut pos, 2)?.saturating_add(1), 0),
-            0xc9 => (take(bytes, &mut pos, 4)?.saturating_add(1), 0),
-            0xca => (4, 0),
-            0xcb => (8, 0),
-            0xcc | 0xd0 => (1, 0),
-            0xcd | 0xd1 => (2, 0),
-            0xce | 0xd2 => (4, 0),
-            0xcf | 0xd3 => (8, 0),
-            0xd4 => (2, 0),
-            0xd5 => (3, 0),
-            0xd6 => (5, 0),
-            0xd7 => (9, 0),
-            0xd8 => (17, 0),
-            0xdc => (0, take(bytes, &mut pos, 2)?),
-            0xdd => (0, take(bytes, &mut pos, 4)?),
-            0xde => (0, take(bytes, &mut pos, 2)?.saturating_mul(2)),
-            0xdf => (0, take(bytes, &mut pos, 4)?.saturating_mul(2)),
-        };
-        if skip > 0 {
-            let end = pos
-                .checked_add(skip)
-                .filter(|&end| end <= bytes.len())
-                .ok_or_else(|| format!("value cut short at byte {pos}"))?;
-            pos = end;
-        }
-        if children > 0 {
-            if stack.len() >= MAX_DEPTH {
-                return Err(format!("nested deeper than {MAX_DEPTH}"));
-            }
-            stack.push(pending);
-            pending = children;
-        }
+        Err(error) => Err(error.to_string()),
     }
 }
 

@@ -7,6 +7,12 @@
 //! groups or to crashed nodes; streams (TCP) are never lost but fail between partitions and
 //! toward crashed nodes. All randomness comes from one seed: a failing test prints it and
 //! `SIM_SEED=<seed>` replays the run.
+//!
+//! Unit tests that check behaviour rather than timing use [`Sim::lossless`]
+//! (nothing lost, no latency) or a fixed delay per link ([`Sim::link_delay`]), add nodes as
+//! they go ([`Sim::add_peer`]), and hand a node crafted or garbage packets
+//! ([`Sim::inject_packet`]). A refused stream is a [`StreamError`], as the agent's transport
+//! reports it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,8 +23,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    Config, DecodeError, Delegate, JoinOutcome, Memberlist, Node, NodeState, StreamId,
-    StreamRequest, Transmit,
+    Config, DecodeError, Delegate, JoinOutcome, Memberlist, Node, NodeState, StreamError, StreamId,
+    StreamRequest, StreamStage, Transmit,
 };
 
 /// What the simulator needs from a node: the sans-I/O verbs shared by [`Memberlist`] and
@@ -35,7 +41,12 @@ pub trait SimPeer {
         payload: &[u8],
     ) -> Result<(), DecodeError>;
     fn handle_stream(&mut self, now: Instant, from: SocketAddr, message: &[u8]) -> Option<Vec<u8>>;
-    fn handle_stream_reply(&mut self, now: Instant, id: StreamId, reply: Result<Vec<u8>, String>);
+    fn handle_stream_reply(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        reply: Result<Vec<u8>, StreamError>,
+    );
     fn handle_timeout(&mut self, now: Instant);
     fn poll_timeout(&self) -> Option<Instant>;
     fn poll_transmit(&mut self) -> Option<Transmit>;
@@ -72,7 +83,12 @@ impl SimPeer for Memberlist<SimDelegate> {
         Memberlist::handle_stream(self, now, from, message)
     }
 
-    fn handle_stream_reply(&mut self, now: Instant, id: StreamId, reply: Result<Vec<u8>, String>) {
+    fn handle_stream_reply(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        reply: Result<Vec<u8>, StreamError>,
+    ) {
         Memberlist::handle_stream_reply(self, now, id, reply);
     }
 
@@ -172,7 +188,7 @@ enum Event {
     StreamReply {
         to: usize,
         id: StreamId,
-        reply: Result<Vec<u8>, String>,
+        reply: Result<Vec<u8>, StreamError>,
     },
     Timer {
         node: usize,
@@ -203,6 +219,8 @@ pub struct Sim<P: SimPeer> {
     /// Probability that a UDP packet is lost.
     pub loss: f64,
     pub latency: (Duration, Duration),
+    /// A fixed one-way delay per link (from, to), instead of a random `latency`.
+    pub link_delay: Option<fn(usize, usize) -> Duration>,
     /// Nodes reach each other only within the same group.
     groups: Vec<u32>,
     reconnect_interval: Option<Duration>,
@@ -292,6 +310,7 @@ impl<P: SimPeer> Sim<P> {
             next_event: 0,
             loss: 0.0,
             latency: (Duration::from_millis(1), Duration::from_millis(5)),
+            link_delay: None,
             groups: vec![0; n],
             reconnect_interval: None,
             steps: 0,
@@ -301,6 +320,68 @@ impl<P: SimPeer> Sim<P> {
             sim.flush(i);
         }
         sim
+    }
+
+    /// The network of unit tests that check behaviour rather than timing: nothing is lost
+    /// and everything arrives at once (still in the order it was sent), so a test's outcome
+    /// depends only on the protocol and the seed.
+    pub fn lossless(mut self) -> Self {
+        self.loss = 0.0;
+        self.latency = (Duration::ZERO, Duration::ZERO);
+        self
+    }
+
+    /// A newcomer, made by `make(i, seed, now)` where `i` is its index (its address is
+    /// [`sim_addr`]`(i)`); it does nothing until it is told to join or is contacted.
+    pub fn add_peer(&mut self, make: impl FnOnce(usize, u64, Instant) -> P) -> usize {
+        let i = self.nodes.len();
+        let peer = make(i, self.rng.random(), self.now);
+        self.nodes.push(SimNode {
+            peer,
+            crashed: false,
+            wake: None,
+            join_outcomes: Vec::new(),
+            events: Vec::new(),
+        });
+        self.by_addr.insert(sim_addr(i), i);
+        self.groups.push(0);
+        self.flush(i);
+        i
+    }
+
+    /// Hands node `to` a packet that no peer built (crafted or garbage), as if `from` had sent
+    /// it now, and returns what the node made of it; whatever the node sends in answer goes on
+    /// the network.
+    pub fn inject_packet(
+        &mut self,
+        to: usize,
+        from: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), DecodeError> {
+        let now = self.now;
+        let result = self.nodes[to].peer.handle_packet(now, from, payload);
+        self.flush(to);
+        result
+    }
+
+    /// Node `i` joins through `to` (an address no node has refuses the connection), and the
+    /// network runs until the join's outcome is in (at most a minute of virtual time).
+    pub fn join_and_wait(&mut self, i: usize, to: SocketAddr) -> JoinOutcome {
+        let seen = self.nodes[i].join_outcomes.len();
+        let now = self.now;
+        self.nodes[i].peer.join(now, vec![to]);
+        self.flush(i);
+        self.next_join_outcome(i, seen)
+    }
+
+    /// Runs the network until node `i` has more than `seen` join outcomes (at most a minute of
+    /// virtual time), and returns the first new one.
+    pub fn next_join_outcome(&mut self, i: usize, seen: usize) -> JoinOutcome {
+        let done = self.run_until_true(Duration::from_secs(60), Duration::from_millis(10), |sim| {
+            sim.nodes[i].join_outcomes.len() > seen
+        });
+        assert!(done.is_some(), "node{i}'s join never finished");
+        self.nodes[i].join_outcomes[seen].clone()
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -354,7 +435,11 @@ impl<P: SimPeer> Sim<P> {
         !self.nodes[to].crashed && self.groups[from] == self.groups[to]
     }
 
-    fn latency(&mut self) -> Duration {
+    /// How long a packet or stream from node `from` takes to reach node `to`.
+    fn latency(&mut self, from: usize, to: usize) -> Duration {
+        if let Some(delay) = self.link_delay {
+            return delay(from, to);
+        }
         let (low, high) = self.latency;
         if high <= low {
             return low;
@@ -383,7 +468,7 @@ impl<P: SimPeer> Sim<P> {
             if !self.reachable(i, to) || self.rng.random_bool(self.loss.clamp(0.0, 1.0)) {
                 continue;
             }
-            let at = self.now + self.latency();
+            let at = self.now + self.latency(i, to);
             let payload = transmit.payload;
             self.schedule(at, Event::Packet { to, from, payload });
         }
@@ -391,7 +476,7 @@ impl<P: SimPeer> Sim<P> {
             let target = self.by_addr.get(&stream.to).copied();
             match target {
                 Some(to) if self.reachable(i, to) => {
-                    let at = self.now + self.latency();
+                    let at = self.now + self.latency(i, to);
                     let event = Event::StreamOpen {
                         to,
                         from: i,
@@ -404,7 +489,7 @@ impl<P: SimPeer> Sim<P> {
                 }
                 // Across a partition the connection hangs until the deadline.
                 Some(to) if !self.nodes[to].crashed => {
-                    let reply = Err("i/o timeout".to_owned());
+                    let reply = Err(StreamError::TimedOut(Some((StreamStage::Read, stream.to))));
                     let event = Event::StreamReply {
                         to: i,
                         id: stream.id,
@@ -413,8 +498,8 @@ impl<P: SimPeer> Sim<P> {
                     self.schedule(stream.deadline, event);
                 }
                 _ => {
-                    let at = self.now + self.latency();
-                    let reply = Err("connection refused".to_owned());
+                    let at = self.now + self.latency(i, target.unwrap_or(i));
+                    let reply = Err(StreamError::Refused(stream.to));
                     let event = Event::StreamReply {
                         to: i,
                         id: stream.id,
@@ -508,7 +593,10 @@ impl<P: SimPeer> Sim<P> {
                 deadline,
             } => {
                 if !self.reachable(from, to) {
-                    let reply = Err("connection reset".to_owned());
+                    let reply = Err(StreamError::Other(format!(
+                        "read tcp {}: connection reset by peer",
+                        sim_addr(to)
+                    )));
                     self.schedule(
                         deadline.max(now),
                         Event::StreamReply {
@@ -526,10 +614,17 @@ impl<P: SimPeer> Sim<P> {
                 if !expects_reply {
                     return;
                 }
-                let reply = reply.ok_or_else(|| "connection closed".to_owned());
-                let at = now + self.latency();
+                let reply = reply
+                    .ok_or_else(|| StreamError::Other(format!("read tcp {}: EOF", sim_addr(to))));
+                let at = now + self.latency(to, from);
                 let (at, reply) = if at > deadline {
-                    (deadline.max(now), Err("i/o timeout".to_owned()))
+                    (
+                        deadline.max(now),
+                        Err(StreamError::TimedOut(Some((
+                            StreamStage::Read,
+                            sim_addr(to),
+                        )))),
+                    )
                 } else {
                     (at, reply)
                 };
@@ -632,6 +727,35 @@ mod tests {
         };
         assert_eq!(fingerprint(7), fingerprint(7));
         assert_ne!(fingerprint(7), fingerprint(8));
+    }
+
+    #[test]
+    fn injected_garbage_is_refused_and_the_cluster_carries_on() {
+        run_seeded(3, |seed| {
+            let mut sim = started(seed, 3).lossless();
+            sim.run_for(Duration::from_secs(2));
+            assert!(sim.converged());
+            let stranger = sim_addr(50);
+            assert_eq!(sim.inject_packet(1, stranger, &[]), Err(DecodeError::Empty));
+            assert_eq!(
+                sim.inject_packet(1, stranger, &[200, 1, 2]),
+                Err(DecodeError::UnknownType(200))
+            );
+            sim.run_for(Duration::from_secs(10));
+            assert!(sim.converged());
+            assert_eq!(sim.nodes[1].peer.stats().packets_dropped, 2);
+
+            // A join through an address nobody has is refused, worded as Go words it.
+            let outcome = sim.join_and_wait(2, stranger);
+            assert_eq!(outcome.joined, 0);
+            assert_eq!(
+                outcome.errors,
+                [(
+                    stranger,
+                    format!("dial tcp {stranger}: connect: connection refused")
+                )]
+            );
+        });
     }
 
     #[test]

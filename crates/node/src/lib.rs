@@ -942,7 +942,11 @@ impl Shell {
             }
             let now = Instant::now().into_std();
             for (id, reason) in refused {
-                self.core.handle_stream_reply(now, id, Err(reason));
+                self.core.handle_stream_reply(
+                    now,
+                    id,
+                    Err(serf_gossip::StreamError::Other(reason)),
+                );
             }
         }
     }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::accept::{AcceptStats, Acceptor, Admission, Doorway};
 use serf_gossip::packet::{MAX_STREAM_BYTES, stream_frame_len};
-use serf_gossip::{DecodeError, StreamId, StreamRequest};
+use serf_gossip::{DecodeError, StreamError, StreamId, StreamRequest, StreamStage};
 
 /// The largest UDP packet read (memberlist's receive buffer).
 pub(super) const UDP_RECEIVE_BYTES: usize = 65536;
@@ -58,7 +58,7 @@ pub(super) struct InboundStream {
 /// How an outbound stream ended: the reply message (empty when none was expected) or why not.
 pub(super) struct StreamReply {
     pub(super) id: StreamId,
-    pub(super) result: Result<Vec<u8>, String>,
+    pub(super) result: Result<Vec<u8>, StreamError>,
 }
 
 /// Transport counters for `serf info`. Decode failures are the core's (`serf_gossip::Stats`).
@@ -398,36 +398,46 @@ async fn serve_inbound(
 }
 
 /// Connects, writes the request and, if one is expected, reads the reply, all before the
-/// request's deadline. Errors read like Go's (`dial tcp 10.0.0.1:7946: connect: connection
-/// refused`), because they end up in `serf join`'s output.
-async fn run_outbound(request: StreamRequest) -> Result<Vec<u8>, String> {
+/// request's deadline. A refused connection and a passed deadline are told apart for the core;
+/// other errors read like Go's (`write tcp 10.0.0.1:7946: broken pipe`), because they end up in
+/// `serf join`'s output.
+async fn run_outbound(request: StreamRequest) -> Result<Vec<u8>, StreamError> {
     let to = request.to;
     let deadline = Instant::from_std(request.deadline);
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(to)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            return Err(format!(
-                "dial tcp {to}: connect: {}",
-                serf_rpc::go_text::io_error(&error)
-            ));
-        }
-        Err(_) => return Err(format!("dial tcp {to}: i/o timeout")),
+        Ok(Err(error)) => return Err(dial_error(to, &error)),
+        Err(_) => return Err(StreamError::TimedOut(Some((StreamStage::Dial, to)))),
     };
     let exchange = async {
-        stream
-            .write_all(&request.payload)
-            .await
-            .map_err(|error| format!("write tcp {to}: {}", serf_rpc::go_text::io_error(&error)))?;
+        stream.write_all(&request.payload).await.map_err(|error| {
+            StreamError::Other(format!(
+                "write tcp {to}: {}",
+                serf_rpc::go_text::io_error(&error)
+            ))
+        })?;
         if !request.expects_reply {
             return Ok(Vec::new());
         }
         read_message(&mut stream, MAX_STREAM_BYTES, stream_frame_len)
             .await
-            .map_err(|error| format!("read tcp {to}: {error}"))
+            .map_err(|error| StreamError::Other(format!("read tcp {to}: {error}")))
     };
     tokio::time::timeout_at(deadline, exchange)
         .await
-        .unwrap_or_else(|_| Err(format!("read tcp {to}: i/o timeout")))
+        .unwrap_or(Err(StreamError::TimedOut(Some((StreamStage::Read, to)))))
+}
+
+/// A failed connect as the core sees it: refused (nothing listens on the port), or anything
+/// else worded as Go's `dial tcp ADDR: connect: ...`.
+fn dial_error(to: SocketAddr, error: &std::io::Error) -> StreamError {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => StreamError::Refused(to),
+        _ => StreamError::Other(format!(
+            "dial tcp {to}: connect: {}",
+            serf_rpc::go_text::io_error(error)
+        )),
+    }
 }
 
 /// Why a stream message could not be read. The connection is closed afterwards.
@@ -735,8 +745,9 @@ mod tests {
         let error = run_outbound(request(closed, true, Duration::from_secs(5)))
             .await
             .unwrap_err();
+        assert_eq!(error, StreamError::Refused(closed));
         assert_eq!(
-            error,
+            error.to_string(),
             format!("dial tcp {closed}: connect: connection refused")
         );
 
@@ -747,7 +758,11 @@ mod tests {
         let error = run_outbound(request(silent, true, Duration::from_millis(300)))
             .await
             .unwrap_err();
-        assert_eq!(error, format!("read tcp {silent}: i/o timeout"));
+        assert_eq!(
+            error,
+            StreamError::TimedOut(Some((StreamStage::Read, silent)))
+        );
+        assert_eq!(error.to_string(), format!("read tcp {silent}: i/o timeout"));
         drop(holder);
     }
 

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serf_msgpack::{Progress, Scan, ScanError};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The only IPC protocol version Serf speaks; sent in [`HandshakeRequest::version`].
@@ -1151,29 +1152,6 @@ pub struct FrameReader<R> {
     max_frame_bytes: usize,
 }
 
-/// How far the object at the start of the buffer has been checked; survives partial reads.
-#[derive(Debug)]
-struct Scan {
-    /// Offset of the next unchecked element.
-    pos: usize,
-    /// Elements still expected at each open nesting level, outermost first.
-    pending: Vec<u64>,
-}
-
-impl Scan {
-    fn new() -> Self {
-        Self {
-            pos: 0,
-            pending: vec![1],
-        }
-    }
-}
-
-enum ScanResult {
-    Complete(usize),
-    Incomplete,
-}
-
 const READ_CHUNK_BYTES: usize = 8 * 1024;
 /// The first read into an empty, unallocated buffer goes through the stack, this large.
 const FIRST_READ_BYTES: usize = 512;
@@ -1227,7 +1205,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Whether the next object is in the buffer already, so that reading it will not wait
     /// for the stream. A malformed object counts as not there: reading it reports the error.
     pub fn has_buffered_object(&mut self) -> bool {
-        !self.buf.is_empty() && matches!(self.advance_scan(), Ok(ScanResult::Complete(_)))
+        !self.buf.is_empty() && matches!(self.advance_scan(), Ok(Progress::Complete(_)))
     }
 
     /// The raw bytes of the next complete object; `None` at a clean end of stream (between
@@ -1235,7 +1213,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
         loop {
             if !self.buf.is_empty()
-                && let ScanResult::Complete(len) = self.advance_scan()?
+                && let Progress::Complete(len) = self.advance_scan()?
             {
                 let frame = self.buf[..len].to_vec();
                 self.buf.drain(..len);
@@ -1283,48 +1261,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Continues checking the object at the start of the buffer.
-    fn advance_scan(&mut self) -> Result<ScanResult, FrameError> {
-        let max = self.max_frame_bytes;
-        let scan = &mut self.scan;
-        loop {
-            while scan.pending.last() == Some(&0) {
-                scan.pending.pop();
-            }
-            if scan.pending.is_empty() {
-                return Ok(ScanResult::Complete(scan.pos));
-            }
-            let Some(element) = element_at(&self.buf[scan.pos..]) else {
-                return Ok(ScanResult::Incomplete);
-            };
-            let element = element.map_err(|marker| FrameError::InvalidMarker {
-                marker,
-                offset: scan.pos,
-            })?;
-            let end = scan
-                .pos
-                .checked_add(element.bytes)
-                .filter(|end| *end <= max)
-                .ok_or(FrameError::TooLarge { max })?;
-            if self.buf.len() < end {
-                return Ok(ScanResult::Incomplete);
-            }
-            scan.pos = end;
-            if let Some(remaining) = scan.pending.last_mut() {
-                *remaining -= 1;
-            }
-            if element.children > 0 {
-                // Every child takes at least one byte.
-                if element.children > (max - end) as u64 {
-                    return Err(FrameError::TooLarge { max });
+    fn advance_scan(&mut self) -> Result<Progress, FrameError> {
+        self.scan
+            .advance(&self.buf, self.max_frame_bytes, MAX_NESTING_DEPTH)
+            .map_err(|error| match error {
+                ScanError::InvalidMarker { marker, offset } => {
+                    FrameError::InvalidMarker { marker, offset }
                 }
-                if scan.pending.len() > MAX_NESTING_DEPTH {
-                    return Err(FrameError::TooDeep {
-                        max: MAX_NESTING_DEPTH,
-                    });
-                }
-                scan.pending.push(element.children);
-            }
-        }
+                ScanError::TooLarge { max } => FrameError::TooLarge { max },
+                ScanError::TooDeep { max } => FrameError::TooDeep { max },
+            })
     }
 }
 
@@ -1339,69 +1285,6 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
 fn short_type_name<T>() -> &'static str {
     let name = std::any::type_name::<T>();
     name.rsplit("::").next().unwrap_or(name)
-}
-
-/// The extent of one msgpack element, not counting the elements it contains.
-struct Element {
-    /// Marker, length fields and inline payload.
-    bytes: usize,
-    /// Elements that follow as its content (array items, map keys plus values).
-    children: u64,
-}
-
-/// Classifies the element starting at `bytes[0]`: `None` if more bytes are needed to know its
-/// size, `Err(marker)` for the invalid marker.
-fn element_at(bytes: &[u8]) -> Option<Result<Element, u8>> {
-    let marker = *bytes.first()?;
-    let be = |len: usize| -> Option<u64> {
-        let field = bytes.get(1..1 + len)?;
-        Some(
-            field
-                .iter()
-                .fold(0_u64, |acc, b| (acc << 8) | u64::from(*b)),
-        )
-    };
-    let fixed = |bytes: usize| Some(Ok(Element { bytes, children: 0 }));
-    let sized = |header: usize, len: u64| {
-        Some(Ok(Element {
-            bytes: header.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)),
-            children: 0,
-        }))
-    };
-    let nested = |header: usize, children: u64| {
-        Some(Ok(Element {
-            bytes: header,
-            children,
-        }))
-    };
-    match marker {
-        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => fixed(1),
-        0x80..=0x8f => nested(1, 2 * u64::from(marker & 0x0f)),
-        0x90..=0x9f => nested(1, u64::from(marker & 0x0f)),
-        0xa0..=0xbf => sized(1, u64::from(marker & 0x1f)),
-        0xc1 => Some(Err(marker)),
-        0xc4 | 0xd9 => sized(2, be(1)?),
-        0xc5 | 0xda => sized(3, be(2)?),
-        0xc6 | 0xdb => sized(5, be(4)?),
-        0xc7 => sized(3, be(1)?),
-        0xc8 => sized(4, be(2)?),
-        0xc9 => sized(6, be(4)?),
-        0xca => fixed(5),
-        0xcb => fixed(9),
-        0xcc | 0xd0 => fixed(2),
-        0xcd | 0xd1 => fixed(3),
-        0xce | 0xd2 => fixed(5),
-        0xcf | 0xd3 => fixed(9),
-        0xd4 => fixed(3),
-        0xd5 => fixed(4),
-        0xd6 => fixed(6),
-        0xd7 => fixed(10),
-        0xd8 => fixed(18),
-        0xdc => nested(3, be(2)?),
-        0xdd => nested(5, be(4)?),
-        0xde => nested(3, 2 * be(2)?),
-        0xdf => nested(5, 2 * be(4)?),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
