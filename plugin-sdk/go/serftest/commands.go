@@ -4,7 +4,7 @@ package serftest
 // GrantCommand), extra arguments only where allowed, and requests in shape. Nothing runs: a
 // test sets what each command returns and checks Ran.
 
-import serf "example.invalid/serf-wasm/plugin-sdk/go"
+import serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 
 // MockCommand is a command granted on a MockHost, as a [plugins.NAME.commands.CMD] table
 // grants it.

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	serf "example.invalid/serf-wasm/plugin-sdk/go"
+	serf "github.com/serf-wasm/serf-wasm/plugin-sdk/go"
 )
 
 // reloader runs the granted command reload on every member-join.
