@@ -7,8 +7,8 @@
 //! plugin's task, on the plugin runtime, takes its events in order and owns its [`Instance`],
 //! replacing it after a trap, or with a new version that a reload compiled and initialised off
 //! to the side. The queue, the `seq` numbers and the counters belong to the plugin, not to a
-//! version, so a reload loses and reorders nothing. [`super::reload`] decides what changes;
-//! this module only applies it.
+//! version, so a reload loses and reorders nothing. The agent's reload (`agent::reload` in
+//! the `serf` binary) decides what changes; this module only applies it.
 //!
 //! Plugins load in the background: [`PluginHost::spawn`] returns at once and events queue
 //! for a plugin while it compiles. A plugin that keeps failing is backed off and then parked
