@@ -1652,7 +1652,7 @@ mod tests {
         let base = path.parent().unwrap();
         // The built plugins are copied into plugins/ by examples/quickstart.sh; stand in for them.
         let dir = tempfile::tempdir().unwrap();
-        for name in ["upcase", "memresponse", "hello", "longjob"] {
+        for name in ["upcase", "memresponse", "hello", "longjob", "lbsync"] {
             std::fs::write(dir.path().join(format!("{name}.wasm")), b"").unwrap();
         }
         let flags = AgentFlags {
@@ -1661,8 +1661,11 @@ mod tests {
         };
         let config = Config::resolve(file, base, &flags).unwrap();
         let names: Vec<_> = config.plugins.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["hello", "longjob", "memresponse", "upcase"]);
-        let memresponse = &config.plugins[2];
+        assert_eq!(
+            names,
+            ["hello", "lbsync", "longjob", "memresponse", "upcase"]
+        );
+        let memresponse = &config.plugins[3];
         assert_eq!(memresponse.filter.to_string(), "user:memresponse");
         assert_eq!(memresponse.dirs["/data"], base.join("data"));
         assert_eq!(config.rpc_addr, DEFAULT_RPC_ADDR);
