@@ -208,14 +208,40 @@ fn level_of(level: &Level) -> LogLevel {
     }
 }
 
-/// `serf_host::plugin::dispatch` → `plugin`; other crates by their own name.
+/// The component a line names, as Serf's log lines name theirs: `serf_host::rpc::server` →
+/// `rpc`, `serf_gossip::memberlist` → `gossip`, `serf_core` → `serf`, the node's task
+/// (`serf_node`) → `agent` but its doors (`serf_node::accept`) → `accept`, `serf_plugins::…`
+/// → `plugin`; other crates by their own name.
 fn short_target(target: &str) -> &str {
     let mut parts = target.split("::");
     match (parts.next(), parts.next()) {
         (Some("serf_host"), Some(module)) => module,
+        (Some("serf_node"), Some("accept")) => "accept",
+        (Some("serf_node"), _) => "agent",
+        (Some("serf_gossip"), _) => "gossip",
+        (Some("serf_core"), _) => "serf",
+        (Some("serf_plugins"), _) => "plugin",
+        (Some("serf_rpc"), _) => "rpc",
+        (Some("serf_msgpack"), _) => "msgpack",
         (Some(first), _) => first,
         _ => target,
     }
+}
+
+/// Whether a line is the project's own (from one of its crates), not a dependency's.
+fn is_ours(target: &str) -> bool {
+    target == "plugin"
+        || [
+            "serf_host",
+            "serf_node",
+            "serf_gossip",
+            "serf_core",
+            "serf_plugins",
+            "serf_rpc",
+            "serf_msgpack",
+        ]
+        .iter()
+        .any(|name| target.split("::").next() == Some(*name))
 }
 
 /// The level a line counts as. A dependency's debug lines (wasmtime's and cranelift's
@@ -223,7 +249,7 @@ fn short_target(target: &str) -> &str {
 /// `-log-level=debug` shows the agent's own detail and `trace` shows everything.
 fn effective_level(metadata: &Metadata<'_>) -> LogLevel {
     let level = level_of(metadata.level());
-    let ours = metadata.target().starts_with("serf_host") || metadata.target() == "plugin";
+    let ours = is_ours(metadata.target());
     if !ours && level == LogLevel::Debug {
         LogLevel::Trace
     } else {
@@ -331,6 +357,24 @@ mod tests {
             level,
             text: Arc::from(text),
         }
+    }
+
+    #[test]
+    fn each_crate_reads_as_the_component_serf_names() {
+        for (target, component) in [
+            ("serf_host::rpc::server", "rpc"),
+            ("serf_node", "agent"),
+            ("serf_node::snapshot", "agent"),
+            ("serf_node::accept", "accept"),
+            ("serf_gossip::memberlist", "gossip"),
+            ("serf_core::keys", "serf"),
+            ("serf_plugins::dispatch", "plugin"),
+            ("wasmtime::runtime", "wasmtime"),
+        ] {
+            assert_eq!(short_target(target), component, "{target}");
+        }
+        assert!(is_ours("serf_gossip::packet") && is_ours("plugin"));
+        assert!(!is_ours("cranelift_codegen") && !is_ours("serf_hostile"));
     }
 
     #[test]

@@ -369,7 +369,7 @@ impl Node {
         } = config;
         // As Serf, before anything starts: tags that do not fit in node meta would reach every
         // peer as no tags at all.
-        serf_core::check_tags(&core_config, &core_config.tags)?;
+        serf_core::check_tags(&core_config, &core_config.tags).map_err(StartError::Tags)?;
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let transport = transport::Transport::bind(bind, core_config.memberlist.tcp_timeout)
             .await
@@ -452,9 +452,9 @@ impl Node {
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The tags do not fit in node meta.
+    /// The tags do not fit in node meta (Serf's message, in full: no source follows).
     #[error("Error creating Serf: {0}")]
-    Tags(#[from] TagsError),
+    Tags(TagsError),
     /// The gossip sockets could not be bound.
     #[error(transparent)]
     Bind(anyhow::Error),
