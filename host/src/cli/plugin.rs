@@ -473,26 +473,13 @@ fn format_run(report: &RunReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "init: {}", outcome(&report.init));
     format_logs(&mut out, &report.logs);
-    if let Some(response) = &report.response {
-        let _ = writeln!(out, "response: {}", text(response));
-    }
-    for event in &report.fired {
-        let _ = writeln!(
-            out,
-            "fired event: {} payload {} (coalesce {})",
-            event.name,
-            text(&event.payload),
-            event.coalesce
-        );
-    }
-    for (handle, query) in &report.queries {
-        let _ = writeln!(
-            out,
-            "sent query {handle}: {} payload {} (answered here by query-done only)",
-            query.name,
-            text(&query.payload)
-        );
-    }
+    format_outputs(
+        &mut out,
+        report.response.as_deref(),
+        &report.fired,
+        &report.queries,
+        " (answered here by query-done only)",
+    );
     if let Some(event) = &report.event {
         let result = match &event.result {
             Ok(()) => "ok".to_owned(),
@@ -508,6 +495,37 @@ fn format_run(report: &RunReport) -> String {
         let _ = writeln!(out, "query-done: {}", outcome(done));
     }
     out
+}
+
+/// What a call produced besides its logs: the response, the user events it fired and the
+/// queries it sent (`query_note` follows each query).
+pub(super) fn format_outputs(
+    out: &mut String,
+    response: Option<&[u8]>,
+    fired: &[serf_plugin_sdk::abi::FireEvent],
+    queries: &[(u32, serf_plugin_sdk::abi::QueryRequest)],
+    query_note: &str,
+) {
+    if let Some(response) = response {
+        let _ = writeln!(out, "response: {}", text(response));
+    }
+    for event in fired {
+        let _ = writeln!(
+            out,
+            "fired event: {} payload {} (coalesce {})",
+            event.name,
+            text(&event.payload),
+            event.coalesce
+        );
+    }
+    for (handle, query) in queries {
+        let _ = writeln!(
+            out,
+            "sent query {handle}: {} payload {}{query_note}",
+            query.name,
+            text(&query.payload)
+        );
+    }
 }
 
 fn format_logs(out: &mut String, logs: &[LogLine]) {

@@ -10,7 +10,7 @@ use serf_plugins::PluginSpec;
 use serf_plugins::dispatch::toml_to_msgpack;
 use serf_plugins::tool::{self, SequenceReport, Step};
 
-use super::{RunArgs, format_logs, millis, outcome, text};
+use super::{RunArgs, format_logs, format_outputs, millis, outcome, text};
 
 /// A plugin's config table, as `serf_init` receives it.
 type ConfigTable = BTreeMap<String, rmpv::Value>;
@@ -117,26 +117,13 @@ pub(super) fn format(report: &SequenceReport) -> String {
         let _ = writeln!(out, "event {number}: {name}{payload}: {result}");
         let mut lines = String::new();
         format_logs(&mut lines, &step.logs);
-        if let Some(response) = &step.response {
-            let _ = writeln!(lines, "response: {}", text(response));
-        }
-        for event in &step.fired {
-            let _ = writeln!(
-                lines,
-                "fired event: {} payload {} (coalesce {})",
-                event.name,
-                text(&event.payload),
-                event.coalesce
-            );
-        }
-        for (handle, query) in &step.queries {
-            let _ = writeln!(
-                lines,
-                "sent query {handle}: {} payload {}",
-                query.name,
-                text(&query.payload)
-            );
-        }
+        format_outputs(
+            &mut lines,
+            step.response.as_deref(),
+            &step.fired,
+            &step.queries,
+            "",
+        );
         for done in &step.query_done {
             let _ = writeln!(lines, "query-done: {}", outcome(done));
         }
