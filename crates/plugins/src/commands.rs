@@ -853,4 +853,40 @@ mod tests {
             "{lines:?}"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever bytes a guest hands `command_run`/`command_start`, decoding, the shape check
+        /// and admission never panic, and nothing is admitted that the table does not grant:
+        /// the name is in the table, and arguments only where `allow_args` says so.
+        #[test]
+        fn any_guest_bytes_are_refused_or_admitted_within_the_table(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            name in "[a-z.]{0,8}",
+            args in proptest::collection::vec("[ -~]{0,8}", 0..4),
+            allow_args in proptest::bool::ANY,
+        ) {
+            let mut grants = CommandGrants::new();
+            let mut granted = spec(&["/bin/true"]);
+            granted.allow_args = allow_args;
+            grants.insert("reload".to_owned(), granted);
+            let counters = CommandCounters::default();
+            let mut requests = Vec::new();
+            if let Ok(request) = abi::decode::<abi::CommandRequest>(&bytes) {
+                requests.push(request);
+            }
+            let built = abi::CommandRequest { name, args, stdin: Vec::new() };
+            let decoded: abi::CommandRequest = abi::decode(&abi::encode(&built)).unwrap();
+            proptest::prop_assert_eq!(&decoded, &built);
+            requests.push(built);
+            for request in requests {
+                if request.check().is_err() {
+                    continue;
+                }
+                if let Ok(spec) = admit("p", &grants, &counters, &request, Instant::now()) {
+                    proptest::prop_assert_eq!(request.name.as_str(), "reload");
+                    proptest::prop_assert!(request.args.is_empty() || spec.allow_args);
+                }
+            }
+        }
+    }
 }
