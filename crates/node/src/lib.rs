@@ -814,11 +814,10 @@ impl Shell {
                 let _ = reply.send(self.core.user_event(now, &name, &payload, coalesce));
             }
             Command::Query { params, reply } => {
-                let result = self.core.query(now, params).map(|key| {
-                    let (sender, outputs) = mpsc::channel(QUERY_OUTPUT_QUEUE);
-                    self.queries.insert(key, sender);
-                    QueryStream { key, outputs }
-                });
+                let result = self
+                    .core
+                    .query(now, params)
+                    .map(|key| self.track_query(key));
                 let _ = reply.send(result);
             }
             Command::Respond {
@@ -1010,13 +1009,7 @@ impl Shell {
         key: &[u8],
     ) -> Result<(QueryStream, usize), QueryError> {
         let query = self.core.key_query(now, command, key)?;
-        let (sender, outputs) = mpsc::channel(QUERY_OUTPUT_QUEUE);
-        self.queries.insert(query.key, sender);
-        let stream = QueryStream {
-            key: query.key,
-            outputs,
-        };
-        Ok((stream, query.num_nodes))
+        Ok((self.track_query(query.key), query.num_nodes))
     }
 
     /// Hands keyring files to the writer task; without one (or when it is swamped) the key
